@@ -1,1 +1,10 @@
-//! Test harnesses and scenarios.
+//! Test harnesses and the end-to-end scenarios, shared by the three test tiers:
+//! - `data_plane`: real redis-server, N realtime-server processes and nginx on loopback;
+//! - `control_plane`: real etcd, kube-apiserver and kube-controller-manager on loopback;
+//! - `scenarios`: the user-visible stories, written once, run against any endpoint
+//!   (the local parts here, or a kind cluster's ingress).
+//!
+//! Every harness finds its parts through [`require`], which fails the test when `CI=true`
+//! and a part is missing, and skips it loudly otherwise.
+
+pub mod require;

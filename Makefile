@@ -1,0 +1,28 @@
+# Build outputs live outside the clone so that later runs (and CI on this machine) reuse them.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
+CARGO ?= cargo
+
+.PHONY: run test deps build unit crds cluster control-plane e2e-kind bench clean-cache
+
+## run: one realtime-server node on :3000 with the in-memory adapter
+run:
+	$(CARGO) run -p realtime-server
+
+## test: every test tier that runs on this machine (installs its parts first)
+test: deps build
+	$(CARGO) test --workspace --no-fail-fast
+
+deps:
+	scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+## unit: the fast tests only, no external parts
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+## crds: regenerate crds/ and the chart's copy from the Rust types
+crds:
+	$(CARGO) run -q -p realtime-operator -- crd > crds/realtimecluster.yaml
+	cp crds/realtimecluster.yaml charts/realtime-operator/crds/realtimecluster.yaml
