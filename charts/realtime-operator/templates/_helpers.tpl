@@ -1,0 +1,94 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "realtime-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: the release name, suffixed by the chart name unless it holds it. */}}
+{{- define "realtime-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "realtime-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object of the release. */}}
+{{- define "realtime-operator.labels" -}}
+helm.sh/chart: {{ include "realtime-operator.chart" . }}
+{{ include "realtime-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: realtime-operator
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a Deployment's selector is immutable). */}}
+{{- define "realtime-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "realtime-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "realtime-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "realtime-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "realtime-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "realtime-operator.serverImage" -}}
+{{- printf "%s:%s" .Values.serverImage.repository (default .Chart.AppVersion .Values.serverImage.tag) }}
+{{- end }}
+
+{{/* The Lease that elects the active replica; one per release. */}}
+{{- define "realtime-operator.leaseName" -}}
+{{- include "realtime-operator.fullname" . }}
+{{- end }}
+
+{{/* The RealtimeCluster API group (must match crds/realtimecluster.yaml). */}}
+{{- define "realtime-operator.apiGroup" -}}
+realtime.example.com
+{{- end }}
+
+{{/*
+What the controller does in the namespaces it watches, and nothing more. Children are written
+with server-side apply (patch; create when the child is new) and deleted when no longer wanted;
+each child kind is watched (list, watch) to correct drift. Kept in one place so the cluster-wide
+and the namespaced mode grant exactly the same rights.
+*/}}
+{{- define "realtime-operator.workloadRules" -}}
+- apiGroups: [{{ include "realtime-operator.apiGroup" . | quote }}]
+  resources: ["realtimeclusters"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [{{ include "realtime-operator.apiGroup" . | quote }}]
+  resources: ["realtimeclusters/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "secrets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
