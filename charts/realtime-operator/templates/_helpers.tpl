@@ -60,7 +60,7 @@ app.kubernetes.io/component: operator
 
 {{/* The RealtimeCluster API group (must match crds/realtimecluster.yaml). */}}
 {{- define "realtime-operator.apiGroup" -}}
-realtime.example.com
+realtime.dev
 {{- end }}
 
 {{/*
