@@ -1,0 +1,506 @@
+//! The `RealtimeCluster` API (`realtime.dev/v1alpha1`).
+//!
+//! These types are the single source of the CRD: `realtime-operator crd` prints the schema
+//! generated from them (doc comments become the descriptions `kubectl explain` shows), and a
+//! unit test keeps `crds/realtimecluster.yaml` equal to that output.
+//!
+//! Validation happens in two places with the same rules:
+//! - CEL rules (`x-kubernetes-validations`) and OpenAPI bounds here, so the apiserver rejects a
+//!   bad spec at admission with a readable message;
+//! - [`crate::validate`], which re-checks everything (a cluster may run an older CRD, or
+//!   validation may be bypassed) and turns the spec into a defaulted model.
+//!
+//! Defaults that are part of the API contract (replicas, transports, ingress class, affinity,
+//! timeouts) live in the schema, so stored objects are explicit. Defaults that belong to the
+//! operator installation (the server and Redis images) are resolved by the operator.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+// Referenced by the CEL rules inside the derive macros (rustc cannot see that use).
+#[allow(unused_imports)]
+use kube::core::Rule;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every resource this operator serves.
+pub const GROUP: &str = "realtime.dev";
+/// API version of [`RealtimeCluster`].
+pub const VERSION: &str = "v1alpha1";
+
+/// Environment variables the operator sets on the server container itself; `spec.env` may not
+/// override them (they carry the Redis wiring, the pod identity and the drain timing).
+pub const RESERVED_ENV: &[&str] = &[
+    "PORT",
+    "BIND",
+    "NAME",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "TRANSPORTS",
+    "PING_INTERVAL",
+    "PING_TIMEOUT",
+    "SHUTDOWN_GRACE",
+];
+
+/// Longest `metadata.name` accepted: child names append up to 11 characters (`-redis-auth`)
+/// and StatefulSet pod names must stay valid DNS labels with their revision hash.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// Desired state of a horizontally scaled socket.io service: N realtime-server pods behind a
+/// Service (and optionally an Ingress with session affinity), joined through Redis.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "realtime.dev",
+    version = "v1alpha1",
+    kind = "RealtimeCluster",
+    plural = "realtimeclusters",
+    singular = "realtimecluster",
+    shortname = "rtc",
+    category = "realtime",
+    namespaced,
+    status = "RealtimeClusterStatus",
+    derive = "PartialEq",
+    doc = "A horizontally scaled socket.io service (realtime-server pods joined through Redis), reconciled by realtime-operator.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired server pods"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Server pods passing /readyz"),
+    printcolumn(name = "Redis", type_ = "string", json_path = ".status.redis.phase", description = "Redis phase"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "URL clients connect to"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 40 characters starting with a letter (children such as <name>-redis-auth derive their names from it)"),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.ingress) || !self.ingress.enabled || self.ingress.timeouts.readSeconds > self.pingIntervalSeconds + self.pingTimeoutSeconds")
+    .message("ingress.timeouts.readSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
+#[x_kube(validation = Rule::new("!has(self.ingress) || !self.ingress.enabled || self.ingress.timeouts.sendSeconds > self.pingIntervalSeconds + self.pingTimeoutSeconds")
+    .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
+pub struct RealtimeClusterSpec {
+    /// Number of realtime-server pods. The scale subresource (kubectl scale, HPA) writes this field.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+
+    /// realtime-server container image. Defaults to the image the operator was started with (--default-server-image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Image pull policy of the server container (Always, IfNotPresent or Never); Kubernetes' default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Secrets holding registry credentials for pulling the server and Redis images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// CPU and memory of each server pod. Defaults to requests of 100m CPU / 128Mi and a 512Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE) are rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_PASSWORD', 'TRANSPORTS', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE']))")
+        .message("env must not set PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT or SHUTDOWN_GRACE: the operator manages them"))]
+    pub env: Vec<EnvVar>,
+
+    /// socket.io transports the server accepts: [polling, websocket] (default; long-polling needs session affinity at the ingress) or [websocket] (websocket-only).
+    #[serde(default = "default_transports")]
+    #[schemars(length(min = 1, max = 2))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("'websocket' in self").message("transports must include websocket: use [polling, websocket] or [websocket]"))]
+    pub transports: Vec<Transport>,
+
+    /// Seconds between engine.io pings (server PING_INTERVAL).
+    #[serde(default = "default_ping_interval")]
+    #[schemars(range(min = 1, max = 300))]
+    pub ping_interval_seconds: i32,
+
+    /// Seconds the server waits for a pong before closing the connection (server PING_TIMEOUT).
+    #[serde(default = "default_ping_timeout")]
+    #[schemars(range(min = 1, max = 300))]
+    pub ping_timeout_seconds: i32,
+
+    /// The Redis that joins the server pods (pub/sub adapter): exactly one of managed or external. Defaults to a managed Redis.
+    #[serde(default = "default_redis")]
+    pub redis: RedisSpec,
+
+    /// Public HTTP(S) entry through an ingress-nginx Ingress with session affinity. Absent or enabled=false: no Ingress, clients use the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// Node labels the server pods must match (pod spec nodeSelector).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the server pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Topology spread constraints of the server pods. Unset: spread softly (ScheduleAnyway, maxSkew 1) across nodes and zones. An empty list disables spreading. A constraint without labelSelector selects this cluster's server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
+    /// When true the operator makes no changes to the children (no creates, updates or deletes) and only reports status.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Image pull policy.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The value Kubernetes expects in a container spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// A socket.io transport.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Polling,
+    Websocket,
+}
+
+/// Where the Redis that joins the server pods comes from. Exactly one of managed or external.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("redis needs exactly one of managed or external"))]
+pub struct RedisSpec {
+    /// A single-replica Redis run by the operator: a StatefulSet, a headless Service and a generated password Secret (<name>-redis-auth, created once, never rotated by the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+
+    /// A Redis run elsewhere (a cloud service, another operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+/// Settings of the operator-run Redis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    /// Redis container image. Defaults to the operator's --default-redis-image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Persistent storage for Redis data. Unset: an emptyDir (Redis only carries pub/sub traffic for the adapter, so losing it on restart loses no messages at rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<RedisStorage>,
+
+    /// CPU and memory of the Redis pod. Defaults to requests of 50m CPU / 64Mi and a 256Mi memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// A PersistentVolumeClaim template for the managed Redis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStorage {
+    /// Requested volume size, for example 1Gi.
+    pub size: Quantity,
+
+    /// StorageClass of the claim; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// Connection to an externally run Redis: url, or host and port.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.host)").message("redis.external needs exactly one of url or host"))]
+#[x_kube(validation = Rule::new("!has(self.port) || has(self.host)").message("redis.external.port needs redis.external.host (with url, put the port in the url)"))]
+#[x_kube(validation = Rule::new("!has(self.url) || !self.tls || self.url.startsWith('rediss://')").message("redis.external.tls is true but url does not start with rediss://"))]
+pub struct ExternalRedis {
+    /// redis:// or rediss:// URL without a password (put the password in passwordSecretRef), for example redis://redis.cache.svc:6379/0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("redis.external.url must start with redis:// or rediss://"))]
+    #[x_kube(validation = Rule::new("!self.matches('^rediss?://[^/@]*:[^/@]*@')").message("redis.external.url must not contain a password: use passwordSecretRef"))]
+    pub url: Option<String>,
+
+    /// Host name or IP of the Redis server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains('/') && !self.contains('@') && !self.contains(' ')").message("redis.external.host must be a bare host name or IP (no scheme, path or credentials)"))]
+    pub host: Option<String>,
+
+    /// Port of the Redis server (with host); 6379 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Secret key holding the Redis password, passed to the server as REDIS_PASSWORD (never written into the pod spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+
+    /// Connect with TLS (rediss://). With host, selects the scheme; with url, the url must use rediss://.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// A key of a Secret in the RealtimeCluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key within the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// An ingress-nginx Ingress in front of the server Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || has(self.host)").message("ingress.host is required when ingress.enabled is true"))]
+pub struct IngressSpec {
+    /// Create the Ingress. Setting false removes an Ingress created earlier.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// IngressClass of the Ingress. The affinity and timeout annotations are ingress-nginx's.
+    #[serde(default = "default_ingress_class")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: String,
+
+    /// Public DNS name clients use, for example chat.example.com.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("ingress.host must be a lower-case DNS name such as chat.example.com"))]
+    pub host: Option<String>,
+
+    /// URL path prefix routed to the servers.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("ingress.path must start with /"))]
+    pub path: String,
+
+    /// Secret (type kubernetes.io/tls) with the certificate for host. Unset: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret_name: Option<String>,
+
+    /// How the ingress keeps a client on one server pod, which socket.io long-polling requires: cookie (default) or ip-hash.
+    #[serde(default)]
+    pub affinity: Affinity,
+
+    /// The affinity cookie (affinity: cookie).
+    #[serde(default)]
+    pub cookie: CookieAffinity,
+
+    /// Proxy timeouts, well above the ping interval so that idle websockets stay open.
+    #[serde(default)]
+    pub timeouts: IngressTimeouts,
+
+    /// Extra annotations of the Ingress (for example cert-manager's). They cannot override the affinity and timeout annotations the operator sets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Session affinity mode at the ingress.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Affinity {
+    /// Sticky cookie set by ingress-nginx (works behind NATs and proxies that share client IPs).
+    #[default]
+    #[serde(rename = "cookie")]
+    Cookie,
+    /// Consistent hash of the client address (upstream-hash-by $remote_addr); no cookie needed.
+    #[serde(rename = "ip-hash")]
+    IpHash,
+}
+
+/// The ingress-nginx affinity cookie.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CookieAffinity {
+    /// Cookie name.
+    #[serde(default = "default_cookie_name")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+$')").message("ingress.cookie.name may contain only letters, digits, _ and -"))]
+    pub name: String,
+
+    /// Cookie lifetime in seconds.
+    #[serde(default = "default_cookie_max_age")]
+    #[schemars(range(min = 60, max = 31536000))]
+    pub max_age_seconds: i64,
+
+    /// Cookie path.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("ingress.cookie.path must start with /"))]
+    pub path: String,
+}
+
+impl Default for CookieAffinity {
+    fn default() -> Self {
+        Self {
+            name: default_cookie_name(),
+            max_age_seconds: default_cookie_max_age(),
+            path: default_path(),
+        }
+    }
+}
+
+/// ingress-nginx proxy timeouts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTimeouts {
+    /// Seconds the proxy waits between two reads from a server (proxy-read-timeout); must exceed pingIntervalSeconds + pingTimeoutSeconds.
+    #[serde(default = "default_proxy_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub read_seconds: i32,
+
+    /// Seconds the proxy waits between two writes to a server (proxy-send-timeout); must exceed pingIntervalSeconds + pingTimeoutSeconds.
+    #[serde(default = "default_proxy_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub send_seconds: i32,
+
+    /// Seconds to establish a connection to a server (proxy-connect-timeout).
+    #[serde(default = "default_connect_timeout")]
+    #[schemars(range(min = 1, max = 75))]
+    pub connect_seconds: i32,
+}
+
+impl Default for IngressTimeouts {
+    fn default() -> Self {
+        Self {
+            read_seconds: default_proxy_timeout(),
+            send_seconds: default_proxy_timeout(),
+            connect_seconds: default_connect_timeout(),
+        }
+    }
+}
+
+/// Observed state, computed by the operator from the children it owns.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RealtimeClusterStatus {
+    /// Ready (all desired server pods ready and Redis reachable), Progressing (a change is rolling out) and Degraded (the spec cannot be reconciled or pods are failing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// metadata.generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Server pods that exist (the scale subresource's status replicas).
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Server pods passing their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// The Redis the servers use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStatus>,
+
+    /// URL clients connect to: the Ingress when enabled, else the in-cluster Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// Label selector of the server pods, used by the scale subresource (HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// Redis as seen by the operator.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStatus {
+    /// Pending (managed Redis not ready yet), Ready (managed Redis ready) or External (run elsewhere; its health shows in the server pods' readiness).
+    pub phase: RedisPhase,
+
+    /// host:port the servers connect to (never includes credentials).
+    pub endpoint: String,
+}
+
+/// Phase of the Redis the servers use.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisPhase {
+    Pending,
+    Ready,
+    External,
+}
+
+impl RedisPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisPhase::Pending => "Pending",
+            RedisPhase::Ready => "Ready",
+            RedisPhase::External => "External",
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+fn default_transports() -> Vec<Transport> {
+    vec![Transport::Polling, Transport::Websocket]
+}
+fn default_ping_interval() -> i32 {
+    25
+}
+fn default_ping_timeout() -> i32 {
+    20
+}
+fn default_redis() -> RedisSpec {
+    RedisSpec {
+        managed: Some(ManagedRedis::default()),
+        external: None,
+    }
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+fn default_ingress_class() -> String {
+    "nginx".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_cookie_name() -> String {
+    "rt-affinity".into()
+}
+fn default_cookie_max_age() -> i64 {
+    // Two days: long enough to outlive a reconnecting client, short enough to rebalance.
+    172_800
+}
+fn default_proxy_timeout() -> i32 {
+    3600
+}
+fn default_connect_timeout() -> i32 {
+    5
+}
