@@ -7,4 +7,6 @@
 //! Every harness finds its parts through [`require`], which fails the test when `CI=true`
 //! and a part is missing, and skips it loudly otherwise.
 
+pub mod data_plane;
 pub mod require;
+pub mod sio;
