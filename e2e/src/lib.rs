@@ -7,6 +7,7 @@
 //! Every harness finds its parts through [`require`], which fails the test when `CI=true`
 //! and a part is missing, and skips it loudly otherwise.
 
+pub mod control_plane;
 pub mod data_plane;
 pub mod require;
 pub mod sio;
