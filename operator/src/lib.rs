@@ -13,6 +13,8 @@
 //! - [`runtime`]: CLI, admin HTTP server, leader election, shutdown.
 
 pub mod api;
+pub mod build;
+pub mod validate;
 
 use kube::CustomResourceExt;
 

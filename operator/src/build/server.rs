@@ -1,0 +1,379 @@
+//! The realtime-server Deployment, its Service and its PodDisruptionBudget.
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    REDIS_AUTH_HASH_ANNOTATION, annotations, labels, meta, restricted_container_security,
+    restricted_pod_security,
+};
+use crate::validate::{Model, REDIS_PASSWORD_KEY, RedisModel, SERVER_PORT, SERVICE_PORT};
+
+/// Seconds the preStop hook waits before SIGTERM, so endpoints and ingress stop sending new
+/// connections to a pod before it starts draining.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// The server's SHUTDOWN_GRACE: time from SIGTERM to exit while it closes connections.
+pub const SHUTDOWN_GRACE_SECONDS: i64 = 20;
+/// preStop + drain + margin; the kubelet kills the container after this.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS + 5;
+/// Non-root uid/gid of the server (distroless "nonroot").
+pub const SERVER_UID: i64 = 65532;
+
+/// The server Deployment. `redis_auth_hash` is the digest of the managed Redis password
+/// (None for an external Redis), recorded on the pod template so a new password rolls the pods.
+pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
+    let s = &model.server;
+    let selector = labels::server_selector(&model.name);
+
+    let mut env = vec![
+        env_value("PORT", &SERVER_PORT.to_string()),
+        EnvVar {
+            name: "NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env_value("REDIS_URL", &model.redis_url()),
+    ];
+    let password = match &model.redis {
+        RedisModel::Managed { .. } => Some((model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string())),
+        RedisModel::External { password, .. } => {
+            password.as_ref().map(|p| (p.name.clone(), p.key.clone()))
+        }
+    };
+    if let Some((name, key)) = password {
+        env.push(EnvVar {
+            name: "REDIS_PASSWORD".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name,
+                    key,
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    env.extend([
+        env_value("TRANSPORTS", &s.transports),
+        env_value("PING_INTERVAL", &format!("{}s", s.ping_interval_seconds)),
+        env_value("PING_TIMEOUT", &format!("{}s", s.ping_timeout_seconds)),
+        env_value("SHUTDOWN_GRACE", &format!("{SHUTDOWN_GRACE_SECONDS}s")),
+    ]);
+    env.extend(s.env.iter().cloned());
+
+    let http_probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+
+    let container = Container {
+        name: "server".into(),
+        image: Some(s.image.clone()),
+        image_pull_policy: s.image_pull_policy.clone(),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env),
+        resources: Some(s.resources.clone()),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+
+    let pod_annotations = annotations(
+        redis_auth_hash.map(|h| (REDIS_AUTH_HASH_ANNOTATION.to_string(), h.to_string())),
+    );
+
+    Deployment {
+        metadata: meta(model, model.server_name(), "server"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(s.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels::child(&model.name, "server")),
+                    annotations: pod_annotations,
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // The server never talks to the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    // Service links would inject *_PORT variables next to the server's PORT.
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    security_context: Some(restricted_pod_security(SERVER_UID)),
+                    image_pull_secrets: (!s.image_pull_secrets.is_empty())
+                        .then(|| s.image_pull_secrets.clone()),
+                    node_selector: (!s.node_selector.is_empty()).then(|| s.node_selector.clone()),
+                    tolerations: (!s.tolerations.is_empty()).then(|| s.tolerations.clone()),
+                    topology_spread_constraints: (!s.topology_spread.is_empty())
+                        .then(|| s.topology_spread.clone()),
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                                "64Mi".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ClusterIP Service in front of the server pods (port 80 -> the pods' `http` port).
+pub fn service(model: &Model) -> Service {
+    Service {
+        metadata: meta(model, model.server_name(), "server"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(labels::server_selector(&model.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Voluntary disruptions (node drains) take down at most one server pod at a time. A budget
+/// of one unavailable pod never blocks a drain, even with a single replica.
+pub fn pod_disruption_budget(model: &Model) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(model, model.server_name(), "server"),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels::server_selector(&model.name)),
+                ..Default::default()
+            }),
+            // Pods that are not ready serve nobody: let drains evict them.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::model;
+    use serde_json::json;
+
+    fn env_of(d: &Deployment) -> Vec<EnvVar> {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap()
+    }
+
+    fn find<'a>(env: &'a [EnvVar], name: &str) -> &'a EnvVar {
+        env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn deployment_wires_the_server_contract() {
+        let m = model(json!({"replicas": 3, "transports": ["websocket"], "pingIntervalSeconds": 10}));
+        let d = deployment(&m, Some("abc"));
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(d.metadata.name.as_deref(), Some("chat"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("apps"));
+        let env = env_of(&d);
+        assert_eq!(find(&env, "PORT").value.as_deref(), Some("3000"));
+        assert_eq!(
+            find(&env, "NAME").value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+            "metadata.name"
+        );
+        let url = find(&env, "REDIS_URL").value.as_deref().unwrap();
+        assert_eq!(url, "redis://chat-redis.apps.svc:6379");
+        let pw = find(&env, "REDIS_PASSWORD").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("chat-redis-auth", "password"));
+        assert!(find(&env, "REDIS_PASSWORD").value.is_none(), "password must come from the Secret");
+        assert_eq!(find(&env, "TRANSPORTS").value.as_deref(), Some("websocket"));
+        assert_eq!(find(&env, "PING_INTERVAL").value.as_deref(), Some("10s"));
+        assert_eq!(find(&env, "SHUTDOWN_GRACE").value.as_deref(), Some("20s"));
+        assert_eq!(find(&env, "LOG_FORMAT").value.as_deref(), Some("json"));
+        let annotations = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        assert_eq!(annotations[REDIS_AUTH_HASH_ANNOTATION], "abc");
+    }
+
+    #[test]
+    fn deployment_probes_drain_and_rollout() {
+        let d = deployment(&model(json!({})), None);
+        let spec = d.spec.as_ref().unwrap();
+        let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 3000);
+        let sleep = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap();
+        assert_eq!(sleep.seconds, PRE_STOP_SLEEP_SECONDS);
+        let grace = pod.termination_grace_period_seconds.unwrap();
+        assert!(grace > PRE_STOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS, "grace {grace} too short for a drain");
+        assert!(spec.template.metadata.as_ref().unwrap().annotations.is_none());
+    }
+
+    #[test]
+    fn deployment_is_restricted() {
+        let d = deployment(&model(json!({})), None);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let sc = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn deployment_resources_scheduling_and_owner() {
+        let m = model(json!({
+            "resources": {"requests": {"cpu": "1"}},
+            "nodeSelector": {"pool": "rt"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "imagePullPolicy": "Always",
+            "image": "my/img:2",
+        }));
+        let d = deployment(&m, None);
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("RealtimeCluster", "chat", Some(true)));
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("my/img:2"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0, "1");
+        assert_eq!(pod.node_selector.unwrap()["pool"], "rt");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+    }
+
+    #[test]
+    fn default_resources_are_set() {
+        let d = deployment(&model(json!({})), None);
+        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        let r = c.resources.as_ref().unwrap();
+        assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "128Mi");
+        assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "512Mi");
+    }
+
+    #[test]
+    fn external_redis_password_and_url() {
+        let m = model(json!({"redis": {"external": {"url": "rediss://cache.example:6380",
+            "tls": true, "passwordSecretRef": {"name": "creds", "key": "pw"}}}}));
+        let env = env_of(&deployment(&m, None));
+        assert_eq!(find(&env, "REDIS_URL").value.as_deref(), Some("rediss://cache.example:6380"));
+        let pw = find(&env, "REDIS_PASSWORD").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("creds", "pw"));
+
+        let m = model(json!({"redis": {"external": {"host": "cache"}}}));
+        let env = env_of(&deployment(&m, None));
+        assert!(env.iter().all(|e| e.name != "REDIS_PASSWORD"));
+    }
+
+    #[test]
+    fn user_env_comes_after_the_managed_variables() {
+        let m = model(json!({"env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}));
+        let env = env_of(&deployment(&m, None));
+        assert_eq!(env.last().unwrap().name, "API_KEY");
+    }
+
+    #[test]
+    fn service_and_pdb_select_the_server_pods() {
+        let m = model(json!({}));
+        let svc = service(&m);
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.selector.unwrap(), labels::server_selector("chat"));
+        let port = &spec.ports.unwrap()[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        assert!(svc.metadata.owner_references.is_some());
+
+        let pdb = pod_disruption_budget(&m);
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(spec.selector.unwrap().match_labels.unwrap(), labels::server_selector("chat"));
+        assert_eq!(pdb.metadata.labels.unwrap()[labels::MANAGED_BY], "realtime-operator");
+    }
+}

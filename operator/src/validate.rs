@@ -1,0 +1,840 @@
+//! Spec -> validated, defaulted [`Model`] (pure).
+//!
+//! Every way a spec can be wrong is found here, all at once, so that the builders and the
+//! apply stage never fail on user input and the user sees the complete list in one condition.
+//! The checks mirror the CRD's CEL rules (a cluster may run an older CRD, or objects may have
+//! been stored before a rule existed) and add the ones CEL cannot express (quantities,
+//! annotation conflicts).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{
+    EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::Resource;
+
+use crate::api::{
+    Affinity, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RedisStorage, SecretKeyRef, Transport,
+};
+use crate::build::labels;
+
+/// Operator-wide defaults (set by flags), used where the spec leaves a choice open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    /// Server image when `spec.image` is unset.
+    pub server_image: String,
+    /// Redis image when `spec.redis.managed.image` is unset.
+    pub redis_image: String,
+}
+
+/// One problem with a spec: where it is and what is wrong, phrased for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a spec (never empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// The server container's port (the server's PORT).
+pub const SERVER_PORT: i32 = 3000;
+/// The port the server Service exposes.
+pub const SERVICE_PORT: i32 = 80;
+/// Redis' port.
+pub const REDIS_PORT: i32 = 6379;
+/// Key of the password in the generated Redis Secret.
+pub const REDIS_PASSWORD_KEY: &str = "password";
+
+/// Annotations the operator owns on the Ingress; `spec.ingress.annotations` may not set them.
+pub const MANAGED_INGRESS_ANNOTATIONS: &[&str] = &[
+    "nginx.ingress.kubernetes.io/affinity",
+    "nginx.ingress.kubernetes.io/affinity-mode",
+    "nginx.ingress.kubernetes.io/session-cookie-name",
+    "nginx.ingress.kubernetes.io/session-cookie-max-age",
+    "nginx.ingress.kubernetes.io/session-cookie-expires",
+    "nginx.ingress.kubernetes.io/session-cookie-path",
+    "nginx.ingress.kubernetes.io/upstream-hash-by",
+    "nginx.ingress.kubernetes.io/proxy-read-timeout",
+    "nginx.ingress.kubernetes.io/proxy-send-timeout",
+    "nginx.ingress.kubernetes.io/proxy-connect-timeout",
+];
+
+/// A RealtimeCluster after validation: every default resolved, every value known good.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub namespace: String,
+    /// Controller owner reference that every child carries.
+    pub owner: OwnerReference,
+    pub generation: Option<i64>,
+    pub paused: bool,
+    pub server: ServerModel,
+    pub redis: RedisModel,
+    /// `None` when the ingress is absent or disabled.
+    pub ingress: Option<IngressModel>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerModel {
+    pub replicas: i32,
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    pub resources: ResourceRequirements,
+    /// The user's extra variables, after the operator's overridable defaults (LOG_FORMAT).
+    pub env: Vec<EnvVar>,
+    /// Value of TRANSPORTS, e.g. `polling,websocket`.
+    pub transports: String,
+    pub ping_interval_seconds: i32,
+    pub ping_timeout_seconds: i32,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// Constraints with their labelSelector filled in.
+    pub topology_spread: Vec<TopologySpreadConstraint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RedisModel {
+    Managed {
+        image: String,
+        storage: Option<RedisStorage>,
+        resources: ResourceRequirements,
+    },
+    External {
+        /// redis:// or rediss:// URL, never with a password.
+        url: String,
+        /// host:port shown in the status.
+        endpoint: String,
+        password: Option<SecretKeyRef>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngressModel {
+    pub class_name: String,
+    pub host: String,
+    pub path: String,
+    pub tls_secret_name: Option<String>,
+    pub affinity: Affinity,
+    pub cookie_name: String,
+    pub cookie_max_age_seconds: i64,
+    pub cookie_path: String,
+    pub read_timeout_seconds: i32,
+    pub send_timeout_seconds: i32,
+    pub connect_timeout_seconds: i32,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Model {
+    /// Name of the server Deployment, Service, PodDisruptionBudget and Ingress.
+    pub fn server_name(&self) -> &str {
+        &self.name
+    }
+    /// Name of the Redis StatefulSet and its headless Service.
+    pub fn redis_name(&self) -> String {
+        format!("{}-redis", self.name)
+    }
+    /// Name of the generated Redis password Secret.
+    pub fn redis_secret_name(&self) -> String {
+        format!("{}-redis-auth", self.name)
+    }
+    /// REDIS_URL of the servers (no password: that comes from REDIS_PASSWORD).
+    pub fn redis_url(&self) -> String {
+        match &self.redis {
+            RedisModel::Managed { .. } => format!("redis://{}", self.managed_redis_endpoint()),
+            RedisModel::External { url, .. } => url.clone(),
+        }
+    }
+    /// host:port of the Redis the servers use.
+    pub fn redis_endpoint(&self) -> String {
+        match &self.redis {
+            RedisModel::Managed { .. } => self.managed_redis_endpoint(),
+            RedisModel::External { endpoint, .. } => endpoint.clone(),
+        }
+    }
+    fn managed_redis_endpoint(&self) -> String {
+        format!("{}.{}.svc:{REDIS_PORT}", self.redis_name(), self.namespace)
+    }
+    /// The URL clients connect to.
+    pub fn endpoint(&self) -> String {
+        match &self.ingress {
+            Some(i) => {
+                let scheme = if i.tls_secret_name.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}{}", i.host, i.path)
+            }
+            None => format!("http://{}.{}.svc", self.server_name(), self.namespace),
+        }
+    }
+    /// The server pods' selector, as the scale subresource expects it (`k=v,k=v`).
+    pub fn selector_string(&self) -> String {
+        labels::server_selector(&self.name)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Validates `rc` and resolves its defaults. Returns every problem found.
+pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, SpecErrors> {
+    let mut errs = Vec::new();
+    let mut err = |field: &str, message: String| {
+        errs.push(SpecError {
+            field: field.to_string(),
+            message,
+        })
+    };
+    let spec = &rc.spec;
+
+    let name = rc.metadata.name.clone().unwrap_or_default();
+    if name.len() > MAX_NAME_LEN || !is_dns_label(&name) {
+        err(
+            "metadata.name",
+            format!("must be a DNS label of at most {MAX_NAME_LEN} characters starting with a letter"),
+        );
+    }
+    let namespace = rc.metadata.namespace.clone().unwrap_or_default();
+    if namespace.is_empty() {
+        err("metadata.namespace", "must be set".into());
+    }
+    // The object always comes from the apiserver, which sets uid; a missing one is a bug upstream.
+    let owner = rc.controller_owner_ref(&());
+    if owner.is_none() {
+        err("metadata.uid", "must be set (object not read from the apiserver?)".into());
+    }
+
+    if !(0..=100).contains(&spec.replicas) {
+        err("spec.replicas", format!("must be between 0 and 100, got {}", spec.replicas));
+    }
+    let image = match &spec.image {
+        Some(i) if i.trim().is_empty() => {
+            err("spec.image", "must not be empty".into());
+            String::new()
+        }
+        Some(i) => i.clone(),
+        None => defaults.server_image.clone(),
+    };
+
+    for (i, e) in spec.env.iter().enumerate() {
+        if e.name.is_empty() || e.name.contains('=') {
+            err(&format!("spec.env[{i}].name"), "must be non-empty and contain no '='".into());
+        }
+        if RESERVED_ENV.contains(&e.name.as_str()) {
+            err(
+                &format!("spec.env[{i}].name"),
+                format!("{} is managed by the operator and cannot be set", e.name),
+            );
+        }
+    }
+    if spec.env.len() > 64 {
+        err("spec.env", "at most 64 variables".into());
+    }
+
+    let mut transports = spec.transports.clone();
+    transports.sort();
+    transports.dedup();
+    if transports.len() != spec.transports.len() {
+        err("spec.transports", "must not repeat a transport".into());
+    }
+    if !transports.contains(&Transport::Websocket) {
+        err(
+            "spec.transports",
+            "must include websocket: use [polling, websocket] or [websocket]".into(),
+        );
+    }
+    let transports = transports
+        .iter()
+        .map(|t| match t {
+            Transport::Polling => "polling",
+            Transport::Websocket => "websocket",
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+
+    for (field, v) in [
+        ("spec.pingIntervalSeconds", spec.ping_interval_seconds),
+        ("spec.pingTimeoutSeconds", spec.ping_timeout_seconds),
+    ] {
+        if !(1..=300).contains(&v) {
+            err(field, format!("must be between 1 and 300, got {v}"));
+        }
+    }
+
+    let resources = spec.resources.clone().unwrap_or_else(|| {
+        default_resources(("100m", "128Mi"), "512Mi")
+    });
+    check_resources(&resources, "spec.resources", &mut err);
+
+    let redis = match (&spec.redis.managed, &spec.redis.external) {
+        (Some(m), None) => {
+            let image = match &m.image {
+                Some(i) if i.trim().is_empty() => {
+                    err("spec.redis.managed.image", "must not be empty".into());
+                    String::new()
+                }
+                Some(i) => i.clone(),
+                None => defaults.redis_image.clone(),
+            };
+            if let Some(s) = &m.storage {
+                if !is_positive_quantity(&s.size.0) {
+                    err(
+                        "spec.redis.managed.storage.size",
+                        format!("{:?} is not a positive quantity such as 1Gi", s.size.0),
+                    );
+                }
+            }
+            let resources = m
+                .resources
+                .clone()
+                .unwrap_or_else(|| default_resources(("50m", "64Mi"), "256Mi"));
+            check_resources(&resources, "spec.redis.managed.resources", &mut err);
+            RedisModel::Managed {
+                image,
+                storage: m.storage.clone(),
+                resources,
+            }
+        }
+        (None, Some(x)) => {
+            let (url, endpoint) = match (&x.url, &x.host) {
+                (Some(url), None) => {
+                    let rest = url
+                        .strip_prefix("rediss://")
+                        .or_else(|| url.strip_prefix("redis://"));
+                    match rest {
+                        None => err(
+                            "spec.redis.external.url",
+                            "must start with redis:// or rediss://".into(),
+                        ),
+                        Some(rest) => {
+                            let authority = rest.split('/').next().unwrap_or_default();
+                            if authority.contains('@') && authority.split('@').next().unwrap_or_default().contains(':') {
+                                err(
+                                    "spec.redis.external.url",
+                                    "must not contain a password: use passwordSecretRef".into(),
+                                );
+                            }
+                            if authority.is_empty() {
+                                err("spec.redis.external.url", "has no host".into());
+                            }
+                        }
+                    }
+                    if x.tls && !url.starts_with("rediss://") {
+                        err(
+                            "spec.redis.external.tls",
+                            "is true but url does not start with rediss://".into(),
+                        );
+                    }
+                    if x.port.is_some() {
+                        err(
+                            "spec.redis.external.port",
+                            "needs host (with url, put the port in the url)".into(),
+                        );
+                    }
+                    let endpoint = url_endpoint(url);
+                    (url.clone(), endpoint)
+                }
+                (None, Some(host)) => {
+                    if host.is_empty() || host.contains(['/', '@', ' ']) {
+                        err(
+                            "spec.redis.external.host",
+                            "must be a bare host name or IP (no scheme, path or credentials)".into(),
+                        );
+                    }
+                    let port = x.port.unwrap_or(REDIS_PORT);
+                    if !(1..=65535).contains(&port) {
+                        err("spec.redis.external.port", format!("must be 1-65535, got {port}"));
+                    }
+                    let scheme = if x.tls { "rediss" } else { "redis" };
+                    let host_part = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+                    let endpoint = format!("{host_part}:{port}");
+                    (format!("{scheme}://{endpoint}"), endpoint)
+                }
+                _ => {
+                    err("spec.redis.external", "needs exactly one of url or host".into());
+                    (String::new(), String::new())
+                }
+            };
+            RedisModel::External {
+                url,
+                endpoint,
+                password: x.password_secret_ref.clone(),
+            }
+        }
+        _ => {
+            err("spec.redis", "needs exactly one of managed or external".into());
+            RedisModel::External {
+                url: String::new(),
+                endpoint: String::new(),
+                password: None,
+            }
+        }
+    };
+
+    let ingress = match &spec.ingress {
+        Some(i) if i.enabled => {
+            let host = i.host.clone().unwrap_or_default();
+            if i.host.is_none() {
+                err("spec.ingress.host", "is required when ingress.enabled is true".into());
+            } else if !is_dns_name(&host) {
+                err(
+                    "spec.ingress.host",
+                    format!("{host:?} is not a lower-case DNS name such as chat.example.com"),
+                );
+            }
+            if i.class_name.is_empty() {
+                err("spec.ingress.className", "must not be empty".into());
+            }
+            if !i.path.starts_with('/') {
+                err("spec.ingress.path", "must start with /".into());
+            }
+            if i.cookie.name.is_empty()
+                || !i.cookie.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                err(
+                    "spec.ingress.cookie.name",
+                    "may contain only letters, digits, _ and -".into(),
+                );
+            }
+            if !(60..=31_536_000).contains(&i.cookie.max_age_seconds) {
+                err("spec.ingress.cookie.maxAgeSeconds", "must be between 60 and 31536000".into());
+            }
+            if !i.cookie.path.starts_with('/') {
+                err("spec.ingress.cookie.path", "must start with /".into());
+            }
+            let keepalive = spec.ping_interval_seconds + spec.ping_timeout_seconds;
+            for (field, v) in [
+                ("spec.ingress.timeouts.readSeconds", i.timeouts.read_seconds),
+                ("spec.ingress.timeouts.sendSeconds", i.timeouts.send_seconds),
+            ] {
+                if v <= keepalive {
+                    err(
+                        field,
+                        format!("{v} must exceed pingIntervalSeconds + pingTimeoutSeconds ({keepalive}), or the proxy cuts idle websockets"),
+                    );
+                }
+            }
+            if !(1..=75).contains(&i.timeouts.connect_seconds) {
+                err("spec.ingress.timeouts.connectSeconds", "must be between 1 and 75".into());
+            }
+            for k in i.annotations.keys() {
+                if MANAGED_INGRESS_ANNOTATIONS.contains(&k.as_str()) {
+                    err(
+                        "spec.ingress.annotations",
+                        format!("{k} is set by the operator from spec.ingress (affinity, cookie, timeouts)"),
+                    );
+                }
+            }
+            Some(IngressModel {
+                class_name: i.class_name.clone(),
+                host,
+                path: i.path.clone(),
+                tls_secret_name: i.tls_secret_name.clone(),
+                affinity: i.affinity,
+                cookie_name: i.cookie.name.clone(),
+                cookie_max_age_seconds: i.cookie.max_age_seconds,
+                cookie_path: i.cookie.path.clone(),
+                read_timeout_seconds: i.timeouts.read_seconds,
+                send_timeout_seconds: i.timeouts.send_seconds,
+                connect_timeout_seconds: i.timeouts.connect_seconds,
+                annotations: i.annotations.clone(),
+            })
+        }
+        _ => None,
+    };
+
+    let selector = LabelSelector {
+        match_labels: Some(labels::server_selector(&name)),
+        ..Default::default()
+    };
+    let topology_spread = match &spec.topology_spread_constraints {
+        None => default_topology_spread(&selector),
+        Some(list) => list
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                if c.label_selector.is_none() {
+                    c.label_selector = Some(selector.clone());
+                }
+                c
+            })
+            .collect(),
+    };
+
+    if !errs.is_empty() {
+        return Err(SpecErrors(errs));
+    }
+
+    // LOG_FORMAT=json suits log collectors; the user's own LOG_FORMAT replaces it.
+    let mut env = Vec::new();
+    if !spec.env.iter().any(|e| e.name == "LOG_FORMAT") {
+        env.push(EnvVar {
+            name: "LOG_FORMAT".into(),
+            value: Some("json".into()),
+            ..Default::default()
+        });
+    }
+    env.extend(spec.env.iter().cloned());
+
+    Ok(Model {
+        name,
+        namespace,
+        owner: owner.expect("checked above"),
+        generation: rc.metadata.generation,
+        paused: spec.paused,
+        server: ServerModel {
+            replicas: spec.replicas,
+            image,
+            image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+            image_pull_secrets: spec.image_pull_secrets.clone(),
+            resources,
+            env,
+            transports,
+            ping_interval_seconds: spec.ping_interval_seconds,
+            ping_timeout_seconds: spec.ping_timeout_seconds,
+            node_selector: spec.node_selector.clone(),
+            tolerations: spec.tolerations.clone(),
+            topology_spread,
+        },
+        redis,
+        ingress,
+    })
+}
+
+/// Soft spreading over nodes and zones: never blocks scheduling, evens out when it can.
+fn default_topology_spread(selector: &LabelSelector) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(selector.clone()),
+            // Count only pods of the same rollout, so a rolling update does not skew the spread.
+            match_label_keys: Some(vec!["pod-template-hash".into()]),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn default_resources(requests: (&str, &str), memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(requests.0.into())),
+            ("memory".to_string(), Quantity(requests.1.into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(memory_limit.into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn check_resources(r: &ResourceRequirements, field: &str, err: &mut impl FnMut(&str, String)) {
+    for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (res, q) in map.iter().flatten() {
+            if !is_quantity(&q.0) {
+                err(
+                    &format!("{field}.{kind}.{res}"),
+                    format!("{:?} is not a quantity such as 500m or 256Mi", q.0),
+                );
+            }
+        }
+    }
+}
+
+/// A Kubernetes quantity: a decimal number with an optional SI, binary-SI or exponent suffix.
+fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    let num_ok = !num.is_empty()
+        && num != "."
+        && num.matches('.').count() <= 1;
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .is_some_and(|exp| {
+            let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit())
+        });
+    num_ok && suffix_ok
+}
+
+fn is_positive_quantity(s: &str) -> bool {
+    is_quantity(s) && !s.starts_with('-') && s.chars().any(|c| ('1'..='9').contains(&c))
+}
+
+/// RFC 1035 label: lower-case letters, digits and '-', starting with a letter.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A DNS name of RFC 1123 labels, optionally with a leading wildcard (`*.example.com`).
+fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+/// host:port of a redis URL (the default port when absent), credentials dropped.
+fn url_endpoint(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let has_port = match hostport.rfind(']') {
+        Some(i) => hostport[i..].contains(':'),
+        None => hostport.contains(':'),
+    };
+    if has_port {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{REDIS_PORT}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::*;
+
+    pub(crate) fn defaults() -> Defaults {
+        Defaults {
+            server_image: "example.org/realtime-server:1".into(),
+            redis_image: "redis:7.4-alpine".into(),
+        }
+    }
+
+    /// A RealtimeCluster as the apiserver would hand it over (schema defaults applied).
+    pub(crate) fn cluster(spec: serde_json::Value) -> RealtimeCluster {
+        let mut rc: RealtimeCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "realtime.dev/v1alpha1",
+            "kind": "RealtimeCluster",
+            "metadata": {"name": "chat", "namespace": "apps", "uid": "u-1", "generation": 3},
+            "spec": spec,
+        }))
+        .unwrap();
+        rc.metadata.generation = Some(3);
+        rc
+    }
+
+    fn errors(spec: serde_json::Value) -> Vec<SpecError> {
+        validate(&cluster(spec), &defaults()).unwrap_err().0
+    }
+
+    fn has_error(errs: &[SpecError], field: &str, needle: &str) -> bool {
+        errs.iter().any(|e| e.field == field && e.message.contains(needle))
+    }
+
+    #[test]
+    fn minimal_spec_gets_every_default() {
+        let m = validate(&cluster(serde_json::json!({})), &defaults()).unwrap();
+        assert_eq!(m.server.replicas, 2);
+        assert_eq!(m.server.image, "example.org/realtime-server:1");
+        assert_eq!(m.server.transports, "polling,websocket");
+        assert_eq!(m.server.ping_interval_seconds, 25);
+        assert!(matches!(&m.redis, RedisModel::Managed { image, storage: None, .. } if image == "redis:7.4-alpine"));
+        assert_eq!(m.redis_url(), "redis://chat-redis.apps.svc:6379");
+        assert_eq!(m.redis_endpoint(), "chat-redis.apps.svc:6379");
+        assert_eq!(m.endpoint(), "http://chat.apps.svc");
+        assert!(m.ingress.is_none());
+        assert_eq!(m.server.topology_spread.len(), 2);
+        assert_eq!(
+            m.selector_string(),
+            "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server"
+        );
+        assert_eq!(m.server.env[0].name, "LOG_FORMAT");
+        assert_eq!(m.owner.uid, "u-1");
+        assert_eq!(m.owner.controller, Some(true));
+        assert_eq!(m.generation, Some(3));
+    }
+
+    #[test]
+    fn user_log_format_replaces_the_default() {
+        let m = validate(
+            &cluster(serde_json::json!({"env": [{"name": "LOG_FORMAT", "value": "text"}]})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.server.env.len(), 1);
+        assert_eq!(m.server.env[0].value.as_deref(), Some("text"));
+    }
+
+    #[test]
+    fn external_redis_by_host_and_by_url() {
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {"host": "r.example", "tls": true,
+                "passwordSecretRef": {"name": "creds"}}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.redis_url(), "rediss://r.example:6379");
+        let RedisModel::External { password, .. } = &m.redis else { panic!() };
+        assert_eq!(password.as_ref().unwrap().key, "password");
+
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {"url": "redis://user@r.example:7000/2"}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.redis_url(), "redis://user@r.example:7000/2");
+        assert_eq!(m.redis_endpoint(), "r.example:7000");
+    }
+
+    #[test]
+    fn ingress_endpoint_uses_https_with_tls() {
+        let m = validate(
+            &cluster(serde_json::json!({"ingress": {"enabled": true, "host": "chat.example.com",
+                "tlsSecretName": "tls"}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.endpoint(), "https://chat.example.com/");
+        let i = m.ingress.unwrap();
+        assert_eq!(i.class_name, "nginx");
+        assert_eq!(i.affinity, Affinity::Cookie);
+        assert_eq!(i.read_timeout_seconds, 3600);
+    }
+
+    #[test]
+    fn disabled_ingress_is_no_ingress() {
+        let m = validate(&cluster(serde_json::json!({"ingress": {"enabled": false}})), &defaults()).unwrap();
+        assert!(m.ingress.is_none());
+    }
+
+    #[test]
+    fn user_topology_spread_gets_the_pod_selector() {
+        let m = validate(
+            &cluster(serde_json::json!({"topologySpreadConstraints": [
+                {"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]})),
+            &defaults(),
+        )
+        .unwrap();
+        let c = &m.server.topology_spread[0];
+        assert_eq!(c.max_skew, 2);
+        assert_eq!(
+            c.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+            "chat"
+        );
+        let m = validate(&cluster(serde_json::json!({"topologySpreadConstraints": []})), &defaults()).unwrap();
+        assert!(m.server.topology_spread.is_empty());
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errs = errors(serde_json::json!({
+            "replicas": 1000,
+            "image": " ",
+            "env": [{"name": "REDIS_URL", "value": "x"}],
+            "transports": ["polling"],
+            "pingIntervalSeconds": 0,
+            "redis": {"managed": {"storage": {"size": "lots"}}, "external": {"host": "h"}},
+            "ingress": {"enabled": true, "timeouts": {"readSeconds": 10},
+                "annotations": {"nginx.ingress.kubernetes.io/affinity": "none"}},
+        }));
+        for (field, needle) in [
+            ("spec.replicas", "between 0 and 100"),
+            ("spec.image", "must not be empty"),
+            ("spec.env[0].name", "REDIS_URL is managed by the operator"),
+            ("spec.transports", "must include websocket"),
+            ("spec.pingIntervalSeconds", "between 1 and 300"),
+            ("spec.redis", "exactly one of managed or external"),
+            ("spec.ingress.host", "is required"),
+            ("spec.ingress.timeouts.readSeconds", "must exceed"),
+            ("spec.ingress.annotations", "set by the operator"),
+        ] {
+            assert!(has_error(&errs, field, needle), "missing {field}: {needle} in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn external_redis_errors() {
+        let errs = errors(serde_json::json!({"redis": {"external": {"url": "http://x"}}}));
+        assert!(has_error(&errs, "spec.redis.external.url", "redis:// or rediss://"));
+        let errs = errors(serde_json::json!({"redis": {"external": {"url": "redis://u:secret@x:6379"}}}));
+        assert!(has_error(&errs, "spec.redis.external.url", "must not contain a password"));
+        let errs = errors(serde_json::json!({"redis": {"external": {"url": "redis://x", "tls": true}}}));
+        assert!(has_error(&errs, "spec.redis.external.tls", "rediss://"));
+        let errs = errors(serde_json::json!({"redis": {"external": {"url": "redis://x", "port": 1}}}));
+        assert!(has_error(&errs, "spec.redis.external.port", "needs host"));
+        let errs = errors(serde_json::json!({"redis": {"external": {}}}));
+        assert!(has_error(&errs, "spec.redis.external", "exactly one of url or host"));
+        let errs = errors(serde_json::json!({"redis": {"external": {"host": "redis://x"}}}));
+        assert!(has_error(&errs, "spec.redis.external.host", "bare host"));
+        let errs = errors(serde_json::json!({"redis": {}}));
+        assert!(has_error(&errs, "spec.redis", "exactly one"));
+    }
+
+    #[test]
+    fn bad_names_hosts_and_quantities() {
+        let mut rc = cluster(serde_json::json!({}));
+        rc.metadata.name = Some("a-name-that-is-far-too-long-for-the-children-x".into());
+        let errs = validate(&rc, &defaults()).unwrap_err().0;
+        assert!(has_error(&errs, "metadata.name", "at most 40"));
+        rc.metadata.name = Some("9lives".into());
+        assert!(validate(&rc, &defaults()).is_err());
+
+        let errs = errors(serde_json::json!({"ingress": {"enabled": true, "host": "Chat.Example.com"}}));
+        assert!(has_error(&errs, "spec.ingress.host", "lower-case DNS name"));
+        let errs = errors(serde_json::json!({"resources": {"requests": {"cpu": "fast"}}}));
+        assert!(has_error(&errs, "spec.resources.requests.cpu", "not a quantity"));
+        let errs = errors(serde_json::json!({"ingress": {"enabled": true, "host": "a.b",
+            "cookie": {"name": "bad name"}}}));
+        assert!(has_error(&errs, "spec.ingress.cookie.name", "letters, digits"));
+    }
+
+    #[test]
+    fn quantities() {
+        for ok in ["1", "100m", "1.5Gi", "128Mi", "2e3", "1E-2", "0.5"] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "fast", "1GB", "1..2", "Mi", "1e"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        assert!(is_positive_quantity("1Gi"));
+        assert!(!is_positive_quantity("0Gi"));
+        assert!(!is_positive_quantity("-1Gi"));
+    }
+
+    #[test]
+    fn url_endpoints() {
+        assert_eq!(url_endpoint("redis://h"), "h:6379");
+        assert_eq!(url_endpoint("rediss://u@h:7000/1?x=y"), "h:7000");
+        assert_eq!(url_endpoint("redis://[::1]/0"), "[::1]:6379");
+        assert_eq!(url_endpoint("redis://[::1]:7/0"), "[::1]:7");
+    }
+}
