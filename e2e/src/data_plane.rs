@@ -77,9 +77,23 @@ impl HttpResponse {
 /// A plain HTTP/1.0 GET (no keep-alive, no chunking): enough for health, readiness and metrics
 /// endpoints without an HTTP client dependency.
 pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<HttpResponse> {
+    http_get_with(addr, path, &[], timeout).await
+}
+
+/// [`http_get`] with extra request headers (e.g. a `Cookie`).
+pub async fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
@@ -914,6 +928,14 @@ impl Cluster {
         self.nodes[i].in_upstream = false;
         self.reload_nginx().await?;
         self.node_proc(i).stop(libc::SIGTERM, grace).await
+    }
+
+    /// One step of a rolling update (maxSurge 1, maxUnavailable 0): a new node joins the
+    /// upstream, then node `i` leaves it and gets SIGTERM. Returns the new node's index.
+    pub async fn roll_node(&mut self, i: usize, grace: Duration) -> Result<usize> {
+        let new = self.add_node().await?;
+        self.remove_node(i, grace).await?;
+        Ok(new)
     }
 
     // ---- nginx ----

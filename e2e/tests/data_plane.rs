@@ -13,7 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use realtime_e2e::data_plane::{Affinity, Cluster, ClusterConfig, ServerCommand, ServerKind, metric_value};
+use realtime_e2e::data_plane::{
+    Affinity, Cluster, ClusterConfig, ServerCommand, ServerKind, http_get_with, metric_value,
+};
 use realtime_e2e::sio::{
     self, Client, ConnectOptions, Driver, Hello, Incoming, Member, Transport, hs256_token, is_refusal,
 };
@@ -635,13 +637,41 @@ async fn cookie_affinity_keeps_polling_clients_on_one_node() {
     // The harness's other affinity mode (what the operator asks of ingress-nginx): checked
     // here so that the end-to-end scenarios can rely on it.
     let Some(s) = setup(3, &[], Affinity::cookie()).await else { return };
+    // nginx hands out the affinity cookie once, and keeps a client that shows it on one node
+    let nginx = std::net::SocketAddr::from(([127, 0, 0, 1], s.cluster.nginx_port()));
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let r = http_get_with(nginx, handshake, &[], T).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookie = r.header("set-cookie").expect("a Set-Cookie for a client without the cookie");
+    assert!(cookie.starts_with("INGRESSCOOKIE="), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    for _ in 0..3 {
+        let r = http_get_with(nginx, handshake, &[("Cookie", &cookie)], T).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("set-cookie"), None, "the cookie is set once");
+    }
+    // socket.io-client (withCredentials: its cookie jar) then sticks to one node: a long-polling
+    // session fails at once when one of its requests reaches another node
     let mut clients = Vec::new();
     let mut nodes = std::collections::BTreeSet::new();
-    for _ in 0..12 {
-        let opts = ConnectOptions::default().transports(&[Transport::Polling]).with_credentials(true);
+    for i in 0..12 {
+        // half long-polling only, half upgrading: the WebSocket must reach the session's node too
+        let mut opts = ConnectOptions::default().with_credentials(true);
+        if i % 2 == 0 {
+            opts = opts.transports(&[Transport::Polling]);
+        }
         let (c, h) = s.driver.connect_hello(&s.cluster.url(), opts, T).await.unwrap();
         nodes.insert(h.node);
         c.join("k").await.unwrap();
+        if i % 2 == 1 {
+            c.wait_until(T, "upgrade to websocket", |log| {
+                log.iter()
+                    .any(|r| r.what == Incoming::Upgrade { transport: "websocket".into() })
+                    .then_some(())
+            })
+            .await
+            .unwrap();
+        }
         clients.push(c);
     }
     assert!(nodes.len() >= 2, "12 fresh cookies all hashed to {nodes:?}");
@@ -653,5 +683,33 @@ async fn cookie_affinity_keeps_polling_clients_on_one_node() {
         c.wait_events("p", 3, T).await.unwrap();
         assert_eq!(data_of(c, "p"), want);
         assert!(disconnects(c).is_empty(), "{}: a polling request went to another node", c.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_replacement_of_a_node_moves_its_clients() {
+    // The harness's rolling-update step (new node into nginx's upstream, old node out and
+    // SIGTERM), which the end-to-end scenarios use in place of a Deployment rollout.
+    let Some(mut s) = setup(2, &[("SHUTDOWN_GRACE", "5s")], Affinity::IpHash).await else { return };
+    let (x, hx) = s.client_on(0, 0, ConnectOptions::default()).await;
+    let (y, _) = s.client_on(1, 0, ConnectOptions::default()).await;
+    x.join("r").await.unwrap();
+    y.join("r").await.unwrap();
+
+    let new = s.cluster.roll_node(0, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(s.cluster.node(new).name, "n3");
+    assert!(!s.cluster.node(0).in_upstream);
+    assert!(s.cluster.node_proc(0).exited().is_some(), "the old node is gone");
+    let h2 = x.hello_n(2, Duration::from_secs(30)).await.unwrap();
+    assert_ne!(h2.node, hx.node, "moved off the replaced node");
+    x.join("r").await.unwrap();
+    // a client that lands on the new node through nginx
+    let (z, hz) = s.client_on(new, 0, ConnectOptions::default()).await;
+    assert_eq!(hz.node, "n3");
+    z.join("r").await.unwrap();
+    y.publish(Some("r"), "after", json!(1)).await.unwrap();
+    settle(&y, &[&x, &y, &z], "end").await;
+    for c in [&x, &y, &z] {
+        assert_eq!(data_of(c, "after"), vec![json!(1)], "{}", c.name());
     }
 }
