@@ -1,0 +1,462 @@
+//! The Redis side of the adapter: a `socketioxide-redis` [`Driver`] on the `fred` client, and
+//! the monitor that keeps it connected, subscribed and provably listening.
+//!
+//! Why not `socketioxide_redis::drivers::fred::FredDriver` as is:
+//! - it needs a connected client to build (`init().await?`), so a node could not start while
+//!   Redis is down; this driver starts anyway and the monitor connects it later;
+//! - fred's `SubscriberClient` only remembers channels whose first SUBSCRIBE succeeded, so a
+//!   channel subscribed during an outage would never be resubscribed; here the driver keeps the
+//!   wanted channels itself and the monitor resubscribes all of them after every (re)connect
+//!   (what fred's `manage_subscriptions` does, plus knowing *when* it is done, for readiness);
+//! - its pump task (fred's broadcast channel -> per-channel adapter buffers) is invisible: if it
+//!   lags, drops or stops, the node goes deaf silently. Here the pump counts every dropped
+//!   message, the monitor restarts it if it ever ends, and a self-addressed probe message
+//!   through Redis every [`PROBE_INTERVAL`] proves the whole receive path works. Any failure
+//!   turns `/readyz` to 503 and shows in the metrics.
+//!
+//! Plain PUBLISH/SUBSCRIBE (not the sharded variants) is used, so any Redis >= 6 with RESP3
+//! works.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use fred::{
+    clients::Client,
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    types::{
+        Message, RespVersion,
+        config::{Config, ReconnectPolicy, TcpConfig, UnresponsiveConfig},
+    },
+};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{RedisSettings, redact_url},
+    health::Health,
+    metrics::{AdapterOp, DropReason, Metrics},
+};
+
+/// Channel prefix of the adapter (keeps this service apart from other socket.io apps on a
+/// shared Redis).
+pub const CHANNEL_PREFIX: &str = "realtime";
+/// Messages fred buffers for the pump before it counts as lagging. tokio's broadcast channel
+/// allocates all slots at once, so this is bounded; the pump does little per message and
+/// only lags when starved of CPU.
+const FRED_BROADCAST_CAPACITY: usize = 4096;
+/// Per-channel buffer between the pump and the adapter (socketioxide-redis's `stream_buffer`).
+/// A bounded mpsc allocates lazily, so a generous bound costs nothing until a burst needs it.
+pub const ADAPTER_STREAM_BUFFER: usize = 16 * 1024;
+/// How long cross-node requests (presence) wait for the other nodes.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound of any Redis command, so a handler never waits on a dead connection forever.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the monitor checks the connection and the pump.
+const TICK: Duration = Duration::from_millis(200);
+/// How often a probe message is sent to this node's own probe channel.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a probe may take before the node counts as deaf.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// An error of the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("redis is not connected")]
+    NotConnected,
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// The `socketioxide-redis` adapter type this server runs with Redis.
+pub type RedisAdapter<E> = socketioxide_redis::CustomRedisAdapter<E, RedisDriver>;
+
+/// A [`Driver`] over one fred client (RESP3: commands and pub/sub share the connection).
+#[derive(Clone)]
+pub struct RedisDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// Every channel the adapter wants, with the buffer its messages go to.
+    handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// Wakes the monitor to resubscribe (a SUBSCRIBE failed).
+    resubscribe: Notify,
+}
+
+impl RedisDriver {
+    /// Builds the client and starts connecting in the background (never fails on an
+    /// unreachable Redis: the reconnect policy keeps trying, and readiness says so).
+    pub fn connect(
+        settings: &RedisSettings,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut config = Config::from_url(&settings.url).map_err(|e| {
+            anyhow::anyhow!("REDIS_URL {} is not usable: {e}", redact_url(&settings.url))
+        })?;
+        // fred does not read the protocol from the URL; RESP3 lets one connection carry both
+        // commands and pub/sub pushes.
+        config.version = RespVersion::RESP3;
+        // Retry the very first connection too: a node starts (not ready) while Redis is down.
+        config.fail_fast = false;
+        if let Some(pw) = &settings.password {
+            config.password = Some(pw.clone());
+        }
+        let client = fred::types::Builder::from_config(config)
+            .with_performance_config(|p| {
+                p.broadcast_channel_capacity = FRED_BROADCAST_CAPACITY;
+                p.default_command_timeout = COMMAND_TIMEOUT;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(3);
+                c.internal_command_timeout = Duration::from_secs(3);
+                c.max_command_attempts = 2;
+                // A Redis that stops answering (frozen, network black hole) is dropped and
+                // reconnected instead of stalling every command.
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(5)),
+                    interval: Duration::from_secs(1),
+                };
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+            })
+            // unlimited attempts, 100 ms doubling to 2 s
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()?;
+        let _connection_task = client.connect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                handlers: RwLock::new(HashMap::new()),
+                health,
+                metrics,
+                resubscribe: Notify::new(),
+            }),
+        })
+    }
+
+    /// Starts the monitor (connection state, resubscription, pump, probe). `node_id` names
+    /// this node's probe channel. Returns its task; abort it on shutdown.
+    pub fn spawn_monitor(&self, node_id: &str) -> tokio::task::JoinHandle<()> {
+        let probe_chan = format!("{CHANNEL_PREFIX}-probe#{node_id}#");
+        let (tx, rx) = mpsc::channel(16);
+        self.handlers().insert(probe_chan.clone(), tx);
+        tokio::spawn(Monitor::new(self.clone(), probe_chan, rx).run())
+    }
+
+    /// Closes the Redis connection (after the adapter has unsubscribed).
+    pub async fn quit(&self) {
+        if let Err(e) = self.inner.client.quit().await {
+            debug!("redis quit: {e}");
+        }
+    }
+
+    fn handlers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.inner.handlers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn channels(&self) -> Vec<String> {
+        let map = self.inner.handlers.read().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+}
+
+impl Driver for RedisDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        if !self.inner.health.redis_usable() {
+            // fred would queue the command until it reconnects or times out: fail at once so
+            // the caller can fall back to local delivery.
+            return Err(DriverError::NotConnected);
+        }
+        let res = self.inner.client.publish::<i64, _, _>(chan, val).await;
+        if res.is_err() {
+            self.inner.metrics.adapter_error(AdapterOp::Publish);
+        }
+        res.map(drop).map_err(Into::into)
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        let (tx, rx) = mpsc::channel(size);
+        self.handlers().insert(chan.clone(), tx);
+        if self.inner.health.redis_usable() {
+            if let Err(e) = self.inner.client.subscribe(chan.as_str()).await {
+                warn!(chan, "redis SUBSCRIBE failed, the monitor will retry: {e}");
+                self.inner.metrics.adapter_error(AdapterOp::Subscribe);
+                self.inner.health.set_redis_subscribed(false);
+                self.inner.resubscribe.notify_one();
+            }
+        }
+        // Never fail: the channel is remembered, and subscribed as soon as Redis is there.
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.handlers().remove(&chan);
+        if self.inner.health.redis_usable() {
+            self.inner.client.unsubscribe(chan).await?;
+        }
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        if !self.inner.health.redis_usable() {
+            return Err(DriverError::NotConnected);
+        }
+        let res = self
+            .inner
+            .client
+            .pubsub_numsub::<(String, u16), _>(chan)
+            .await;
+        if res.is_err() {
+            self.inner.metrics.adapter_error(AdapterOp::Publish);
+        }
+        Ok(res?.1)
+    }
+}
+
+/// Moves messages from fred's broadcast channel to the adapter's per-channel buffers.
+/// Never blocks and never panics: a full buffer drops that message (counted), so one slow
+/// channel cannot stall the others.
+async fn pump(mut rx: broadcast::Receiver<Message>, driver: RedisDriver) {
+    loop {
+        match rx.recv().await {
+            Ok(msg) => dispatch(&driver.inner, msg),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                driver.inner.metrics.redis_dropped(DropReason::Lagged, n);
+            }
+            // Only when the client is closed for good (quit).
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn dispatch(inner: &Inner, msg: Message) {
+    inner.metrics.redis_messages.inc();
+    let handlers = inner.handlers.read().unwrap_or_else(|e| e.into_inner());
+    let Some(tx) = handlers.get(&*msg.channel) else {
+        inner.metrics.redis_dropped(DropReason::NoHandler, 1);
+        return;
+    };
+    let Some(data) = msg.value.into_owned_bytes() else {
+        return;
+    };
+    match tx.try_send((msg.channel.to_string(), data)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            inner.metrics.redis_dropped(DropReason::BufferFull, 1)
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            inner.metrics.redis_dropped(DropReason::NoHandler, 1)
+        }
+    }
+}
+
+/// The state machine behind readiness: connection, subscription, pump and probe.
+struct Monitor {
+    driver: RedisDriver,
+    probe_chan: String,
+    probe_rx: mpsc::Receiver<ChanItem>,
+    pump: Option<tokio::task::JoinHandle<()>>,
+    connected: bool,
+    subscribed: bool,
+    /// Wait before retrying a failed resubscription.
+    resubscribe_after: Instant,
+    probe_seq: u64,
+    /// The probe in flight: its sequence number and when it was sent.
+    probe_sent: Option<(u64, Instant)>,
+    next_probe: Instant,
+    dropped_seen: u64,
+    connects: u64,
+}
+
+impl Monitor {
+    fn new(driver: RedisDriver, probe_chan: String, probe_rx: mpsc::Receiver<ChanItem>) -> Self {
+        let now = Instant::now();
+        Self {
+            driver,
+            probe_chan,
+            probe_rx,
+            pump: None,
+            connected: false,
+            subscribed: false,
+            resubscribe_after: now,
+            probe_seq: 0,
+            probe_sent: None,
+            next_probe: now,
+            dropped_seen: 0,
+            connects: 0,
+        }
+    }
+
+    async fn run(mut self) {
+        let inner = self.driver.inner.clone();
+        let mut reconnects = inner.client.reconnect_rx();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = inner.resubscribe.notified() => self.subscribed = false,
+                ev = reconnects.recv() => match ev {
+                    // A new connection has none of the old subscriptions.
+                    Ok(server) => {
+                        self.connects += 1;
+                        if self.connects > 1 {
+                            inner.metrics.redis_reconnects.inc();
+                        }
+                        info!(%server, "redis connected");
+                        self.subscribed = false;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.subscribed = false,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                Some((_, data)) = self.probe_rx.recv() => self.probe_answered(&data),
+            }
+            self.step().await;
+        }
+    }
+
+    async fn step(&mut self) {
+        let inner = self.driver.inner.clone();
+        let (health, metrics) = (&inner.health, &inner.metrics);
+
+        // The pump: start it, or restart it if it ever ended.
+        if self.pump.as_ref().is_none_or(|p| p.is_finished()) {
+            if self.pump.is_some() {
+                warn!("redis pub/sub pump had stopped; restarting it");
+                metrics.redis_pump_restarts.inc();
+            }
+            let rx = inner.client.message_rx();
+            self.pump = Some(tokio::spawn(pump(rx, self.driver.clone())));
+        }
+        health.set_pump_alive(true);
+
+        let connected = inner.client.is_connected();
+        if connected != self.connected {
+            if connected {
+                info!("redis connection up; subscribing");
+            } else {
+                warn!("redis connection lost; serving local clients only until it returns");
+            }
+            self.connected = connected;
+            self.subscribed = false;
+        }
+        health.set_redis_connected(connected);
+
+        if connected && !self.subscribed && Instant::now() >= self.resubscribe_after {
+            let channels = self.driver.channels();
+            let n = channels.len();
+            match tokio::time::timeout(COMMAND_TIMEOUT, inner.client.subscribe(channels)).await {
+                Ok(Ok(())) => {
+                    info!(channels = n, "redis channels subscribed");
+                    self.subscribed = true;
+                    // Prove the path right away rather than at the next interval.
+                    self.probe_sent = None;
+                    self.next_probe = Instant::now();
+                }
+                Ok(Err(e)) => self.subscribe_failed(&e.to_string()),
+                Err(_) => self.subscribe_failed("timed out"),
+            }
+        }
+        if !self.subscribed {
+            health.set_probe_ok(false);
+            self.probe_sent = None;
+        }
+        health.set_redis_subscribed(self.subscribed);
+
+        if connected && self.subscribed {
+            self.probe().await;
+        }
+
+        let dropped = metrics_dropped(metrics);
+        if dropped > self.dropped_seen {
+            warn!(
+                dropped = dropped - self.dropped_seen,
+                "redis pub/sub messages dropped before reaching the adapter (see realtime_redis_messages_dropped_total)"
+            );
+            self.dropped_seen = dropped;
+        }
+
+        let snap = health.snapshot();
+        metrics.redis_connected.set(i64::from(snap.redis_connected));
+        metrics
+            .redis_subscribed
+            .set(i64::from(snap.redis_subscribed && snap.probe_ok));
+    }
+
+    fn subscribe_failed(&mut self, why: &str) {
+        warn!("redis SUBSCRIBE failed ({why}); retrying in 1s");
+        self.driver.inner.metrics.adapter_error(AdapterOp::Subscribe);
+        self.resubscribe_after = Instant::now() + Duration::from_secs(1);
+    }
+
+    async fn probe(&mut self) {
+        let inner = self.driver.inner.clone();
+        let now = Instant::now();
+        if let Some((seq, sent)) = self.probe_sent {
+            if now.duration_since(sent) > PROBE_TIMEOUT {
+                warn!(
+                    seq,
+                    "redis probe did not come back within {PROBE_TIMEOUT:?}: the node cannot hear Redis; resubscribing"
+                );
+                inner.metrics.redis_probe_failures.inc();
+                inner.health.set_probe_ok(false);
+                self.probe_sent = None;
+                self.subscribed = false;
+                inner.health.set_redis_subscribed(false);
+            }
+            return;
+        }
+        if now < self.next_probe {
+            return;
+        }
+        self.probe_seq += 1;
+        let seq = self.probe_seq;
+        self.probe_sent = Some((seq, now));
+        self.next_probe = now + PROBE_INTERVAL;
+        let publish = inner
+            .client
+            .publish::<i64, _, _>(self.probe_chan.as_str(), seq.to_string());
+        if let Err(e) = publish.await {
+            // Counted as a probe failure when the timeout passes.
+            debug!("redis probe publish failed: {e}");
+        }
+    }
+
+    fn probe_answered(&mut self, data: &[u8]) {
+        let inner = &self.driver.inner;
+        let seq = std::str::from_utf8(data).ok().and_then(|s| s.parse::<u64>().ok());
+        if let (Some(seq), Some((want, sent))) = (seq, self.probe_sent) {
+            if seq == want {
+                let rtt = sent.elapsed();
+                inner.metrics.redis_probe_seconds.set(rtt.as_secs_f64());
+                if !inner.health.snapshot().probe_ok {
+                    info!(?rtt, "redis pub/sub path verified; node is ready");
+                }
+                inner.health.set_probe_ok(true);
+                self.probe_sent = None;
+            }
+        }
+    }
+}
+
+fn metrics_dropped(m: &Metrics) -> u64 {
+    m.redis_dropped_total()
+}

@@ -1,0 +1,213 @@
+//! Wiring: settings -> socket.io (memory or Redis adapter) + HTTP routes -> serve -> drain.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use socketioxide::{
+    SocketIo, SocketIoBuilder, TransportType, adapter::Adapter, handler::ConnectHandler,
+    layer::SocketIoLayer,
+};
+use socketioxide_redis::{RedisAdapterCtr, RedisAdapterConfig};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::{
+    adapter::{self, RedisAdapter, RedisDriver},
+    auth::Verifier,
+    config::{Settings, Transports, redact_url},
+    handlers::{self, App, NAMESPACE},
+    health::{Health, Mode},
+    http::{self, HttpState},
+    metrics::Metrics,
+    shutdown,
+};
+
+/// Packets queued per socket before an emit to it fails (socketioxide's default is 128).
+/// A 500-event burst must fit even when the receiver's writer falls a little behind; the
+/// queue allocates lazily, so the bound costs memory only for a slow receiver.
+pub const SOCKET_BUFFER: usize = 4096;
+
+/// Binds the listener and runs until SIGTERM/SIGINT, then drains.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let addr = (settings.bind, settings.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", settings.bind, settings.port))?;
+    serve(settings, listener, shutdown::signal()).await
+}
+
+/// Serves on `listener` until `stop` resolves, then shuts down within the grace period.
+/// (Tests pass their own `stop` and a listener on port 0.)
+pub async fn serve<S>(settings: Settings, listener: TcpListener, stop: S) -> anyhow::Result<()>
+where
+    S: Future<Output = &'static str> + Send + 'static,
+{
+    let mode = if settings.redis.is_some() {
+        Mode::Redis
+    } else {
+        Mode::Memory
+    };
+    let metrics = Arc::new(Metrics::new(
+        &settings.node_name,
+        match mode {
+            Mode::Memory => "memory",
+            Mode::Redis => "redis",
+        },
+    ));
+    let health = Arc::new(Health::new(mode));
+    let app = Arc::new(App {
+        node: settings.node_name.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        verifier: settings
+            .auth_secret
+            .as_ref()
+            .map(|s| Verifier::new(s.as_bytes())),
+    });
+
+    let builder = socketio_builder(&settings).with_state(app.clone());
+    match &settings.redis {
+        None => {
+            let (layer, io) = builder.build_layer();
+            io.ns(
+                NAMESPACE,
+                handlers::on_connect::<socketioxide::adapter::LocalAdapter>
+                    .with(handlers::authenticate),
+            );
+            info!(
+                node = %settings.node_name,
+                "in-memory adapter (no REDIS_URL): this node runs alone"
+            );
+            run_http(&settings, app, io, layer, listener, stop, None).await
+        }
+        Some(redis) => {
+            let driver = RedisDriver::connect(redis, health.clone(), metrics.clone())?;
+            let monitor = driver.spawn_monitor(&socketioxide_core::Uid::new().to_string());
+            let config = RedisAdapterConfig::new()
+                .with_prefix(adapter::CHANNEL_PREFIX)
+                .with_stream_buffer(adapter::ADAPTER_STREAM_BUFFER)
+                .with_request_timeout(adapter::REQUEST_TIMEOUT);
+            let ctr = RedisAdapterCtr::new_with_driver(driver.clone(), config);
+            let (layer, io) = builder.with_adapter::<RedisAdapter<_>>(ctr).build_layer();
+            // The driver never fails a SUBSCRIBE (it retries in the background), so this only
+            // fails on a malformed namespace.
+            io.ns(
+                NAMESPACE,
+                handlers::on_connect::<RedisAdapter<_>>.with(handlers::authenticate),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("adapter init: {e}"))?;
+            info!(
+                node = %settings.node_name,
+                redis = %redact_url(&redis.url),
+                "redis adapter; ready once Redis is connected and subscribed"
+            );
+            let res = run_http(&settings, app, io, layer, listener, stop, Some(&driver)).await;
+            monitor.abort();
+            res
+        }
+    }
+}
+
+fn socketio_builder(s: &Settings) -> SocketIoBuilder {
+    let max = usize::try_from(s.max_payload).unwrap_or(usize::MAX);
+    let b = SocketIo::builder()
+        .ping_interval(s.ping_interval)
+        .ping_timeout(s.ping_timeout)
+        // polling: per HTTP request body; websocket: per message and per frame
+        .max_payload(s.max_payload)
+        .ws_max_message_size(max)
+        .ws_max_frame_size(max)
+        .max_buffer_size(SOCKET_BUFFER);
+    match s.transports {
+        Transports::PollingAndWebsocket => {
+            b.transports([TransportType::Polling, TransportType::Websocket])
+        }
+        Transports::Websocket => b.transports([TransportType::Websocket]),
+        Transports::Polling => b.transports([TransportType::Polling]),
+    }
+}
+
+async fn run_http<A: Adapter, S>(
+    settings: &Settings,
+    app: Arc<App>,
+    io: SocketIo<A>,
+    layer: SocketIoLayer<A>,
+    listener: TcpListener,
+    stop: S,
+    driver: Option<&RedisDriver>,
+) -> anyhow::Result<()>
+where
+    S: Future<Output = &'static str> + Send + 'static,
+{
+    let state = HttpState {
+        app: app.clone(),
+        io: io.clone(),
+        api_key: settings.api_key.clone(),
+    };
+    let max_body = usize::try_from(settings.max_payload).unwrap_or(usize::MAX);
+    let mut router = http::router(state, max_body).layer(layer);
+    if let Some(cors) = http::cors_layer(&settings.cors) {
+        router = router.layer(cors);
+    }
+
+    let local = listener.local_addr()?;
+    info!(%local, "listening (socket.io on /socket.io/, probes on /healthz /readyz, metrics on /metrics)");
+
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = accepting_stopped.await;
+    });
+    let mut server = tokio::spawn(server.into_future());
+
+    let signal = tokio::select! {
+        s = stop => s,
+        res = &mut server => {
+            // The server ended on its own: an accept loop failure.
+            return match res {
+                Ok(Ok(())) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
+                Ok(Err(e)) => Err(e).context("HTTP server failed"),
+                Err(e) => Err(e).context("HTTP server task failed"),
+            };
+        }
+    };
+
+    let start = tokio::time::Instant::now();
+    let deadlines = shutdown::deadlines(start, settings.shutdown_grace);
+    app.health.set_draining();
+    app.metrics.draining.set(1);
+    app.metrics.ready.set(0);
+    let sockets = app.metrics.connected.get();
+    info!(
+        signal,
+        sockets,
+        grace = ?settings.shutdown_grace,
+        "draining: not ready, no new connections, closing transports so clients reconnect elsewhere"
+    );
+
+    let _ = stop_accepting.send(());
+    // Engine.io close for every socket (no socket.io DISCONNECT), then the adapter
+    // unsubscribes from Redis.
+    if tokio::time::timeout_at(deadlines.close_transports, io.close())
+        .await
+        .is_err()
+    {
+        warn!("closing the transports did not finish in time; exiting anyway");
+    }
+    if let Some(driver) = driver {
+        let _ = tokio::time::timeout_at(deadlines.exit, driver.quit()).await;
+    }
+    match tokio::time::timeout_at(deadlines.exit, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!("HTTP server ended with an error: {e}"),
+        Ok(Err(e)) => warn!("HTTP server task failed: {e}"),
+        Err(_) => {
+            warn!("open HTTP connections did not finish within the grace period; exiting");
+            server.abort();
+        }
+    }
+    info!(took = ?start.elapsed(), "shutdown complete");
+    // Give the last log lines a moment to reach stderr.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

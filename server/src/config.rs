@@ -1,0 +1,555 @@
+//! Command line and environment configuration.
+//!
+//! One clap struct ([`Cli`]) holds the raw flags (every flag has an environment variable);
+//! [`Cli::validate`] turns it into [`Settings`], the checked configuration the server runs
+//! with. Validation is pure, so every rule is unit tested and a bad deployment fails at start
+//! with a message naming the variable, not later at the first connection.
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// A Socket.IO gateway whose events reach clients on every node through Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "realtime-server", version, about, long_about = None)]
+pub struct Cli {
+    /// Listen port (HTTP, socket.io, health and metrics share it).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Listen address.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Node name announced to clients in `hello` [default: the hostname].
+    #[arg(long, env = "NAME")]
+    pub name: Option<String>,
+
+    /// Redis URL (redis:// or rediss://). Without it the node runs alone on the in-memory adapter.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis password; overrides the password of the URL (for a Kubernetes Secret).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Allowed transports: `polling,websocket` or `websocket` (websocket only).
+    #[arg(long, env = "TRANSPORTS", default_value = "polling,websocket")]
+    pub transports: String,
+
+    /// Interval between server pings (humantime, e.g. `25s`).
+    #[arg(long, env = "PING_INTERVAL", default_value = "25s")]
+    pub ping_interval: humantime::Duration,
+
+    /// Time to wait for a pong before the connection is considered dead.
+    #[arg(long, env = "PING_TIMEOUT", default_value = "20s")]
+    pub ping_timeout: humantime::Duration,
+
+    /// Largest accepted incoming packet in bytes (like socket.io's maxHttpBufferSize).
+    #[arg(long, env = "MAX_PAYLOAD", default_value_t = 1_000_000)]
+    pub max_payload: u64,
+
+    /// Allowed CORS origins, comma-separated, or `*`. Unset: same-origin only.
+    #[arg(long, env = "CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+
+    /// HS256 secret; when set, the handshake `auth: {token}` must be a valid JWT (`sub` = user id).
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Bearer key for `POST /api/v1/publish`; the endpoint is disabled without it.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Longest time from SIGTERM to exit.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s")]
+    pub shutdown_grace: humantime::Duration,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Which engine.io transports clients may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transports {
+    /// HTTP long-polling first, then the upgrade to websocket (socket.io's default).
+    PollingAndWebsocket,
+    /// Websocket only (clients must pass `transports: ["websocket"]`).
+    Websocket,
+    /// Long-polling only.
+    Polling,
+}
+
+/// Cross-origin policy for browsers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// No CORS headers: browsers only allow pages served by this origin.
+    SameOrigin,
+    /// Any origin (`*`).
+    Any,
+    /// These exact origins (`scheme://host[:port]`).
+    List(Vec<String>),
+}
+
+/// The Redis connection the adapter uses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The URL as given (`redis://` or `rediss://`).
+    pub url: String,
+    /// Overrides the password of the URL.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub node_name: String,
+    pub redis: Option<RedisSettings>,
+    pub transports: Transports,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub max_payload: u64,
+    pub cors: Cors,
+    pub auth_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("REDIS_URL must start with redis:// or rediss:// (got {0:?})")]
+    RedisScheme(String),
+    #[error("REDIS_URL has no host")]
+    RedisHost,
+    #[error("TRANSPORTS must be `polling,websocket` or `websocket` (got {0:?})")]
+    Transports(String),
+    #[error("{name} must be at least {min:?} (got {got:?})")]
+    TooShort {
+        name: &'static str,
+        min: Duration,
+        got: Duration,
+    },
+    #[error("MAX_PAYLOAD must be between 1024 and {max} bytes (got {got})")]
+    MaxPayload { got: u64, max: u64 },
+    #[error(
+        "CORS_ORIGINS entry {0:?} is not an origin like https://example.com (or use `*` alone)"
+    )]
+    CorsOrigin(String),
+    #[error("NAME must be 1 to 63 printable characters (got {0:?})")]
+    Name(String),
+    #[error("AUTH_SECRET must be at least 16 bytes (got {0})")]
+    AuthSecret(usize),
+    #[error("API_KEY must be at least 16 bytes (got {0})")]
+    ApiKey(usize),
+    #[error("SHUTDOWN_GRACE must be between 1s and 1h (got {0:?})")]
+    ShutdownGrace(Duration),
+}
+
+/// Upper bound for MAX_PAYLOAD: larger packets would let one client pin that much memory per
+/// in-flight message on every receiving node.
+pub const MAX_PAYLOAD_LIMIT: u64 = 64 << 20;
+
+impl Cli {
+    /// Checks every value and resolves the defaults that depend on the machine (the hostname).
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.validate_with_hostname(hostname)
+    }
+
+    /// [`Cli::validate`] with the hostname lookup injected, so tests do not depend on the machine.
+    pub fn validate_with_hostname(
+        self,
+        hostname: impl FnOnce() -> String,
+    ) -> Result<Settings, ConfigError> {
+        let node_name = match non_empty(self.name) {
+            Some(n) => n,
+            None => hostname(),
+        };
+        if node_name.is_empty()
+            || node_name.len() > 63
+            || node_name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ConfigError::Name(node_name));
+        }
+
+        let redis = match non_empty(self.redis_url) {
+            None => None,
+            Some(url) => {
+                validate_redis_url(&url)?;
+                Some(RedisSettings {
+                    url,
+                    password: non_empty(self.redis_password),
+                })
+            }
+        };
+
+        let transports = parse_transports(&self.transports)?;
+
+        let ping_interval: Duration = self.ping_interval.into();
+        let ping_timeout: Duration = self.ping_timeout.into();
+        let min = Duration::from_millis(100);
+        for (name, got) in [("PING_INTERVAL", ping_interval), ("PING_TIMEOUT", ping_timeout)] {
+            if got < min {
+                return Err(ConfigError::TooShort { name, min, got });
+            }
+        }
+
+        if !(1024..=MAX_PAYLOAD_LIMIT).contains(&self.max_payload) {
+            return Err(ConfigError::MaxPayload {
+                got: self.max_payload,
+                max: MAX_PAYLOAD_LIMIT,
+            });
+        }
+
+        let cors = match non_empty(self.cors_origins) {
+            None => Cors::SameOrigin,
+            Some(s) => parse_cors(&s)?,
+        };
+
+        let auth_secret = non_empty(self.auth_secret);
+        if let Some(s) = &auth_secret {
+            if s.len() < 16 {
+                return Err(ConfigError::AuthSecret(s.len()));
+            }
+        }
+        let api_key = non_empty(self.api_key);
+        if let Some(k) = &api_key {
+            if k.len() < 16 {
+                return Err(ConfigError::ApiKey(k.len()));
+            }
+        }
+
+        let shutdown_grace: Duration = self.shutdown_grace.into();
+        if shutdown_grace < Duration::from_secs(1) || shutdown_grace > Duration::from_secs(3600) {
+            return Err(ConfigError::ShutdownGrace(shutdown_grace));
+        }
+
+        Ok(Settings {
+            bind: self.bind,
+            port: self.port,
+            node_name,
+            redis,
+            transports,
+            ping_interval,
+            ping_timeout,
+            max_payload: self.max_payload,
+            cors,
+            auth_secret,
+            api_key,
+            shutdown_grace,
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// Kubernetes and shells often pass unset values as empty strings: treat them as unset.
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(|| ConfigError::RedisScheme(redact_url(url)))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err(ConfigError::RedisHost);
+    }
+    Ok(())
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn parse_transports(s: &str) -> Result<Transports, ConfigError> {
+    let mut polling = false;
+    let mut websocket = false;
+    for part in s.split(',').map(str::trim) {
+        match part.to_ascii_lowercase().as_str() {
+            "polling" if !polling => polling = true,
+            "websocket" if !websocket => websocket = true,
+            _ => return Err(ConfigError::Transports(s.to_owned())),
+        }
+    }
+    Ok(match (polling, websocket) {
+        (true, true) => Transports::PollingAndWebsocket,
+        (false, true) => Transports::Websocket,
+        (true, false) => Transports::Polling,
+        (false, false) => return Err(ConfigError::Transports(s.to_owned())),
+    })
+}
+
+fn parse_cors(s: &str) -> Result<Cors, ConfigError> {
+    if s == "*" {
+        return Ok(Cors::Any);
+    }
+    let mut origins = Vec::new();
+    for o in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let o = o.trim_end_matches('/');
+        let host = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"))
+            .ok_or_else(|| ConfigError::CorsOrigin(o.to_owned()))?;
+        let valid = !host.is_empty()
+            && !host.contains(['/', '?', '#', '@', '*', ' '])
+            && host.is_ascii()
+            && !host.chars().any(|c| c.is_ascii_control());
+        if !valid {
+            return Err(ConfigError::CorsOrigin(o.to_owned()));
+        }
+        origins.push(o.to_owned());
+    }
+    if origins.is_empty() {
+        return Err(ConfigError::CorsOrigin(s.to_owned()));
+    }
+    Ok(Cors::List(origins))
+}
+
+/// The machine's hostname: `HOSTNAME` (set in every Kubernetes pod), then the kernel's.
+fn hostname() -> String {
+    if let Some(h) = non_empty(std::env::var("HOSTNAME").ok()) {
+        return h;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| non_empty(Some(h)))
+        .unwrap_or_else(|| "realtime-server".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["realtime-server"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("arguments parse")
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
+        cli(args).validate_with_hostname(|| "host-1".to_owned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        // Env vars of the test process could leak in through clap's `env`; the ones we read
+        // are not set by cargo, and a CI that sets them would be misconfigured anyway.
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 3000);
+        assert_eq!(s.bind.to_string(), "0.0.0.0");
+        assert_eq!(s.node_name, "host-1");
+        assert!(s.redis.is_none());
+        assert_eq!(s.transports, Transports::PollingAndWebsocket);
+        assert_eq!(s.ping_interval, Duration::from_secs(25));
+        assert_eq!(s.ping_timeout, Duration::from_secs(20));
+        assert_eq!(s.max_payload, 1_000_000);
+        assert_eq!(s.cors, Cors::SameOrigin);
+        assert!(s.auth_secret.is_none() && s.api_key.is_none());
+        assert_eq!(s.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let s = settings(&[
+            "--port=4001",
+            "--bind=127.0.0.1",
+            "--name=n1",
+            "--redis-url=rediss://user:pw@redis.example:6380/0",
+            "--redis-password=secret",
+            "--transports=websocket",
+            "--ping-interval=500ms",
+            "--ping-timeout=2s",
+            "--max-payload=2048",
+            "--cors-origins=https://a.example, http://b.example:8080/",
+            "--auth-secret=0123456789abcdef",
+            "--api-key=fedcba9876543210",
+            "--shutdown-grace=5s",
+            "--log-format=json",
+        ])
+        .unwrap();
+        assert_eq!(s.port, 4001);
+        assert_eq!(s.bind.to_string(), "127.0.0.1");
+        assert_eq!(s.node_name, "n1");
+        let r = s.redis.unwrap();
+        assert_eq!(r.url, "rediss://user:pw@redis.example:6380/0");
+        assert_eq!(r.password.as_deref(), Some("secret"));
+        assert_eq!(s.transports, Transports::Websocket);
+        assert_eq!(s.ping_interval, Duration::from_millis(500));
+        assert_eq!(s.ping_timeout, Duration::from_secs(2));
+        assert_eq!(s.max_payload, 2048);
+        assert_eq!(
+            s.cors,
+            Cors::List(vec![
+                "https://a.example".into(),
+                "http://b.example:8080".into()
+            ])
+        );
+        assert_eq!(s.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let s = settings(&[
+            "--name=",
+            "--redis-url=",
+            "--cors-origins=",
+            "--auth-secret=",
+            "--api-key= ",
+        ])
+        .unwrap();
+        assert_eq!(s.node_name, "host-1");
+        assert!(s.redis.is_none());
+        assert_eq!(s.cors, Cors::SameOrigin);
+        assert!(s.auth_secret.is_none() && s.api_key.is_none());
+    }
+
+    #[test]
+    fn redis_url_is_checked() {
+        assert_eq!(
+            settings(&["--redis-url=http://x:6379"]).unwrap_err(),
+            ConfigError::RedisScheme("http://x:6379".into())
+        );
+        assert_eq!(
+            settings(&["--redis-url=redis://"]).unwrap_err(),
+            ConfigError::RedisHost
+        );
+        assert_eq!(
+            settings(&["--redis-url=redis://:pw@:6379"]).unwrap_err(),
+            ConfigError::RedisHost
+        );
+        assert!(settings(&["--redis-url=redis://127.0.0.1:6379"]).is_ok());
+        assert!(settings(&["--redis-url=redis://:pw@redis/2"]).is_ok());
+    }
+
+    #[test]
+    fn redis_password_never_shows() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@h:1/0"),
+            "redis://user:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("redis://:hunter2@h"), "redis://:<redacted>@h");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let err = settings(&["--redis-url=http://u:hunter2@h"]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let s = settings(&["--redis-url=redis://u:hunter2@h", "--redis-password=pw2"]).unwrap();
+        let dbg = format!("{:?}", s.redis.unwrap());
+        assert!(!dbg.contains("hunter2") && !dbg.contains("pw2"), "{dbg}");
+    }
+
+    #[test]
+    fn transports_accept_the_two_documented_forms() {
+        assert_eq!(
+            parse_transports("polling,websocket").unwrap(),
+            Transports::PollingAndWebsocket
+        );
+        assert_eq!(
+            parse_transports("websocket, polling").unwrap(),
+            Transports::PollingAndWebsocket
+        );
+        assert_eq!(parse_transports("websocket").unwrap(), Transports::Websocket);
+        assert_eq!(parse_transports("polling").unwrap(), Transports::Polling);
+        for bad in ["", "ws", "websocket,websocket", "polling,", "webtransport"] {
+            assert!(parse_transports(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes_are_bounded() {
+        assert!(matches!(
+            settings(&["--ping-interval=10ms"]).unwrap_err(),
+            ConfigError::TooShort {
+                name: "PING_INTERVAL",
+                ..
+            }
+        ));
+        assert!(matches!(
+            settings(&["--ping-timeout=0s"]).unwrap_err(),
+            ConfigError::TooShort {
+                name: "PING_TIMEOUT",
+                ..
+            }
+        ));
+        assert!(matches!(
+            settings(&["--max-payload=10"]).unwrap_err(),
+            ConfigError::MaxPayload { got: 10, .. }
+        ));
+        assert!(settings(&["--max-payload=100000000"]).is_err());
+        assert!(settings(&["--shutdown-grace=0s"]).is_err());
+        assert!(settings(&["--shutdown-grace=2h"]).is_err());
+        // humantime syntax errors are clap errors, reported before validation
+        assert!(
+            Cli::try_parse_from(["realtime-server", "--ping-interval=soon"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["realtime-server", "--log-format=xml"]).is_err());
+        assert!(Cli::try_parse_from(["realtime-server", "--bind=localhost"]).is_err());
+    }
+
+    #[test]
+    fn cors_origins() {
+        assert_eq!(parse_cors("*").unwrap(), Cors::Any);
+        for bad in [
+            "example.com",
+            "https://",
+            "https://a.example/path",
+            "*,https://a",
+            "ftp://a",
+            ",",
+        ] {
+            assert!(parse_cors(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn secrets_and_names_are_checked() {
+        assert_eq!(
+            settings(&["--auth-secret=short"]).unwrap_err(),
+            ConfigError::AuthSecret(5)
+        );
+        assert_eq!(
+            settings(&["--api-key=short"]).unwrap_err(),
+            ConfigError::ApiKey(5)
+        );
+        assert!(settings(&["--name=has space"]).is_err());
+        assert!(settings(&[&format!("--name={}", "x".repeat(64))]).is_err());
+        assert!(settings(&["--name=realtime-7d9f-abcde"]).is_ok());
+    }
+}

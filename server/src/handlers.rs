@@ -1,0 +1,534 @@
+//! The socket.io side: connect (auth, internal rooms, `hello`) and the client events.
+//!
+//! Rooms. A socket.io socket does not join a room named by its own id in socketioxide
+//! (`Socket::join` only touches the rooms given), and client-chosen names must never reach
+//! another socket's private messages, so every room has a prefix:
+//! - `room:<name>`: rooms clients join and publish to;
+//! - `sid:<socket id>`: the socket itself (target of `send {to}`, on any node);
+//! - `user:<sub>`: every socket of an authenticated user (`send {user}`);
+//! - `member:<json [id, node, user?]>`: describes the socket, so `presence` gets id, node and
+//!   user of every member on every node with one adapter request (a remote socket only
+//!   carries its id and server uid, not its data).
+//!
+//! Ordering. socketioxide runs every event handler in its own task, so two events of one
+//! socket could overtake each other. Each handler therefore does its parsing, validation and
+//! packet encoding synchronously, in arrival order, and joins a per-socket queue
+//! ([`Order`]) for the part that waits on Redis: the events of one socket take effect in the
+//! order they were sent (a 500-event burst arrives in order on every node), while different
+//! sockets never wait on each other.
+
+use std::{
+    convert::Infallible,
+    future::{Future, Ready, ready},
+    pin::Pin,
+    str::FromStr,
+    sync::{Arc, Mutex},
+};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::{
+    BroadcastError, SocketIo,
+    adapter::Adapter,
+    extract::{AckSender, SocketRef, State, TryData},
+    handler::FromMessageParts,
+    operators::BroadcastOperators,
+    socket::{Sid, Socket},
+};
+use socketioxide_core::Value;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::{
+    auth::{AuthError, HandshakeAuth, Verifier},
+    health::{Health, Mode},
+    metrics::{AdapterOp, Metrics, OutKind},
+    protocol::{self, Command, EventKind, InputError, Target},
+};
+
+/// What every handler shares.
+pub struct App {
+    pub node: String,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub verifier: Option<Verifier>,
+}
+
+/// The namespace clients connect to.
+pub const NAMESPACE: &str = "/";
+
+pub fn client_room(name: &str) -> String {
+    format!("room:{name}")
+}
+pub fn socket_room(id: &str) -> String {
+    format!("sid:{id}")
+}
+pub fn user_room(user: &str) -> String {
+    format!("user:{user}")
+}
+
+const MEMBER_PREFIX: &str = "member:";
+
+/// One member of a room, as `presence` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// The internal room describing a socket (see the module doc).
+pub fn member_room(id: &str, node: &str, user: Option<&str>) -> String {
+    let json = match user {
+        Some(u) => serde_json::to_string(&(id, node, u)),
+        None => serde_json::to_string(&(id, node)),
+    };
+    // Serializing strings cannot fail.
+    format!("{MEMBER_PREFIX}{}", json.unwrap_or_default())
+}
+
+/// Reads a member room back; `None` for any other room.
+pub fn parse_member_room(room: &str) -> Option<Member> {
+    let json = room.strip_prefix(MEMBER_PREFIX)?;
+    let parts: Vec<String> = serde_json::from_str(json).ok()?;
+    let mut parts = parts.into_iter();
+    Some(Member {
+        id: parts.next()?,
+        node: parts.next()?,
+        user: parts.next(),
+    })
+}
+
+/// The members described by a set of rooms, sorted by id, each once.
+pub fn members_from_rooms<'a>(rooms: impl IntoIterator<Item = &'a str>) -> Vec<Member> {
+    let mut members: Vec<Member> = rooms.into_iter().filter_map(parse_member_room).collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    members.dedup_by(|a, b| a.id == b.id);
+    members
+}
+
+/// The user id a verified handshake left on the socket.
+#[derive(Clone)]
+struct UserId(Arc<str>);
+
+/// Connect middleware: with an auth secret configured, a valid token is required. The error
+/// text reaches the client as the `connect_error` message.
+pub async fn authenticate<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(auth): TryData<HandshakeAuth>,
+    State(app): State<Arc<App>>,
+) -> Result<(), AuthError> {
+    let Some(verifier) = &app.verifier else {
+        return Ok(());
+    };
+    match verifier.verify_handshake(auth.as_ref().ok()) {
+        Ok(user) => {
+            s.extensions.insert(UserId(user.into()));
+            Ok(())
+        }
+        Err(e) => {
+            app.metrics.auth_failures.inc();
+            debug!(sid = %s.id, "handshake refused: {e}");
+            Err(e)
+        }
+    }
+}
+
+/// Per-socket state, captured by the socket's event handler.
+struct SocketCtx {
+    app: Arc<App>,
+    order: Order,
+}
+
+/// Connect handler. Synchronous on purpose: the event handler must be registered before
+/// socketioxide reads the client's next packet, or a `join` sent right after the connect
+/// could find no handler.
+pub fn on_connect<A: Adapter>(
+    s: SocketRef<A>,
+    State(app): State<Arc<App>>,
+) -> Ready<()> {
+    let user = s.extensions.get::<UserId>().map(|u| u.0);
+    let id = s.id.to_string();
+    let mut rooms = vec![
+        socket_room(&id),
+        member_room(&id, &app.node, user.as_deref()),
+    ];
+    if let Some(u) = &user {
+        rooms.push(user_room(u));
+    }
+    s.join(rooms);
+
+    app.metrics.connected.inc();
+    app.metrics.connections.inc();
+    let metrics = app.metrics.clone();
+    s.on_disconnect(move || {
+        metrics.connected.dec();
+        ready(())
+    });
+
+    let ctx = Arc::new(SocketCtx {
+        app: app.clone(),
+        order: Order::default(),
+    });
+    s.on_fallback(
+        move |s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>, frame: Frame| {
+            on_event(&ctx, s, io, ack, frame)
+        },
+    );
+
+    #[derive(Serialize)]
+    struct Hello<'a> {
+        node: &'a str,
+        id: &'a str,
+    }
+    match s.emit("hello", &Hello { node: &app.node, id: &id }) {
+        Ok(()) => app.metrics.event_out(OutKind::Hello),
+        Err(e) => debug!(sid = %id, "hello not sent: {e}"),
+    }
+    ready(())
+}
+
+/// The raw event packet (`["event", args...]` plus binary attachments), taken as is so it
+/// can be read without copying.
+pub struct Frame(Value);
+
+impl<A: Adapter> FromMessageParts<A> for Frame {
+    type Error = Infallible;
+    fn from_message_parts(
+        _: &Arc<Socket<A>>,
+        v: &mut Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Frame(std::mem::replace(v, Value::Bytes(bytes::Bytes::new()))))
+    }
+}
+
+impl Frame {
+    fn text(&self) -> Result<&str, InputError> {
+        match &self.0 {
+            Value::Str(s, None) => Ok(s.as_str()),
+            Value::Str(_, Some(_)) => Err(InputError::Binary),
+            Value::Bytes(_) => Err(InputError::Malformed),
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// `{ok:true}`, with `partial` when Redis was unreachable and only this node's sockets were
+/// reached.
+#[derive(Serialize)]
+struct OkAck {
+    ok: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
+}
+
+const OK: OkAck = OkAck {
+    ok: true,
+    partial: false,
+};
+
+#[derive(Serialize)]
+struct ErrAck<'a> {
+    ok: bool,
+    error: &'a str,
+}
+
+#[derive(Serialize)]
+struct PresenceAck {
+    members: Vec<Member>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
+}
+
+fn send_ack<A: Adapter, T: Serialize>(app: &App, ack: AckSender<A>, body: &T) {
+    match ack.send(body) {
+        Ok(()) => app.metrics.event_out(OutKind::Ack),
+        Err(e) => debug!("ack not sent: {e}"),
+    }
+}
+
+/// The socket's event handler: queues the event behind the socket's previous ones.
+fn on_event<A: Adapter>(
+    ctx: &Arc<SocketCtx>,
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    ack: AckSender<A>,
+    frame: Frame,
+) -> BoxFuture {
+    let ctx2 = ctx.clone();
+    ctx.order.enqueue(async move { handle_event(&ctx2.app, s, io, ack, frame).await })
+}
+
+async fn handle_event<A: Adapter>(
+    app: &App,
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    ack: AckSender<A>,
+    frame: Frame,
+) {
+    let parsed = frame.text().and_then(protocol::split_frame);
+    let (event, arg) = match parsed {
+        Ok(p) => p,
+        Err(e) => return refuse(app, EventKind::Unknown, ack, &e.to_string()),
+    };
+    let kind = EventKind::of(&event);
+    let cmd = match protocol::parse_command(&event, arg, app.verifier.is_some()) {
+        Ok(c) => c,
+        Err(e) => return refuse(app, kind, ack, &e.to_string()),
+    };
+    let Some(root) = io.of(NAMESPACE) else {
+        // The namespace is gone: the server is closing.
+        return refuse(app, kind, ack, "server is shutting down");
+    };
+    app.metrics.event_in(kind, true);
+
+    match cmd {
+        Command::Join(room) => {
+            s.join(client_room(&room));
+            send_ack(app, ack, &OK);
+        }
+        Command::Leave(room) => {
+            s.leave(client_room(&room));
+            send_ack(app, ack, &OK);
+        }
+        Command::Publish(p) => {
+            let dest = match &p.room {
+                Some(r) => Dest::Room(client_room(r)),
+                None => Dest::All,
+            };
+            let partial = deliver(app, &root, &dest, &p.event, p.data).await;
+            app.metrics.event_out(OutKind::Publish);
+            send_ack(app, ack, &OkAck { ok: true, partial });
+        }
+        Command::Send {
+            target,
+            event,
+            data,
+        } => {
+            let dest = match &target {
+                Target::Socket(to) => {
+                    // A socket on this node gets it directly, without the Redis round trip.
+                    let here = Sid::from_str(to)
+                        .ok()
+                        .is_some_and(|sid| root.get_socket(sid).is_some());
+                    if here {
+                        Dest::LocalRoom(socket_room(to))
+                    } else {
+                        Dest::Room(socket_room(to))
+                    }
+                }
+                Target::User(u) => Dest::Room(user_room(u)),
+            };
+            let partial = deliver(app, &root, &dest, &event, data).await;
+            app.metrics.event_out(OutKind::Send);
+            send_ack(app, ack, &OkAck { ok: true, partial });
+        }
+        Command::Presence(room) => {
+            let (members, partial) = presence(app, root, client_room(&room)).await;
+            send_ack(app, ack, &PresenceAck { members, partial });
+        }
+    }
+}
+
+fn refuse<A: Adapter>(app: &App, kind: EventKind, ack: AckSender<A>, error: &str) {
+    app.metrics.event_in(kind, false);
+    send_ack(app, ack, &ErrAck { ok: false, error });
+}
+
+/// The members of `room` on every node. When the cross-node query fails the local members
+/// are returned with `partial = true`.
+pub async fn presence<A: Adapter>(
+    app: &App,
+    root: BroadcastOperators<A>,
+    room: String,
+) -> (Vec<Member>, bool) {
+    let cross_node = app.health.mode() == Mode::Redis;
+    if cross_node && app.health.redis_usable() {
+        match root.clone().to(room.clone()).rooms().await {
+            Ok(rooms) => return (members_from_rooms(rooms.iter().map(|r| r.as_ref())), false),
+            Err(e) => {
+                app.metrics.adapter_error(AdapterOp::Presence);
+                warn!("cross-node presence failed, answering with this node's members: {e}");
+            }
+        }
+    }
+    let rooms = root.local().to(room).rooms().await.unwrap_or_default();
+    (members_from_rooms(rooms.iter().map(|r| r.as_ref())), cross_node)
+}
+
+/// Where an outgoing message goes.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    /// Every socket on every node.
+    All,
+    /// Every socket in this internal room, on every node.
+    Room(String),
+    /// A room known to be on this node only (a local `send {to}`).
+    LocalRoom(String),
+}
+
+impl Dest {
+    fn op<A: Adapter>(&self, root: &BroadcastOperators<A>, local: bool) -> BroadcastOperators<A> {
+        let op = match self {
+            Dest::All => root.clone(),
+            Dest::Room(r) | Dest::LocalRoom(r) => root.clone().to(r.clone()),
+        };
+        if local || matches!(self, Dest::LocalRoom(_)) {
+            op.local()
+        } else {
+            op
+        }
+    }
+}
+
+/// Emits `event` with `data` to `dest` (the packet is encoded once, whatever the number of
+/// receivers). Returns `true` when the message reached this node's sockets only although
+/// other nodes may exist: Redis was unreachable, so it was delivered locally instead of not
+/// at all.
+pub async fn deliver<A: Adapter>(
+    app: &App,
+    root: &BroadcastOperators<A>,
+    dest: &Dest,
+    event: &str,
+    data: &RawValue,
+) -> bool {
+    let cross_node = app.health.mode() == Mode::Redis && !matches!(dest, Dest::LocalRoom(_));
+    // With Redis known to be down, go local at once rather than wait for a timeout.
+    let try_remote = cross_node && app.health.redis_usable();
+    let res = dest.op(root, !try_remote).emit(event, data).await;
+    let partial = cross_node && !try_remote;
+    match res {
+        Ok(()) => partial,
+        Err(BroadcastError::Socket(errs)) => {
+            // Delivered; some local sockets had a full or closed send buffer.
+            app.metrics.delivery_failures.inc_by(errs.len() as u64);
+            partial
+        }
+        Err(BroadcastError::Adapter(e)) => {
+            // Nothing was delivered: the adapter publishes before broadcasting locally.
+            app.metrics.adapter_error(AdapterOp::Broadcast);
+            warn!("cross-node delivery failed, delivering on this node only: {e}");
+            if let Err(BroadcastError::Socket(errs)) = dest.op(root, true).emit(event, data).await {
+                app.metrics.delivery_failures.inc_by(errs.len() as u64);
+            }
+            true
+        }
+        Err(e) => {
+            warn!("message not delivered: {e}");
+            partial
+        }
+    }
+}
+
+/// The per-socket queue that keeps one socket's events in order (see the module doc).
+#[derive(Default)]
+struct Order {
+    /// Completes when the last queued event of the socket is done.
+    tail: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Order {
+    /// Returns `fut` wrapped to start only after the socket's previous events are done.
+    /// Must be called synchronously from the handler, in arrival order.
+    fn enqueue(&self, fut: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
+        let (done, rx) = oneshot::channel::<()>();
+        let prev = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(rx);
+        Box::pin(async move {
+            if let Some(prev) = prev {
+                // An error only means the previous event's task is gone: it is done either way.
+                let _ = prev.await;
+            }
+            fut.await;
+            drop(done);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_rooms_never_collide_with_client_rooms() {
+        let id = "AbCdEfGhIjKlMnOp";
+        // a client joining a room named like a socket id, or like an internal room, gets a
+        // `room:` room, which no internal name starts with
+        for name in [id, "sid:AbCdEfGhIjKlMnOp", "user:alice", "member:[\"x\",\"n\"]"] {
+            let r = client_room(name);
+            assert!(r.starts_with("room:"));
+            assert_ne!(r, socket_room(id));
+            assert_ne!(r, user_room("alice"));
+            assert!(parse_member_room(&r).is_none());
+        }
+        assert_eq!(socket_room(id), "sid:AbCdEfGhIjKlMnOp");
+    }
+
+    #[test]
+    fn member_rooms_round_trip() {
+        let r = member_room("s1", "node-a", Some("al\"ice"));
+        assert_eq!(
+            parse_member_room(&r),
+            Some(Member { id: "s1".into(), node: "node-a".into(), user: Some("al\"ice".into()) })
+        );
+        let r = member_room("s2", "n,b", None);
+        assert_eq!(
+            parse_member_room(&r),
+            Some(Member { id: "s2".into(), node: "n,b".into(), user: None })
+        );
+        assert!(parse_member_room("member:not json").is_none());
+        assert!(parse_member_room("member:[\"only-id\"]").is_none());
+        assert!(parse_member_room("room:x").is_none());
+    }
+
+    #[test]
+    fn presence_lists_each_member_once_from_any_rooms() {
+        let rooms = [
+            member_room("b", "n2", None),
+            "room:lobby".to_string(),
+            socket_room("b"),
+            member_room("a", "n1", Some("u")),
+            member_room("b", "n2", None),
+            user_room("u"),
+        ];
+        let members = members_from_rooms(rooms.iter().map(String::as_str));
+        assert_eq!(
+            members,
+            vec![
+                Member { id: "a".into(), node: "n1".into(), user: Some("u".into()) },
+                Member { id: "b".into(), node: "n2".into(), user: None },
+            ]
+        );
+        let json = serde_json::to_value(&members).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{"id":"a","node":"n1","user":"u"},{"id":"b","node":"n2"}])
+        );
+    }
+
+    #[test]
+    fn acks_have_the_contract_shape() {
+        assert_eq!(
+            serde_json::to_string(&OkAck { ok: true, partial: false }).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&OkAck { ok: true, partial: true }).unwrap(),
+            r#"{"ok":true,"partial":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrAck { ok: false, error: "x" }).unwrap(),
+            r#"{"ok":false,"error":"x"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&PresenceAck { members: vec![], partial: false }).unwrap(),
+            r#"{"members":[]}"#
+        );
+    }
+}

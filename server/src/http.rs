@@ -1,0 +1,211 @@
+//! Plain HTTP routes on the socket.io port: probes, metrics, the publish API, the demo page.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{json, value::RawValue};
+use socketioxide::{SocketIo, adapter::Adapter};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::{
+    config::Cors,
+    handlers::{App, Dest, NAMESPACE, client_room, deliver},
+    health::readiness,
+    metrics::{self, OutKind},
+    protocol,
+};
+
+/// The demo chat page, compiled into the binary.
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// State of the HTTP routes.
+pub struct HttpState<A: Adapter> {
+    pub app: Arc<App>,
+    pub io: SocketIo<A>,
+    pub api_key: Option<String>,
+}
+
+impl<A: Adapter> Clone for HttpState<A> {
+    fn clone(&self) -> Self {
+        Self {
+            app: self.app.clone(),
+            io: self.io.clone(),
+            api_key: self.api_key.clone(),
+        }
+    }
+}
+
+/// The routes (the socket.io layer and CORS are added by the caller).
+pub fn router<A: Adapter>(state: HttpState<A>, max_body: usize) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<A>))
+        .route("/metrics", get(metrics::<A>))
+        .route(
+            "/api/v1/publish",
+            post(api_publish::<A>).layer(DefaultBodyLimit::max(max_body)),
+        )
+        .with_state(state)
+}
+
+/// The CORS layer for the configured policy; `None` for same-origin only.
+pub fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    match cors {
+        Cors::SameOrigin => None,
+        Cors::Any => Some(base.allow_origin(Any)),
+        Cors::List(origins) => {
+            // Validated at start (config), so every origin is a valid header value.
+            let values: Vec<HeaderValue> = origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            // socket.io-client sends cookies with `withCredentials: true`; exact origins allow it.
+            Some(
+                base.allow_origin(AllowOrigin::list(values))
+                    .allow_credentials(true),
+            )
+        }
+    }
+}
+
+async fn index() -> Html<&'static str> {
+    Html(INDEX_HTML)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz<A: Adapter>(State(st): State<HttpState<A>>) -> Response {
+    let snap = st.app.health.snapshot();
+    let result = readiness(&snap);
+    st.app.metrics.ready.set(i64::from(result.is_ok()));
+    match result {
+        Ok(()) => (StatusCode::OK, Json(json!({"ready": true, "node": st.app.node}))).into_response(),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "node": st.app.node, "reasons": reasons})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics<A: Adapter>(State(st): State<HttpState<A>>) -> Response {
+    let m = &st.app.metrics;
+    let snap = st.app.health.snapshot();
+    m.ready.set(i64::from(readiness(&snap).is_ok()));
+    m.draining.set(i64::from(snap.draining));
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], m.render()).into_response()
+}
+
+fn api_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({"ok": false, "error": error}))).into_response()
+}
+
+/// Compares without an early exit, so response timing does not reveal the key prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `Authorization: Bearer <key>`.
+pub fn bearer_ok(headers: &HeaderMap, key: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), key.as_bytes()))
+}
+
+/// `POST /api/v1/publish` `{room?, event, data}`: a backend publishes like a client would.
+async fn api_publish<A: Adapter>(
+    State(st): State<HttpState<A>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(key) = &st.api_key else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "the publish API is disabled: start the server with API_KEY",
+        );
+    };
+    if !bearer_ok(&headers, key) {
+        let mut r = api_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer API key");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let raw: &RawValue = match std::str::from_utf8(&body)
+        .ok()
+        .and_then(|t| serde_json::from_str(t).ok())
+    {
+        Some(raw) => raw,
+        None => return api_error(StatusCode::BAD_REQUEST, "body must be a JSON object"),
+    };
+    let p = match protocol::parse_publish(Some(raw), "body") {
+        Ok(p) => p,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Some(root) = st.io.of(NAMESPACE) else {
+        return api_error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    };
+    let dest = match &p.room {
+        Some(r) => Dest::Room(client_room(r)),
+        None => Dest::All,
+    };
+    let partial = deliver(&st.app, &root, &dest, &p.event, p.data).await;
+    st.app.metrics.event_out(OutKind::ApiPublish);
+    let body = if partial {
+        json!({"ok": true, "partial": true})
+    } else {
+        json!({"ok": true})
+    };
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_key_check() {
+        let mut h = HeaderMap::new();
+        assert!(!bearer_ok(&h, "k1234567890abcdef"));
+        h.insert(header::AUTHORIZATION, "Bearer k1234567890abcdef".parse().unwrap());
+        assert!(bearer_ok(&h, "k1234567890abcdef"));
+        h.insert(header::AUTHORIZATION, "bearer  k1234567890abcdef ".parse().unwrap());
+        assert!(bearer_ok(&h, "k1234567890abcdef"));
+        h.insert(header::AUTHORIZATION, "Bearer k1234567890abcdeX".parse().unwrap());
+        assert!(!bearer_ok(&h, "k1234567890abcdef"));
+        h.insert(header::AUTHORIZATION, "Basic k1234567890abcdef".parse().unwrap());
+        assert!(!bearer_ok(&h, "k1234567890abcdef"));
+        h.insert(header::AUTHORIZATION, "Bearer k123".parse().unwrap());
+        assert!(!bearer_ok(&h, "k1234567890abcdef"));
+    }
+
+    #[test]
+    fn cors_policy() {
+        assert!(cors_layer(&Cors::SameOrigin).is_none());
+        assert!(cors_layer(&Cors::Any).is_some());
+        assert!(cors_layer(&Cors::List(vec!["https://a.example".into()])).is_some());
+    }
+
+    #[test]
+    fn demo_page_is_embedded() {
+        assert!(INDEX_HTML.contains("<title>"));
+        assert!(INDEX_HTML.contains("/socket.io/?EIO=4&transport=websocket"));
+    }
+}

@@ -1,0 +1,14 @@
+//! realtime-server: a Socket.IO gateway (socketioxide on axum) whose events reach clients on
+//! every node through Redis. The binary is a thin wrapper around [`app::run`]; the modules are
+//! public so in-process tests can drive a real server.
+
+pub mod adapter;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod handlers;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod shutdown;
