@@ -64,30 +64,43 @@ realtime.dev
 {{- end }}
 
 {{/*
-What the controller does in the namespaces it watches, and nothing more. Children are written
-with server-side apply (patch; create when the child is new) and deleted when no longer wanted;
-each child kind is watched (list, watch) to correct drift. Kept in one place so the cluster-wide
-and the namespaced mode grant exactly the same rights.
+What the controller does in the namespaces it watches, and nothing more (operator/src/controller.rs
+and apply.rs). Every child kind is watched (list, watch) to correct drift and written with
+server-side apply (patch; create when the child is new). Deleted only where the operator prunes:
+StatefulSets (also recreated when immutable fields change), Services, Secrets and Ingresses.
+`get`: the Deployment and StatefulSet are read while paused, the Redis password Secret before
+generating one. Status is written by server-side apply on the status subresource.
+The OwnerReferencesPermissionEnforcement admission plugin (OpenShift, some hardened clusters)
+lets only holders of `delete` set ownerReferences: `rbac.ownerReferencesPermissionEnforcement`
+adds it for the kinds that are otherwise never deleted.
+Kept in one place so the cluster-wide and the namespaced mode grant exactly the same rights.
 */}}
 {{- define "realtime-operator.workloadRules" -}}
+{{- $orpe := .Values.rbac.ownerReferencesPermissionEnforcement -}}
 - apiGroups: [{{ include "realtime-operator.apiGroup" . | quote }}]
   resources: ["realtimeclusters"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: [{{ include "realtime-operator.apiGroup" . | quote }}]
   resources: ["realtimeclusters/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
-  resources: ["deployments", "statefulsets"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"{{ if $orpe }}, "delete"{{ end }}]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "secrets"]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch"{{ if $orpe }}, "delete"{{ end }}]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
