@@ -26,3 +26,8 @@ unit:
 crds:
 	$(CARGO) run -q -p realtime-operator -- crd > crds/realtimecluster.yaml
 	cp crds/realtimecluster.yaml charts/realtime-operator/crds/realtimecluster.yaml
+
+## control-plane: a local kube-apiserver (+ etcd, kube-controller-manager) with the CRDs, until Ctrl-C
+control-plane:
+	e2e/tools/install.sh >/dev/null
+	$(CARGO) run -q -p realtime-e2e --bin rt-control-plane

@@ -245,6 +245,13 @@ impl ControlPlane {
         let t0 = Instant::now();
         let bin = |name: &str| tools.bin_dir.join(name);
         self.spawn("etcd", &bin("etcd"), &config::etcd_args(layout, ports), layout)?;
+        // The API server would retry, but its log would fill with connection errors and an
+        // etcd that cannot start would surface as a vague readiness timeout.
+        self.poll_until("etcd to report healthy", Duration::from_secs(30), || async {
+            Ok(etcd_healthy(ports.etcd_client).await.then_some(()))
+        })
+        .await
+        .map_err(|e| self.with_logs(e))?;
         self.spawn(
             "kube-apiserver",
             &bin("kube-apiserver"),
@@ -303,8 +310,8 @@ impl ControlPlane {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An error if one of our processes has exited.
-    fn check_alive(&self) -> anyhow::Result<()> {
+    /// An error if one of our processes has exited (always `Ok` for an external one).
+    pub fn check_alive(&self) -> anyhow::Result<()> {
         if self.owned.is_none() {
             return Ok(());
         }
@@ -595,8 +602,9 @@ impl ControlPlane {
         self.procs().iter().map(|p| p.log_path().to_path_buf()).collect()
     }
 
-    fn with_logs(&self, e: anyhow::Error) -> anyhow::Error {
-        e.context(format!("control plane failed; process logs:\n{}", self.log_tails()))
+    /// `e` with the processes' log tails attached.
+    pub fn with_logs(&self, e: anyhow::Error) -> anyhow::Error {
+        anyhow!("{e:#}\n\ncontrol plane process logs:\n{}", self.log_tails())
     }
 
     /// A guard that prints the processes' log tails if the test panics while it is alive.
@@ -696,6 +704,19 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 fn write_kubeconfig(path: &Path, kubeconfig: &Value) -> anyhow::Result<()> {
     write_private(path, &serde_json::to_string_pretty(kubeconfig)?)
+}
+
+/// etcd's `/health` (plain HTTP on the client port) reports `"health":"true"`.
+async fn etcd_healthy(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        std::io::Result::Ok(body.contains("\"health\":\"true\""))
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), probe).await, Ok(Ok(true)))
 }
 
 /// A free loopback port (the OS picks it; another process could take it before our child

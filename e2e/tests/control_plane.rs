@@ -340,3 +340,27 @@ spec:
     // Installing again is idempotent.
     cp.install_crds(&file).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_start_names_the_process_and_shows_its_log() {
+    let Some(tools) = Tools::require_control_plane() else { return };
+    // Real etcd and controller manager, and an "API server" that rejects its flags.
+    let dir = tempfile::tempdir().unwrap();
+    for b in ["etcd", "kube-controller-manager"] {
+        std::os::unix::fs::symlink(tools.bin_dir.join(b), dir.path().join(b)).unwrap();
+    }
+    let fake = dir.path().join("kube-apiserver");
+    std::fs::write(&fake, "#!/bin/sh\necho \"Error: unknown flag: $1\" >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let broken = Tools { bin_dir: dir.path().to_path_buf(), ..tools };
+
+    let started = std::time::Instant::now();
+    let err = match ControlPlane::start(&broken).await {
+        Ok(_) => panic!("started with a broken kube-apiserver"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(started.elapsed() < Duration::from_secs(30), "failure took {:?}", started.elapsed());
+    assert!(err.contains("kube-apiserver exited early"), "{err}");
+    assert!(err.contains("Error: unknown flag: --etcd-servers="), "{err}");
+    assert!(err.contains("----- etcd (pid"), "{err}");
+}

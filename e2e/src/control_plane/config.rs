@@ -111,13 +111,13 @@ pub fn etcd_args(layout: &Layout, ports: Ports) -> Vec<String> {
     let client = format!("http://127.0.0.1:{}", ports.etcd_client);
     let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
     vec![
-        "--name=default".into(),
+        "--name=realtime-e2e".into(),
         format!("--data-dir={}", s(&layout.etcd_data())),
         format!("--listen-client-urls={client}"),
         format!("--advertise-client-urls={client}"),
         format!("--listen-peer-urls={peer}"),
         format!("--initial-advertise-peer-urls={peer}"),
-        format!("--initial-cluster=default={peer}"),
+        format!("--initial-cluster=realtime-e2e={peer}"),
         "--initial-cluster-state=new".into(),
         "--unsafe-no-fsync".into(),
         "--log-level=warn".into(),
@@ -147,6 +147,8 @@ pub fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
             s(&layout.pki("sa.key"))
         ),
         "--allow-privileged=true".into(),
+        // The `kubernetes` Endpoints may not hold a loopback address (rejected every 10 s).
+        "--endpoint-reconciler-type=none".into(),
         "--profiling=false".into(),
     ]
 }
@@ -297,7 +299,7 @@ mod tests {
         };
         let etcd = etcd_args(&layout, ports);
         assert!(etcd.contains(&"--listen-client-urls=http://127.0.0.1:1001".to_string()));
-        assert!(etcd.contains(&"--initial-cluster=default=http://127.0.0.1:1002".to_string()));
+        assert!(etcd.contains(&"--initial-cluster=realtime-e2e=http://127.0.0.1:1002".to_string()));
         let api = apiserver_args(&layout, ports);
         assert!(api.contains(&"--etcd-servers=http://127.0.0.1:1001".to_string()));
         assert!(api.contains(&"--secure-port=1003".to_string()));

@@ -202,54 +202,48 @@ mod tests {
 
     #[test]
     fn children_die_with_the_process_that_started_them() {
-        // A child shell starts `sleep` through Proc (PDEATHSIG) in a separate process we then
-        // SIGKILL: the sleep must go too. Uses this test binary itself as that process.
-        if std::env::var_os("RT_PDEATHSIG_CHILD").is_some() {
-            let log = PathBuf::from(std::env::var("RT_PDEATHSIG_LOG").unwrap());
+        // This test binary, re-run as a helper process, starts `sleep` through Proc, writes
+        // its pid to a file and waits; we SIGKILL the helper: the sleep must die too.
+        if let Some(pid_file) = std::env::var_os("RT_PDEATHSIG_PID_FILE") {
+            let pid_file = PathBuf::from(pid_file);
+            let log = pid_file.with_extension("log");
             let p = Proc::start("sleep", Path::new("/bin/sleep"), &["60".into()], log).unwrap();
-            println!("PID {}", p.pid());
+            std::fs::write(&pid_file, p.pid().to_string()).unwrap();
             std::mem::forget(p);
             std::thread::sleep(Duration::from_secs(60));
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let exe = std::env::current_exe().unwrap();
-        let mut outer = Command::new(exe)
+        let pid_file = dir.path().join("sleep.pid");
+        let mut helper = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "control_plane::process::tests::children_die_with_the_process_that_started_them",
-                "--nocapture",
                 "--test-threads=1",
             ])
-            .env("RT_PDEATHSIG_CHILD", "1")
-            .env("RT_PDEATHSIG_LOG", dir.path().join("sleep.log"))
-            .stdout(Stdio::piped())
+            .env("RT_PDEATHSIG_PID_FILE", &pid_file)
+            .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let mut out = outer.stdout.take().unwrap();
-        let mut buf = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
         let pid: i32 = loop {
-            let mut chunk = [0u8; 256];
-            let n = io::Read::read(&mut out, &mut chunk).unwrap();
-            assert!(n > 0, "child ended without printing a PID");
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            if let Some(pid) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("PID "))
-                .and_then(|p| p.trim().parse().ok())
-            {
+            if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.parse().ok()) {
                 break pid;
             }
+            assert!(helper.try_wait().unwrap().is_none(), "helper ended before starting sleep");
+            assert!(Instant::now() < until, "helper did not start sleep");
+            std::thread::sleep(Duration::from_millis(20));
         };
-        assert!(Path::new(&format!("/proc/{pid}")).exists());
-        outer.kill().unwrap();
-        outer.wait().unwrap();
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| !s.contains("State:\tZ"))
+        };
+        assert!(alive(pid));
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        // The killed sleep is reparented and reaped by init (or is a zombie for a moment).
         let until = Instant::now() + Duration::from_secs(5);
-        // A killed grandchild is reparented and reaped by init (or stays a zombie briefly).
-        while std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .is_ok_and(|s| !s.contains("State:\tZ"))
-        {
+        while alive(pid) {
             assert!(Instant::now() < until, "pid {pid} outlived the process that started it");
             std::thread::sleep(Duration::from_millis(20));
         }
