@@ -13,7 +13,13 @@
 //! - [`runtime`]: CLI, admin HTTP server, leader election, shutdown.
 
 pub mod api;
+pub mod apply;
 pub mod build;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
+pub mod runtime;
+pub mod status;
 pub mod validate;
 
 use kube::CustomResourceExt;

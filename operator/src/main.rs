@@ -1,16 +1,25 @@
 //! `realtime-operator`: see [`realtime_operator::runtime`] for the commands and flags.
 
 use clap::Parser;
+use realtime_operator::runtime::{Cli, Command, init_logging, run};
 
-#[derive(Parser)]
-#[command(name = "realtime-operator", version, about = "Reconciles RealtimeCluster resources")]
-enum Cli {
-    /// Print the RealtimeCluster CustomResourceDefinition (YAML) to stdout.
-    Crd,
-}
-
-fn main() {
-    match Cli::parse() {
-        Cli::Crd => print!("{}", realtime_operator::crd_yaml()),
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", realtime_operator::crd_yaml());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Run(args)) => args,
+        None => cli.run,
+    };
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "realtime-operator failed");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,201 @@
+//! The only code that writes children: server-side apply of the desired objects under one
+//! field manager, and deletion of the children no longer desired.
+//!
+//! Server-side apply with `force` makes the operator the owner of exactly the fields its
+//! builders set: a hand edit of such a field is reverted on the next reconcile, while fields it
+//! never sets (an HPA-free Deployment's defaults, a Service's clusterIP) are left alone. An apply
+//! whose result equals the stored object is a no-op on the apiserver (no new resourceVersion),
+//! so a steady-state resync writes nothing.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::build::{Desired, labels};
+use crate::validate::{Model, REDIS_PASSWORD_KEY};
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "realtime-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {kind} {name}: {source}")]
+    Delete {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing {kind}: {source}")]
+    List {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading Secret {name}: {source}")]
+    ReadSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What the apiserver returned for the children whose status the controller reads.
+pub struct Applied {
+    pub deployment: Deployment,
+    pub statefulset: Option<StatefulSet>,
+}
+
+/// The password in the existing managed-Redis Secret, if there is one with a non-empty
+/// password. The value is only ever passed to the Secret builder and hashed; never logged.
+pub async fn existing_redis_password(client: &Client, model: &Model) -> Result<Option<String>, Error> {
+    let name = model.redis_secret_name();
+    let api: Api<Secret> = Api::namespaced(client.clone(), &model.namespace);
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::ReadSecret { name: name.clone(), source })?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(REDIS_PASSWORD_KEY))
+        .and_then(|b| String::from_utf8(b.0).ok())
+        .filter(|p| !p.is_empty()))
+}
+
+/// Applies every desired child. Order: the Secret before the pods that read it, Redis before
+/// the servers that connect to it, the Service before the Ingress that routes to it.
+pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
+    let mut statefulset = None;
+    if let Some(r) = &desired.redis {
+        apply(client, &r.secret).await?;
+        apply(client, &r.service).await?;
+        statefulset = Some(apply_statefulset(client, &r.statefulset).await?);
+    }
+    let deployment = apply(client, &desired.deployment).await?;
+    apply(client, &desired.service).await?;
+    apply(client, &desired.pdb).await?;
+    if let Some(i) = &desired.ingress {
+        apply(client, i).await?;
+    }
+    Ok(Applied { deployment, statefulset })
+}
+
+/// Deletes this cluster's children that `desired` no longer contains (found by label, and only
+/// when the cluster is their controller). Returns `Kind/name` of each deleted child.
+pub async fn prune(client: &Client, model: &Model, desired: &Desired) -> Result<Vec<String>, Error> {
+    let keep_redis = desired.redis.as_ref();
+    let mut deleted = Vec::new();
+    let want_sts: Vec<String> = keep_redis.iter().map(|r| r.statefulset.name_any()).collect();
+    let want_secret: Vec<String> = keep_redis.iter().map(|r| r.secret.name_any()).collect();
+    let mut want_svc = vec![desired.service.name_any()];
+    want_svc.extend(keep_redis.iter().map(|r| r.service.name_any()));
+    let want_ing: Vec<String> = desired.ingress.iter().map(|i| i.name_any()).collect();
+    // Deployment and PodDisruptionBudget always exist under the cluster's own name: only the
+    // optional kinds can hold leftovers.
+    prune_kind::<StatefulSet>(client, model, &want_sts, &mut deleted).await?;
+    prune_kind::<Service>(client, model, &want_svc, &mut deleted).await?;
+    prune_kind::<Secret>(client, model, &want_secret, &mut deleted).await?;
+    prune_kind::<Ingress>(client, model, &want_ing, &mut deleted).await?;
+    Ok(deleted)
+}
+
+async fn prune_kind<K>(client: &Client, model: &Model, keep: &[String], deleted: &mut Vec<String>) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let kind = K::kind(&()).to_string();
+    let api: Api<K> = Api::namespaced(client.clone(), &model.namespace);
+    let lp = ListParams::default().labels(&labels::children_selector(&model.name));
+    let list = api
+        .list_metadata(&lp)
+        .await
+        .map_err(|source| Error::List { kind: kind.clone(), source })?;
+    for obj in list.items {
+        let name = obj.name_any();
+        let ours = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == model.owner.uid && o.controller == Some(true));
+        if keep.contains(&name) || !ours || obj.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let dp = DeleteParams {
+            // Never delete a same-named object created after we listed.
+            preconditions: Some(Preconditions { uid: obj.uid(), resource_version: None }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => deleted.push(format!("{kind}/{name}")),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(source) => return Err(Error::Delete { kind, name, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Server-side apply of one object under [`FIELD_MANAGER`], taking over conflicting fields.
+pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let (api, name) = api_for(client, obj);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(|source| Error::Apply { kind: K::kind(&()).to_string(), name, source })
+}
+
+/// Like [`apply`], but a StatefulSet whose immutable fields changed (storage added, removed or
+/// resized) is deleted and created anew: Redis only carries live pub/sub traffic.
+async fn apply_statefulset(client: &Client, sts: &StatefulSet) -> Result<StatefulSet, Error> {
+    match apply(client, sts).await {
+        Err(Error::Apply { source: kube::Error::Api(s), name, .. })
+            if s.is_invalid() && s.message.contains("Forbidden: updates to statefulset spec") =>
+        {
+            tracing::info!(statefulset = %name, "immutable StatefulSet fields changed: recreating it");
+            let (api, _) = api_for(client, sts);
+            api.delete(&name, &DeleteParams::background())
+                .await
+                .map_err(|source| Error::Delete { kind: "StatefulSet".into(), name: name.clone(), source })?;
+            apply(client, sts).await
+        }
+        other => other,
+    }
+}
+
+fn api_for<K>(client: &Client, obj: &K) -> (Api<K>, String)
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    let ns = obj.meta().namespace.as_deref().expect("builders always set the namespace");
+    let name = obj.meta().name.clone().expect("builders always set the name");
+    (Api::namespaced(client.clone(), ns), name)
+}
+
+/// Reads the children the status is computed from, without writing (used while paused).
+pub async fn observe(client: &Client, model: &Model) -> Result<(Option<Deployment>, Option<StatefulSet>), Error> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &model.namespace);
+    let deployment = deployments
+        .get_opt(model.server_name())
+        .await
+        .map_err(|source| Error::List { kind: "Deployment".into(), source })?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &model.namespace);
+    let statefulset = statefulsets
+        .get_opt(&model.redis_name())
+        .await
+        .map_err(|source| Error::List { kind: "StatefulSet".into(), source })?;
+    Ok((deployment, statefulset))
+}

@@ -1,0 +1,302 @@
+//! The kube-runtime Controller: reconcile = validate -> build -> apply -> status.
+//!
+//! - Children are watched (`owns`), so a deleted or hand-edited child triggers a reconcile
+//!   that restores it; a periodic resync (default 5 min) catches anything missed.
+//! - An invalid spec is reported (Degraded=InvalidSpec condition + Warning Event) and then
+//!   waits for the next spec change: no requeue, no hot loop.
+//! - Transient errors requeue with per-object exponential backoff (1 s doubling to 5 min).
+//! - `spec.paused` stops every write to children; status keeps being reported.
+//! - Status is written only when it differs from the stored one.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::api::{RealtimeCluster, RealtimeClusterStatus};
+use crate::apply::{self, FIELD_MANAGER};
+use crate::build::{self, labels};
+use crate::metrics::Metrics;
+use crate::status::{self, DEGRADED, Observed, READY};
+use crate::validate::{self, Defaults, RedisModel};
+
+/// Settings of a controller run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub defaults: Defaults,
+    /// Requeue interval of a healthy object (drift the watches missed is fixed by then).
+    pub resync: Duration,
+    /// Watch one namespace instead of the whole cluster.
+    pub namespace: Option<String>,
+    /// `reportingInstance` of Events (the pod name).
+    pub instance: Option<String>,
+}
+
+/// Shared state of reconciles.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<RealtimeCluster>, u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    /// Low-cardinality label for the error metric.
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Apply(apply::Error::Apply { .. }) => "apply",
+            Error::Apply(apply::Error::Delete { .. }) => "delete",
+            Error::Apply(apply::Error::List { .. }) => "read",
+            Error::Apply(apply::Error::ReadSecret { .. }) => "read",
+            Error::Status(_) => "status",
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, then finishes in-flight reconciles.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let clusters: Api<RealtimeCluster> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Only the operator's own children are cached (Secrets especially).
+    let children = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = config.namespace.clone();
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: config.instance.clone() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        config,
+        metrics,
+        failures: Mutex::default(),
+    });
+    Controller::new(clusters, watcher::Config::default().any_semantic())
+        .owns(api::<Deployment>(&client, &ns), children.clone())
+        .owns(api::<Service>(&client, &ns), children.clone())
+        .owns(api::<PodDisruptionBudget>(&client, &ns), children.clone())
+        .owns(api::<StatefulSet>(&client, &ns), children.clone())
+        .owns(api::<Secret>(&client, &ns), children.clone())
+        .owns(api::<Ingress>(&client, &ns), children)
+        // Coalesce bursts (a rollout updates the Deployment status many times a second).
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+}
+
+/// One reconcile of one RealtimeCluster.
+pub async fn reconcile(rc: Arc<RealtimeCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&rc, &ctx).await;
+    match &result {
+        Ok((_, outcome)) => {
+            ctx.metrics.observe(started, outcome);
+            ctx.failures.lock().unwrap().remove(&ObjectRef::from_obj(&*rc));
+        }
+        Err(e) => {
+            ctx.metrics.observe(started, "error");
+            ctx.metrics.error(e.kind());
+        }
+    }
+    result.map(|(action, _)| action)
+}
+
+async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<(Action, &'static str), Error> {
+    if rc.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector delete the children.
+        return Ok((Action::await_change(), "deleting"));
+    }
+    let now = status::now();
+    let model = match validate::validate(rc, &ctx.config.defaults) {
+        Ok(m) => m,
+        Err(errors) => {
+            tracing::warn!(cluster = %ObjectRef::from_obj(rc), %errors, "invalid spec");
+            let new = status::invalid(rc, &errors, now);
+            let was = status::condition(rc.status.as_ref(), DEGRADED).map(|c| (c.reason.clone(), c.message.clone()));
+            if was != Some(("InvalidSpec".into(), errors.to_string())) {
+                publish(ctx, rc, EventType::Warning, "InvalidSpec", "Validate", errors.to_string()).await;
+            }
+            write_status(ctx, rc, new).await?;
+            // Nothing can succeed until the spec changes, and a spec change triggers a reconcile.
+            return Ok((Action::await_change(), "invalid_spec"));
+        }
+    };
+
+    let (deployment, statefulset, outcome) = if model.paused {
+        let (d, s) = apply::observe(&ctx.client, &model).await?;
+        (d, s, "paused")
+    } else {
+        let (password, generated) = match &model.redis {
+            RedisModel::Managed { .. } => match apply::existing_redis_password(&ctx.client, &model).await? {
+                Some(p) => (Some(p), false),
+                None => (Some(new_password()), true),
+            },
+            RedisModel::External { .. } => (None, false),
+        };
+        let desired = build::desired(&model, password.as_deref());
+        let applied = apply::apply_all(&ctx.client, &desired).await?;
+        if generated {
+            let msg = format!("generated the Redis password Secret {}", model.redis_secret_name());
+            publish(ctx, rc, EventType::Normal, "RedisPasswordCreated", "Create", msg).await;
+        }
+        for child in apply::prune(&ctx.client, &model, &desired).await? {
+            tracing::info!(cluster = %ObjectRef::from_obj(rc), %child, "deleted child no longer wanted");
+            publish(ctx, rc, EventType::Normal, "Deleted", "Prune", format!("deleted {child}: no longer wanted by the spec")).await;
+        }
+        (Some(applied.deployment), applied.statefulset, "applied")
+    };
+
+    let observed = Observed { deployment: deployment.as_ref(), statefulset: statefulset.as_ref() };
+    let new = status::compute(&model, observed, rc.status.as_ref(), now);
+    announce_transitions(ctx, rc, &new).await;
+    write_status(ctx, rc, new).await?;
+    Ok((Action::requeue(ctx.config.resync), outcome))
+}
+
+/// Backoff per object: 1 s, 2 s, 4 s ... capped at 5 minutes; reset by a success.
+pub fn error_policy(rc: Arc<RealtimeCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap();
+        let n = map.entry(ObjectRef::from_obj(&*rc)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(failures);
+    tracing::warn!(cluster = %ObjectRef::from_obj(&*rc), %error, failures, retry_in = ?delay, "reconcile failed");
+    if failures == 1 {
+        // One Event per failure streak, not one per retry.
+        let (ctx, rc, note) = (ctx.clone(), rc.clone(), error.to_string());
+        tokio::spawn(async move {
+            publish(&ctx, &rc, EventType::Warning, "ReconcileFailed", "Reconcile", note).await;
+        });
+    }
+    Action::requeue(delay)
+}
+
+/// The requeue delay after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+/// Writes `new` as the status unless it equals the stored one.
+async fn write_status(ctx: &Context, rc: &RealtimeCluster, new: RealtimeClusterStatus) -> Result<(), Error> {
+    if rc.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let api: Api<RealtimeCluster> = Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "realtime.dev/v1alpha1",
+        "kind": "RealtimeCluster",
+        "status": new,
+    });
+    api.patch_status(&rc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::Status)?;
+    Ok(())
+}
+
+/// Events for Ready turning true or false and Degraded turning true.
+async fn announce_transitions(ctx: &Context, rc: &RealtimeCluster, new: &RealtimeClusterStatus) {
+    let before = |t: &str| status::condition(rc.status.as_ref(), t).map(|c| c.status.clone());
+    let after = |t: &str| status::condition(Some(new), t).cloned();
+    if let Some(ready) = after(READY) {
+        if before(READY).as_deref() != Some(ready.status.as_str()) && (ready.status == "True" || before(READY).is_some()) {
+            let type_ = if ready.status == "True" { EventType::Normal } else { EventType::Warning };
+            let reason = if ready.status == "True" { "Ready" } else { "NotReady" };
+            publish(ctx, rc, type_, reason, "Reconcile", ready.message).await;
+        }
+    }
+    if let Some(degraded) = after(DEGRADED) {
+        if degraded.status == "True" && before(DEGRADED).as_deref() != Some("True") {
+            publish(ctx, rc, EventType::Warning, "Degraded", "Reconcile", format!("{}: {}", degraded.reason, degraded.message)).await;
+        }
+    }
+}
+
+async fn publish(ctx: &Context, rc: &RealtimeCluster, type_: EventType, reason: &str, action: &str, note: String) {
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &rc.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "publishing an Event failed");
+    }
+}
+
+/// 32 random bytes, hex encoded: 256 bits, and safe in URLs, shells and redis.conf.
+fn new_password() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(300));
+        assert_eq!(backoff(1000), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn passwords_are_long_random_hex() {
+        let a = new_password();
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, new_password());
+    }
+}
