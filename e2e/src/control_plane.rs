@@ -67,7 +67,8 @@ impl Tools {
         let env_file = workspace_root().join("e2e/tools/versions.env");
         let text = std::fs::read_to_string(&env_file)
             .with_context(|| format!("reading {}", env_file.display()))?;
-        let versions = Versions::parse(&text).map_err(|e| anyhow!("{}: {e}", env_file.display()))?;
+        let versions =
+            Versions::parse(&text).map_err(|e| anyhow!("{}: {e}", env_file.display()))?;
         let bin_dir = match std::env::var_os("RT_TOOLS_BIN") {
             Some(dir) => PathBuf::from(dir),
             None => {
@@ -163,7 +164,11 @@ impl ControlPlane {
         let layout = Layout {
             root: dir.path().to_path_buf(),
         };
-        for d in [layout.pki("x"), layout.logs().join("x"), layout.identities().join("x")] {
+        for d in [
+            layout.pki("x"),
+            layout.logs().join("x"),
+            layout.identities().join("x"),
+        ] {
             std::fs::create_dir_all(d.parent().unwrap())?;
         }
 
@@ -241,15 +246,27 @@ impl ControlPlane {
 
     /// Spawns the three processes and waits for readiness; on failure the error carries
     /// the logs, and dropping `self` stops what was started.
-    async fn boot(&self, tools: &Tools, layout: &Layout, ports: Ports) -> anyhow::Result<StartTimings> {
+    async fn boot(
+        &self,
+        tools: &Tools,
+        layout: &Layout,
+        ports: Ports,
+    ) -> anyhow::Result<StartTimings> {
         let t0 = Instant::now();
         let bin = |name: &str| tools.bin_dir.join(name);
-        self.spawn("etcd", &bin("etcd"), &config::etcd_args(layout, ports), layout)?;
+        self.spawn(
+            "etcd",
+            &bin("etcd"),
+            &config::etcd_args(layout, ports),
+            layout,
+        )?;
         // The API server would retry, but its log would fill with connection errors and an
         // etcd that cannot start would surface as a vague readiness timeout.
-        self.poll_until("etcd to report healthy", Duration::from_secs(30), || async {
-            Ok(etcd_healthy(ports.etcd_client).await.then_some(()))
-        })
+        self.poll_until(
+            "etcd to report healthy",
+            Duration::from_secs(30),
+            || async { Ok(etcd_healthy(ports.etcd_client).await.then_some(())) },
+        )
         .await
         .map_err(|e| self.with_logs(e))?;
         self.spawn(
@@ -294,7 +311,13 @@ impl ControlPlane {
         })
     }
 
-    fn spawn(&self, name: &'static str, program: &Path, args: &[String], layout: &Layout) -> anyhow::Result<()> {
+    fn spawn(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        layout: &Layout,
+    ) -> anyhow::Result<()> {
         let log = layout.logs().join(format!("{name}.log"));
         let p = Proc::start(name, program, args, log)?;
         self.procs().push(p);
@@ -353,8 +376,14 @@ impl ControlPlane {
             .context("kubeconfig has no cluster")?;
         let server = cluster.server.context("kubeconfig cluster has no server")?;
         let harness_dir = kubeconfig.parent().unwrap_or(Path::new("."));
-        let (ca_crt, ca_key) = (harness_dir.join("pki/ca.crt"), harness_dir.join("pki/ca.key"));
-        let ca = match (std::fs::read_to_string(&ca_crt), std::fs::read_to_string(&ca_key)) {
+        let (ca_crt, ca_key) = (
+            harness_dir.join("pki/ca.crt"),
+            harness_dir.join("pki/ca.key"),
+        );
+        let ca = match (
+            std::fs::read_to_string(&ca_crt),
+            std::fs::read_to_string(&ca_key),
+        ) {
             (Ok(crt), Ok(key)) => Some(Ca::from_pem(&crt, &key)?),
             _ => None,
         };
@@ -375,7 +404,8 @@ impl ControlPlane {
             counter: AtomicU64::new(0),
         };
         let client = cp.client().await?;
-        cp.wait_ready(&client, Instant::now() + Duration::from_secs(10)).await?;
+        cp.wait_ready(&client, Instant::now() + Duration::from_secs(10))
+            .await?;
         Ok(cp)
     }
 
@@ -443,7 +473,10 @@ impl ControlPlane {
     fn identity(&self, user: &str, auth: KubeconfigAuth) -> anyhow::Result<Identity> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.identities.join(format!("identity-{n}.kubeconfig"));
-        write_kubeconfig(&path, &config::kubeconfig(&self.server, &self.ca_file, user, &auth))?;
+        write_kubeconfig(
+            &path,
+            &config::kubeconfig(&self.server, &self.ca_file, user, &auth),
+        )?;
         Ok(Identity {
             user: user.to_string(),
             kubeconfig: path,
@@ -483,13 +516,25 @@ impl ControlPlane {
         let mut names = Vec::new();
         for doc in yaml_documents(&text).with_context(|| format!("parsing {}", path.display()))? {
             if doc.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
-                bail!("{}: expected only CustomResourceDefinitions, found {}", path.display(), doc["kind"]);
+                bail!(
+                    "{}: expected only CustomResourceDefinitions, found {}",
+                    path.display(),
+                    doc["kind"]
+                );
             }
             let crd: CustomResourceDefinition = serde_json::from_value(doc)?;
-            let name = crd.metadata.name.clone().context("CRD without metadata.name")?;
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-                .await
-                .with_context(|| format!("applying CRD {name}"))?;
+            let name = crd
+                .metadata
+                .name
+                .clone()
+                .context("CRD without metadata.name")?;
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
             names.push(name);
         }
         for name in &names {
@@ -514,14 +559,18 @@ impl ControlPlane {
         let plural = crd.spec.names.plural.clone();
         for v in crd.spec.versions.iter().filter(|v| v.served) {
             let gv = format!("{group}/{}", v.name);
-            self.poll_until(&format!("discovery to serve {plural} in {gv}"), Duration::from_secs(30), || async {
-                let found = match client.list_api_group_resources(&gv).await {
-                    Ok(list) => list.resources.iter().any(|r| r.name == plural),
-                    Err(kube::Error::Api(e)) if e.code == 404 => false,
-                    Err(e) => return Err(e.into()),
-                };
-                Ok(found.then_some(()))
-            })
+            self.poll_until(
+                &format!("discovery to serve {plural} in {gv}"),
+                Duration::from_secs(30),
+                || async {
+                    let found = match client.list_api_group_resources(&gv).await {
+                        Ok(list) => list.resources.iter().any(|r| r.name == plural),
+                        Err(kube::Error::Api(e)) if e.code == 404 => false,
+                        Err(e) => return Err(e.into()),
+                    };
+                    Ok(found.then_some(()))
+                },
+            )
             .await?;
         }
         Ok(())
@@ -529,7 +578,12 @@ impl ControlPlane {
 
     /// Polls `probe` every 200 ms until it yields `Some`, for at most `timeout`; fails fast if
     /// one of our processes dies meanwhile.
-    pub async fn poll_until<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+    pub async fn poll_until<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: F,
+    ) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -544,7 +598,9 @@ impl ControlPlane {
                 Err(e) => last_err = Some(e),
             }
             if Instant::now() > deadline {
-                let why = last_err.map(|e| format!(" (last error: {e:#})")).unwrap_or_default();
+                let why = last_err
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default();
                 bail!("timed out after {timeout:?} waiting for {what}{why}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -599,7 +655,10 @@ impl ControlPlane {
         if self.owned.is_none() {
             return Vec::new();
         }
-        self.procs().iter().map(|p| p.log_path().to_path_buf()).collect()
+        self.procs()
+            .iter()
+            .map(|p| p.log_path().to_path_buf())
+            .collect()
     }
 
     /// `e` with the processes' log tails attached.
@@ -711,18 +770,24 @@ async fn etcd_healthy(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
         let mut body = String::new();
         s.read_to_string(&mut body).await?;
         std::io::Result::Ok(body.contains("\"health\":\"true\""))
     };
-    matches!(tokio::time::timeout(Duration::from_secs(2), probe).await, Ok(Ok(true)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(true))
+    )
 }
 
 /// A free loopback port (the OS picks it; another process could take it before our child
 /// binds it, which [`ControlPlane::start`] retries once).
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 const STATE_DIR_PREFIX: &str = "rt-control-plane-";
@@ -735,13 +800,19 @@ fn state_parent() -> PathBuf {
             .prefix(".rt-probe-")
             .tempfile_in(shm)
             .is_ok();
-    if writable { shm.to_path_buf() } else { std::env::temp_dir() }
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Removes state dirs left by harness processes that were killed (no destructor ran); their
 /// children died with them (PDEATHSIG), but tmpfs files would hold memory until reboot.
 fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(state_parent()) else { return };
+    let Ok(entries) = std::fs::read_dir(state_parent()) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
@@ -797,7 +868,11 @@ async fn start_shared() -> anyhow::Result<Option<Arc<ControlPlane>>> {
         let kubeconfig = std::env::var_os("KUBECONFIG")
             .context("RT_CONTROL_PLANE=external needs KUBECONFIG (printed by rt-control-plane)")?;
         let cp = ControlPlane::external(Path::new(&kubeconfig)).await?;
-        eprintln!("control plane: reusing {} ({})", cp.server(), Path::new(&kubeconfig).display());
+        eprintln!(
+            "control plane: reusing {} ({})",
+            cp.server(),
+            Path::new(&kubeconfig).display()
+        );
         cp
     } else {
         let Some(tools) = Tools::require_control_plane() else {
@@ -843,7 +918,10 @@ pub fn project_crd_files() -> anyhow::Result<Vec<PathBuf>> {
     };
     files.sort();
     if files.is_empty() {
-        eprintln!("control plane: no CRDs in {} yet; none installed", dir.display());
+        eprintln!(
+            "control plane: no CRDs in {} yet; none installed",
+            dir.display()
+        );
     }
     Ok(files)
 }

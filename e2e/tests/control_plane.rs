@@ -22,7 +22,11 @@ fn run(mut cmd: Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -55,7 +59,9 @@ fn api_code<T>(r: &kube::Result<T>) -> Option<u16> {
 
 #[tokio::test]
 async fn starts_and_serves_the_pinned_version_with_controllers() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
 
@@ -64,15 +70,25 @@ async fn starts_and_serves_the_pinned_version_with_controllers() {
     assert_eq!(version.git_version, pinned);
 
     let ns = cp.create_namespace("smoke").await.unwrap();
-    let got = Api::<Namespace>::all(client.clone()).get(&ns).await.unwrap();
-    assert_eq!(got.labels().get(control_plane::TEST_NAMESPACE_LABEL).map(String::as_str), Some("true"));
+    let got = Api::<Namespace>::all(client.clone())
+        .get(&ns)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.labels()
+            .get(control_plane::TEST_NAMESPACE_LABEL)
+            .map(String::as_str),
+        Some("true")
+    );
 
     // kube-controller-manager's serviceaccount controller gives each new namespace a
     // `default` ServiceAccount.
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    cp.poll_until("the default ServiceAccount", Duration::from_secs(30), || async {
-        Ok(sas.get_opt("default").await?)
-    })
+    cp.poll_until(
+        "the default ServiceAccount",
+        Duration::from_secs(30),
+        || async { Ok(sas.get_opt("default").await?) },
+    )
     .await
     .unwrap();
 
@@ -80,7 +96,10 @@ async fn starts_and_serves_the_pinned_version_with_controllers() {
         let procs = cp.processes();
         let names: Vec<_> = procs.iter().map(|p| p.name).collect();
         assert_eq!(names, ["etcd", "kube-apiserver", "kube-controller-manager"]);
-        let total: u64 = procs.iter().map(|p| p.rss_bytes.expect("process is running")).sum();
+        let total: u64 = procs
+            .iter()
+            .map(|p| p.rss_bytes.expect("process is running"))
+            .sum();
         eprintln!(
             "control plane memory: {} = {} MiB",
             procs
@@ -95,9 +114,13 @@ async fn starts_and_serves_the_pinned_version_with_controllers() {
 
 #[tokio::test]
 async fn kubectl_applies_the_crd_and_an_example_that_kube_rs_reads_back() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
-    let Some(crd_file) = control_plane::require_project_crd() else { return };
+    let Some(crd_file) = control_plane::require_project_crd() else {
+        return;
+    };
     let example = realtime_e2e::require::workspace_root().join("examples/minimal.yaml");
     let Some(example) = realtime_e2e::require::require(
         "examples/minimal.yaml",
@@ -106,13 +129,17 @@ async fn kubectl_applies_the_crd_and_an_example_that_kube_rs_reads_back() {
     ) else {
         return;
     };
-    let Some(mut kubectl) = cp.kubectl() else { return };
+    let Some(mut kubectl) = cp.kubectl() else {
+        return;
+    };
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("crd").await.unwrap();
 
     kubectl.arg("apply").arg("-f").arg(&crd_file);
     run(kubectl);
-    let crd: Value = yaml_documents(&std::fs::read_to_string(&crd_file).unwrap()).unwrap().remove(0);
+    let crd: Value = yaml_documents(&std::fs::read_to_string(&crd_file).unwrap())
+        .unwrap()
+        .remove(0);
     cp.wait_crd_served(&client, crd["metadata"]["name"].as_str().unwrap())
         .await
         .unwrap();
@@ -127,7 +154,11 @@ async fn kubectl_applies_the_crd_and_an_example_that_kube_rs_reads_back() {
         .iter()
         .find(|d| d["kind"] == "RealtimeCluster")
         .expect("examples/minimal.yaml holds a RealtimeCluster");
-    let (group, version) = cluster["apiVersion"].as_str().unwrap().split_once('/').unwrap();
+    let (group, version) = cluster["apiVersion"]
+        .as_str()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
     let gvk = GroupVersionKind::gvk(group, version, "RealtimeCluster");
     let (resource, _caps) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
@@ -145,7 +176,9 @@ async fn kubectl_applies_the_crd_and_an_example_that_kube_rs_reads_back() {
 
 #[tokio::test]
 async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("gc").await.unwrap();
@@ -153,14 +186,24 @@ async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
     let pp = PostParams::default();
 
     let owner = cms.create(&pp, &config_map("owner", None)).await.unwrap();
-    let dependent = cms.create(&pp, &config_map("dependent", Some(&owner))).await.unwrap();
-    let bystander = cms.create(&pp, &config_map("bystander", None)).await.unwrap();
+    let dependent = cms
+        .create(&pp, &config_map("dependent", Some(&owner)))
+        .await
+        .unwrap();
+    let bystander = cms
+        .create(&pp, &config_map("bystander", None))
+        .await
+        .unwrap();
     assert_eq!(dependent.owner_references()[0].uid, owner.uid().unwrap());
 
-    cms.delete("owner", &DeleteParams::background()).await.unwrap();
-    cp.poll_until("the garbage collector to delete the dependent", Duration::from_secs(60), || async {
-        Ok(cms.get_opt("dependent").await?.is_none().then_some(()))
-    })
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    cp.poll_until(
+        "the garbage collector to delete the dependent",
+        Duration::from_secs(60),
+        || async { Ok(cms.get_opt("dependent").await?.is_none().then_some(())) },
+    )
     .await
     .unwrap();
     // Only the owned object went.
@@ -169,7 +212,9 @@ async fn garbage_collector_deletes_dependents_of_a_deleted_owner() {
 
 #[tokio::test]
 async fn namespace_deletion_completes() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("nsdel").await.unwrap();
@@ -178,11 +223,16 @@ async fn namespace_deletion_completes() {
         .await
         .unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
     // The namespace controller empties it and removes the `kubernetes` finalizer.
-    cp.poll_until("the namespace controller to finish deleting", Duration::from_secs(60), || async {
-        Ok(namespaces.get_opt(&ns).await?.is_none().then_some(()))
-    })
+    cp.poll_until(
+        "the namespace controller to finish deleting",
+        Duration::from_secs(60),
+        || async { Ok(namespaces.get_opt(&ns).await?.is_none().then_some(())) },
+    )
     .await
     .unwrap();
 }
@@ -211,26 +261,39 @@ async fn grant_configmap_reader(admin: &Client, ns: &str, binding: &str, subject
 /// `client` may list ConfigMaps in `ns`, once the RBAC authorizer's cache has the binding.
 async fn wait_until_allowed(cp: &ControlPlane, client: &Client, ns: &str) {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    cp.poll_until("the new RoleBinding to take effect", Duration::from_secs(15), || async {
-        let r = cms.list(&ListParams::default()).await;
-        match api_code(&r) {
-            Some(403) => Ok(None),
-            _ => Ok(Some(r?)),
-        }
-    })
+    cp.poll_until(
+        "the new RoleBinding to take effect",
+        Duration::from_secs(15),
+        || async {
+            let r = cms.list(&ListParams::default()).await;
+            match api_code(&r) {
+                Some(403) => Ok(None),
+                _ => Ok(Some(r?)),
+            }
+        },
+    )
     .await
     .unwrap();
 }
 
 #[tokio::test]
 async fn rbac_denies_a_user_without_grants_and_allows_one_with_a_role() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let admin = cp.client().await.unwrap();
     let ns = cp.create_namespace("rbac-user").await.unwrap();
 
-    let nobody = cp.user("rt-e2e-nobody", None).unwrap().client().await.unwrap();
-    let r = Api::<ConfigMap>::namespaced(nobody, &ns).list(&ListParams::default()).await;
+    let nobody = cp
+        .user("rt-e2e-nobody", None)
+        .unwrap()
+        .client()
+        .await
+        .unwrap();
+    let r = Api::<ConfigMap>::namespaced(nobody, &ns)
+        .list(&ListParams::default())
+        .await;
     assert_eq!(api_code(&r), Some(403), "{r:?}");
 
     // A group binding, to show the certificate's O is the group.
@@ -252,16 +315,23 @@ async fn rbac_denies_a_user_without_grants_and_allows_one_with_a_role() {
 
     // The identity's kubeconfig works for kubectl too.
     if let Some(mut kubectl) = cp.kubectl() {
-        kubectl
-            .env("KUBECONFIG", &reader.kubeconfig)
-            .args(["auth", "can-i", "list", "configmaps", "-n", &ns]);
+        kubectl.env("KUBECONFIG", &reader.kubeconfig).args([
+            "auth",
+            "can-i",
+            "list",
+            "configmaps",
+            "-n",
+            &ns,
+        ]);
         assert_eq!(run(kubectl).trim(), "yes");
     }
 }
 
 #[tokio::test]
 async fn rbac_applies_to_service_account_tokens() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let admin = cp.client().await.unwrap();
     let ns = cp.create_namespace("rbac-sa").await.unwrap();
@@ -272,9 +342,14 @@ async fn rbac_applies_to_service_account_tokens() {
         .unwrap();
 
     let identity = cp.service_account(&ns, "operator").await.unwrap();
-    assert_eq!(identity.user, format!("system:serviceaccount:{ns}:operator"));
+    assert_eq!(
+        identity.user,
+        format!("system:serviceaccount:{ns}:operator")
+    );
     let client = identity.client().await.unwrap();
-    let r = Api::<ConfigMap>::namespaced(client.clone(), &ns).list(&ListParams::default()).await;
+    let r = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await;
     assert_eq!(api_code(&r), Some(403), "{r:?}");
 
     grant_configmap_reader(
@@ -289,7 +364,9 @@ async fn rbac_applies_to_service_account_tokens() {
 
 #[tokio::test]
 async fn install_crds_waits_until_discovery_serves_the_kind() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("widgets.yaml");
@@ -334,7 +411,9 @@ spec:
             "metadata": { "name": format!("w{size}") }, "spec": { "size": size },
         }))
     };
-    api.create(&PostParams::default(), &widget(3)).await.unwrap();
+    api.create(&PostParams::default(), &widget(3))
+        .await
+        .unwrap();
     let bad = api.create(&PostParams::default(), &widget(0)).await;
     assert_eq!(api_code(&bad), Some(422), "{bad:?}");
     // Installing again is idempotent.
@@ -343,24 +422,40 @@ spec:
 
 #[tokio::test]
 async fn a_failed_start_names_the_process_and_shows_its_log() {
-    let Some(tools) = Tools::require_control_plane() else { return };
+    let Some(tools) = Tools::require_control_plane() else {
+        return;
+    };
     // Real etcd and controller manager, and an "API server" that rejects its flags.
     let dir = tempfile::tempdir().unwrap();
     for b in ["etcd", "kube-controller-manager"] {
         std::os::unix::fs::symlink(tools.bin_dir.join(b), dir.path().join(b)).unwrap();
     }
     let fake = dir.path().join("kube-apiserver");
-    std::fs::write(&fake, "#!/bin/sh\necho \"Error: unknown flag: $1\" >&2\nexit 1\n").unwrap();
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"Error: unknown flag: $1\" >&2\nexit 1\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let broken = Tools { bin_dir: dir.path().to_path_buf(), ..tools };
+    let broken = Tools {
+        bin_dir: dir.path().to_path_buf(),
+        ..tools
+    };
 
     let started = std::time::Instant::now();
     let err = match ControlPlane::start(&broken).await {
         Ok(_) => panic!("started with a broken kube-apiserver"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(started.elapsed() < Duration::from_secs(30), "failure took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failure took {:?}",
+        started.elapsed()
+    );
     assert!(err.contains("kube-apiserver exited early"), "{err}");
-    assert!(err.contains("Error: unknown flag: --etcd-servers="), "{err}");
+    assert!(
+        err.contains("Error: unknown flag: --etcd-servers="),
+        "{err}"
+    );
     assert!(err.contains("----- etcd (pid"), "{err}");
 }

@@ -41,7 +41,13 @@ async fn run() -> anyhow::Result<ExitCode> {
     };
 
     let tools = Tools::pinned()?;
-    for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"] {
+    for b in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+        "helm",
+    ] {
         if !tools.bin_dir.join(b).is_file() {
             bail!(
                 "{} is missing: run e2e/tools/install.sh first (or `make control-plane`)",
@@ -68,19 +74,35 @@ async fn run() -> anyhow::Result<ExitCode> {
         timings.controllers,
         crds_at
     );
-    eprintln!("CRDs: {}", if crds.is_empty() { "(none in crds/)".into() } else { crds.join(", ") });
+    eprintln!(
+        "CRDs: {}",
+        if crds.is_empty() {
+            "(none in crds/)".into()
+        } else {
+            crds.join(", ")
+        }
+    );
     eprintln!(
         "processes: {} (total RSS {} MiB)",
         procs
             .iter()
-            .map(|p| format!("{} pid {} {} MiB", p.name, p.pid, p.rss_bytes.unwrap_or(0) >> 20))
+            .map(|p| format!(
+                "{} pid {} {} MiB",
+                p.name,
+                p.pid,
+                p.rss_bytes.unwrap_or(0) >> 20
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         total >> 20
     );
     eprintln!(
         "logs: {}",
-        cp.log_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")
+        cp.log_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let path = format!(
         "{}:{}",

@@ -3,8 +3,8 @@
 //! that signs ServiceAccount tokens. Pure: PEM strings in, PEM strings out.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// The CA; kept whole (with its key) so tests can mint client certificates for any identity.
@@ -80,7 +80,8 @@ impl Ca {
             "10.0.0.1".to_string(),
         ])?;
         p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        p.distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(p)

@@ -52,14 +52,16 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args...` with stdout and stderr appended to `log`.
-    pub fn start(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> io::Result<Self> {
+    pub fn start(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> io::Result<Self> {
         let out = File::create(&log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         let parent = unsafe { libc::getpid() };
         unsafe {
@@ -77,8 +79,9 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = spawn_from_long_lived_thread(cmd)
-            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", program.display())))?;
+        let child = spawn_from_long_lived_thread(cmd).map_err(|e| {
+            io::Error::new(e.kind(), format!("starting {}: {e}", program.display()))
+        })?;
         Ok(Self {
             name,
             child,
@@ -227,10 +230,16 @@ mod tests {
             .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         let pid: i32 = loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.parse().ok()) {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
                 break pid;
             }
-            assert!(helper.try_wait().unwrap().is_none(), "helper ended before starting sleep");
+            assert!(
+                helper.try_wait().unwrap().is_none(),
+                "helper ended before starting sleep"
+            );
             assert!(Instant::now() < until, "helper did not start sleep");
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -244,7 +253,10 @@ mod tests {
         // The killed sleep is reparented and reaped by init (or is a zombie for a moment).
         let until = Instant::now() + Duration::from_secs(5);
         while alive(pid) {
-            assert!(Instant::now() < until, "pid {pid} outlived the process that started it");
+            assert!(
+                Instant::now() < until,
+                "pid {pid} outlived the process that started it"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
