@@ -1,0 +1,835 @@
+//! The Helm chart `charts/realtime-operator`: consistency with the workspace (version, CRD,
+//! images), rendering (`helm lint`, `helm template` over the supported value sets, schema
+//! rejections), and its life on a real API server (server-side dry-run, install, the operator
+//! reconciling with the chart ServiceAccount's token, denials outside the role, upgrade,
+//! uninstall keeping the CRD).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt};
+use realtime_e2e::control_plane::{self, ControlPlane, Tools};
+use realtime_e2e::data_plane::{die_with_parent, free_port, http_get};
+use realtime_e2e::require::{self, workspace_root};
+use serde_json::{Value, json};
+
+const CHART: &str = "charts/realtime-operator";
+
+fn read(rel: &str) -> String {
+    let p = workspace_root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The `version` of a `[section]` in a Cargo manifest, by line scan (no TOML parser in the
+/// workspace). `None` when the section has no literal version (e.g. `version.workspace = true`).
+fn manifest_version(manifest: &str, section: &str) -> Option<String> {
+    let header = format!("[{section}]");
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == header;
+            continue;
+        }
+        if inside && let Some(rest) = line.strip_prefix("version") {
+            let rest = rest.trim_start();
+            if let Some(v) = rest.strip_prefix('=') {
+                return Some(v.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The operator crate's version: its own literal, or the workspace's when it inherits it.
+fn operator_version(root_manifest: &str, operator_manifest: &str) -> Option<String> {
+    manifest_version(operator_manifest, "package")
+        .or_else(|| manifest_version(root_manifest, "workspace.package"))
+}
+
+/// Splits a multi-document YAML stream into JSON values, dropping empty documents.
+fn yaml_docs(text: &str) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc).context("parsing rendered YAML")?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn kind_name(o: &Value) -> (String, String) {
+    (
+        o["kind"].as_str().unwrap_or_default().to_string(),
+        o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objs, kind);
+    assert_eq!(found.len(), 1, "expected exactly one {kind}, got {found:?}");
+    found[0]
+}
+
+/// The operator container's `args`.
+fn operator_args(objs: &[Value]) -> Vec<String> {
+    one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("operator container has args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter()
+        .find_map(|a| a.strip_prefix(&prefix).map(str::to_string))
+}
+
+/// Every RBAC rule of the rendered Roles and ClusterRoles, with the role's kind and name, except
+/// the user-facing aggregated roles (which grant nothing to the operator).
+fn operator_rules(objs: &[Value]) -> Vec<(String, String, Value)> {
+    objs.iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .filter(|o| {
+            let labels = &o["metadata"]["labels"];
+            !labels
+                .as_object()
+                .is_some_and(|l| l.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+        })
+        .flat_map(|o| {
+            let (kind, name) = kind_name(o);
+            o["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |r| (kind.clone(), name.clone(), r))
+        })
+        .collect()
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    Ok(out)
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run_ok(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd)?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+struct Helm {
+    bin: PathBuf,
+    /// A private HOME for helm's caches and config, so tests never touch the user's.
+    home: tempfile::TempDir,
+    kubeconfig: Option<PathBuf>,
+}
+
+impl Helm {
+    fn new(bin: PathBuf) -> Self {
+        Self { bin, home: tempfile::tempdir().expect("temp dir for helm"), kubeconfig: None }
+    }
+
+    /// Aims the commands at a cluster (admin kubeconfig).
+    fn with_kubeconfig(mut self, path: &std::path::Path) -> Self {
+        self.kubeconfig = Some(path.to_path_buf());
+        self
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        let h = self.home.path();
+        c.env("HELM_CACHE_HOME", h.join("cache"))
+            .env("HELM_CONFIG_HOME", h.join("config"))
+            .env("HELM_DATA_HOME", h.join("data"))
+            .current_dir(workspace_root());
+        match &self.kubeconfig {
+            Some(k) => c.env("KUBECONFIG", k),
+            // Rendering only: never reach for the user's cluster.
+            None => c.env("KUBECONFIG", "/dev/null"),
+        };
+        c
+    }
+
+    /// `helm template` with `--set` pairs; returns the rendered objects.
+    fn template(&self, namespace: &str, sets: &[&str]) -> Result<Vec<Value>> {
+        let mut c = self.cmd();
+        c.args(["template", "rt", CHART, "--namespace", namespace]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        yaml_docs(&run_ok(&mut c)?)
+    }
+
+    /// `helm template` expected to fail; returns its stderr.
+    fn template_err(&self, sets: &[&str]) -> Result<String> {
+        let mut c = self.cmd();
+        c.args(["template", "rt", CHART]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let out = run(&mut c)?;
+        ensure!(!out.status.success(), "helm template {sets:?} succeeded, expected a failure");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The pinned helm (from `e2e/tools/install.sh`), under the `require` policy.
+fn helm_or_skip() -> Option<Helm> {
+    Tools::require_binary("helm").map(Helm::new)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consistency with the workspace (no external parts)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn manifest_version_reads_sections() {
+    let m = "[package]\nname = \"x\"\nversion.workspace = true\n[workspace.package]\nversion = \"1.2.3\"\n";
+    assert_eq!(manifest_version(m, "package"), None);
+    assert_eq!(manifest_version(m, "workspace.package").as_deref(), Some("1.2.3"));
+    assert_eq!(operator_version(m, m).as_deref(), Some("1.2.3"));
+    let own = "[package]\nversion = \"0.9.0\"\n";
+    assert_eq!(operator_version(m, own).as_deref(), Some("0.9.0"));
+}
+
+#[test]
+fn chart_app_version_is_the_operator_version() {
+    let chart: Value = serde_yaml::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
+    let op = operator_version(&read("Cargo.toml"), &read("operator/Cargo.toml"))
+        .expect("operator version in operator/Cargo.toml or [workspace.package]");
+    assert_eq!(chart["appVersion"].as_str(), Some(op.as_str()), "Chart.yaml appVersion");
+    assert_eq!(chart["version"].as_str(), Some(op.as_str()), "Chart.yaml version");
+}
+
+#[test]
+fn chart_crd_is_the_generated_crd() {
+    let top = read("crds/realtimecluster.yaml");
+    let copy = read(&format!("{CHART}/crds/realtimecluster.yaml"));
+    assert!(
+        top == copy,
+        "{CHART}/crds/realtimecluster.yaml differs from crds/realtimecluster.yaml: run `make crds`"
+    );
+    let crd: Value = serde_yaml::from_str(&top).unwrap();
+    let group = crd["spec"]["group"].as_str().unwrap();
+    let helpers = read(&format!("{CHART}/templates/_helpers.tpl"));
+    assert!(
+        helpers.contains(&format!("\n{group}\n")),
+        "_helpers.tpl apiGroup must name the CRD's group {group}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn helm_lint_is_clean() {
+    let Some(helm) = helm_or_skip() else { return };
+    for sets in [
+        &[][..],
+        &["watchNamespace=team-a"],
+        &["replicaCount=2", "podDisruptionBudget.enabled=true"],
+        &["metrics.serviceMonitor.enabled=true"],
+    ] {
+        let mut c = helm.cmd();
+        c.args(["lint", "--strict", CHART]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let out = run_ok(&mut c).unwrap();
+        assert!(out.contains("0 chart(s) failed"), "helm lint {sets:?}:\n{out}");
+        assert!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "helm lint {sets:?}:\n{out}");
+    }
+}
+
+#[test]
+fn default_render_is_restricted_and_complete() {
+    let Some(helm) = helm_or_skip() else { return };
+    let objs = helm.template("rt-system", &[]).unwrap();
+    let kinds: Vec<(String, String)> = objs.iter().map(kind_name).collect();
+    for want in ["ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service"] {
+        assert!(kinds.iter().any(|(k, _)| k == want), "no {want} in {kinds:?}");
+    }
+    assert!(find(&objs, "ServiceMonitor").is_empty(), "ServiceMonitor is off by default");
+    assert!(find(&objs, "PodDisruptionBudget").is_empty(), "PDB is off by default");
+    for o in &objs {
+        let ns = &o["metadata"]["namespace"];
+        let cluster_scoped = matches!(o["kind"].as_str(), Some("ClusterRole" | "ClusterRoleBinding"));
+        assert!(cluster_scoped || ns == "rt-system", "{:?} lacks namespace rt-system", kind_name(o));
+    }
+
+    let dep = one(&objs, "Deployment");
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/realtime-operator/realtime-operator:0.1.0");
+    // Restricted Pod Security Standard.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(strs(&c["securityContext"]["capabilities"]["drop"]), ["ALL"]);
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(pod["serviceAccountName"], "rt-realtime-operator");
+
+    let args = operator_args(&objs);
+    assert_eq!(
+        flag_value(&args, "--default-server-image").as_deref(),
+        Some("ghcr.io/realtime-operator/realtime-server:0.1.0"),
+        "{args:?}"
+    );
+    assert!(args.iter().any(|a| a == "--leader-election"), "{args:?}");
+
+    let svc = one(&objs, "Service");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "admin");
+    assert_eq!(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"]);
+}
+
+/// No wildcard, no verb the controller never uses, and the Lease rights only in the release
+/// namespace.
+#[test]
+fn rbac_rules_are_narrow() {
+    let Some(helm) = helm_or_skip() else { return };
+    let objs = helm.template("rt-system", &[]).unwrap();
+    let rules = operator_rules(&objs);
+    assert!(!rules.is_empty());
+    for (kind, name, r) in &rules {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(!strs(&r[field]).iter().any(|s| s == "*"), "wildcard in {kind}/{name}: {r}");
+        }
+        for v in strs(&r["verbs"]) {
+            assert!(
+                !matches!(v.as_str(), "deletecollection" | "escalate" | "bind" | "impersonate"),
+                "{kind}/{name} grants {v}: {r}"
+            );
+        }
+        let resources = strs(&r["resources"]);
+        assert!(
+            !resources.iter().any(|s| matches!(s.as_str(), "pods" | "nodes" | "namespaces" | "customresourcedefinitions")),
+            "{kind}/{name} grants {resources:?}"
+        );
+        if resources.iter().any(|s| s == "leases") {
+            assert_eq!(kind, "Role", "leases only through a namespaced Role");
+        }
+    }
+    // The aggregated user roles exist and do not bind to the operator.
+    let bound: Vec<String> = objs
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+        .map(|o| o["roleRef"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!bound.iter().any(|n| n.ends_with("-edit") || n.ends_with("-view")), "{bound:?}");
+}
+
+#[test]
+fn namespaced_mode_grants_nothing_cluster_wide() {
+    let Some(helm) = helm_or_skip() else { return };
+    let objs = helm
+        .template("rt-system", &["watchNamespace=team-a", "rbac.aggregateToDefaultRoles=false"])
+        .unwrap();
+    assert!(find(&objs, "ClusterRole").is_empty(), "{:?}", objs.iter().map(kind_name).collect::<Vec<_>>());
+    assert!(find(&objs, "ClusterRoleBinding").is_empty());
+    let roles = find(&objs, "Role");
+    assert!(roles.iter().any(|r| r["metadata"]["namespace"] == "team-a"));
+    let bindings = find(&objs, "RoleBinding");
+    let team = bindings.iter().find(|b| b["metadata"]["namespace"] == "team-a").expect("RoleBinding in team-a");
+    assert_eq!(team["subjects"][0]["namespace"], "rt-system");
+    let args = operator_args(&objs);
+    assert!(args.iter().any(|a| a.ends_with("=team-a")), "operator told to watch team-a: {args:?}");
+}
+
+#[test]
+fn optional_objects_render_when_enabled() {
+    let Some(helm) = helm_or_skip() else { return };
+    let objs = helm
+        .template(
+            "rt-system",
+            &[
+                "metrics.serviceMonitor.enabled=true",
+                "metrics.serviceMonitor.labels.release=prom",
+                "replicaCount=2",
+                "podDisruptionBudget.enabled=true",
+                "serverImage.tag=9.9.9",
+                "image.tag=1.2.3",
+            ],
+        )
+        .unwrap();
+    let sm = one(&objs, "ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    let svc = one(&objs, "Service");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "ServiceMonitor selects the metrics Service");
+    }
+    one(&objs, "PodDisruptionBudget");
+    let dep = one(&objs, "Deployment");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/realtime-operator/realtime-operator:1.2.3");
+    assert_eq!(
+        flag_value(&operator_args(&objs), "--default-server-image").as_deref(),
+        Some("ghcr.io/realtime-operator/realtime-server:9.9.9")
+    );
+}
+
+#[test]
+fn bad_values_are_rejected() {
+    let Some(helm) = helm_or_skip() else { return };
+    for (sets, expect) in [
+        (&["nosuchkey=1"][..], "nosuchkey"),
+        (&["logging.format=xml"], "format"),
+        (&["adminPort=80"], "adminPort"),
+        (&["watchNamespace=Not_A_Namespace"], "watchNamespace"),
+        (&["replicaCount=2", "leaderElection.enabled=false"], "leaderElection"),
+        (&["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"], "metrics.service.enabled"),
+    ] {
+        let err = helm.template_err(sets).unwrap();
+        assert!(err.contains(expect), "helm template {sets:?}: error should name {expect}:\n{err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// On the local control plane: dry-run, install, the operator as the chart's ServiceAccount,
+// denials, upgrade, uninstall
+// ---------------------------------------------------------------------------------------------
+
+/// The operator's flag for its admin (healthz/readyz/metrics) listen address.
+const ADMIN_FLAG: &str = "--admin-addr";
+/// How long the operator may take from start to all children of examples/minimal.yaml.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The realtime-operator binary of this workspace, run locally with the chart Deployment's args
+/// and env, authenticated as the chart's ServiceAccount (a TokenRequest token), as its pod
+/// would be. Killed (with its process group) on drop.
+struct LocalOperator {
+    child: tokio::process::Child,
+    log: PathBuf,
+    admin: SocketAddr,
+}
+
+impl LocalOperator {
+    /// Starts the operator with `deployment`'s container args (admin address moved to a free
+    /// loopback port) and env, `kubeconfig` as its credentials, `pod_name` as its identity.
+    fn start(bin: &std::path::Path, deployment: &Deployment, kubeconfig: &std::path::Path, pod_name: &str, log: PathBuf) -> Result<Self> {
+        let container = &deployment.spec.as_ref().context("spec")?.template.spec.as_ref().context("pod spec")?.containers[0];
+        let port = free_port()?;
+        let admin: SocketAddr = ([127, 0, 0, 1], port).into();
+        let args: Vec<String> = container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| if a.starts_with(&format!("{ADMIN_FLAG}=")) { format!("{ADMIN_FLAG}={admin}") } else { a })
+            .collect();
+        ensure!(args.iter().any(|a| a.starts_with(&format!("{ADMIN_FLAG}="))), "the chart passes no {ADMIN_FLAG}: {args:?}");
+        let namespace = deployment.namespace().context("namespace")?;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig);
+        for e in container.env.clone().unwrap_or_default() {
+            // The downward API values a kubelet would fill in.
+            let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => pod_name.to_string(),
+                Some("metadata.namespace") => namespace.clone(),
+                Some(other) => bail!("env {} uses field {other}, which this test does not emulate", e.name),
+                None => e.value.clone().unwrap_or_default(),
+            };
+            cmd.env(&e.name, value);
+        }
+        let f = std::fs::File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f))
+            .process_group(0)
+            .kill_on_drop(true);
+        die_with_parent(cmd.as_std_mut(), libc::SIGKILL);
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self { child, log, admin })
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails when the operator exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the operator exited ({status}):\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    /// Lines of the operator's log that report an authorization failure.
+    fn forbidden_lines(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("forbidden") || l.contains("\"code\":403") || l.contains("code: 403")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL. Returns whether it exited
+    /// by itself.
+    async fn stop(&mut self, grace: Duration) -> bool {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                false
+            }
+        }
+    }
+}
+
+/// Helm with the control plane's admin kubeconfig, and kubectl.
+struct Cluster {
+    cp: Arc<ControlPlane>,
+    helm: Helm,
+}
+
+impl Cluster {
+    fn kubectl(&self) -> Command {
+        let mut c = self.cp.kubectl().expect("kubectl was required before");
+        c.current_dir(workspace_root());
+        c
+    }
+}
+
+/// The control plane, helm, kubectl and the operator binary, under the `require` policy.
+async fn cluster_or_skip() -> Option<(Cluster, PathBuf)> {
+    let cp = control_plane::shared().await?;
+    let helm = Tools::require_binary("helm")?;
+    Tools::require_binary("kubectl")?;
+    let operator = require::require(
+        "the realtime-operator binary",
+        "build it with `cargo build -p realtime-operator` (make build)",
+        require::workspace_bin("realtime-operator"),
+    )?;
+    let helm = Helm::new(helm).with_kubeconfig(cp.kubeconfig_path());
+    Some((Cluster { cp, helm }, operator))
+}
+
+/// The HTTP status of an API call's error, `None` on success.
+fn api_code<T>(r: &kube::Result<T>) -> Option<u16> {
+    match r {
+        Ok(_) => None,
+        Err(kube::Error::Api(s)) => Some(s.code),
+        Err(e) => panic!("not an API error: {e}"),
+    }
+}
+
+/// `fullname` of the chart for release `release` (the chart's `realtime-operator.fullname`).
+fn fullname(release: &str) -> String {
+    if release.contains("realtime-operator") { release.to_string() } else { format!("{release}-realtime-operator") }
+}
+
+/// The children the operator made for RealtimeCluster `name` in `ns`, as `Kind/name`, each
+/// checked to be controlled by the cluster (`uid`).
+async fn children(client: &Client, ns: &str, name: &str, uid: &str) -> Result<Vec<String>> {
+    let lp = ListParams::default().labels(&format!("app.kubernetes.io/managed-by=realtime-operator,realtime.dev/cluster={name}"));
+    let mut out = Vec::new();
+    macro_rules! collect {
+        ($k:ty) => {
+            for o in Api::<$k>::namespaced(client.clone(), ns).list_metadata(&lp).await?.items {
+                let owned = o.owner_references().iter().any(|r| r.uid == uid && r.controller == Some(true));
+                ensure!(owned, "{} {} is not controlled by RealtimeCluster {name}", <$k as kube::Resource>::kind(&()), o.name_any());
+                out.push(format!("{}/{}", <$k as kube::Resource>::kind(&()), o.name_any()));
+            }
+        };
+    }
+    collect!(Deployment);
+    collect!(Service);
+    collect!(StatefulSet);
+    collect!(Secret);
+    collect!(PodDisruptionBudget);
+    collect!(Ingress);
+    out.sort();
+    Ok(out)
+}
+
+/// The children a managed-Redis, ingress-less RealtimeCluster has (issue 4): the server
+/// Deployment, Service and PDB, and Redis' StatefulSet, headless Service and password Secret.
+fn expected_child_kinds() -> Vec<&'static str> {
+    let mut k = vec!["Deployment", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"];
+    k.sort();
+    k
+}
+
+fn kinds_of(children: &[String]) -> Vec<&str> {
+    let mut k: Vec<&str> = children.iter().map(|c| c.split('/').next().unwrap()).collect();
+    k.sort();
+    k
+}
+
+fn dynamic_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("realtime.dev", "v1alpha1", "RealtimeCluster");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+/// Installs the chart as `release` into `ns` with `sets`, runs the operator as its
+/// ServiceAccount, applies examples/minimal.yaml into `watch_ns` and waits until every child
+/// exists, the status is written, the Lease is held and an Event was recorded. Returns the
+/// running operator and the ServiceAccount's client.
+async fn install_and_reconcile(
+    cl: &Cluster,
+    operator_bin: &std::path::Path,
+    release: &str,
+    ns: &str,
+    watch_ns: &str,
+    sets: &[&str],
+    logs: &std::path::Path,
+) -> Result<(LocalOperator, Client)> {
+    let cp = &cl.cp;
+    let admin = cp.client().await?;
+
+    // helm install creates the objects.
+    let mut c = cl.helm.cmd();
+    c.args(["install", release, CHART, "--namespace", ns]);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    let out = run_ok(&mut c)?;
+    ensure!(out.contains("STATUS: deployed"), "helm install:\n{out}");
+    let full = fullname(release);
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), ns).get(&full).await.context("the operator Deployment")?;
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns).get(&full).await.context("the ServiceAccount")?;
+    Api::<Service>::namespaced(admin.clone(), ns).get(&format!("{full}-metrics")).await.context("the metrics Service")?;
+    Api::<Role>::namespaced(admin.clone(), ns).get(&format!("{full}-leader-election")).await.context("the Lease Role")?;
+
+    // The operator, as the chart's ServiceAccount.
+    let sa = cp.service_account(ns, &full).await?;
+    let pod_name = format!("{full}-7d9f-test");
+    let mut op = LocalOperator::start(operator_bin, &deployment, &sa.kubeconfig, &pod_name, logs.join(format!("{release}-operator.log")))?;
+    let admin_addr = op.admin;
+    cp.poll_until("the operator's /readyz", Duration::from_secs(30), || async {
+        Ok(http_get(admin_addr, "/readyz", Duration::from_secs(2)).await.ok().filter(|r| r.status == 200))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", op.log_text()))?;
+    op.check_running()?;
+
+    // Leader election with the Role's rights: the Lease named after the release, held by us.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
+    cp.poll_until("the operator's Lease", Duration::from_secs(30), || async {
+        Ok(leases.get_opt(&full).await?.filter(|l| {
+            l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(pod_name.as_str())
+        }))
+    })
+    .await?;
+
+    // examples/minimal.yaml: every child created and owned, status written, an Event recorded.
+    let out = run_ok(cl.kubectl().args(["apply", "-n", watch_ns, "-f", "examples/minimal.yaml"]))?;
+    ensure!(out.contains("created"), "kubectl apply: {out}");
+    let rtcs = dynamic_api(&admin, watch_ns);
+    let rtc = rtcs.get("chat").await?;
+    let uid = rtc.uid().context("uid")?;
+    let got = cp
+        .poll_until("every child of examples/minimal.yaml", RECONCILE_TIMEOUT, || async {
+            let c = children(&admin, watch_ns, "chat", &uid).await?;
+            Ok((kinds_of(&c) == expected_child_kinds()).then_some(c))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", op.log_text()))?;
+    eprintln!("chart: the operator as {} created {got:?}", sa.user);
+    cp.poll_until("status.observedGeneration", RECONCILE_TIMEOUT, || async {
+        let rtc = rtcs.get("chat").await?;
+        let generation = rtc.metadata.generation;
+        Ok((rtc.data["status"]["observedGeneration"].as_i64() == generation).then_some(()))
+    })
+    .await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), watch_ns);
+    cp.poll_until("an Event about RealtimeCluster chat", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())))
+    })
+    .await?;
+
+    op.check_running()?;
+    let forbidden = op.forbidden_lines();
+    ensure!(forbidden.is_empty(), "the operator was denied something it needs:\n{}", forbidden.join("\n"));
+    Ok((op, sa.client().await?))
+}
+
+#[tokio::test]
+async fn chart_installs_rbac_suffices_and_is_least_privilege() {
+    let Some((cl, operator_bin)) = cluster_or_skip().await else { return };
+    let cp = cl.cp.clone();
+    let _logs = cp.logs_on_failure();
+    let admin = cp.client().await.unwrap();
+    let ns = cp.create_namespace("chart").await.unwrap();
+    let release = ns.clone();
+    let full = fullname(&release);
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The rendered manifests (CRD included) pass a server-side dry-run, in both RBAC modes.
+    for sets in [&[][..], &["watchNamespace=default"]] {
+        let mut c = cl.helm.cmd();
+        c.args(["template", &release, CHART, "--namespace", &ns, "--include-crds"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let rendered = tmp.path().join("rendered.yaml");
+        std::fs::write(&rendered, run_ok(&mut c).unwrap()).unwrap();
+        let out = run_ok(cl.kubectl().args(["apply", "--server-side", "--dry-run=server", "-n", &ns, "-f"]).arg(&rendered)).unwrap();
+        let applied = out.lines().filter(|l| l.contains("(server dry run)")).count();
+        let docs = yaml_docs(&std::fs::read_to_string(&rendered).unwrap()).unwrap().len();
+        assert_eq!(applied, docs, "every rendered object passes the dry-run {sets:?}:\n{out}");
+    }
+
+    let (mut op, sa) = install_and_reconcile(&cl, &operator_bin, &release, &ns, &ns, &[], tmp.path()).await.unwrap();
+
+    // Outside the role: denied.
+    let pods: Api<Pod> = Api::namespaced(sa.clone(), &ns);
+    assert_eq!(api_code(&pods.list(&ListParams::default()).await), Some(403), "list pods");
+    let cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "kube-system");
+    assert_eq!(api_code(&cms.list(&ListParams::default()).await), Some(403), "list configmaps in kube-system");
+    let nodes: Api<Node> = Api::all(sa.clone());
+    assert_eq!(api_code(&nodes.delete("any-node", &DeleteParams::default()).await), Some(403), "delete nodes");
+    let namespaces: Api<Namespace> = Api::all(sa.clone());
+    assert_eq!(api_code(&namespaces.list(&ListParams::default()).await), Some(403), "list namespaces");
+    let crs: Api<ClusterRole> = Api::all(sa.clone());
+    let escalate: ClusterRole = serde_json::from_value(json!({"metadata": {"name": format!("{ns}-escalate")}, "rules": []})).unwrap();
+    assert_eq!(api_code(&crs.create(&PostParams::default(), &escalate).await), Some(403), "create clusterroles");
+    // Only the verbs it uses: no update of children, no write to RealtimeCluster specs.
+    let deployments: Api<Deployment> = Api::namespaced(sa.clone(), &ns);
+    let d = deployments.get("chat").await.expect("get deployments is granted");
+    assert_eq!(api_code(&deployments.replace("chat", &PostParams::default(), &d).await), Some(403), "update deployments");
+    assert_eq!(api_code(&deployments.delete("chat", &DeleteParams::default()).await), Some(403), "delete deployments");
+    let rtcs = dynamic_api(&sa, &ns);
+    assert_eq!(api_code(&rtcs.delete("chat", &DeleteParams::default()).await), Some(403), "delete realtimeclusters");
+    let spec_patch = Patch::Merge(json!({"spec": {"replicas": 3}}));
+    assert_eq!(api_code(&rtcs.patch("chat", &PatchParams::default(), &spec_patch).await), Some(403), "patch realtimecluster spec");
+    // Leases: only its own, only in the release namespace.
+    let leases: Api<Lease> = Api::namespaced(sa.clone(), &ns);
+    assert_eq!(api_code(&leases.get("someone-elses-lease").await), Some(403), "get another Lease");
+    let foreign: Api<Lease> = Api::namespaced(sa.clone(), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": full}})).unwrap();
+    assert_eq!(api_code(&foreign.create(&PostParams::default(), &lease).await), Some(403), "create a Lease in kube-system");
+    assert!(op.stop(Duration::from_secs(15)).await, "the operator did not exit within 15 s of SIGTERM:\n{}", op.log_text());
+
+    // helm upgrade: a second replica (allowed with leader election) and a PDB.
+    let out = run_ok(cl.helm.cmd().args(["upgrade", &release, CHART, "--namespace", &ns, "--set", "replicaCount=2", "--set", "podDisruptionBudget.enabled=true"])).unwrap();
+    assert!(out.contains("REVISION: 2") && out.contains("STATUS: deployed"), "helm upgrade:\n{out}");
+    let d = Api::<Deployment>::namespaced(admin.clone(), &ns).get(&full).await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(2));
+    Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns).get(&full).await.expect("PDB after upgrade");
+
+    // helm uninstall: the release's objects go, the CRD (and the user's RealtimeCluster) stay.
+    run_ok(cl.helm.cmd().args(["uninstall", &release, "--namespace", &ns, "--wait"])).unwrap();
+    let gone = |r: kube::Result<()>| matches!(r, Err(kube::Error::Api(s)) if s.code == 404);
+    assert!(gone(Api::<Deployment>::namespaced(admin.clone(), &ns).get(&full).await.map(|_| ())), "Deployment left");
+    assert!(gone(Api::<ServiceAccount>::namespaced(admin.clone(), &ns).get(&full).await.map(|_| ())), "ServiceAccount left");
+    assert!(gone(Api::<ClusterRole>::all(admin.clone()).get(&full).await.map(|_| ())), "ClusterRole left");
+    assert!(gone(Api::<ClusterRoleBinding>::all(admin.clone()).get(&full).await.map(|_| ())), "ClusterRoleBinding left");
+    assert!(gone(Api::<Role>::namespaced(admin.clone(), &ns).get(&format!("{full}-leader-election")).await.map(|_| ())), "Role left");
+    assert!(gone(Api::<Service>::namespaced(admin.clone(), &ns).get(&format!("{full}-metrics")).await.map(|_| ())), "metrics Service left");
+    assert!(gone(Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns).get(&full).await.map(|_| ())), "PDB left");
+    Api::<CustomResourceDefinition>::all(admin.clone())
+        .get("realtimeclusters.realtime.dev")
+        .await
+        .expect("helm uninstall keeps the CRD");
+    dynamic_api(&admin, &ns).get("chat").await.expect("the RealtimeCluster outlives the operator's release");
+    let releases = run_ok(cl.helm.cmd().args(["list", "--namespace", &ns, "--short"])).unwrap();
+    assert!(!releases.lines().any(|l| l.trim() == release), "release still listed: {releases}");
+}
+
+/// Namespaced mode: the operator watches one namespace with a Role there, and reads nothing
+/// elsewhere.
+#[tokio::test]
+async fn namespaced_mode_reconciles_its_namespace_only() {
+    let Some((cl, operator_bin)) = cluster_or_skip().await else { return };
+    let cp = cl.cp.clone();
+    let _logs = cp.logs_on_failure();
+    let admin = cp.client().await.unwrap();
+    let ns = cp.create_namespace("chart-ns").await.unwrap();
+    let watched = cp.create_namespace("chart-team").await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let release = ns.clone();
+    let watch_set = format!("watchNamespace={watched}");
+    let (mut op, sa) = install_and_reconcile(
+        &cl,
+        &operator_bin,
+        &release,
+        &ns,
+        &watched,
+        &[&watch_set, "rbac.aggregateToDefaultRoles=false"],
+        tmp.path(),
+    )
+    .await
+    .unwrap();
+    let full = fullname(&release);
+    assert!(
+        Api::<ClusterRole>::all(admin.clone()).get_opt(&full).await.unwrap().is_none(),
+        "namespaced mode creates no ClusterRole"
+    );
+    // Nothing outside the watched namespace, and no cluster-wide lists.
+    let secrets: Api<Secret> = Api::namespaced(sa.clone(), "kube-system");
+    assert_eq!(api_code(&secrets.get("any").await), Some(403), "get secrets in kube-system");
+    let deployments: Api<Deployment> = Api::namespaced(sa.clone(), &ns);
+    assert_eq!(api_code(&deployments.list(&ListParams::default()).await), Some(403), "list deployments in the release namespace");
+    let all_secrets: Api<Secret> = Api::all(sa.clone());
+    assert_eq!(api_code(&all_secrets.list(&ListParams::default()).await), Some(403), "list secrets cluster-wide");
+    let all_rtcs: Api<DynamicObject> = Api::all_with(sa.clone(), &ApiResource::from_gvk(&GroupVersionKind::gvk("realtime.dev", "v1alpha1", "RealtimeCluster")));
+    assert_eq!(api_code(&all_rtcs.list(&ListParams::default()).await), Some(403), "list realtimeclusters cluster-wide");
+    assert!(op.stop(Duration::from_secs(15)).await, "the operator did not exit within 15 s of SIGTERM:\n{}", op.log_text());
+    run_ok(cl.helm.cmd().args(["uninstall", &release, "--namespace", &ns, "--wait"])).unwrap();
+    assert!(Api::<Role>::namespaced(admin.clone(), &watched).get_opt(&full).await.unwrap().is_none(), "Role in the watched namespace left");
+}
