@@ -14,7 +14,12 @@ TOOLS="${RT_TOOLS_DIR:-$HOME/.cache/realtime-operator/tools}"
 BIN="$TOOLS/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 if [[ "${1:-}" == "--print-dir" ]]; then echo "$BIN"; exit 0; fi
 mkdir -p "$BIN"
-export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath"
+# One build at a time per cache (a developer and a test run may start it together).
+exec 9>"$(dirname "$BIN")/install.lock"
+flock 9
+# -mod=readonly: the committed go.mod/go.sum are the pin; a drifted module fails loudly here
+# instead of being rewritten (regen-go-mods.sh is the way to change them).
+export CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath"
 
 build() { # build NAME MODULE_DIR PACKAGE LDFLAGS
   local name=$1 dir=$2 pkg=$3 ldflags=$4 t0
