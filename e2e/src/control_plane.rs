@@ -92,7 +92,7 @@ impl Tools {
                 .all(|b| t.bin_dir.join(b).is_file())
         });
         require(
-            "etcd, kube-apiserver and kube-controller-manager",
+            "the control-plane binaries (etcd, kube-apiserver, kube-controller-manager)",
             "build them with e2e/tools/install.sh (needs Go; about 7 minutes cold)",
             found,
         )
