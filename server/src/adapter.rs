@@ -53,8 +53,15 @@ const FRED_BROADCAST_CAPACITY: usize = 4096;
 pub const ADAPTER_STREAM_BUFFER: usize = 16 * 1024;
 /// How long cross-node requests (presence) wait for the other nodes.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-/// Upper bound of any Redis command, so a handler never waits on a dead connection forever.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound of any Redis command, so a handler never waits on a dead connection for long:
+/// a PUBLISH takes well under a millisecond on a healthy Redis, and a message whose PUBLISH
+/// times out is still delivered on this node.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection error counts as "disconnected" while fred still reports the old
+/// connection state (fred keeps `Connected` during its reconnect delay).
+const LOST_GRACE: Duration = Duration::from_secs(2);
+/// How often "still no Redis" is logged.
+const DOWN_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often the monitor checks the connection and the pump.
 const TICK: Duration = Duration::from_millis(200);
 /// How often a probe message is sent to this node's own probe channel.
@@ -129,8 +136,8 @@ impl RedisDriver {
                     ..Default::default()
                 };
             })
-            // unlimited attempts, 100 ms doubling to 2 s
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            // unlimited attempts, 100 ms doubling to 1 s: a restarted Redis is found within ~1 s
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
             .build()?;
         let _connection_task = client.connect();
         Ok(Self {
@@ -284,6 +291,10 @@ struct Monitor {
     next_probe: Instant,
     dropped_seen: u64,
     connects: u64,
+    /// Set by a connection error, cleared by the next successful connection.
+    lost_since: Option<Instant>,
+    last_error: Option<String>,
+    last_down_log: Option<Instant>,
 }
 
 impl Monitor {
@@ -302,12 +313,16 @@ impl Monitor {
             next_probe: now,
             dropped_seen: 0,
             connects: 0,
+            lost_since: None,
+            last_error: None,
+            last_down_log: None,
         }
     }
 
     async fn run(mut self) {
         let inner = self.driver.inner.clone();
         let mut reconnects = inner.client.reconnect_rx();
+        let mut errors = inner.client.error_rx();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -323,8 +338,22 @@ impl Monitor {
                         }
                         info!(%server, "redis connected");
                         self.subscribed = false;
+                        self.lost_since = None;
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.subscribed = false,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                // fred reports a dropped connection here at once, but keeps its state at
+                // `Connected` until its first reconnect attempt: go local immediately.
+                ev = errors.recv() => match ev {
+                    Ok((e, _)) => {
+                        debug!("redis connection error: {e}");
+                        self.lost_since.get_or_insert_with(Instant::now);
+                        self.last_error = Some(e.to_string());
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.lost_since.get_or_insert_with(Instant::now);
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some((_, data)) = self.probe_rx.recv() => self.probe_answered(&data),
@@ -348,7 +377,13 @@ impl Monitor {
         }
         health.set_pump_alive(true);
 
-        let connected = inner.client.is_connected();
+        // After a connection error, trust fred's `Connected` again only once it reconnected,
+        // or after LOST_GRACE (so a missed reconnect event cannot keep the node local-only).
+        if self.lost_since.is_some_and(|t| t.elapsed() >= LOST_GRACE) {
+            self.lost_since = None;
+        }
+        let lost = self.lost_since.is_some();
+        let connected = inner.client.is_connected() && !lost;
         if connected != self.connected {
             if connected {
                 info!("redis connection up; subscribing");
@@ -359,6 +394,15 @@ impl Monitor {
             self.subscribed = false;
         }
         health.set_redis_connected(connected);
+        if connected {
+            self.last_down_log = None;
+        } else if self.last_down_log.is_none_or(|t| t.elapsed() >= DOWN_LOG_EVERY) {
+            warn!(
+                last_error = self.last_error.as_deref().unwrap_or("none yet"),
+                "redis unreachable; retrying (not ready, local delivery only)"
+            );
+            self.last_down_log = Some(Instant::now());
+        }
 
         if connected && !self.subscribed && Instant::now() >= self.resubscribe_after {
             let channels = self.driver.channels();

@@ -18,7 +18,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(realtime_server::app::run(settings)) {
+    let result = runtime.block_on(realtime_server::app::run(settings));
+    // Tasks still parked (aborted connections, timers) must not delay the exit: the grace
+    // period has been spent already.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
