@@ -10,7 +10,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -95,8 +95,8 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
 }
 
 /// Deletes this cluster's children that `desired` no longer contains (found by label, and only
-/// when the cluster is their controller). Returns `Kind/name` of each deleted child.
-pub async fn prune(client: &Client, model: &Model, desired: &Desired) -> Result<Vec<String>, Error> {
+/// when the cluster is their controller). Returns a reference to each deleted child.
+pub async fn prune(client: &Client, model: &Model, desired: &Desired) -> Result<Vec<ObjectReference>, Error> {
     let keep_redis = desired.redis.as_ref();
     let mut deleted = Vec::new();
     let want_sts: Vec<String> = keep_redis.iter().map(|r| r.statefulset.name_any()).collect();
@@ -113,7 +113,7 @@ pub async fn prune(client: &Client, model: &Model, desired: &Desired) -> Result<
     Ok(deleted)
 }
 
-async fn prune_kind<K>(client: &Client, model: &Model, keep: &[String], deleted: &mut Vec<String>) -> Result<(), Error>
+async fn prune_kind<K>(client: &Client, model: &Model, keep: &[String], deleted: &mut Vec<ObjectReference>) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
@@ -139,7 +139,14 @@ where
             ..DeleteParams::background()
         };
         match api.delete(&name, &dp).await {
-            Ok(_) => deleted.push(format!("{kind}/{name}")),
+            Ok(_) => deleted.push(ObjectReference {
+                api_version: Some(K::api_version(&()).to_string()),
+                kind: Some(kind.clone()),
+                name: Some(name),
+                namespace: Some(model.namespace.clone()),
+                uid: obj.uid(),
+                ..Default::default()
+            }),
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
             Err(source) => return Err(Error::Delete { kind, name, source }),
         }

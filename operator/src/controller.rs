@@ -182,8 +182,11 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<(Action,
             publish(ctx, rc, EventType::Normal, "RedisPasswordCreated", "Create", msg).await;
         }
         for child in apply::prune(&ctx.client, &model, &desired).await? {
-            tracing::info!(cluster = %ObjectRef::from_obj(rc), %child, "deleted child no longer wanted");
-            publish(ctx, rc, EventType::Normal, "Deleted", "Prune", format!("deleted {child}: no longer wanted by the spec")).await;
+            let what = format!("{}/{}", child.kind.as_deref().unwrap_or_default(), child.name.as_deref().unwrap_or_default());
+            tracing::info!(cluster = %ObjectRef::from_obj(rc), child = %what, "deleted child no longer wanted");
+            let note = format!("deleted {what}: no longer wanted by the spec");
+            // The child as `related` keeps one Event per deleted object (not one merged series).
+            publish_related(ctx, rc, EventType::Normal, "Deleted", "Prune", note, Some(child)).await;
         }
         (Some(applied.deployment), applied.statefulset, "applied")
     };
@@ -257,6 +260,20 @@ async fn announce_transitions(ctx: &Context, rc: &RealtimeCluster, new: &Realtim
 }
 
 async fn publish(ctx: &Context, rc: &RealtimeCluster, type_: EventType, reason: &str, action: &str, note: String) {
+    publish_related(ctx, rc, type_, reason, action, note, None).await;
+}
+
+/// Publishes an Event about `rc` (optionally related to a child). Failures are logged only:
+/// Events are informative and must not fail a reconcile.
+async fn publish_related(
+    ctx: &Context,
+    rc: &RealtimeCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+) {
     let mut note = note;
     if note.len() > 1000 {
         let mut end = 1000;
@@ -265,7 +282,7 @@ async fn publish(ctx: &Context, rc: &RealtimeCluster, type_: EventType, reason: 
         }
         note.truncate(end);
     }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
     if let Err(e) = ctx.recorder.publish(&event, &rc.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing an Event failed");
     }
