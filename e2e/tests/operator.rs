@@ -731,3 +731,133 @@ async fn restart_and_resync_write_nothing_when_nothing_changed() {
     assert_eq!(events_after, events_before, "restart or resync published events");
     operator.stop().await;
 }
+
+/// One `realtime-operator` process (the built binary) against the shared control plane.
+struct OperatorProcess {
+    child: std::process::Child,
+    admin: std::net::SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl OperatorProcess {
+    fn spawn(bin: &std::path::Path, cp: &ControlPlane, ns: &str, identity: &str, dir: &std::path::Path) -> Self {
+        use realtime_e2e::data_plane::{die_with_parent, free_port};
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+        let log = dir.join(format!("{identity}.log"));
+        let mut cmd = Command::new(bin);
+        cmd.args(["--leader-election", "--lease-name=e2e-leader", "--resync=2s"])
+            .arg(format!("--lease-namespace={ns}"))
+            .arg(format!("--namespace={ns}"))
+            .arg(format!("--identity={identity}"))
+            .arg(format!("--admin-addr={admin}"))
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        die_with_parent(&mut cmd, libc::SIGKILL);
+        let child = cmd.spawn().expect("starting realtime-operator");
+        Self { child, admin, log }
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let r = realtime_e2e::data_plane::http_get(self.admin, "/metrics", Duration::from_secs(2)).await.ok()?;
+        realtime_e2e::data_plane::metric_value(&r.body, name, &[])
+    }
+
+    async fn status(&self, path: &str) -> Option<u16> {
+        realtime_e2e::data_plane::http_get(self.admin, path, Duration::from_secs(2)).await.ok().map(|r| r.status)
+    }
+
+    /// SIGTERM, then the exit status (within 20 s).
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "operator did not exit after SIGTERM:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), ns);
+    leases.get_opt("e2e-leader").await.unwrap()?.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoints() {
+    let Some(cp) = control_plane::shared().await else { return };
+    let _logs = cp.logs_on_failure();
+    let Some(bin) = realtime_e2e::require::require(
+        "the realtime-operator binary",
+        "build it with `cargo build --workspace --bins` (make build)",
+        realtime_e2e::require::workspace_bin("realtime-operator"),
+    ) else {
+        return;
+    };
+    let client = cp.client().await.unwrap();
+    let ns = cp.create_namespace("op-leader").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut a = OperatorProcess::spawn(&bin, &cp, &ns, "replica-a", dir.path());
+    eventually(&cp, "replica-a to lead", || async {
+        Ok((a.metric("realtime_operator_leader").await == Some(1.0)).then_some(()))
+    })
+    .await;
+    let mut b = OperatorProcess::spawn(&bin, &cp, &ns, "replica-b", dir.path());
+    eventually(&cp, "replica-b to be ready as a standby", || async {
+        Ok((b.status("/readyz").await == Some(200)).then_some(()))
+    })
+    .await;
+    assert_eq!(a.status("/healthz").await, Some(200));
+    assert_eq!(b.metric("realtime_operator_leader").await, Some(0.0), "two leaders:\n{}", b.log_text());
+    assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("replica-a"));
+
+    // The leader reconciles; its metrics count it.
+    create(&client, &ns, "chat", json!({"replicas": 2, "redis": {"external": {"host": "cache"}}})).await;
+    eventually(&cp, "the leader to create the Deployment", || async { Ok(get_opt::<Deployment>(&client, &ns, "chat").await) }).await;
+    eventually(&cp, "a counted reconcile", || async {
+        let r = realtime_e2e::data_plane::http_get(a.admin, "/metrics", Duration::from_secs(2)).await?;
+        let n = realtime_e2e::data_plane::metric_value(&r.body, "realtime_operator_reconciliations_total", &[("outcome", "applied")]);
+        Ok(n.filter(|n| *n >= 1.0).map(|_| ()))
+    })
+    .await;
+
+    // SIGTERM: the leader exits cleanly and releases the Lease; the standby takes over.
+    let handover = Instant::now();
+    let status = a.terminate().await;
+    assert!(status.success(), "replica-a exited with {status}:\n{}", a.log_text());
+    assert!(a.log_text().contains("released the leader Lease"), "{}", a.log_text());
+    eventually(&cp, "replica-b to lead", || async {
+        Ok((b.metric("realtime_operator_leader").await == Some(1.0)).then_some(()))
+    })
+    .await;
+    println!("MEASURE leader handover after SIGTERM: {:?}", handover.elapsed());
+    assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("replica-b"));
+    merge_spec(&client, &ns, "chat", json!({"replicas": 3})).await;
+    eventually(&cp, "the new leader to apply the change", || async {
+        let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
+        Ok((d.spec.unwrap().replicas == Some(3)).then_some(()))
+    })
+    .await;
+    let status = b.terminate().await;
+    assert!(status.success(), "replica-b exited with {status}:\n{}", b.log_text());
+    assert_eq!(lease_holder(&client, &ns).await, None, "the Lease was not released");
+}
