@@ -31,3 +31,8 @@ crds:
 control-plane:
 	e2e/tools/install.sh >/dev/null
 	$(CARGO) run -q -p realtime-e2e --bin rt-control-plane
+
+## bench: realtime-server vs the Node.js socket.io + Redis adapter reference, same machine, one run
+## (~15 min; QUICK=1 for a short debug run). Results under ~/.cache/realtime-operator/bench/results/
+bench:
+	bench/run.sh
