@@ -55,15 +55,27 @@ impl Operator {
             namespace: Some(ns.to_string()),
             instance: Some("e2e".into()),
         };
-        let task = tokio::spawn(controller::run(client.clone(), config, metrics.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Self { stop: Some(stop), task, metrics }
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            config,
+            metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            stop: Some(stop),
+            task,
+            metrics,
+        }
     }
 
     /// Reconciles that finished with `outcome` (applied, invalid_spec, paused, error).
     fn count(&self, outcome: &'static str) -> u64 {
-        self.metrics.reconciliations.get_or_create(&OutcomeLabels { outcome }).get()
+        self.metrics
+            .reconciliations
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
     }
 
     async fn stop(mut self) {
@@ -80,7 +92,11 @@ fn rc_api(client: &Client, ns: &str) -> Api<RealtimeCluster> {
 }
 
 fn dyn_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<RealtimeCluster>(&()))
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::erase::<RealtimeCluster>(&()),
+    )
 }
 
 fn cluster(name: &str, spec: Value) -> DynamicObject {
@@ -103,7 +119,11 @@ async fn create(client: &Client, ns: &str, name: &str, spec: Value) -> RealtimeC
 
 async fn merge_spec(client: &Client, ns: &str, name: &str, spec: Value) {
     rc_api(client, ns)
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
         .await
         .unwrap_or_else(|e| panic!("patching {name}: {e}"));
 }
@@ -124,7 +144,10 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    Api::<K>::namespaced(client.clone(), ns).get_opt(name).await.unwrap()
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
 }
 
 /// resourceVersion of every object the operator writes for cluster `name` (and of the cluster).
@@ -133,7 +156,10 @@ async fn versions(client: &Client, ns: &str, name: &str) -> BTreeMap<String, Str
     macro_rules! rv {
         ($k:ty, $n:expr) => {
             if let Some(o) = get_opt::<$k>(client, ns, &$n).await {
-                out.insert(format!("{}/{}", <$k>::kind(&()), $n), o.resource_version().unwrap());
+                out.insert(
+                    format!("{}/{}", <$k>::kind(&()), $n),
+                    o.resource_version().unwrap(),
+                );
             }
         };
     }
@@ -149,7 +175,10 @@ async fn versions(client: &Client, ns: &str, name: &str) -> BTreeMap<String, Str
 }
 
 fn assert_owned_by(meta: &kube::api::ObjectMeta, rc: &RealtimeCluster) {
-    let owners = meta.owner_references.as_ref().unwrap_or_else(|| panic!("{:?} has no owner", meta.name));
+    let owners = meta
+        .owner_references
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:?} has no owner", meta.name));
     assert!(
         owners.iter().any(|o| o.uid == rc.uid().unwrap()
             && o.kind == "RealtimeCluster"
@@ -183,11 +212,19 @@ async fn simulate_ready(client: &Client, ns: &str, name: &str, replicas: i32) {
         .await
         .unwrap();
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    if let Some(s) = statefulsets.get_opt(&format!("{name}-redis")).await.unwrap() {
+    if let Some(s) = statefulsets
+        .get_opt(&format!("{name}-redis"))
+        .await
+        .unwrap()
+    {
         let status = json!({"status": {"observedGeneration": s.metadata.generation,
             "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "currentReplicas": 1, "updatedReplicas": 1}});
         statefulsets
-            .patch_status(&s.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+            .patch_status(
+                &s.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
             .await
             .unwrap();
     }
@@ -195,25 +232,42 @@ async fn simulate_ready(client: &Client, ns: &str, name: &str, replicas: i32) {
 
 fn run_kubectl(mut cmd: Command) -> String {
     let out = cmd.output().expect("running kubectl");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
 
 #[tokio::test]
 async fn crd_is_structural_and_explained() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     // shared() installed crds/ already; installing again proves the apiserver takes it as is.
-    let names = cp.install_crds(&workspace_root().join("crds/realtimecluster.yaml")).await.unwrap();
+    let names = cp
+        .install_crds(&workspace_root().join("crds/realtimecluster.yaml"))
+        .await
+        .unwrap();
     assert_eq!(names, ["realtimeclusters.realtime.dev"]);
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     let crd = crds.get("realtimeclusters.realtime.dev").await.unwrap();
     let conditions = crd.status.unwrap().conditions.unwrap_or_default();
-    for (type_, want) in [("Established", "True"), ("NamesAccepted", "True"), ("NonStructuralSchema", "")] {
-        let got = conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.as_str()).unwrap_or("");
+    for (type_, want) in [
+        ("Established", "True"),
+        ("NamesAccepted", "True"),
+        ("NonStructuralSchema", ""),
+    ] {
+        let got = conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.as_str())
+            .unwrap_or("");
         if want.is_empty() {
             assert_ne!(got, "True", "the schema is not structural: {conditions:?}");
         } else {
@@ -223,17 +277,30 @@ async fn crd_is_structural_and_explained() {
     // Both examples pass the schema and every CEL rule (server-side dry run).
     let ns = cp.create_namespace("op-crd").await.unwrap();
     for file in ["examples/minimal.yaml", "examples/full.yaml"] {
-        let doc = yaml_documents(&std::fs::read_to_string(workspace_root().join(file)).unwrap()).unwrap().remove(0);
+        let doc = yaml_documents(&std::fs::read_to_string(workspace_root().join(file)).unwrap())
+            .unwrap()
+            .remove(0);
         let obj: DynamicObject = serde_json::from_value(doc).unwrap();
         dyn_api(&client, &ns)
-            .create(&PostParams { dry_run: true, ..Default::default() }, &obj)
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &obj,
+            )
             .await
             .unwrap_or_else(|e| panic!("{file} rejected: {e}"));
     }
-    let Some(mut kubectl) = cp.kubectl() else { return };
+    let Some(mut kubectl) = cp.kubectl() else {
+        return;
+    };
     kubectl.args(["explain", "realtimeclusters.spec.ingress.affinity"]);
     let text = run_kubectl(kubectl);
-    assert!(text.contains("cookie (default) or ip-hash"), "kubectl explain shows no description:\n{text}");
+    assert!(
+        text.contains("cookie (default) or ip-hash"),
+        "kubectl explain shows no description:\n{text}"
+    );
     let mut kubectl = cp.kubectl().unwrap();
     kubectl.args(["explain", "rtc.spec.redis.external.passwordSecretRef"]);
     let text = run_kubectl(kubectl);
@@ -242,38 +309,98 @@ async fn crd_is_structural_and_explained() {
 
 #[tokio::test]
 async fn invalid_specs_are_rejected_with_readable_messages() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-invalid").await.unwrap();
     let api = dyn_api(&client, &ns);
     let cases: Vec<(&str, &str, Value, &str)> = vec![
-        ("both-redis", "both redis modes", json!({"redis": {"managed": {}, "external": {"host": "h"}}}),
-            "redis needs exactly one of managed or external"),
-        ("no-redis", "no redis mode", json!({"redis": {}}), "redis needs exactly one of managed or external"),
-        ("no-host", "ingress without host", json!({"ingress": {"enabled": true}}),
-            "ingress.host is required when ingress.enabled is true"),
-        ("too-many", "replicas above the bound", json!({"replicas": 1000}), "less than or equal to 100"),
-        ("polling-only", "polling-only transports", json!({"transports": ["polling"]}),
-            "transports must include websocket"),
-        ("reserved-env", "overriding a managed variable", json!({"env": [{"name": "REDIS_URL", "value": "redis://x"}]}),
-            "env must not set PORT, BIND, NAME, REDIS_URL"),
-        ("url-password", "a password in the Redis URL", json!({"redis": {"external": {"url": "redis://u:hunter2@cache:6379"}}}),
-            "must not contain a password: use passwordSecretRef"),
-        ("url-and-host", "url and host", json!({"redis": {"external": {"url": "redis://cache", "host": "cache"}}}),
-            "redis.external needs exactly one of url or host"),
-        ("http-url", "a non-redis URL", json!({"redis": {"external": {"url": "http://cache"}}}),
-            "redis.external.url must start with redis:// or rediss://"),
-        ("tls-mismatch", "tls with a redis:// URL", json!({"redis": {"external": {"url": "redis://cache", "tls": true}}}),
-            "tls is true but url does not start with rediss://"),
-        ("bad-host", "an upper-case host", json!({"ingress": {"enabled": true, "host": "Chat.Example.com"}}),
-            "ingress.host must be a lower-case DNS name"),
-        ("short-timeout", "a proxy timeout below the ping interval",
+        (
+            "both-redis",
+            "both redis modes",
+            json!({"redis": {"managed": {}, "external": {"host": "h"}}}),
+            "redis needs exactly one of managed or external",
+        ),
+        (
+            "no-redis",
+            "no redis mode",
+            json!({"redis": {}}),
+            "redis needs exactly one of managed or external",
+        ),
+        (
+            "no-host",
+            "ingress without host",
+            json!({"ingress": {"enabled": true}}),
+            "ingress.host is required when ingress.enabled is true",
+        ),
+        (
+            "too-many",
+            "replicas above the bound",
+            json!({"replicas": 1000}),
+            "less than or equal to 100",
+        ),
+        (
+            "polling-only",
+            "polling-only transports",
+            json!({"transports": ["polling"]}),
+            "transports must include websocket",
+        ),
+        (
+            "reserved-env",
+            "overriding a managed variable",
+            json!({"env": [{"name": "REDIS_URL", "value": "redis://x"}]}),
+            "env must not set PORT, BIND, NAME, REDIS_URL",
+        ),
+        (
+            "url-password",
+            "a password in the Redis URL",
+            json!({"redis": {"external": {"url": "redis://u:hunter2@cache:6379"}}}),
+            "must not contain a password: use passwordSecretRef",
+        ),
+        (
+            "url-and-host",
+            "url and host",
+            json!({"redis": {"external": {"url": "redis://cache", "host": "cache"}}}),
+            "redis.external needs exactly one of url or host",
+        ),
+        (
+            "http-url",
+            "a non-redis URL",
+            json!({"redis": {"external": {"url": "http://cache"}}}),
+            "redis.external.url must start with redis:// or rediss://",
+        ),
+        (
+            "tls-mismatch",
+            "tls with a redis:// URL",
+            json!({"redis": {"external": {"url": "redis://cache", "tls": true}}}),
+            "tls is true but url does not start with rediss://",
+        ),
+        (
+            "bad-host",
+            "an upper-case host",
+            json!({"ingress": {"enabled": true, "host": "Chat.Example.com"}}),
+            "ingress.host must be a lower-case DNS name",
+        ),
+        (
+            "short-timeout",
+            "a proxy timeout below the ping interval",
             json!({"ingress": {"enabled": true, "host": "chat.example.com", "timeouts": {"readSeconds": 30}}}),
-            "readSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds"),
-        ("bad-affinity", "an unknown affinity", json!({"ingress": {"enabled": true, "host": "a.example", "affinity": "round-robin"}}),
-            "supported values: \"cookie\", \"ip-hash\""),
-        ("9lives", "a name children cannot derive from", json!({}), "metadata.name must be a DNS label"),
+            "readSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds",
+        ),
+        (
+            "bad-affinity",
+            "an unknown affinity",
+            json!({"ingress": {"enabled": true, "host": "a.example", "affinity": "round-robin"}}),
+            "supported values: \"cookie\", \"ip-hash\"",
+        ),
+        (
+            "9lives",
+            "a name children cannot derive from",
+            json!({}),
+            "metadata.name must be a DNS label",
+        ),
     ];
     assert!(cases.len() >= 8);
     for (name, what, spec, expected) in cases {
@@ -282,7 +409,9 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             .await
             .err()
             .unwrap_or_else(|| panic!("{what} ({spec}) was accepted"));
-        let kube::Error::Api(status) = &err else { panic!("{what}: unexpected error {err}") };
+        let kube::Error::Api(status) = &err else {
+            panic!("{what}: unexpected error {err}")
+        };
         assert_eq!(status.code, 422, "{what}: {status:?}");
         assert!(
             status.message.contains(expected),
@@ -295,17 +424,26 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
 
 #[tokio::test]
 async fn full_example_creates_every_child_with_owner_refs() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-full").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
 
-    let doc = yaml_documents(&std::fs::read_to_string(workspace_root().join("examples/full.yaml")).unwrap()).unwrap().remove(0);
+    let doc = yaml_documents(
+        &std::fs::read_to_string(workspace_root().join("examples/full.yaml")).unwrap(),
+    )
+    .unwrap()
+    .remove(0);
     let name = doc["metadata"]["name"].as_str().unwrap().to_string();
     let started = Instant::now();
     dyn_api(&client, &ns)
-        .create(&PostParams::default(), &serde_json::from_value(doc.clone()).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(doc.clone()).unwrap(),
+        )
         .await
         .unwrap();
     let redis = format!("{name}-redis");
@@ -313,18 +451,28 @@ async fn full_example_creates_every_child_with_owner_refs() {
     loop {
         let all = get_opt::<Deployment>(&client, &ns, &name).await.is_some()
             && get_opt::<Service>(&client, &ns, &name).await.is_some()
-            && get_opt::<PodDisruptionBudget>(&client, &ns, &name).await.is_some()
+            && get_opt::<PodDisruptionBudget>(&client, &ns, &name)
+                .await
+                .is_some()
             && get_opt::<Ingress>(&client, &ns, &name).await.is_some()
             && get_opt::<StatefulSet>(&client, &ns, &redis).await.is_some()
             && get_opt::<Service>(&client, &ns, &redis).await.is_some()
-            && get_opt::<Secret>(&client, &ns, &secret_name).await.is_some();
+            && get_opt::<Secret>(&client, &ns, &secret_name)
+                .await
+                .is_some();
         if all {
             break;
         }
-        assert!(started.elapsed() < WAIT, "children did not all appear within {WAIT:?}");
+        assert!(
+            started.elapsed() < WAIT,
+            "children did not all appear within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("MEASURE apply -> all 7 children exist: {:?}", started.elapsed());
+    println!(
+        "MEASURE apply -> all 7 children exist: {:?}",
+        started.elapsed()
+    );
 
     let rc = rc_api(&client, &ns).get(&name).await.unwrap();
     let d: Deployment = get_opt(&client, &ns, &name).await.unwrap();
@@ -334,7 +482,15 @@ async fn full_example_creates_every_child_with_owner_refs() {
     let sts: StatefulSet = get_opt(&client, &ns, &redis).await.unwrap();
     let redis_svc: Service = get_opt(&client, &ns, &redis).await.unwrap();
     let secret: Secret = get_opt(&client, &ns, &secret_name).await.unwrap();
-    for meta in [&d.metadata, &svc.metadata, &pdb.metadata, &ing.metadata, &sts.metadata, &redis_svc.metadata, &secret.metadata] {
+    for meta in [
+        &d.metadata,
+        &svc.metadata,
+        &pdb.metadata,
+        &ing.metadata,
+        &sts.metadata,
+        &redis_svc.metadata,
+        &secret.metadata,
+    ] {
         assert_owned_by(meta, &rc);
     }
 
@@ -342,47 +498,123 @@ async fn full_example_creates_every_child_with_owner_refs() {
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(3));
     let pod = spec.template.spec.as_ref().unwrap();
-    assert_eq!(pod.containers[0].image.as_deref(), Some("ghcr.io/realtime-operator/realtime-server:0.1.0"));
-    assert_eq!(env_value(&d, "REDIS_URL").unwrap().value.as_deref(), Some(format!("redis://{redis}.{ns}.svc:6379").as_str()));
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.io/realtime-operator/realtime-server:0.1.0")
+    );
+    assert_eq!(
+        env_value(&d, "REDIS_URL").unwrap().value.as_deref(),
+        Some(format!("redis://{redis}.{ns}.svc:6379").as_str())
+    );
     let pw = env_value(&d, "REDIS_PASSWORD").unwrap();
     assert!(pw.value.is_none());
-    assert_eq!(pw.value_from.unwrap().secret_key_ref.unwrap().name, secret_name);
-    assert_eq!(env_value(&d, "AUTH_SECRET").unwrap().value_from.unwrap().secret_key_ref.unwrap().key, "jwt");
-    assert_eq!(pod.containers[0].lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);
-    assert_eq!(pod.node_selector.as_ref().unwrap()["kubernetes.io/os"], "linux");
+    assert_eq!(
+        pw.value_from.unwrap().secret_key_ref.unwrap().name,
+        secret_name
+    );
+    assert_eq!(
+        env_value(&d, "AUTH_SECRET")
+            .unwrap()
+            .value_from
+            .unwrap()
+            .secret_key_ref
+            .unwrap()
+            .key,
+        "jwt"
+    );
+    assert_eq!(
+        pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref()
+            .unwrap()
+            .seconds,
+        5
+    );
+    assert_eq!(
+        pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+        "linux"
+    );
     assert_eq!(pod.topology_spread_constraints.as_ref().unwrap().len(), 2);
     // The password exists only in the Secret: 64 hex characters, never in a pod spec.
     let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
     assert_eq!(password.len(), 64);
-    for obj in [serde_json::to_string(&d).unwrap(), serde_json::to_string(&sts).unwrap()] {
-        assert!(!obj.contains(&password), "the password leaked into a pod spec");
+    for obj in [
+        serde_json::to_string(&d).unwrap(),
+        serde_json::to_string(&sts).unwrap(),
+    ] {
+        assert!(
+            !obj.contains(&password),
+            "the password leaked into a pod spec"
+        );
     }
-    let claim = &sts.spec.as_ref().unwrap().volume_claim_templates.as_ref().unwrap()[0];
-    assert_eq!(claim.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("standard"));
+    let claim = &sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .volume_claim_templates
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("standard")
+    );
     let annotations = ing.metadata.annotations.clone().unwrap();
-    assert_eq!(annotations["nginx.ingress.kubernetes.io/affinity"], "cookie");
-    assert_eq!(annotations["nginx.ingress.kubernetes.io/session-cookie-name"], "rt-affinity");
-    assert_eq!(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/affinity"],
+        "cookie"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/session-cookie-name"],
+        "rt-affinity"
+    );
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"],
+        "3600"
+    );
     assert_eq!(annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
-    assert_eq!(ing.spec.as_ref().unwrap().tls.as_ref().unwrap()[0].secret_name.as_deref(), Some("chat-example-com-tls"));
+    assert_eq!(
+        ing.spec.as_ref().unwrap().tls.as_ref().unwrap()[0]
+            .secret_name
+            .as_deref(),
+        Some("chat-example-com-tls")
+    );
     assert_eq!(redis_svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
 
     // Status: not ready (no pods run here), with the endpoint and the scale selector.
     let rc = eventually(&cp, "status with observedGeneration", || async {
         let rc = rc_api(&client, &ns).get(&name).await?;
-        Ok(rc.status.as_ref().and_then(|s| s.observed_generation).is_some().then_some(rc))
+        Ok(rc
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_some()
+            .then_some(rc))
     })
     .await;
     let st = rc.status.as_ref().unwrap();
     assert_eq!(st.endpoint.as_deref(), Some("https://chat.example.com/"));
     assert_eq!(st.redis.as_ref().unwrap().phase, RedisPhase::Pending);
     assert_eq!(status::condition(Some(st), READY).unwrap().status, "False");
-    assert!(st.selector.as_deref().unwrap().contains(&format!("app.kubernetes.io/instance={name}")));
+    assert!(
+        st.selector
+            .as_deref()
+            .unwrap()
+            .contains(&format!("app.kubernetes.io/instance={name}"))
+    );
     // The generated password is announced (never its value).
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let created = eventually(&cp, "the RedisPasswordCreated event", || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list.items.into_iter().find(|e| e.reason.as_deref() == Some("RedisPasswordCreated")))
+        Ok(list
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RedisPasswordCreated")))
     })
     .await;
     assert!(!created.note.unwrap_or_default().contains(&password));
@@ -391,15 +623,29 @@ async fn full_example_creates_every_child_with_owner_refs() {
 
 #[tokio::test]
 async fn spec_changes_update_or_remove_the_right_children() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-update").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
-    create(&client, &ns, "chat", json!({"replicas": 2, "redis": {"managed": {}},
-        "ingress": {"enabled": true, "host": "chat.example.com"}})).await;
-    eventually(&cp, "the Ingress", || async { Ok(get_opt::<Ingress>(&client, &ns, "chat").await) }).await;
-    eventually(&cp, "the Redis StatefulSet", || async { Ok(get_opt::<StatefulSet>(&client, &ns, "chat-redis").await) }).await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "redis": {"managed": {}},
+        "ingress": {"enabled": true, "host": "chat.example.com"}}),
+    )
+    .await;
+    eventually(&cp, "the Ingress", || async {
+        Ok(get_opt::<Ingress>(&client, &ns, "chat").await)
+    })
+    .await;
+    eventually(&cp, "the Redis StatefulSet", || async {
+        Ok(get_opt::<StatefulSet>(&client, &ns, "chat-redis").await)
+    })
+    .await;
 
     merge_spec(&client, &ns, "chat", json!({"replicas": 4})).await;
     eventually(&cp, "Deployment replicas 4", || async {
@@ -410,22 +656,39 @@ async fn spec_changes_update_or_remove_the_right_children() {
 
     merge_spec(&client, &ns, "chat", json!({"ingress": {"enabled": false}})).await;
     eventually(&cp, "the Ingress to be deleted", || async {
-        Ok(get_opt::<Ingress>(&client, &ns, "chat").await.is_none().then_some(()))
+        Ok(get_opt::<Ingress>(&client, &ns, "chat")
+            .await
+            .is_none()
+            .then_some(()))
     })
     .await;
     let rc = rc_api(&client, &ns).get("chat").await.unwrap();
     eventually(&cp, "the endpoint to become the Service", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
-        Ok((rc.status.and_then(|s| s.endpoint).as_deref() == Some(format!("http://chat.{ns}.svc").as_str())).then_some(()))
+        Ok((rc.status.and_then(|s| s.endpoint).as_deref()
+            == Some(format!("http://chat.{ns}.svc").as_str()))
+        .then_some(()))
     })
     .await;
 
-    merge_spec(&client, &ns, "chat", json!({"redis": {"managed": null,
-        "external": {"host": "cache.example", "passwordSecretRef": {"name": "creds"}}}})).await;
+    merge_spec(
+        &client,
+        &ns,
+        "chat",
+        json!({"redis": {"managed": null,
+        "external": {"host": "cache.example", "passwordSecretRef": {"name": "creds"}}}}),
+    )
+    .await;
     eventually(&cp, "the managed Redis children to be deleted", || async {
-        let gone = get_opt::<StatefulSet>(&client, &ns, "chat-redis").await.is_none()
-            && get_opt::<Service>(&client, &ns, "chat-redis").await.is_none()
-            && get_opt::<Secret>(&client, &ns, "chat-redis-auth").await.is_none();
+        let gone = get_opt::<StatefulSet>(&client, &ns, "chat-redis")
+            .await
+            .is_none()
+            && get_opt::<Service>(&client, &ns, "chat-redis")
+                .await
+                .is_none()
+            && get_opt::<Secret>(&client, &ns, "chat-redis-auth")
+                .await
+                .is_none();
         Ok(gone.then_some(()))
     })
     .await;
@@ -435,12 +698,36 @@ async fn spec_changes_update_or_remove_the_right_children() {
         Ok((url.as_deref() == Some("redis://cache.example:6379")).then_some(d))
     })
     .await;
-    let pw = env_value(&d, "REDIS_PASSWORD").unwrap().value_from.unwrap().secret_key_ref.unwrap();
+    let pw = env_value(&d, "REDIS_PASSWORD")
+        .unwrap()
+        .value_from
+        .unwrap()
+        .secret_key_ref
+        .unwrap();
     assert_eq!((pw.name.as_str(), pw.key.as_str()), ("creds", "password"));
-    assert!(d.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default().is_empty());
+    assert!(
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap_or_default()
+            .is_empty()
+    );
     // What must stay, stayed.
-    assert_owned_by(&get_opt::<Service>(&client, &ns, "chat").await.unwrap().metadata, &rc);
-    assert!(get_opt::<PodDisruptionBudget>(&client, &ns, "chat").await.is_some());
+    assert_owned_by(
+        &get_opt::<Service>(&client, &ns, "chat")
+            .await
+            .unwrap()
+            .metadata,
+        &rc,
+    );
+    assert!(
+        get_opt::<PodDisruptionBudget>(&client, &ns, "chat")
+            .await
+            .is_some()
+    );
     let deletions = Api::<Event>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
@@ -449,25 +736,41 @@ async fn spec_changes_update_or_remove_the_right_children() {
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("Deleted"))
         .count();
-    assert!(deletions >= 4, "expected Deleted events for the Ingress and the 3 Redis children, got {deletions}");
+    assert!(
+        deletions >= 4,
+        "expected Deleted events for the Ingress and the 3 Redis children, got {deletions}"
+    );
     operator.stop().await;
 }
 
 #[tokio::test]
 async fn deleted_and_hand_edited_children_are_restored() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-drift").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(&client, &ns, "chat", json!({"replicas": 2})).await;
-    let svc = eventually(&cp, "the Service", || async { Ok(get_opt::<Service>(&client, &ns, "chat").await) }).await;
-    eventually(&cp, "the Deployment", || async { Ok(get_opt::<Deployment>(&client, &ns, "chat").await) }).await;
+    let svc = eventually(&cp, "the Service", || async {
+        Ok(get_opt::<Service>(&client, &ns, "chat").await)
+    })
+    .await;
+    eventually(&cp, "the Deployment", || async {
+        Ok(get_opt::<Deployment>(&client, &ns, "chat").await)
+    })
+    .await;
 
     // A deleted child comes back (a new object: new uid).
-    Api::<Service>::namespaced(client.clone(), &ns).delete("chat", &DeleteParams::default()).await.unwrap();
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .delete("chat", &DeleteParams::default())
+        .await
+        .unwrap();
     let restored = eventually(&cp, "the Service to be recreated", || async {
-        Ok(get_opt::<Service>(&client, &ns, "chat").await.filter(|s| s.uid() != svc.uid()))
+        Ok(get_opt::<Service>(&client, &ns, "chat")
+            .await
+            .filter(|s| s.uid() != svc.uid()))
     })
     .await;
     assert_eq!(restored.spec.unwrap().ports.unwrap()[0].port, 80);
@@ -477,7 +780,14 @@ async fn deleted_and_hand_edited_children_are_restored() {
     let edit = json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [
         {"name": "server", "image": "evil.example/other:1"}]}}}});
     deployments
-        .patch("chat", &PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() }, &Patch::Strategic(&edit))
+        .patch(
+            "chat",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Strategic(&edit),
+        )
         .await
         .unwrap();
     eventually(&cp, "the hand edit to be reverted", || async {
@@ -490,38 +800,70 @@ async fn deleted_and_hand_edited_children_are_restored() {
 
     // A deleted password Secret is generated anew, and both pod templates roll to it.
     let hash_of = |d: &Deployment| {
-        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["realtime.dev/redis-auth-hash"].clone()
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["realtime.dev/redis-auth-hash"]
+            .clone()
     };
     let before = hash_of(&deployments.get("chat").await.unwrap());
-    Api::<Secret>::namespaced(client.clone(), &ns).delete("chat-redis-auth", &DeleteParams::default()).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("chat-redis-auth", &DeleteParams::default())
+        .await
+        .unwrap();
     let after = eventually(&cp, "a new password rolled into the Deployment", || async {
         let h = hash_of(&deployments.get("chat").await?);
         Ok((h != before).then_some(h))
     })
     .await;
-    let sts = get_opt::<StatefulSet>(&client, &ns, "chat-redis").await.unwrap();
-    let sts_hash = sts.spec.unwrap().template.metadata.unwrap().annotations.unwrap()["realtime.dev/redis-auth-hash"].clone();
+    let sts = get_opt::<StatefulSet>(&client, &ns, "chat-redis")
+        .await
+        .unwrap();
+    let sts_hash = sts
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap()["realtime.dev/redis-auth-hash"]
+        .clone();
     assert_eq!(sts_hash, after);
-    assert!(get_opt::<Secret>(&client, &ns, "chat-redis-auth").await.is_some());
+    assert!(
+        get_opt::<Secret>(&client, &ns, "chat-redis-auth")
+            .await
+            .is_some()
+    );
     operator.stop().await;
 }
 
 #[tokio::test]
 async fn simulated_readiness_makes_the_cluster_ready() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-ready").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(&client, &ns, "chat", json!({"replicas": 3})).await;
     eventually(&cp, "the children", || async {
-        Ok(get_opt::<StatefulSet>(&client, &ns, "chat-redis").await.and(get_opt::<Deployment>(&client, &ns, "chat").await))
+        Ok(get_opt::<StatefulSet>(&client, &ns, "chat-redis")
+            .await
+            .and(get_opt::<Deployment>(&client, &ns, "chat").await))
     })
     .await;
     simulate_ready(&client, &ns, "chat", 3).await;
     let rc = eventually(&cp, "Ready=True", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
-        let ready = status::condition(rc.status.as_ref(), READY).is_some_and(|c| c.status == "True");
+        let ready =
+            status::condition(rc.status.as_ref(), READY).is_some_and(|c| c.status == "True");
         Ok(ready.then_some(rc))
     })
     .await;
@@ -530,15 +872,26 @@ async fn simulated_readiness_makes_the_cluster_ready() {
     assert_eq!(st.observed_generation, rc.metadata.generation);
     assert_eq!(st.redis.as_ref().unwrap().phase, RedisPhase::Ready);
     let ready = status::condition(Some(st), READY).unwrap();
-    assert_eq!((ready.reason.as_str(), ready.message.as_str()), ("AllReplicasReady", "3/3 server pods ready"));
+    assert_eq!(
+        (ready.reason.as_str(), ready.message.as_str()),
+        ("AllReplicasReady", "3/3 server pods ready")
+    );
     assert_eq!(ready.observed_generation, rc.metadata.generation);
-    assert_eq!(status::condition(Some(st), "Progressing").unwrap().status, "False");
-    assert_eq!(status::condition(Some(st), DEGRADED).unwrap().status, "False");
+    assert_eq!(
+        status::condition(Some(st), "Progressing").unwrap().status,
+        "False"
+    );
+    assert_eq!(
+        status::condition(Some(st), DEGRADED).unwrap().status,
+        "False"
+    );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     eventually(&cp, "the Ready event", || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list.items.into_iter().find(|e| e.reason.as_deref() == Some("Ready")
-            && e.regarding.as_ref().and_then(|r| r.uid.clone()) == rc.uid()))
+        Ok(list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("Ready")
+                && e.regarding.as_ref().and_then(|r| r.uid.clone()) == rc.uid()
+        }))
     })
     .await;
     operator.stop().await;
@@ -546,13 +899,23 @@ async fn simulated_readiness_makes_the_cluster_ready() {
 
 #[tokio::test]
 async fn kubectl_scale_and_printer_columns() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
-    let Some(mut kubectl) = cp.kubectl() else { return };
+    let Some(mut kubectl) = cp.kubectl() else {
+        return;
+    };
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-scale").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
-    create(&client, &ns, "chat", json!({"replicas": 2, "redis": {"external": {"host": "cache"}}})).await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "redis": {"external": {"host": "cache"}}}),
+    )
+    .await;
     eventually(&cp, "the status selector", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
         Ok(rc.status.and_then(|s| s.selector))
@@ -568,10 +931,17 @@ async fn kubectl_scale_and_printer_columns() {
     .await;
     // The scale subresource reports the selector an HPA needs.
     let mut kubectl = cp.kubectl().unwrap();
-    kubectl.args(["get", "--raw", &format!("/apis/realtime.dev/v1alpha1/namespaces/{ns}/realtimeclusters/chat/scale")]);
+    kubectl.args([
+        "get",
+        "--raw",
+        &format!("/apis/realtime.dev/v1alpha1/namespaces/{ns}/realtimeclusters/chat/scale"),
+    ]);
     let scale: Value = serde_json::from_str(&run_kubectl(kubectl)).unwrap();
     assert_eq!(scale["spec"]["replicas"], 5);
-    assert_eq!(scale["status"]["selector"], "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server");
+    assert_eq!(
+        scale["status"]["selector"],
+        "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server"
+    );
 
     simulate_ready(&client, &ns, "chat", 5).await;
     eventually(&cp, "readyReplicas 5", || async {
@@ -583,53 +953,111 @@ async fn kubectl_scale_and_printer_columns() {
     kubectl.args(["get", "rtc", "-n", &ns]);
     let table = run_kubectl(kubectl);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "REPLICAS", "READY", "REDIS", "ENDPOINT", "AGE"]);
+    assert_eq!(
+        header,
+        ["NAME", "REPLICAS", "READY", "REDIS", "ENDPOINT", "AGE"]
+    );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(&row[..5], ["chat", "5", "5", "External", &format!("http://chat.{ns}.svc")]);
+    assert_eq!(
+        &row[..5],
+        [
+            "chat",
+            "5",
+            "5",
+            "External",
+            &format!("http://chat.{ns}.svc")
+        ]
+    );
     operator.stop().await;
 }
 
 #[tokio::test]
 async fn impossible_spec_gets_a_condition_and_an_event_without_a_hot_loop() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-impossible").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(1));
     // Passes the CRD (annotations are free-form) but the operator owns this annotation.
-    create(&client, &ns, "chat", json!({"ingress": {"enabled": true, "host": "a.example",
-        "annotations": {"nginx.ingress.kubernetes.io/affinity": "none"}}})).await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"ingress": {"enabled": true, "host": "a.example",
+        "annotations": {"nginx.ingress.kubernetes.io/affinity": "none"}}}),
+    )
+    .await;
     let rc = eventually(&cp, "Degraded=InvalidSpec", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
         let c = status::condition(rc.status.as_ref(), DEGRADED).cloned();
-        Ok(c.filter(|c| c.status == "True" && c.reason == "InvalidSpec").map(|c| (rc, c)))
+        Ok(
+            c.filter(|c| c.status == "True" && c.reason == "InvalidSpec")
+                .map(|c| (rc, c)),
+        )
     })
     .await;
-    assert!(rc.1.message.contains("nginx.ingress.kubernetes.io/affinity is set by the operator"), "{}", rc.1.message);
-    assert!(get_opt::<Deployment>(&client, &ns, "chat").await.is_none(), "nothing is applied for an invalid spec");
+    assert!(
+        rc.1.message
+            .contains("nginx.ingress.kubernetes.io/affinity is set by the operator"),
+        "{}",
+        rc.1.message
+    );
+    assert!(
+        get_opt::<Deployment>(&client, &ns, "chat").await.is_none(),
+        "nothing is applied for an invalid spec"
+    );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     eventually(&cp, "the InvalidSpec warning event", || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list.items.into_iter().find(|e| e.reason.as_deref() == Some("InvalidSpec") && e.type_.as_deref() == Some("Warning")))
+        Ok(list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("InvalidSpec") && e.type_.as_deref() == Some("Warning")
+        }))
     })
     .await;
     // Even with a 1 s resync, an invalid spec is not retried until it changes.
     let before = operator.count("invalid_spec");
-    let rv = rc_api(&client, &ns).get("chat").await.unwrap().resource_version();
+    let rv = rc_api(&client, &ns)
+        .get("chat")
+        .await
+        .unwrap()
+        .resource_version();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = operator.count("invalid_spec");
-    assert!(after - before <= 1, "hot loop: {} reconciles of an invalid spec in 4 s", after - before);
-    assert_eq!(rc_api(&client, &ns).get("chat").await.unwrap().resource_version(), rv, "status rewritten while unchanged");
+    assert!(
+        after - before <= 1,
+        "hot loop: {} reconciles of an invalid spec in 4 s",
+        after - before
+    );
+    assert_eq!(
+        rc_api(&client, &ns)
+            .get("chat")
+            .await
+            .unwrap()
+            .resource_version(),
+        rv,
+        "status rewritten while unchanged"
+    );
 
     // Fixing the spec recovers.
     rc_api(&client, &ns)
-        .patch("chat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ingress": {"annotations": null}}})))
+        .patch(
+            "chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ingress": {"annotations": null}}})),
+        )
         .await
         .unwrap();
-    eventually(&cp, "the Ingress after the fix", || async { Ok(get_opt::<Ingress>(&client, &ns, "chat").await) }).await;
+    eventually(&cp, "the Ingress after the fix", || async {
+        Ok(get_opt::<Ingress>(&client, &ns, "chat").await)
+    })
+    .await;
     eventually(&cp, "Degraded=False", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
-        Ok(status::condition(rc.status.as_ref(), DEGRADED).filter(|c| c.status == "False").map(|_| ()))
+        Ok(status::condition(rc.status.as_ref(), DEGRADED)
+            .filter(|c| c.status == "False")
+            .map(|_| ()))
     })
     .await;
     operator.stop().await;
@@ -637,22 +1065,41 @@ async fn impossible_spec_gets_a_condition_and_an_event_without_a_hot_loop() {
 
 #[tokio::test]
 async fn paused_stops_all_changes() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-paused").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
-    create(&client, &ns, "chat", json!({"replicas": 2, "ingress": {"enabled": true, "host": "a.example"}})).await;
-    eventually(&cp, "the Ingress", || async { Ok(get_opt::<Ingress>(&client, &ns, "chat").await) }).await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "ingress": {"enabled": true, "host": "a.example"}}),
+    )
+    .await;
+    eventually(&cp, "the Ingress", || async {
+        Ok(get_opt::<Ingress>(&client, &ns, "chat").await)
+    })
+    .await;
 
     merge_spec(&client, &ns, "chat", json!({"paused": true})).await;
     eventually(&cp, "Progressing=Paused", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
-        Ok(status::condition(rc.status.as_ref(), "Progressing").filter(|c| c.reason == "Paused").map(|_| ()))
+        Ok(status::condition(rc.status.as_ref(), "Progressing")
+            .filter(|c| c.reason == "Paused")
+            .map(|_| ()))
     })
     .await;
     let frozen = versions(&client, &ns, "chat").await;
-    merge_spec(&client, &ns, "chat", json!({"replicas": 6, "ingress": {"enabled": false}})).await;
+    merge_spec(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 6, "ingress": {"enabled": false}}),
+    )
+    .await;
     let paused_before = operator.count("paused");
     eventually(&cp, "a paused reconcile of the change", || async {
         Ok((operator.count("paused") > paused_before).then_some(()))
@@ -678,13 +1125,21 @@ async fn paused_stops_all_changes() {
 
 #[tokio::test]
 async fn restart_and_resync_write_nothing_when_nothing_changed() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let client = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-steady").await.unwrap();
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
-    create(&client, &ns, "chat", json!({"replicas": 2, "ingress": {"enabled": true, "host": "a.example"},
-        "redis": {"managed": {"storage": {"size": "1Gi"}}}})).await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "ingress": {"enabled": true, "host": "a.example"},
+        "redis": {"managed": {"storage": {"size": "1Gi"}}}}),
+    )
+    .await;
     eventually(&cp, "all children", || async {
         Ok((versions(&client, &ns, "chat").await.len() == 8).then_some(()))
     })
@@ -692,7 +1147,9 @@ async fn restart_and_resync_write_nothing_when_nothing_changed() {
     simulate_ready(&client, &ns, "chat", 2).await;
     eventually(&cp, "Ready=True", || async {
         let rc = rc_api(&client, &ns).get("chat").await?;
-        Ok(status::condition(rc.status.as_ref(), READY).filter(|c| c.status == "True").map(|_| ()))
+        Ok(status::condition(rc.status.as_ref(), READY)
+            .filter(|c| c.status == "True")
+            .map(|_| ()))
     })
     .await;
     // Settled: two snapshots a second apart agree.
@@ -705,7 +1162,12 @@ async fn restart_and_resync_write_nothing_when_nothing_changed() {
         }
         settled = again;
     }
-    let events_before = Api::<Event>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap().items.len();
+    let events_before = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
     operator.stop().await;
 
     // A new operator process (fresh caches) reconciles everything once and writes nothing.
@@ -715,7 +1177,10 @@ async fn restart_and_resync_write_nothing_when_nothing_changed() {
     })
     .await;
     let after_restart = versions(&client, &ns, "chat").await;
-    let changed: Vec<&String> = settled.keys().filter(|k| settled.get(*k) != after_restart.get(*k)).collect();
+    let changed: Vec<&String> = settled
+        .keys()
+        .filter(|k| settled.get(*k) != after_restart.get(*k))
+        .collect();
     assert!(changed.is_empty(), "restart wrote {changed:?}");
 
     // Steady-state resyncs (every second here) write nothing either.
@@ -723,12 +1188,29 @@ async fn restart_and_resync_write_nothing_when_nothing_changed() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let resyncs = operator.count("applied") - start_count;
     let after_resyncs = versions(&client, &ns, "chat").await;
-    let writes = settled.keys().filter(|k| settled.get(*k) != after_resyncs.get(*k)).count();
-    println!("MEASURE steady state: {resyncs} resyncs, {writes} object writes ({} per resync)", writes as f64 / resyncs.max(1) as f64);
-    assert!(resyncs >= 3, "expected at least 3 resyncs in 5 s, got {resyncs}");
+    let writes = settled
+        .keys()
+        .filter(|k| settled.get(*k) != after_resyncs.get(*k))
+        .count();
+    println!(
+        "MEASURE steady state: {resyncs} resyncs, {writes} object writes ({} per resync)",
+        writes as f64 / resyncs.max(1) as f64
+    );
+    assert!(
+        resyncs >= 3,
+        "expected at least 3 resyncs in 5 s, got {resyncs}"
+    );
     assert_eq!(writes, 0, "steady-state resyncs wrote objects");
-    let events_after = Api::<Event>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap().items.len();
-    assert_eq!(events_after, events_before, "restart or resync published events");
+    let events_after = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(
+        events_after, events_before,
+        "restart or resync published events"
+    );
     operator.stop().await;
 }
 
@@ -740,32 +1222,49 @@ struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    fn spawn(bin: &std::path::Path, cp: &ControlPlane, ns: &str, identity: &str, dir: &std::path::Path) -> Self {
+    fn spawn(
+        bin: &std::path::Path,
+        cp: &ControlPlane,
+        ns: &str,
+        identity: &str,
+        dir: &std::path::Path,
+    ) -> Self {
         use realtime_e2e::data_plane::{die_with_parent, free_port};
-        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
         let log = dir.join(format!("{identity}.log"));
         let mut cmd = Command::new(bin);
-        cmd.args(["--leader-election", "--lease-name=e2e-leader", "--resync=2s"])
-            .arg(format!("--lease-namespace={ns}"))
-            .arg(format!("--namespace={ns}"))
-            .arg(format!("--identity={identity}"))
-            .arg(format!("--admin-addr={admin}"))
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        cmd.args([
+            "--leader-election",
+            "--lease-name=e2e-leader",
+            "--resync=2s",
+        ])
+        .arg(format!("--lease-namespace={ns}"))
+        .arg(format!("--namespace={ns}"))
+        .arg(format!("--identity={identity}"))
+        .arg(format!("--admin-addr={admin}"))
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         die_with_parent(&mut cmd, libc::SIGKILL);
         let child = cmd.spawn().expect("starting realtime-operator");
         Self { child, admin, log }
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
-        let r = realtime_e2e::data_plane::http_get(self.admin, "/metrics", Duration::from_secs(2)).await.ok()?;
+        let r = realtime_e2e::data_plane::http_get(self.admin, "/metrics", Duration::from_secs(2))
+            .await
+            .ok()?;
         realtime_e2e::data_plane::metric_value(&r.body, name, &[])
     }
 
     async fn status(&self, path: &str) -> Option<u16> {
-        realtime_e2e::data_plane::http_get(self.admin, path, Duration::from_secs(2)).await.ok().map(|r| r.status)
+        realtime_e2e::data_plane::http_get(self.admin, path, Duration::from_secs(2))
+            .await
+            .ok()
+            .map(|r| r.status)
     }
 
     /// SIGTERM, then the exit status (within 20 s).
@@ -778,7 +1277,11 @@ impl OperatorProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "operator did not exit after SIGTERM:\n{}", self.log_text());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "operator did not exit after SIGTERM:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -795,15 +1298,22 @@ impl Drop for OperatorProcess {
     }
 }
 
-
 async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), ns);
-    leases.get_opt("e2e-leader").await.unwrap()?.spec?.holder_identity
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns);
+    leases
+        .get_opt("e2e-leader")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
 }
 
 #[tokio::test]
 async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoints() {
-    let Some(cp) = control_plane::shared().await else { return };
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
     let _logs = cp.logs_on_failure();
     let Some(bin) = realtime_e2e::require::require(
         "the realtime-operator binary",
@@ -827,15 +1337,37 @@ async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoin
     })
     .await;
     assert_eq!(a.status("/healthz").await, Some(200));
-    assert_eq!(b.metric("realtime_operator_leader").await, Some(0.0), "two leaders:\n{}", b.log_text());
-    assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("replica-a"));
+    assert_eq!(
+        b.metric("realtime_operator_leader").await,
+        Some(0.0),
+        "two leaders:\n{}",
+        b.log_text()
+    );
+    assert_eq!(
+        lease_holder(&client, &ns).await.as_deref(),
+        Some("replica-a")
+    );
 
     // The leader reconciles; its metrics count it.
-    create(&client, &ns, "chat", json!({"replicas": 2, "redis": {"external": {"host": "cache"}}})).await;
-    eventually(&cp, "the leader to create the Deployment", || async { Ok(get_opt::<Deployment>(&client, &ns, "chat").await) }).await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "redis": {"external": {"host": "cache"}}}),
+    )
+    .await;
+    eventually(&cp, "the leader to create the Deployment", || async {
+        Ok(get_opt::<Deployment>(&client, &ns, "chat").await)
+    })
+    .await;
     eventually(&cp, "a counted reconcile", || async {
-        let r = realtime_e2e::data_plane::http_get(a.admin, "/metrics", Duration::from_secs(2)).await?;
-        let n = realtime_e2e::data_plane::metric_value(&r.body, "realtime_operator_reconciliations_total", &[("outcome", "applied")]);
+        let r =
+            realtime_e2e::data_plane::http_get(a.admin, "/metrics", Duration::from_secs(2)).await?;
+        let n = realtime_e2e::data_plane::metric_value(
+            &r.body,
+            "realtime_operator_reconciliations_total",
+            &[("outcome", "applied")],
+        );
         Ok(n.filter(|n| *n >= 1.0).map(|_| ()))
     })
     .await;
@@ -843,14 +1375,28 @@ async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoin
     // SIGTERM: the leader exits cleanly and releases the Lease; the standby takes over.
     let handover = Instant::now();
     let status = a.terminate().await;
-    assert!(status.success(), "replica-a exited with {status}:\n{}", a.log_text());
-    assert!(a.log_text().contains("released the leader Lease"), "{}", a.log_text());
+    assert!(
+        status.success(),
+        "replica-a exited with {status}:\n{}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text().contains("released the leader Lease"),
+        "{}",
+        a.log_text()
+    );
     eventually(&cp, "replica-b to lead", || async {
         Ok((b.metric("realtime_operator_leader").await == Some(1.0)).then_some(()))
     })
     .await;
-    println!("MEASURE leader handover after SIGTERM: {:?}", handover.elapsed());
-    assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("replica-b"));
+    println!(
+        "MEASURE leader handover after SIGTERM: {:?}",
+        handover.elapsed()
+    );
+    assert_eq!(
+        lease_holder(&client, &ns).await.as_deref(),
+        Some("replica-b")
+    );
     merge_spec(&client, &ns, "chat", json!({"replicas": 3})).await;
     eventually(&cp, "the new leader to apply the change", || async {
         let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
@@ -858,6 +1404,14 @@ async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoin
     })
     .await;
     let status = b.terminate().await;
-    assert!(status.success(), "replica-b exited with {status}:\n{}", b.log_text());
-    assert_eq!(lease_holder(&client, &ns).await, None, "the Lease was not released");
+    assert!(
+        status.success(),
+        "replica-b exited with {status}:\n{}",
+        b.log_text()
+    );
+    assert_eq!(
+        lease_holder(&client, &ns).await,
+        None,
+        "the Lease was not released"
+    );
 }

@@ -9,10 +9,10 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -62,13 +62,19 @@ pub struct Applied {
 
 /// The password in the existing managed-Redis Secret, if there is one with a non-empty
 /// password. The value is only ever passed to the Secret builder and hashed; never logged.
-pub async fn existing_redis_password(client: &Client, model: &Model) -> Result<Option<String>, Error> {
+pub async fn existing_redis_password(
+    client: &Client,
+    model: &Model,
+) -> Result<Option<String>, Error> {
     let name = model.redis_secret_name();
     let api: Api<Secret> = Api::namespaced(client.clone(), &model.namespace);
     let secret = api
         .get_opt(&name)
         .await
-        .map_err(|source| Error::ReadSecret { name: name.clone(), source })?;
+        .map_err(|source| Error::ReadSecret {
+            name: name.clone(),
+            source,
+        })?;
     Ok(secret
         .and_then(|s| s.data)
         .and_then(|mut d| d.remove(REDIS_PASSWORD_KEY))
@@ -91,15 +97,25 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     if let Some(i) = &desired.ingress {
         apply(client, i).await?;
     }
-    Ok(Applied { deployment, statefulset })
+    Ok(Applied {
+        deployment,
+        statefulset,
+    })
 }
 
 /// Deletes this cluster's children that `desired` no longer contains (found by label, and only
 /// when the cluster is their controller). Returns a reference to each deleted child.
-pub async fn prune(client: &Client, model: &Model, desired: &Desired) -> Result<Vec<ObjectReference>, Error> {
+pub async fn prune(
+    client: &Client,
+    model: &Model,
+    desired: &Desired,
+) -> Result<Vec<ObjectReference>, Error> {
     let keep_redis = desired.redis.as_ref();
     let mut deleted = Vec::new();
-    let want_sts: Vec<String> = keep_redis.iter().map(|r| r.statefulset.name_any()).collect();
+    let want_sts: Vec<String> = keep_redis
+        .iter()
+        .map(|r| r.statefulset.name_any())
+        .collect();
     let want_secret: Vec<String> = keep_redis.iter().map(|r| r.secret.name_any()).collect();
     let mut want_svc = vec![desired.service.name_any()];
     want_svc.extend(keep_redis.iter().map(|r| r.service.name_any()));
@@ -113,17 +129,25 @@ pub async fn prune(client: &Client, model: &Model, desired: &Desired) -> Result<
     Ok(deleted)
 }
 
-async fn prune_kind<K>(client: &Client, model: &Model, keep: &[String], deleted: &mut Vec<ObjectReference>) -> Result<(), Error>
+async fn prune_kind<K>(
+    client: &Client,
+    model: &Model,
+    keep: &[String],
+    deleted: &mut Vec<ObjectReference>,
+) -> Result<(), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
     let kind = K::kind(&()).to_string();
     let api: Api<K> = Api::namespaced(client.clone(), &model.namespace);
     let lp = ListParams::default().labels(&labels::children_selector(&model.name));
-    let list = api
-        .list_metadata(&lp)
-        .await
-        .map_err(|source| Error::List { kind: kind.clone(), source })?;
+    let list = api.list_metadata(&lp).await.map_err(|source| Error::List {
+        kind: kind.clone(),
+        source,
+    })?;
     for obj in list.items {
         let name = obj.name_any();
         let ours = obj
@@ -135,7 +159,10 @@ where
         }
         let dp = DeleteParams {
             // Never delete a same-named object created after we listed.
-            preconditions: Some(Preconditions { uid: obj.uid(), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: obj.uid(),
+                resource_version: None,
+            }),
             ..DeleteParams::background()
         };
         match api.delete(&name, &dp).await {
@@ -157,26 +184,44 @@ where
 /// Server-side apply of one object under [`FIELD_MANAGER`], taking over conflicting fields.
 pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
 {
     let (api, name) = api_for(client, obj);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await
-        .map_err(|source| Error::Apply { kind: K::kind(&()).to_string(), name, source })
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::kind(&()).to_string(),
+        name,
+        source,
+    })
 }
 
 /// Like [`apply`], but a StatefulSet whose immutable fields changed (storage added, removed or
 /// resized) is deleted and created anew: Redis only carries live pub/sub traffic.
 async fn apply_statefulset(client: &Client, sts: &StatefulSet) -> Result<StatefulSet, Error> {
     match apply(client, sts).await {
-        Err(Error::Apply { source: kube::Error::Api(s), name, .. })
-            if s.is_invalid() && s.message.contains("Forbidden: updates to statefulset spec") =>
-        {
+        Err(Error::Apply {
+            source: kube::Error::Api(s),
+            name,
+            ..
+        }) if s.is_invalid() && s.message.contains("Forbidden: updates to statefulset spec") => {
             tracing::info!(statefulset = %name, "immutable StatefulSet fields changed: recreating it");
             let (api, _) = api_for(client, sts);
             api.delete(&name, &DeleteParams::background())
                 .await
-                .map_err(|source| Error::Delete { kind: "StatefulSet".into(), name: name.clone(), source })?;
+                .map_err(|source| Error::Delete {
+                    kind: "StatefulSet".into(),
+                    name: name.clone(),
+                    source,
+                })?;
             apply(client, sts).await
         }
         other => other,
@@ -187,22 +232,39 @@ fn api_for<K>(client: &Client, obj: &K) -> (Api<K>, String)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
 {
-    let ns = obj.meta().namespace.as_deref().expect("builders always set the namespace");
-    let name = obj.meta().name.clone().expect("builders always set the name");
+    let ns = obj
+        .meta()
+        .namespace
+        .as_deref()
+        .expect("builders always set the namespace");
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .expect("builders always set the name");
     (Api::namespaced(client.clone(), ns), name)
 }
 
 /// Reads the children the status is computed from, without writing (used while paused).
-pub async fn observe(client: &Client, model: &Model) -> Result<(Option<Deployment>, Option<StatefulSet>), Error> {
+pub async fn observe(
+    client: &Client,
+    model: &Model,
+) -> Result<(Option<Deployment>, Option<StatefulSet>), Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &model.namespace);
     let deployment = deployments
         .get_opt(model.server_name())
         .await
-        .map_err(|source| Error::List { kind: "Deployment".into(), source })?;
+        .map_err(|source| Error::List {
+            kind: "Deployment".into(),
+            source,
+        })?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &model.namespace);
     let statefulset = statefulsets
         .get_opt(&model.redis_name())
         .await
-        .map_err(|source| Error::List { kind: "StatefulSet".into(), source })?;
+        .map_err(|source| Error::List {
+            kind: "StatefulSet".into(),
+            source,
+        })?;
     Ok((deployment, statefulset))
 }

@@ -87,7 +87,8 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     // Only the operator's own children are cached (Secrets especially).
-    let children = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let children =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -98,7 +99,10 @@ pub async fn run(
         }
     }
     let ns = config.namespace.clone();
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: config.instance.clone() };
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: config.instance.clone(),
+    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -133,7 +137,10 @@ pub async fn reconcile(rc: Arc<RealtimeCluster>, ctx: Arc<Context>) -> Result<Ac
     match &result {
         Ok((_, outcome)) => {
             ctx.metrics.observe(started, outcome);
-            ctx.failures.lock().unwrap().remove(&ObjectRef::from_obj(&*rc));
+            ctx.failures
+                .lock()
+                .unwrap()
+                .remove(&ObjectRef::from_obj(&*rc));
         }
         Err(e) => {
             ctx.metrics.observe(started, "error");
@@ -143,7 +150,10 @@ pub async fn reconcile(rc: Arc<RealtimeCluster>, ctx: Arc<Context>) -> Result<Ac
     result.map(|(action, _)| action)
 }
 
-async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<(Action, &'static str), Error> {
+async fn reconcile_inner(
+    rc: &RealtimeCluster,
+    ctx: &Context,
+) -> Result<(Action, &'static str), Error> {
     if rc.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector delete the children.
         return Ok((Action::await_change(), "deleting"));
@@ -154,9 +164,18 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<(Action,
         Err(errors) => {
             tracing::warn!(cluster = %ObjectRef::from_obj(rc), %errors, "invalid spec");
             let new = status::invalid(rc, &errors, now);
-            let was = status::condition(rc.status.as_ref(), DEGRADED).map(|c| (c.reason.clone(), c.message.clone()));
+            let was = status::condition(rc.status.as_ref(), DEGRADED)
+                .map(|c| (c.reason.clone(), c.message.clone()));
             if was != Some(("InvalidSpec".into(), errors.to_string())) {
-                publish(ctx, rc, EventType::Warning, "InvalidSpec", "Validate", errors.to_string()).await;
+                publish(
+                    ctx,
+                    rc,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    "Validate",
+                    errors.to_string(),
+                )
+                .await;
             }
             write_status(ctx, rc, new).await?;
             // Nothing can succeed until the spec changes, and a spec change triggers a reconcile.
@@ -169,29 +188,58 @@ async fn reconcile_inner(rc: &RealtimeCluster, ctx: &Context) -> Result<(Action,
         (d, s, "paused")
     } else {
         let (password, generated) = match &model.redis {
-            RedisModel::Managed { .. } => match apply::existing_redis_password(&ctx.client, &model).await? {
-                Some(p) => (Some(p), false),
-                None => (Some(new_password()), true),
-            },
+            RedisModel::Managed { .. } => {
+                match apply::existing_redis_password(&ctx.client, &model).await? {
+                    Some(p) => (Some(p), false),
+                    None => (Some(new_password()), true),
+                }
+            }
             RedisModel::External { .. } => (None, false),
         };
         let desired = build::desired(&model, password.as_deref());
         let applied = apply::apply_all(&ctx.client, &desired).await?;
         if generated {
-            let msg = format!("generated the Redis password Secret {}", model.redis_secret_name());
-            publish(ctx, rc, EventType::Normal, "RedisPasswordCreated", "Create", msg).await;
+            let msg = format!(
+                "generated the Redis password Secret {}",
+                model.redis_secret_name()
+            );
+            publish(
+                ctx,
+                rc,
+                EventType::Normal,
+                "RedisPasswordCreated",
+                "Create",
+                msg,
+            )
+            .await;
         }
         for child in apply::prune(&ctx.client, &model, &desired).await? {
-            let what = format!("{}/{}", child.kind.as_deref().unwrap_or_default(), child.name.as_deref().unwrap_or_default());
+            let what = format!(
+                "{}/{}",
+                child.kind.as_deref().unwrap_or_default(),
+                child.name.as_deref().unwrap_or_default()
+            );
             tracing::info!(cluster = %ObjectRef::from_obj(rc), child = %what, "deleted child no longer wanted");
             let note = format!("deleted {what}: no longer wanted by the spec");
             // The child as `related` keeps one Event per deleted object (not one merged series).
-            publish_related(ctx, rc, EventType::Normal, "Deleted", "Prune", note, Some(child)).await;
+            publish_related(
+                ctx,
+                rc,
+                EventType::Normal,
+                "Deleted",
+                "Prune",
+                note,
+                Some(child),
+            )
+            .await;
         }
         (Some(applied.deployment), applied.statefulset, "applied")
     };
 
-    let observed = Observed { deployment: deployment.as_ref(), statefulset: statefulset.as_ref() };
+    let observed = Observed {
+        deployment: deployment.as_ref(),
+        statefulset: statefulset.as_ref(),
+    };
     let new = status::compute(&model, observed, rc.status.as_ref(), now);
     announce_transitions(ctx, rc, &new).await;
     write_status(ctx, rc, new).await?;
@@ -212,7 +260,15 @@ pub fn error_policy(rc: Arc<RealtimeCluster>, error: &Error, ctx: Arc<Context>) 
         // One Event per failure streak, not one per retry.
         let (ctx, rc, note) = (ctx.clone(), rc.clone(), error.to_string());
         tokio::spawn(async move {
-            publish(&ctx, &rc, EventType::Warning, "ReconcileFailed", "Reconcile", note).await;
+            publish(
+                &ctx,
+                &rc,
+                EventType::Warning,
+                "ReconcileFailed",
+                "Reconcile",
+                note,
+            )
+            .await;
         });
     }
     Action::requeue(delay)
@@ -225,19 +281,28 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 /// Writes `new` as the status unless it equals the stored one.
-async fn write_status(ctx: &Context, rc: &RealtimeCluster, new: RealtimeClusterStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    rc: &RealtimeCluster,
+    new: RealtimeClusterStatus,
+) -> Result<(), Error> {
     if rc.status.as_ref() == Some(&new) {
         return Ok(());
     }
-    let api: Api<RealtimeCluster> = Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+    let api: Api<RealtimeCluster> =
+        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": "realtime.dev/v1alpha1",
         "kind": "RealtimeCluster",
         "status": new,
     });
-    api.patch_status(&rc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(
+        &rc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
     Ok(())
 }
 
@@ -245,21 +310,40 @@ async fn write_status(ctx: &Context, rc: &RealtimeCluster, new: RealtimeClusterS
 async fn announce_transitions(ctx: &Context, rc: &RealtimeCluster, new: &RealtimeClusterStatus) {
     let before = |t: &str| status::condition(rc.status.as_ref(), t).map(|c| c.status.clone());
     let after = |t: &str| status::condition(Some(new), t).cloned();
-    if let Some(ready) = after(READY) {
-        if before(READY).as_deref() != Some(ready.status.as_str()) && (ready.status == "True" || before(READY).is_some()) {
-            let type_ = if ready.status == "True" { EventType::Normal } else { EventType::Warning };
-            let reason = if ready.status == "True" { "Ready" } else { "NotReady" };
-            publish(ctx, rc, type_, reason, "Reconcile", ready.message).await;
-        }
+    // Ready: announce becoming ready, and losing readiness (not the initial False).
+    if let Some(ready) = after(READY)
+        && before(READY).as_deref() != Some(ready.status.as_str())
+        && (ready.status == "True" || before(READY).is_some())
+    {
+        let type_ = if ready.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let reason = if ready.status == "True" {
+            "Ready"
+        } else {
+            "NotReady"
+        };
+        publish(ctx, rc, type_, reason, "Reconcile", ready.message).await;
     }
-    if let Some(degraded) = after(DEGRADED) {
-        if degraded.status == "True" && before(DEGRADED).as_deref() != Some("True") {
-            publish(ctx, rc, EventType::Warning, "Degraded", "Reconcile", format!("{}: {}", degraded.reason, degraded.message)).await;
-        }
+    if let Some(degraded) = after(DEGRADED)
+        && degraded.status == "True"
+        && before(DEGRADED).as_deref() != Some("True")
+    {
+        let note = format!("{}: {}", degraded.reason, degraded.message);
+        publish(ctx, rc, EventType::Warning, "Degraded", "Reconcile", note).await;
     }
 }
 
-async fn publish(ctx: &Context, rc: &RealtimeCluster, type_: EventType, reason: &str, action: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    rc: &RealtimeCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     publish_related(ctx, rc, type_, reason, action, note, None).await;
 }
 
@@ -282,7 +366,13 @@ async fn publish_related(
         }
         note.truncate(end);
     }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: related,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &rc.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "publishing an Event failed");
     }

@@ -53,17 +53,26 @@ pub enum Decision {
 
 /// Pure decision from the Lease's current spec.
 pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decision {
-    let Some(spec) = spec else { return Decision::Create };
+    let Some(spec) = spec else {
+        return Decision::Create;
+    };
     match spec.holder_identity.as_deref() {
         Some(h) if h == identity => Decision::Renew,
         None | Some("") => Decision::TakeOver,
         Some(holder) => {
-            let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
+            let duration =
+                SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
             let expired = match &spec.renew_time {
                 Some(MicroTime(t)) => now.duration_since(*t) > duration,
                 None => true,
             };
-            if expired { Decision::TakeOver } else { Decision::Wait { holder: holder.to_string() } }
+            if expired {
+                Decision::TakeOver
+            } else {
+                Decision::Wait {
+                    holder: holder.to_string(),
+                }
+            }
         }
     }
 }
@@ -75,7 +84,10 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
-        Self { api: Api::namespaced(client, &config.namespace), config }
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+        }
     }
 
     pub fn config(&self) -> &LeaseConfig {
@@ -86,7 +98,11 @@ impl LeaderElector {
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let existing = self.api.get_opt(&self.config.name).await?;
-        let decision = decide(existing.as_ref().and_then(|l| l.spec.as_ref()), &self.config.identity, now);
+        let decision = decide(
+            existing.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.config.identity,
+            now,
+        );
         let held_spec = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
             lease_duration_seconds: Some(self.config.lease_duration.as_secs() as i32),
@@ -102,7 +118,10 @@ impl LeaderElector {
             }
             (Decision::Create, _) => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.config.name.clone()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.config.name.clone()),
+                        ..Default::default()
+                    },
                     spec: Some(held_spec(0, None)),
                 };
                 self.api.create(&PostParams::default(), &lease).await
@@ -116,7 +135,9 @@ impl LeaderElector {
                     held_spec(transitions + 1, None)
                 });
                 // Carries metadata.resourceVersion: a concurrent writer makes this fail with 409.
-                self.api.replace(&self.config.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.config.name, &PostParams::default(), &lease)
+                    .await
             }
             (_, None) => unreachable!("decide returns Create when there is no Lease"),
         };
@@ -129,15 +150,23 @@ impl LeaderElector {
 
     /// Gives the Lease up (if we hold it) so another replica can lead at once.
     pub async fn release(&self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else { return Ok(()) };
-        let Some(spec) = lease.spec.as_mut() else { return Ok(()) };
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
         if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
             return Ok(());
         }
         spec.holder_identity = None;
         spec.renew_time = None;
         spec.acquire_time = None;
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
             Err(e) => Err(e),
@@ -165,15 +194,30 @@ mod tests {
     #[test]
     fn decisions() {
         assert_eq!(decide(None, "a", at(100)), Decision::Create);
-        assert_eq!(decide(Some(&spec(Some("a"), Some(99), 15)), "a", at(100)), Decision::Renew);
+        assert_eq!(
+            decide(Some(&spec(Some("a"), Some(99), 15)), "a", at(100)),
+            Decision::Renew
+        );
         // Our own expired lease is still ours to renew.
-        assert_eq!(decide(Some(&spec(Some("a"), Some(1), 15)), "a", at(100)), Decision::Renew);
+        assert_eq!(
+            decide(Some(&spec(Some("a"), Some(1), 15)), "a", at(100)),
+            Decision::Renew
+        );
         assert_eq!(
             decide(Some(&spec(Some("b"), Some(90), 15)), "a", at(100)),
             Decision::Wait { holder: "b".into() }
         );
-        assert_eq!(decide(Some(&spec(Some("b"), Some(80), 15)), "a", at(100)), Decision::TakeOver);
-        assert_eq!(decide(Some(&spec(None, None, 15)), "a", at(100)), Decision::TakeOver);
-        assert_eq!(decide(Some(&spec(Some("b"), None, 15)), "a", at(100)), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&spec(Some("b"), Some(80), 15)), "a", at(100)),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&spec(None, None, 15)), "a", at(100)),
+            Decision::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&spec(Some("b"), None, 15)), "a", at(100)),
+            Decision::TakeOver
+        );
     }
 }

@@ -42,27 +42,46 @@ impl Default for Metrics {
         // 1 ms .. ~16 s
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let leader = Gauge::default();
-        registry.register("reconciliations", "Finished reconciles by outcome", reconciliations.clone());
-        registry.register("reconcile_errors", "Failed reconciles by error kind", reconcile_errors.clone());
+        registry.register(
+            "reconciliations",
+            "Finished reconciles by outcome",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error kind",
+            reconcile_errors.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
             reconcile_duration.clone(),
         );
         registry.register("leader", "1 while this replica leads", leader.clone());
-        Self { registry, reconciliations, reconcile_errors, reconcile_duration, leader }
+        Self {
+            registry,
+            reconciliations,
+            reconcile_errors,
+            reconcile_duration,
+            leader,
+        }
     }
 }
 
 impl Metrics {
     /// Records one finished reconcile that started at `started`.
     pub fn observe(&self, started: Instant, outcome: &'static str) {
-        self.reconcile_duration.observe(started.elapsed().as_secs_f64());
-        self.reconciliations.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.reconciliations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn error(&self, error: &'static str) {
-        self.reconcile_errors.get_or_create(&ErrorLabels { error }).inc();
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { error })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

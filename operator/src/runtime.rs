@@ -29,12 +29,19 @@ use crate::metrics::Metrics;
 use crate::validate::Defaults;
 
 /// Default realtime-server image: the one released together with this operator.
-pub const DEFAULT_SERVER_IMAGE: &str = concat!("ghcr.io/realtime-operator/realtime-server:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_SERVER_IMAGE: &str = concat!(
+    "ghcr.io/realtime-operator/realtime-server:",
+    env!("CARGO_PKG_VERSION")
+);
 /// Default image of the managed Redis.
 pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
 
 #[derive(Parser, Debug)]
-#[command(name = "realtime-operator", version, about = "Reconciles RealtimeCluster resources (realtime.dev/v1alpha1)")]
+#[command(
+    name = "realtime-operator",
+    version,
+    about = "Reconciles RealtimeCluster resources (realtime.dev/v1alpha1)"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -95,7 +102,9 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -128,7 +137,10 @@ pub fn admin_router(state: Arc<AdminState>) -> Router {
             "/metrics",
             get(|State(s): State<Arc<AdminState>>| async move {
                 (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     s.metrics.encode(),
                 )
                     .into_response()
@@ -148,7 +160,9 @@ async fn termination_signal() {
 }
 
 /// A future that resolves once `rx` sees `true` (Send + Sync, as the Controller requires).
-fn when_set(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+fn when_set(
+    rx: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
     let (tx, done) = tokio::sync::oneshot::channel::<()>();
     let mut rx = rx.clone();
     tokio::spawn(async move {
@@ -163,7 +177,10 @@ fn when_set(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()>
 /// Runs the operator until a termination signal (Ok) or the loss of leadership (Err).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let admin = Arc::new(AdminState { metrics: metrics.clone(), ready: AtomicBool::new(false) });
+    let admin = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
@@ -175,8 +192,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let client = Client::try_default().await.context("building the Kubernetes client (in-cluster or KUBECONFIG)")?;
-    let version = client.apiserver_version().await.context("reaching the Kubernetes API server")?;
+    let client = Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let version = client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to the API server");
     admin.ready.store(true, Ordering::Relaxed);
 
@@ -189,7 +211,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let elector = if args.leader_election {
-        let namespace = args.lease_namespace.clone().or_else(pod_namespace).unwrap_or_else(|| "default".into());
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(pod_namespace)
+            .unwrap_or_else(|| "default".into());
         let cfg = LeaseConfig::new(namespace, args.lease_name.clone(), identity.clone());
         tracing::info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), %identity, "waiting for leadership");
         let elector = LeaderElector::new(client.clone(), cfg);
@@ -211,7 +237,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let config = controller::Config {
-        defaults: Defaults { server_image: args.default_server_image.clone(), redis_image: args.default_redis_image.clone() },
+        defaults: Defaults {
+            server_image: args.default_server_image.clone(),
+            redis_image: args.default_redis_image.clone(),
+        },
         resync: args.resync,
         namespace: args.namespace.clone(),
         instance: Some(identity),
@@ -226,12 +255,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     if lost.load(Ordering::Relaxed) {
-        anyhow::bail!("lost the leader Lease: exiting so that this replica restarts as a candidate");
+        anyhow::bail!(
+            "lost the leader Lease: exiting so that this replica restarts as a candidate"
+        );
     }
     if let Some(elector) = elector {
         match elector.release().await {
             Ok(()) => tracing::info!("released the leader Lease"),
-            Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed; it expires on its own"),
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing the leader Lease failed; it expires on its own")
+            }
         }
     }
     tracing::info!("stopped");
@@ -256,7 +289,12 @@ async fn acquire(elector: &LeaderElector, stop: &watch::Receiver<bool>) -> bool 
 
 /// Renews every interval until shutdown; when no renewal succeeded for a whole lease duration
 /// (minus one interval of margin), marks the leadership lost and requests shutdown.
-async fn renew_until_lost(elector: &LeaderElector, mut stop: watch::Receiver<bool>, lost: Arc<AtomicBool>, stop_tx: watch::Sender<bool>) {
+async fn renew_until_lost(
+    elector: &LeaderElector,
+    mut stop: watch::Receiver<bool>,
+    lost: Arc<AtomicBool>,
+    stop_tx: watch::Sender<bool>,
+) {
     let cfg = elector.config().clone();
     let deadline = cfg.lease_duration.saturating_sub(cfg.renew_interval);
     let mut last_ok = Instant::now();
@@ -289,17 +327,24 @@ fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "realtime-operator".into())
 }
 
 fn pod_namespace() -> Option<String> {
-    std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()).or_else(|| {
-        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            .ok()
-            .map(|n| n.trim().to_string())
-    })
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|n| n.trim().to_string())
+        })
 }
 
 #[cfg(test)]
@@ -314,32 +359,52 @@ mod tests {
 
     #[test]
     fn run_is_the_default_and_flags_parse() {
-        let cli = Cli::try_parse_from(["realtime-operator", "--leader-election", "--lease-name=x", "--resync=30s", "--log-format=json"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "realtime-operator",
+            "--leader-election",
+            "--lease-name=x",
+            "--resync=30s",
+            "--log-format=json",
+        ])
+        .unwrap();
         assert!(cli.command.is_none());
         assert!(cli.run.leader_election);
         assert_eq!(cli.run.lease_name, "x");
         assert_eq!(cli.run.resync, Duration::from_secs(30));
         assert_eq!(cli.run.log_format, LogFormat::Json);
-        assert!(cli.run.default_server_image.starts_with("ghcr.io/realtime-operator/realtime-server:"));
+        assert!(
+            cli.run
+                .default_server_image
+                .starts_with("ghcr.io/realtime-operator/realtime-server:")
+        );
 
         let cli = Cli::try_parse_from(["realtime-operator", "crd"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Crd)));
         let cli = Cli::try_parse_from(["realtime-operator", "run", "--namespace", "apps"]).unwrap();
-        let Some(Command::Run(args)) = cli.command else { panic!() };
+        let Some(Command::Run(args)) = cli.command else {
+            panic!()
+        };
         assert_eq!(args.namespace.as_deref(), Some("apps"));
         assert!(!args.leader_election);
     }
 
     #[tokio::test]
     async fn admin_endpoints() {
-        let state = Arc::new(AdminState { metrics: Arc::new(Metrics::default()), ready: AtomicBool::new(false) });
+        let state = Arc::new(AdminState {
+            metrics: Arc::new(Metrics::default()),
+            ready: AtomicBool::new(false),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(axum::serve(listener, admin_router(state.clone())).into_future());
         let get = |path: &'static str| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out

@@ -32,8 +32,18 @@ pub struct Cond {
 }
 
 impl Cond {
-    fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_, status, reason, message: message.into() }
+    fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -56,7 +66,12 @@ pub fn compute(
     let redis_phase = match (&model.redis, observed.statefulset) {
         (RedisModel::External { .. }, _) => RedisPhase::External,
         (RedisModel::Managed { .. }, Some(sts))
-            if sts.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= 1 =>
+            if sts
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                >= 1 =>
         {
             RedisPhase::Ready
         }
@@ -65,28 +80,66 @@ pub fn compute(
     let redis_ok = redis_phase != RedisPhase::Pending;
 
     let ready = if desired == 0 {
-        Cond::new(READY, false, "ScaledToZero", "spec.replicas is 0: no server pods run")
+        Cond::new(
+            READY,
+            false,
+            "ScaledToZero",
+            "spec.replicas is 0: no server pods run",
+        )
     } else if !redis_ok {
-        Cond::new(READY, false, "RedisNotReady", "the managed Redis is not ready yet")
+        Cond::new(
+            READY,
+            false,
+            "RedisNotReady",
+            "the managed Redis is not ready yet",
+        )
     } else if d.ready >= desired && d.current {
-        Cond::new(READY, true, "AllReplicasReady", format!("{}/{desired} server pods ready", d.ready))
+        Cond::new(
+            READY,
+            true,
+            "AllReplicasReady",
+            format!("{}/{desired} server pods ready", d.ready),
+        )
     } else {
-        Cond::new(READY, false, "ReplicasNotReady", format!("{}/{desired} server pods ready", d.ready))
+        Cond::new(
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!("{}/{desired} server pods ready", d.ready),
+        )
     };
 
     let progressing = if model.paused {
-        Cond::new(PROGRESSING, false, "Paused", "spec.paused is true: the operator applies no changes")
+        Cond::new(
+            PROGRESSING,
+            false,
+            "Paused",
+            "spec.paused is true: the operator applies no changes",
+        )
     } else if !d.rollout_complete(desired) {
         Cond::new(
             PROGRESSING,
             true,
             "RollingOut",
-            format!("{}/{desired} server pods updated, {} available", d.updated, d.available),
+            format!(
+                "{}/{desired} server pods updated, {} available",
+                d.updated, d.available
+            ),
         )
     } else if !redis_ok {
-        Cond::new(PROGRESSING, true, "RedisStarting", "waiting for the managed Redis to become ready")
+        Cond::new(
+            PROGRESSING,
+            true,
+            "RedisStarting",
+            "waiting for the managed Redis to become ready",
+        )
     } else {
-        Cond::new(PROGRESSING, false, "Complete", "all children are up to date")
+        Cond::new(
+            PROGRESSING,
+            false,
+            "Complete",
+            "all children are up to date",
+        )
     };
 
     let degraded = match d.failure {
@@ -94,13 +147,23 @@ pub fn compute(
         None => Cond::new(DEGRADED, false, "AsExpected", "no failures observed"),
     };
 
-    let previous_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
     RealtimeClusterStatus {
-        conditions: merge_conditions(previous_conditions, &[ready, progressing, degraded], model.generation, &now),
+        conditions: merge_conditions(
+            previous_conditions,
+            &[ready, progressing, degraded],
+            model.generation,
+            &now,
+        ),
         observed_generation: model.generation,
         replicas: d.replicas,
         ready_replicas: d.ready,
-        redis: Some(RedisStatus { phase: redis_phase, endpoint: model.redis_endpoint() }),
+        redis: Some(RedisStatus {
+            phase: redis_phase,
+            endpoint: model.redis_endpoint(),
+        }),
         endpoint: Some(model.endpoint()),
         selector: Some(model.selector_string()),
     }
@@ -111,11 +174,21 @@ pub fn compute(
 pub fn invalid(rc: &RealtimeCluster, errors: &SpecErrors, now: Time) -> RealtimeClusterStatus {
     let previous = rc.status.clone().unwrap_or_default();
     let mut conds = vec![
-        Cond::new(PROGRESSING, false, "InvalidSpec", "changes are not applied until the spec is fixed"),
+        Cond::new(
+            PROGRESSING,
+            false,
+            "InvalidSpec",
+            "changes are not applied until the spec is fixed",
+        ),
         Cond::new(DEGRADED, true, "InvalidSpec", errors.to_string()),
     ];
     if !previous.conditions.iter().any(|c| c.type_ == READY) {
-        conds.push(Cond::new(READY, false, "InvalidSpec", "the spec is invalid (see Degraded)"));
+        conds.push(Cond::new(
+            READY,
+            false,
+            "InvalidSpec",
+            "the spec is invalid (see Degraded)",
+        ));
     }
     RealtimeClusterStatus {
         conditions: merge_conditions(&previous.conditions, &conds, rc.metadata.generation, &now),
@@ -126,7 +199,12 @@ pub fn invalid(rc: &RealtimeCluster, errors: &SpecErrors, now: Time) -> Realtime
 
 /// Replaces the conditions in `updates` (keeping the others), preserving each one's
 /// lastTransitionTime when its status did not change. Output order is stable.
-pub fn merge_conditions(previous: &[Condition], updates: &[Cond], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge_conditions(
+    previous: &[Condition],
+    updates: &[Cond],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = previous
         .iter()
         .filter(|p| !updates.iter().any(|u| u.type_ == p.type_))
@@ -148,13 +226,25 @@ pub fn merge_conditions(previous: &[Condition], updates: &[Cond], generation: Op
             last_transition_time,
         });
     }
-    let rank = |t: &str| [READY, PROGRESSING, DEGRADED].iter().position(|x| *x == t).unwrap_or(usize::MAX);
-    out.sort_by(|a, b| rank(&a.type_).cmp(&rank(&b.type_)).then_with(|| a.type_.cmp(&b.type_)));
+    let rank = |t: &str| {
+        [READY, PROGRESSING, DEGRADED]
+            .iter()
+            .position(|x| *x == t)
+            .unwrap_or(usize::MAX)
+    };
+    out.sort_by(|a, b| {
+        rank(&a.type_)
+            .cmp(&rank(&b.type_))
+            .then_with(|| a.type_.cmp(&b.type_))
+    });
     out
 }
 
 /// The condition of `type_` in `status`, if any.
-pub fn condition<'a>(status: Option<&'a RealtimeClusterStatus>, type_: &str) -> Option<&'a Condition> {
+pub fn condition<'a>(
+    status: Option<&'a RealtimeClusterStatus>,
+    type_: &str,
+) -> Option<&'a Condition> {
     status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -172,7 +262,14 @@ struct DeploymentView {
 impl DeploymentView {
     fn of(d: Option<&Deployment>) -> Self {
         let Some(d) = d else {
-            return Self { replicas: 0, ready: 0, updated: 0, available: 0, current: false, failure: None };
+            return Self {
+                replicas: 0,
+                ready: 0,
+                updated: 0,
+                available: 0,
+                current: false,
+                failure: None,
+            };
         };
         let st = d.status.clone().unwrap_or_default();
         let current = match (st.observed_generation, d.metadata.generation) {
@@ -192,7 +289,12 @@ impl DeploymentView {
                             && c.status == "False"
                             && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
                     })
-                    .map(|c| ("ProgressDeadlineExceeded", c.message.clone().unwrap_or_default()))
+                    .map(|c| {
+                        (
+                            "ProgressDeadlineExceeded",
+                            c.message.clone().unwrap_or_default(),
+                        )
+                    })
             });
         Self {
             replicas: st.replicas.unwrap_or(0),
@@ -206,7 +308,10 @@ impl DeploymentView {
 
     /// Every pod runs the latest template, no old pods remain, all are available.
     fn rollout_complete(&self, desired: i32) -> bool {
-        self.current && self.updated >= desired && self.replicas == desired && self.available >= desired
+        self.current
+            && self.updated >= desired
+            && self.replicas == desired
+            && self.available >= desired
     }
 }
 
@@ -221,7 +326,14 @@ mod tests {
         Time(Timestamp::from_second(secs).unwrap())
     }
 
-    fn deployment(generation: i64, seen: i64, replicas: i32, ready: i32, updated: i32, available: i32) -> Deployment {
+    fn deployment(
+        generation: i64,
+        seen: i64,
+        replicas: i32,
+        ready: i32,
+        updated: i32,
+        available: i32,
+    ) -> Deployment {
         let mut d = Deployment::default();
         d.metadata.generation = Some(generation);
         d.status = Some(DeploymentStatus {
@@ -237,7 +349,11 @@ mod tests {
 
     fn sts(ready: i32) -> StatefulSet {
         StatefulSet {
-            status: Some(StatefulSetStatus { ready_replicas: Some(ready), replicas: 1, ..Default::default() }),
+            status: Some(StatefulSetStatus {
+                ready_replicas: Some(ready),
+                replicas: 1,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -251,7 +367,15 @@ mod tests {
         let m = model(json!({"replicas": 2}));
         let d = deployment(4, 4, 2, 2, 2, 2);
         let r = sts(1);
-        let s = compute(&m, Observed { deployment: Some(&d), statefulset: Some(&r) }, None, t(100));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: Some(&r),
+            },
+            None,
+            t(100),
+        );
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).reason, "AllReplicasReady");
         assert_eq!(cond(&s, PROGRESSING).status, "False");
@@ -259,9 +383,18 @@ mod tests {
         assert_eq!((s.replicas, s.ready_replicas), (2, 2));
         assert_eq!(s.observed_generation, Some(1));
         assert_eq!(cond(&s, READY).observed_generation, Some(1));
-        assert_eq!(s.redis, Some(RedisStatus { phase: RedisPhase::Ready, endpoint: "chat-redis.apps.svc:6379".into() }));
+        assert_eq!(
+            s.redis,
+            Some(RedisStatus {
+                phase: RedisPhase::Ready,
+                endpoint: "chat-redis.apps.svc:6379".into()
+            })
+        );
         assert_eq!(s.endpoint.as_deref(), Some("http://chat.apps.svc"));
-        assert_eq!(s.selector.as_deref(), Some("app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server"));
+        assert_eq!(
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server")
+        );
         assert_eq!(cond(&s, READY).last_transition_time, t(100));
     }
 
@@ -280,7 +413,15 @@ mod tests {
     fn rolling_out_and_partially_ready() {
         let m = model(json!({"replicas": 3, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(5, 5, 4, 2, 1, 2);
-        let s = compute(&m, Observed { deployment: Some(&d), statefulset: None }, None, t(1));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: None,
+            },
+            None,
+            t(1),
+        );
         assert_eq!(cond(&s, READY).reason, "ReplicasNotReady");
         assert_eq!(cond(&s, READY).message, "2/3 server pods ready");
         assert_eq!(cond(&s, PROGRESSING).reason, "RollingOut");
@@ -292,7 +433,15 @@ mod tests {
     fn stale_deployment_status_is_not_ready() {
         let m = model(json!({"replicas": 2, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(6, 5, 2, 2, 2, 2);
-        let s = compute(&m, Observed { deployment: Some(&d), statefulset: None }, None, t(1));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: None,
+            },
+            None,
+            t(1),
+        );
         assert_eq!(cond(&s, READY).status, "False");
         assert_eq!(cond(&s, PROGRESSING).status, "True");
     }
@@ -308,7 +457,15 @@ mod tests {
             message: Some("ReplicaSet has timed out progressing.".into()),
             ..Default::default()
         }]);
-        let s = compute(&m, Observed { deployment: Some(&d), statefulset: None }, None, t(1));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: None,
+            },
+            None,
+            t(1),
+        );
         assert_eq!(cond(&s, DEGRADED).status, "True");
         assert_eq!(cond(&s, DEGRADED).reason, "ProgressDeadlineExceeded");
         assert!(cond(&s, DEGRADED).message.contains("timed out"));
@@ -316,9 +473,18 @@ mod tests {
 
     #[test]
     fn scaled_to_zero_and_paused() {
-        let m = model(json!({"replicas": 0, "paused": true, "redis": {"external": {"host": "cache"}}}));
+        let m =
+            model(json!({"replicas": 0, "paused": true, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(1, 1, 0, 0, 0, 0);
-        let s = compute(&m, Observed { deployment: Some(&d), statefulset: None }, None, t(1));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: None,
+            },
+            None,
+            t(1),
+        );
         assert_eq!(cond(&s, READY).reason, "ScaledToZero");
         assert_eq!(cond(&s, PROGRESSING).reason, "Paused");
     }
@@ -328,19 +494,38 @@ mod tests {
         let m = model(json!({"replicas": 2}));
         let d = deployment(1, 1, 2, 1, 2, 1);
         let r = sts(1);
-        let obs = Observed { deployment: Some(&d), statefulset: Some(&r) };
+        let obs = Observed {
+            deployment: Some(&d),
+            statefulset: Some(&r),
+        };
         let first = compute(&m, obs, None, t(10));
         // Same observation later: identical status, so the controller writes nothing.
         let again = compute(&m, obs, Some(&first), t(20));
         assert_eq!(first, again);
         // Message changes but status stays False: time kept.
         let d2 = deployment(1, 1, 2, 0, 2, 0);
-        let s = compute(&m, Observed { deployment: Some(&d2), statefulset: Some(&r) }, Some(&first), t(30));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d2),
+                statefulset: Some(&r),
+            },
+            Some(&first),
+            t(30),
+        );
         assert_eq!(cond(&s, READY).last_transition_time, t(10));
         assert_eq!(cond(&s, READY).message, "0/2 server pods ready");
         // Status flips: new time.
         let d3 = deployment(1, 1, 2, 2, 2, 2);
-        let s = compute(&m, Observed { deployment: Some(&d3), statefulset: Some(&r) }, Some(&first), t(40));
+        let s = compute(
+            &m,
+            Observed {
+                deployment: Some(&d3),
+                statefulset: Some(&r),
+            },
+            Some(&first),
+            t(40),
+        );
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).last_transition_time, t(40));
     }
@@ -349,11 +534,22 @@ mod tests {
     fn invalid_spec_keeps_counts_and_reports_every_error() {
         let mut rc: RealtimeCluster = serde_json::from_value(json!({
             "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster",
-            "metadata": {"name": "chat", "namespace": "apps", "generation": 7}, "spec": {}})).unwrap();
-        rc.status = Some(RealtimeClusterStatus { replicas: 2, ready_replicas: 2, ..Default::default() });
+            "metadata": {"name": "chat", "namespace": "apps", "generation": 7}, "spec": {}}))
+        .unwrap();
+        rc.status = Some(RealtimeClusterStatus {
+            replicas: 2,
+            ready_replicas: 2,
+            ..Default::default()
+        });
         let errors = SpecErrors(vec![
-            crate::validate::SpecError { field: "spec.a".into(), message: "bad".into() },
-            crate::validate::SpecError { field: "spec.b".into(), message: "worse".into() },
+            crate::validate::SpecError {
+                field: "spec.a".into(),
+                message: "bad".into(),
+            },
+            crate::validate::SpecError {
+                field: "spec.b".into(),
+                message: "worse".into(),
+            },
         ]);
         let s = invalid(&rc, &errors, t(5));
         assert_eq!(cond(&s, DEGRADED).status, "True");
@@ -361,7 +557,10 @@ mod tests {
         assert_eq!(cond(&s, DEGRADED).message, "spec.a: bad; spec.b: worse");
         assert_eq!(cond(&s, PROGRESSING).status, "False");
         assert_eq!(cond(&s, READY).reason, "InvalidSpec");
-        assert_eq!((s.replicas, s.ready_replicas, s.observed_generation), (2, 2, Some(7)));
+        assert_eq!(
+            (s.replicas, s.ready_replicas, s.observed_generation),
+            (2, 2, Some(7))
+        );
         // Stable when recomputed from its own output.
         rc.status = Some(s.clone());
         assert_eq!(invalid(&rc, &errors, t(50)), s);

@@ -178,7 +178,11 @@ impl Model {
     pub fn endpoint(&self) -> String {
         match &self.ingress {
             Some(i) => {
-                let scheme = if i.tls_secret_name.is_some() { "https" } else { "http" };
+                let scheme = if i.tls_secret_name.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 format!("{scheme}://{}{}", i.host, i.path)
             }
             None => format!("http://{}.{}.svc", self.server_name(), self.namespace),
@@ -209,7 +213,9 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
     if name.len() > MAX_NAME_LEN || !is_dns_label(&name) {
         err(
             "metadata.name",
-            format!("must be a DNS label of at most {MAX_NAME_LEN} characters starting with a letter"),
+            format!(
+                "must be a DNS label of at most {MAX_NAME_LEN} characters starting with a letter"
+            ),
         );
     }
     let namespace = rc.metadata.namespace.clone().unwrap_or_default();
@@ -219,11 +225,17 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
     // The object always comes from the apiserver, which sets uid; a missing one is a bug upstream.
     let owner = rc.controller_owner_ref(&());
     if owner.is_none() {
-        err("metadata.uid", "must be set (object not read from the apiserver?)".into());
+        err(
+            "metadata.uid",
+            "must be set (object not read from the apiserver?)".into(),
+        );
     }
 
     if !(0..=100).contains(&spec.replicas) {
-        err("spec.replicas", format!("must be between 0 and 100, got {}", spec.replicas));
+        err(
+            "spec.replicas",
+            format!("must be between 0 and 100, got {}", spec.replicas),
+        );
     }
     let image = match &spec.image {
         Some(i) if i.trim().is_empty() => {
@@ -236,7 +248,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
 
     for (i, e) in spec.env.iter().enumerate() {
         if e.name.is_empty() || e.name.contains('=') {
-            err(&format!("spec.env[{i}].name"), "must be non-empty and contain no '='".into());
+            err(
+                &format!("spec.env[{i}].name"),
+                "must be non-empty and contain no '='".into(),
+            );
         }
         if RESERVED_ENV.contains(&e.name.as_str()) {
             err(
@@ -279,9 +294,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         }
     }
 
-    let resources = spec.resources.clone().unwrap_or_else(|| {
-        default_resources(("100m", "128Mi"), "512Mi")
-    });
+    let resources = spec
+        .resources
+        .clone()
+        .unwrap_or_else(|| default_resources(("100m", "128Mi"), "512Mi"));
     check_resources(&resources, "spec.resources", &mut err);
 
     let redis = match (&spec.redis.managed, &spec.redis.external) {
@@ -294,13 +310,13 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                 Some(i) => i.clone(),
                 None => defaults.redis_image.clone(),
             };
-            if let Some(s) = &m.storage {
-                if !is_positive_quantity(&s.size.0) {
-                    err(
-                        "spec.redis.managed.storage.size",
-                        format!("{:?} is not a positive quantity such as 1Gi", s.size.0),
-                    );
-                }
+            if let Some(s) = &m.storage
+                && !is_positive_quantity(&s.size.0)
+            {
+                err(
+                    "spec.redis.managed.storage.size",
+                    format!("{:?} is not a positive quantity such as 1Gi", s.size.0),
+                );
             }
             let resources = m
                 .resources
@@ -326,7 +342,13 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                         ),
                         Some(rest) => {
                             let authority = rest.split('/').next().unwrap_or_default();
-                            if authority.contains('@') && authority.split('@').next().unwrap_or_default().contains(':') {
+                            if authority.contains('@')
+                                && authority
+                                    .split('@')
+                                    .next()
+                                    .unwrap_or_default()
+                                    .contains(':')
+                            {
                                 err(
                                     "spec.redis.external.url",
                                     "must not contain a password: use passwordSecretRef".into(),
@@ -356,20 +378,31 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                     if host.is_empty() || host.contains(['/', '@', ' ']) {
                         err(
                             "spec.redis.external.host",
-                            "must be a bare host name or IP (no scheme, path or credentials)".into(),
+                            "must be a bare host name or IP (no scheme, path or credentials)"
+                                .into(),
                         );
                     }
                     let port = x.port.unwrap_or(REDIS_PORT);
                     if !(1..=65535).contains(&port) {
-                        err("spec.redis.external.port", format!("must be 1-65535, got {port}"));
+                        err(
+                            "spec.redis.external.port",
+                            format!("must be 1-65535, got {port}"),
+                        );
                     }
                     let scheme = if x.tls { "rediss" } else { "redis" };
-                    let host_part = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+                    let host_part = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.clone()
+                    };
                     let endpoint = format!("{host_part}:{port}");
                     (format!("{scheme}://{endpoint}"), endpoint)
                 }
                 _ => {
-                    err("spec.redis.external", "needs exactly one of url or host".into());
+                    err(
+                        "spec.redis.external",
+                        "needs exactly one of url or host".into(),
+                    );
                     (String::new(), String::new())
                 }
             };
@@ -380,7 +413,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             }
         }
         _ => {
-            err("spec.redis", "needs exactly one of managed or external".into());
+            err(
+                "spec.redis",
+                "needs exactly one of managed or external".into(),
+            );
             RedisModel::External {
                 url: String::new(),
                 endpoint: String::new(),
@@ -393,7 +429,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         Some(i) if i.enabled => {
             let host = i.host.clone().unwrap_or_default();
             if i.host.is_none() {
-                err("spec.ingress.host", "is required when ingress.enabled is true".into());
+                err(
+                    "spec.ingress.host",
+                    "is required when ingress.enabled is true".into(),
+                );
             } else if !is_dns_name(&host) {
                 err(
                     "spec.ingress.host",
@@ -407,7 +446,11 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                 err("spec.ingress.path", "must start with /".into());
             }
             if i.cookie.name.is_empty()
-                || !i.cookie.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                || !i
+                    .cookie
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
                 err(
                     "spec.ingress.cookie.name",
@@ -415,7 +458,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                 );
             }
             if !(60..=31_536_000).contains(&i.cookie.max_age_seconds) {
-                err("spec.ingress.cookie.maxAgeSeconds", "must be between 60 and 31536000".into());
+                err(
+                    "spec.ingress.cookie.maxAgeSeconds",
+                    "must be between 60 and 31536000".into(),
+                );
             }
             if !i.cookie.path.starts_with('/') {
                 err("spec.ingress.cookie.path", "must start with /".into());
@@ -428,18 +474,25 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                 if v <= keepalive {
                     err(
                         field,
-                        format!("{v} must exceed pingIntervalSeconds + pingTimeoutSeconds ({keepalive}), or the proxy cuts idle websockets"),
+                        format!(
+                            "{v} must exceed pingIntervalSeconds + pingTimeoutSeconds ({keepalive}), or the proxy cuts idle websockets"
+                        ),
                     );
                 }
             }
             if !(1..=75).contains(&i.timeouts.connect_seconds) {
-                err("spec.ingress.timeouts.connectSeconds", "must be between 1 and 75".into());
+                err(
+                    "spec.ingress.timeouts.connectSeconds",
+                    "must be between 1 and 75".into(),
+                );
             }
             for k in i.annotations.keys() {
                 if MANAGED_INGRESS_ANNOTATIONS.contains(&k.as_str()) {
                     err(
                         "spec.ingress.annotations",
-                        format!("{k} is set by the operator from spec.ingress (affinity, cookie, timeouts)"),
+                        format!(
+                            "{k} is set by the operator from spec.ingress (affinity, cookie, timeouts)"
+                        ),
                     );
                 }
             }
@@ -569,18 +622,14 @@ fn is_quantity(s: &str) -> bool {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, suffix) = s.split_at(num_end);
-    let num_ok = !num.is_empty()
-        && num != "."
-        && num.matches('.').count() <= 1;
+    let num_ok = !num.is_empty() && num != "." && num.matches('.').count() <= 1;
     let suffix_ok = matches!(
         suffix,
         "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .is_some_and(|exp| {
-            let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
-            !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit())
-        });
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
+        let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit())
+    });
     num_ok && suffix_ok
 }
 
@@ -594,7 +643,8 @@ fn is_dns_label(s: &str) -> bool {
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A DNS name of RFC 1123 labels, optionally with a leading wildcard (`*.example.com`).
@@ -607,7 +657,8 @@ fn is_dns_name(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
 }
 
@@ -615,7 +666,10 @@ fn is_dns_name(s: &str) -> bool {
 fn url_endpoint(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let hostport = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     let has_port = match hostport.rfind(']') {
         Some(i) => hostport[i..].contains(':'),
         None => hostport.contains(':'),
@@ -657,7 +711,8 @@ mod tests {
     }
 
     fn has_error(errs: &[SpecError], field: &str, needle: &str) -> bool {
-        errs.iter().any(|e| e.field == field && e.message.contains(needle))
+        errs.iter()
+            .any(|e| e.field == field && e.message.contains(needle))
     }
 
     #[test]
@@ -667,7 +722,9 @@ mod tests {
         assert_eq!(m.server.image, "example.org/realtime-server:1");
         assert_eq!(m.server.transports, "polling,websocket");
         assert_eq!(m.server.ping_interval_seconds, 25);
-        assert!(matches!(&m.redis, RedisModel::Managed { image, storage: None, .. } if image == "redis:7.4-alpine"));
+        assert!(
+            matches!(&m.redis, RedisModel::Managed { image, storage: None, .. } if image == "redis:7.4-alpine")
+        );
         assert_eq!(m.redis_url(), "redis://chat-redis.apps.svc:6379");
         assert_eq!(m.redis_endpoint(), "chat-redis.apps.svc:6379");
         assert_eq!(m.endpoint(), "http://chat.apps.svc");
@@ -697,13 +754,17 @@ mod tests {
     #[test]
     fn external_redis_by_host_and_by_url() {
         let m = validate(
-            &cluster(serde_json::json!({"redis": {"external": {"host": "r.example", "tls": true,
-                "passwordSecretRef": {"name": "creds"}}}})),
+            &cluster(
+                serde_json::json!({"redis": {"external": {"host": "r.example", "tls": true,
+                "passwordSecretRef": {"name": "creds"}}}}),
+            ),
             &defaults(),
         )
         .unwrap();
         assert_eq!(m.redis_url(), "rediss://r.example:6379");
-        let RedisModel::External { password, .. } = &m.redis else { panic!() };
+        let RedisModel::External { password, .. } = &m.redis else {
+            panic!()
+        };
         assert_eq!(password.as_ref().unwrap().key, "password");
 
         let m = validate(
@@ -718,8 +779,10 @@ mod tests {
     #[test]
     fn ingress_endpoint_uses_https_with_tls() {
         let m = validate(
-            &cluster(serde_json::json!({"ingress": {"enabled": true, "host": "chat.example.com",
-                "tlsSecretName": "tls"}})),
+            &cluster(
+                serde_json::json!({"ingress": {"enabled": true, "host": "chat.example.com",
+                "tlsSecretName": "tls"}}),
+            ),
             &defaults(),
         )
         .unwrap();
@@ -732,7 +795,11 @@ mod tests {
 
     #[test]
     fn disabled_ingress_is_no_ingress() {
-        let m = validate(&cluster(serde_json::json!({"ingress": {"enabled": false}})), &defaults()).unwrap();
+        let m = validate(
+            &cluster(serde_json::json!({"ingress": {"enabled": false}})),
+            &defaults(),
+        )
+        .unwrap();
         assert!(m.ingress.is_none());
     }
 
@@ -747,10 +814,19 @@ mod tests {
         let c = &m.server.topology_spread[0];
         assert_eq!(c.max_skew, 2);
         assert_eq!(
-            c.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app.kubernetes.io/instance"],
+            c.label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/instance"],
             "chat"
         );
-        let m = validate(&cluster(serde_json::json!({"topologySpreadConstraints": []})), &defaults()).unwrap();
+        let m = validate(
+            &cluster(serde_json::json!({"topologySpreadConstraints": []})),
+            &defaults(),
+        )
+        .unwrap();
         assert!(m.server.topology_spread.is_empty());
     }
 
@@ -777,22 +853,40 @@ mod tests {
             ("spec.ingress.timeouts.readSeconds", "must exceed"),
             ("spec.ingress.annotations", "set by the operator"),
         ] {
-            assert!(has_error(&errs, field, needle), "missing {field}: {needle} in {errs:?}");
+            assert!(
+                has_error(&errs, field, needle),
+                "missing {field}: {needle} in {errs:?}"
+            );
         }
     }
 
     #[test]
     fn external_redis_errors() {
         let errs = errors(serde_json::json!({"redis": {"external": {"url": "http://x"}}}));
-        assert!(has_error(&errs, "spec.redis.external.url", "redis:// or rediss://"));
-        let errs = errors(serde_json::json!({"redis": {"external": {"url": "redis://u:secret@x:6379"}}}));
-        assert!(has_error(&errs, "spec.redis.external.url", "must not contain a password"));
-        let errs = errors(serde_json::json!({"redis": {"external": {"url": "redis://x", "tls": true}}}));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external.url",
+            "redis:// or rediss://"
+        ));
+        let errs =
+            errors(serde_json::json!({"redis": {"external": {"url": "redis://u:secret@x:6379"}}}));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external.url",
+            "must not contain a password"
+        ));
+        let errs =
+            errors(serde_json::json!({"redis": {"external": {"url": "redis://x", "tls": true}}}));
         assert!(has_error(&errs, "spec.redis.external.tls", "rediss://"));
-        let errs = errors(serde_json::json!({"redis": {"external": {"url": "redis://x", "port": 1}}}));
+        let errs =
+            errors(serde_json::json!({"redis": {"external": {"url": "redis://x", "port": 1}}}));
         assert!(has_error(&errs, "spec.redis.external.port", "needs host"));
         let errs = errors(serde_json::json!({"redis": {"external": {}}}));
-        assert!(has_error(&errs, "spec.redis.external", "exactly one of url or host"));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external",
+            "exactly one of url or host"
+        ));
         let errs = errors(serde_json::json!({"redis": {"external": {"host": "redis://x"}}}));
         assert!(has_error(&errs, "spec.redis.external.host", "bare host"));
         let errs = errors(serde_json::json!({"redis": {}}));
@@ -808,13 +902,24 @@ mod tests {
         rc.metadata.name = Some("9lives".into());
         assert!(validate(&rc, &defaults()).is_err());
 
-        let errs = errors(serde_json::json!({"ingress": {"enabled": true, "host": "Chat.Example.com"}}));
+        let errs =
+            errors(serde_json::json!({"ingress": {"enabled": true, "host": "Chat.Example.com"}}));
         assert!(has_error(&errs, "spec.ingress.host", "lower-case DNS name"));
         let errs = errors(serde_json::json!({"resources": {"requests": {"cpu": "fast"}}}));
-        assert!(has_error(&errs, "spec.resources.requests.cpu", "not a quantity"));
-        let errs = errors(serde_json::json!({"ingress": {"enabled": true, "host": "a.b",
-            "cookie": {"name": "bad name"}}}));
-        assert!(has_error(&errs, "spec.ingress.cookie.name", "letters, digits"));
+        assert!(has_error(
+            &errs,
+            "spec.resources.requests.cpu",
+            "not a quantity"
+        ));
+        let errs = errors(
+            serde_json::json!({"ingress": {"enabled": true, "host": "a.b",
+            "cookie": {"name": "bad name"}}}),
+        );
+        assert!(has_error(
+            &errs,
+            "spec.ingress.cookie.name",
+            "letters, digits"
+        ));
     }
 
     #[test]

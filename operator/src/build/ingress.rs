@@ -30,15 +30,24 @@ pub fn ingress(model: &Model) -> Option<Ingress> {
             // persistent: scaling out never moves an existing session to another pod.
             set("affinity-mode", "persistent".into());
             set("session-cookie-name", i.cookie_name.clone());
-            set("session-cookie-max-age", i.cookie_max_age_seconds.to_string());
-            set("session-cookie-expires", i.cookie_max_age_seconds.to_string());
+            set(
+                "session-cookie-max-age",
+                i.cookie_max_age_seconds.to_string(),
+            );
+            set(
+                "session-cookie-expires",
+                i.cookie_max_age_seconds.to_string(),
+            );
             set("session-cookie-path", i.cookie_path.clone());
         }
         Affinity::IpHash => set("upstream-hash-by", "$remote_addr".into()),
     }
     set("proxy-read-timeout", i.read_timeout_seconds.to_string());
     set("proxy-send-timeout", i.send_timeout_seconds.to_string());
-    set("proxy-connect-timeout", i.connect_timeout_seconds.to_string());
+    set(
+        "proxy-connect-timeout",
+        i.connect_timeout_seconds.to_string(),
+    );
 
     let mut metadata = meta(model, model.server_name(), "server");
     metadata.annotations = Some(annotations);
@@ -90,26 +99,41 @@ mod tests {
     #[test]
     fn disabled_or_absent_means_no_ingress() {
         assert!(ingress(&model(json!({}))).is_none());
-        assert!(ingress(&model(json!({"ingress": {"enabled": false, "host": "a.b"}}))).is_none());
+        assert!(
+            ingress(&model(
+                json!({"ingress": {"enabled": false, "host": "a.b"}})
+            ))
+            .is_none()
+        );
     }
 
     #[test]
     fn cookie_affinity_and_timeouts() {
-        let m = model(json!({"ingress": {"enabled": true, "host": "chat.example.com",
+        let m = model(
+            json!({"ingress": {"enabled": true, "host": "chat.example.com",
             "cookie": {"name": "sticky", "maxAgeSeconds": 600, "path": "/rt"},
-            "annotations": {"cert-manager.io/cluster-issuer": "le"}}}));
+            "annotations": {"cert-manager.io/cluster-issuer": "le"}}}),
+        );
         let ing = ingress(&m).unwrap();
         let a = annotations(&ing);
         assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
         assert_eq!(a["nginx.ingress.kubernetes.io/affinity-mode"], "persistent");
-        assert_eq!(a["nginx.ingress.kubernetes.io/session-cookie-name"], "sticky");
-        assert_eq!(a["nginx.ingress.kubernetes.io/session-cookie-max-age"], "600");
+        assert_eq!(
+            a["nginx.ingress.kubernetes.io/session-cookie-name"],
+            "sticky"
+        );
+        assert_eq!(
+            a["nginx.ingress.kubernetes.io/session-cookie-max-age"],
+            "600"
+        );
         assert_eq!(a["nginx.ingress.kubernetes.io/session-cookie-path"], "/rt");
         assert!(!a.contains_key("nginx.ingress.kubernetes.io/upstream-hash-by"));
         assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
         assert_eq!(a["nginx.ingress.kubernetes.io/proxy-send-timeout"], "3600");
         assert_eq!(a["cert-manager.io/cluster-issuer"], "le");
-        let read: i32 = a["nginx.ingress.kubernetes.io/proxy-read-timeout"].parse().unwrap();
+        let read: i32 = a["nginx.ingress.kubernetes.io/proxy-read-timeout"]
+            .parse()
+            .unwrap();
         assert!(read > m.server.ping_interval_seconds + m.server.ping_timeout_seconds);
 
         let spec = ing.spec.unwrap();
@@ -118,7 +142,10 @@ mod tests {
         let rule = &spec.rules.unwrap()[0];
         assert_eq!(rule.host.as_deref(), Some("chat.example.com"));
         let path = &rule.http.as_ref().unwrap().paths[0];
-        assert_eq!((path.path.as_deref(), path.path_type.as_str()), (Some("/"), "Prefix"));
+        assert_eq!(
+            (path.path.as_deref(), path.path_type.as_str()),
+            (Some("/"), "Prefix")
+        );
         let backend = path.backend.service.as_ref().unwrap();
         assert_eq!(backend.name, "chat");
         assert_eq!(backend.port.as_ref().unwrap().name.as_deref(), Some("http"));
@@ -127,12 +154,17 @@ mod tests {
 
     #[test]
     fn ip_hash_affinity_and_tls() {
-        let m = model(json!({"ingress": {"enabled": true, "host": "chat.example.com",
+        let m = model(
+            json!({"ingress": {"enabled": true, "host": "chat.example.com",
             "className": "internal", "affinity": "ip-hash", "tlsSecretName": "chat-tls",
-            "timeouts": {"readSeconds": 120, "sendSeconds": 90, "connectSeconds": 3}}}));
+            "timeouts": {"readSeconds": 120, "sendSeconds": 90, "connectSeconds": 3}}}),
+        );
         let ing = ingress(&m).unwrap();
         let a = annotations(&ing);
-        assert_eq!(a["nginx.ingress.kubernetes.io/upstream-hash-by"], "$remote_addr");
+        assert_eq!(
+            a["nginx.ingress.kubernetes.io/upstream-hash-by"],
+            "$remote_addr"
+        );
         assert!(!a.contains_key("nginx.ingress.kubernetes.io/affinity"));
         assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "120");
         assert_eq!(a["nginx.ingress.kubernetes.io/proxy-send-timeout"], "90");
@@ -141,6 +173,9 @@ mod tests {
         assert_eq!(spec.ingress_class_name.as_deref(), Some("internal"));
         let tls = &spec.tls.unwrap()[0];
         assert_eq!(tls.secret_name.as_deref(), Some("chat-tls"));
-        assert_eq!(tls.hosts.as_deref(), Some(&["chat.example.com".to_string()][..]));
+        assert_eq!(
+            tls.hosts.as_deref(),
+            Some(&["chat.example.com".to_string()][..])
+        );
     }
 }

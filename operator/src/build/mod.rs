@@ -162,7 +162,9 @@ fn restricted_container_security() -> SecurityContext {
     }
 }
 
-fn annotations(pairs: impl IntoIterator<Item = (String, String)>) -> Option<BTreeMap<String, String>> {
+fn annotations(
+    pairs: impl IntoIterator<Item = (String, String)>,
+) -> Option<BTreeMap<String, String>> {
     let m: BTreeMap<_, _> = pairs.into_iter().collect();
     (!m.is_empty()).then_some(m)
 }
@@ -180,9 +182,38 @@ mod tests {
         let redis = d.redis.as_ref().expect("managed redis children");
         assert!(d.ingress.is_none());
         let hash = redis::auth_hash("pw");
-        let pod_ann = |a: &Option<BTreeMap<String, String>>| a.as_ref().unwrap()[REDIS_AUTH_HASH_ANNOTATION].clone();
-        assert_eq!(pod_ann(&d.deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations), hash);
-        assert_eq!(pod_ann(&redis.statefulset.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations), hash);
+        let pod_ann = |a: &Option<BTreeMap<String, String>>| {
+            a.as_ref().unwrap()[REDIS_AUTH_HASH_ANNOTATION].clone()
+        };
+        assert_eq!(
+            pod_ann(
+                &d.deployment
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .metadata
+                    .as_ref()
+                    .unwrap()
+                    .annotations
+            ),
+            hash
+        );
+        assert_eq!(
+            pod_ann(
+                &redis
+                    .statefulset
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .metadata
+                    .as_ref()
+                    .unwrap()
+                    .annotations
+            ),
+            hash
+        );
 
         let m = model(json!({"redis": {"external": {"host": "cache"}},
             "ingress": {"enabled": true, "host": "a.example"}}));
@@ -197,8 +228,12 @@ mod tests {
         let d = desired(&m, Some("pw"));
         let r = d.redis.unwrap();
         let metas = [
-            &d.deployment.metadata, &d.service.metadata, &d.pdb.metadata,
-            &d.ingress.as_ref().unwrap().metadata, &r.secret.metadata, &r.service.metadata,
+            &d.deployment.metadata,
+            &d.service.metadata,
+            &d.pdb.metadata,
+            &d.ingress.as_ref().unwrap().metadata,
+            &r.secret.metadata,
+            &r.service.metadata,
             &r.statefulset.metadata,
         ];
         for meta in metas {

@@ -253,26 +253,59 @@ mod tests {
         assert_eq!(args[i + 1], "$(REDIS_PASSWORD)");
         assert!(!serde_json::to_string(&sts).unwrap().contains("\"pw\""));
         let env = c.env.as_ref().unwrap();
-        let pw = env[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!((env[0].name.as_str(), pw.name.as_str(), pw.key.as_str()), ("REDIS_PASSWORD", "chat-redis-auth", "password"));
+        let pw = env[0]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (env[0].name.as_str(), pw.name.as_str(), pw.key.as_str()),
+            ("REDIS_PASSWORD", "chat-redis-auth", "password")
+        );
         assert!(c.readiness_probe.as_ref().unwrap().exec.is_some());
-        assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
-        assert_eq!(pod.security_context.as_ref().unwrap().run_as_user, Some(REDIS_UID));
-        assert_eq!(pod.volumes.as_ref().unwrap()[0].empty_dir, Some(Default::default()));
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_user,
+            Some(REDIS_UID)
+        );
+        assert_eq!(
+            pod.volumes.as_ref().unwrap()[0].empty_dir,
+            Some(Default::default())
+        );
         assert!(spec.volume_claim_templates.is_none());
-        let ann = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        let ann = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
         assert_eq!(ann[REDIS_AUTH_HASH_ANNOTATION], auth_hash("pw"));
     }
 
     #[test]
     fn statefulset_with_storage_claims_a_volume() {
-        let m = model(json!({"redis": {"managed": {"image": "redis:8", "storage": {"size": "2Gi", "storageClassName": "fast"}}}}));
+        let m = model(
+            json!({"redis": {"managed": {"image": "redis:8", "storage": {"size": "2Gi", "storageClassName": "fast"}}}}),
+        );
         let sts = statefulset(&m, "h").unwrap();
         let spec = sts.spec.unwrap();
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let cs = claim.spec.as_ref().unwrap();
         assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "2Gi");
+        assert_eq!(
+            cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "2Gi"
+        );
         let pod = spec.template.spec.unwrap();
         assert!(pod.volumes.is_none());
         let args = pod.containers[0].args.clone().unwrap();

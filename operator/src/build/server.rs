@@ -4,9 +4,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -50,7 +50,9 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         env_value("REDIS_URL", &model.redis_url()),
     ];
     let password = match &model.redis {
-        RedisModel::Managed { .. } => Some((model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string())),
+        RedisModel::Managed { .. } => {
+            Some((model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string()))
+        }
         RedisModel::External { password, .. } => {
             password.as_ref().map(|p| (p.name.clone(), p.key.clone()))
         }
@@ -163,9 +165,11 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
                     volumes: Some(vec![Volume {
                         name: "tmp".into(),
                         empty_dir: Some(EmptyDirVolumeSource {
-                            size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                                "64Mi".into(),
-                            )),
+                            size_limit: Some(
+                                k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                                    "64Mi".into(),
+                                ),
+                            ),
                             ..Default::default()
                         }),
                         ..Default::default()
@@ -233,19 +237,29 @@ mod tests {
     use serde_json::json;
 
     fn env_of(d: &Deployment) -> Vec<EnvVar> {
-        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
             .env
             .clone()
             .unwrap()
     }
 
     fn find<'a>(env: &'a [EnvVar], name: &str) -> &'a EnvVar {
-        env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("no {name}"))
+        env.iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
     }
 
     #[test]
     fn deployment_wires_the_server_contract() {
-        let m = model(json!({"replicas": 3, "transports": ["websocket"], "pingIntervalSeconds": 10}));
+        let m =
+            model(json!({"replicas": 3, "transports": ["websocket"], "pingIntervalSeconds": 10}));
         let d = deployment(&m, Some("abc"));
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
@@ -254,19 +268,45 @@ mod tests {
         let env = env_of(&d);
         assert_eq!(find(&env, "PORT").value.as_deref(), Some("3000"));
         assert_eq!(
-            find(&env, "NAME").value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+            find(&env, "NAME")
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
             "metadata.name"
         );
         let url = find(&env, "REDIS_URL").value.as_deref().unwrap();
         assert_eq!(url, "redis://chat-redis.apps.svc:6379");
-        let pw = find(&env, "REDIS_PASSWORD").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("chat-redis-auth", "password"));
-        assert!(find(&env, "REDIS_PASSWORD").value.is_none(), "password must come from the Secret");
+        let pw = find(&env, "REDIS_PASSWORD")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (pw.name.as_str(), pw.key.as_str()),
+            ("chat-redis-auth", "password")
+        );
+        assert!(
+            find(&env, "REDIS_PASSWORD").value.is_none(),
+            "password must come from the Secret"
+        );
         assert_eq!(find(&env, "TRANSPORTS").value.as_deref(), Some("websocket"));
         assert_eq!(find(&env, "PING_INTERVAL").value.as_deref(), Some("10s"));
         assert_eq!(find(&env, "SHUTDOWN_GRACE").value.as_deref(), Some("20s"));
         assert_eq!(find(&env, "LOG_FORMAT").value.as_deref(), Some("json"));
-        let annotations = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        let annotations = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
         assert_eq!(annotations[REDIS_AUTH_HASH_ANNOTATION], "abc");
     }
 
@@ -274,21 +314,58 @@ mod tests {
     fn deployment_probes_drain_and_rollout() {
         let d = deployment(&model(json!({})), None);
         let spec = d.spec.as_ref().unwrap();
-        let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+        let ru = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
         assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
         assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
         let pod = spec.template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
-        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
-        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 3000);
-        let sleep = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap();
+        let sleep = c
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref()
+            .unwrap();
         assert_eq!(sleep.seconds, PRE_STOP_SLEEP_SECONDS);
         let grace = pod.termination_grace_period_seconds.unwrap();
-        assert!(grace > PRE_STOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS, "grace {grace} too short for a drain");
-        assert!(spec.template.metadata.as_ref().unwrap().annotations.is_none());
+        assert!(
+            grace > PRE_STOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS,
+            "grace {grace} too short for a drain"
+        );
+        assert!(
+            spec.template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .is_none()
+        );
     }
 
     #[test]
@@ -297,11 +374,17 @@ mod tests {
         let pod = d.spec.unwrap().template.spec.unwrap();
         let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
         let sc = pod.containers[0].security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
 
@@ -316,14 +399,23 @@ mod tests {
         }));
         let d = deployment(&m, None);
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("RealtimeCluster", "chat", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("RealtimeCluster", "chat", Some(true))
+        );
         let pod = d.spec.unwrap().template.spec.unwrap();
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("my/img:2"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
-        assert_eq!(c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0, "1");
+        assert_eq!(
+            c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+            "1"
+        );
         assert_eq!(pod.node_selector.unwrap()["pool"], "rt");
-        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(
+            pod.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
         let spread = pod.topology_spread_constraints.unwrap();
         assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
         assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
@@ -340,11 +432,22 @@ mod tests {
 
     #[test]
     fn external_redis_password_and_url() {
-        let m = model(json!({"redis": {"external": {"url": "rediss://cache.example:6380",
-            "tls": true, "passwordSecretRef": {"name": "creds", "key": "pw"}}}}));
+        let m = model(
+            json!({"redis": {"external": {"url": "rediss://cache.example:6380",
+            "tls": true, "passwordSecretRef": {"name": "creds", "key": "pw"}}}}),
+        );
         let env = env_of(&deployment(&m, None));
-        assert_eq!(find(&env, "REDIS_URL").value.as_deref(), Some("rediss://cache.example:6380"));
-        let pw = find(&env, "REDIS_PASSWORD").value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!(
+            find(&env, "REDIS_URL").value.as_deref(),
+            Some("rediss://cache.example:6380")
+        );
+        let pw = find(&env, "REDIS_PASSWORD")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
         assert_eq!((pw.name.as_str(), pw.key.as_str()), ("creds", "pw"));
 
         let m = model(json!({"redis": {"external": {"host": "cache"}}}));
@@ -354,7 +457,9 @@ mod tests {
 
     #[test]
     fn user_env_comes_after_the_managed_variables() {
-        let m = model(json!({"env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}));
+        let m = model(
+            json!({"env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+        );
         let env = env_of(&deployment(&m, None));
         assert_eq!(env.last().unwrap().name, "API_KEY");
     }
@@ -373,7 +478,13 @@ mod tests {
         let pdb = pod_disruption_budget(&m);
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
-        assert_eq!(spec.selector.unwrap().match_labels.unwrap(), labels::server_selector("chat"));
-        assert_eq!(pdb.metadata.labels.unwrap()[labels::MANAGED_BY], "realtime-operator");
+        assert_eq!(
+            spec.selector.unwrap().match_labels.unwrap(),
+            labels::server_selector("chat")
+        );
+        assert_eq!(
+            pdb.metadata.labels.unwrap()[labels::MANAGED_BY],
+            "realtime-operator"
+        );
     }
 }
