@@ -11,3 +11,5 @@ pub mod control_plane;
 pub mod data_plane;
 pub mod require;
 pub mod sio;
+pub mod kind;
+pub mod scenarios;
