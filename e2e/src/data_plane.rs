@@ -51,10 +51,21 @@ pub fn die_with_parent(cmd: &mut std::process::Command, sig: libc::c_int) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released: another process may take it in between,
-/// which is unlikely on a test machine and shows up as a start failure with a clear log).
+/// A free TCP port on 127.0.0.1, never the same twice in this process (the kernel may hand a
+/// just-released port out again, and parallel tests share the process). It is bound then
+/// released: another process may take it in between, which is unlikely on a test machine and
+/// shows up as a start failure with a clear log.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no fresh free port on 127.0.0.1 after 100 tries")
 }
 
 /// One HTTP response of [`http_get`].

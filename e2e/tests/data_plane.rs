@@ -22,7 +22,7 @@ use realtime_e2e::sio::{
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
-const SECRET: &str = "e2e-test-secret";
+const SECRET: &str = "e2e-test-secret-of-32-bytes-long";
 
 struct Setup {
     // Field order: clients (in the driver) go before the cluster.
