@@ -170,11 +170,18 @@ impl RedisDriver {
     fn handlers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts
         // and removes), so a poisoned lock is still usable.
-        self.inner.handlers.write().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn channels(&self) -> Vec<String> {
-        let map = self.inner.handlers.read().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .inner
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         map.keys().cloned().collect()
     }
 }
@@ -202,13 +209,13 @@ impl Driver for RedisDriver {
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
         self.handlers().insert(chan.clone(), tx);
-        if self.inner.health.redis_usable() {
-            if let Err(e) = self.inner.client.subscribe(chan.as_str()).await {
-                warn!(chan, "redis SUBSCRIBE failed, the monitor will retry: {e}");
-                self.inner.metrics.adapter_error(AdapterOp::Subscribe);
-                self.inner.health.set_redis_subscribed(false);
-                self.inner.resubscribe.notify_one();
-            }
+        if self.inner.health.redis_usable()
+            && let Err(e) = self.inner.client.subscribe(chan.as_str()).await
+        {
+            warn!(chan, "redis SUBSCRIBE failed, the monitor will retry: {e}");
+            self.inner.metrics.adapter_error(AdapterOp::Subscribe);
+            self.inner.health.set_redis_subscribed(false);
+            self.inner.resubscribe.notify_one();
         }
         // Never fail: the channel is remembered, and subscribed as soon as Redis is there.
         Ok(MessageStream::new(rx))
@@ -396,7 +403,10 @@ impl Monitor {
         health.set_redis_connected(connected);
         if connected {
             self.last_down_log = None;
-        } else if self.last_down_log.is_none_or(|t| t.elapsed() >= DOWN_LOG_EVERY) {
+        } else if self
+            .last_down_log
+            .is_none_or(|t| t.elapsed() >= DOWN_LOG_EVERY)
+        {
             warn!(
                 last_error = self.last_error.as_deref().unwrap_or("none yet"),
                 "redis unreachable; retrying (not ready, local delivery only)"
@@ -447,7 +457,10 @@ impl Monitor {
 
     fn subscribe_failed(&mut self, why: &str) {
         warn!("redis SUBSCRIBE failed ({why}); retrying in 1s");
-        self.driver.inner.metrics.adapter_error(AdapterOp::Subscribe);
+        self.driver
+            .inner
+            .metrics
+            .adapter_error(AdapterOp::Subscribe);
         self.resubscribe_after = Instant::now() + Duration::from_secs(1);
     }
 
@@ -486,17 +499,19 @@ impl Monitor {
 
     fn probe_answered(&mut self, data: &[u8]) {
         let inner = &self.driver.inner;
-        let seq = std::str::from_utf8(data).ok().and_then(|s| s.parse::<u64>().ok());
-        if let (Some(seq), Some((want, sent))) = (seq, self.probe_sent) {
-            if seq == want {
-                let rtt = sent.elapsed();
-                inner.metrics.redis_probe_seconds.set(rtt.as_secs_f64());
-                if !inner.health.snapshot().probe_ok {
-                    info!(?rtt, "redis pub/sub path verified; node is ready");
-                }
-                inner.health.set_probe_ok(true);
-                self.probe_sent = None;
+        let seq = std::str::from_utf8(data)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
+        if let (Some(seq), Some((want, sent))) = (seq, self.probe_sent)
+            && seq == want
+        {
+            let rtt = sent.elapsed();
+            inner.metrics.redis_probe_seconds.set(rtt.as_secs_f64());
+            if !inner.health.snapshot().probe_ok {
+                info!(?rtt, "redis pub/sub path verified; node is ready");
             }
+            inner.health.set_probe_ok(true);
+            self.probe_sent = None;
         }
     }
 }

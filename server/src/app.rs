@@ -7,7 +7,7 @@ use socketioxide::{
     SocketIo, SocketIoBuilder, TransportType, adapter::Adapter, handler::ConnectHandler,
     layer::SocketIoLayer,
 };
-use socketioxide_redis::{RedisAdapterCtr, RedisAdapterConfig};
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 

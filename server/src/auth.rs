@@ -121,7 +121,12 @@ pub(crate) mod tests {
     /// A token signed with `secret` carrying `claims`.
     pub fn token_with(alg: Algorithm, secret: &[u8], claims: serde_json::Value) -> String {
         let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     pub fn token(sub: &str) -> String {
@@ -138,7 +143,10 @@ pub(crate) mod tests {
 
     #[test]
     fn valid_token_yields_the_subject() {
-        assert_eq!(Verifier::new(SECRET).verify(&token("alice")), Ok("alice".into()));
+        assert_eq!(
+            Verifier::new(SECRET).verify(&token("alice")),
+            Ok("alice".into())
+        );
     }
 
     #[test]
@@ -160,7 +168,10 @@ pub(crate) mod tests {
             verify(json!({"sub": "a"})),
             Err(AuthError::MissingClaim("exp".into()))
         );
-        assert_eq!(verify(json!({"exp": now() + 60})), Err(AuthError::BadSubject));
+        assert_eq!(
+            verify(json!({"exp": now() + 60})),
+            Err(AuthError::BadSubject)
+        );
         assert_eq!(
             verify(json!({"sub": 42, "exp": now() + 60})),
             Err(AuthError::BadSubject)
@@ -182,17 +193,26 @@ pub(crate) mod tests {
             b"another-secret-0123456789",
             json!({"sub": "a", "exp": now() + 60}),
         );
-        assert_eq!(Verifier::new(SECRET).verify(&other), Err(AuthError::BadSignature));
+        assert_eq!(
+            Verifier::new(SECRET).verify(&other),
+            Err(AuthError::BadSignature)
+        );
         let hs512 = token_with(
             Algorithm::HS512,
             SECRET,
             json!({"sub": "a", "exp": now() + 60}),
         );
-        assert_eq!(Verifier::new(SECRET).verify(&hs512), Err(AuthError::WrongAlgorithm));
+        assert_eq!(
+            Verifier::new(SECRET).verify(&hs512),
+            Err(AuthError::WrongAlgorithm)
+        );
         // alg "none" with an empty signature
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(Verifier::new(SECRET).verify(none).is_err());
-        assert_eq!(Verifier::new(SECRET).verify("not-a-jwt"), Err(AuthError::Malformed));
+        assert_eq!(
+            Verifier::new(SECRET).verify("not-a-jwt"),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
@@ -200,7 +220,10 @@ pub(crate) mod tests {
         let v = Verifier::new(SECRET);
         assert_eq!(v.verify_handshake(None), Err(AuthError::MissingToken));
         let empty = HandshakeAuth::default();
-        assert_eq!(v.verify_handshake(Some(&empty)), Err(AuthError::MissingToken));
+        assert_eq!(
+            v.verify_handshake(Some(&empty)),
+            Err(AuthError::MissingToken)
+        );
         let num = HandshakeAuth {
             token: Some(json!(5)),
         };
@@ -209,6 +232,10 @@ pub(crate) mod tests {
             token: Some(json!(token("bob"))),
         };
         assert_eq!(v.verify_handshake(Some(&ok)), Ok("bob".into()));
-        assert!(AuthError::MissingToken.to_string().contains("auth: { token"));
+        assert!(
+            AuthError::MissingToken
+                .to_string()
+                .contains("auth: { token")
+        );
     }
 }

@@ -189,7 +189,9 @@ impl Cli {
         };
         if node_name.is_empty()
             || node_name.len() > 63
-            || node_name.chars().any(|c| c.is_control() || c.is_whitespace())
+            || node_name
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(ConfigError::Name(node_name));
         }
@@ -210,7 +212,10 @@ impl Cli {
         let ping_interval: Duration = self.ping_interval.into();
         let ping_timeout: Duration = self.ping_timeout.into();
         let min = Duration::from_millis(100);
-        for (name, got) in [("PING_INTERVAL", ping_interval), ("PING_TIMEOUT", ping_timeout)] {
+        for (name, got) in [
+            ("PING_INTERVAL", ping_interval),
+            ("PING_TIMEOUT", ping_timeout),
+        ] {
             if got < min {
                 return Err(ConfigError::TooShort { name, min, got });
             }
@@ -229,16 +234,16 @@ impl Cli {
         };
 
         let auth_secret = non_empty(self.auth_secret);
-        if let Some(s) = &auth_secret {
-            if s.len() < 16 {
-                return Err(ConfigError::AuthSecret(s.len()));
-            }
+        if let Some(s) = &auth_secret
+            && s.len() < 16
+        {
+            return Err(ConfigError::AuthSecret(s.len()));
         }
         let api_key = non_empty(self.api_key);
-        if let Some(k) = &api_key {
-            if k.len() < 16 {
-                return Err(ConfigError::ApiKey(k.len()));
-            }
+        if let Some(k) = &api_key
+            && k.len() < 16
+        {
+            return Err(ConfigError::ApiKey(k.len()));
         }
 
         let shutdown_grace: Duration = self.shutdown_grace.into();
@@ -485,7 +490,10 @@ mod tests {
             parse_transports("websocket, polling").unwrap(),
             Transports::PollingAndWebsocket
         );
-        assert_eq!(parse_transports("websocket").unwrap(), Transports::Websocket);
+        assert_eq!(
+            parse_transports("websocket").unwrap(),
+            Transports::Websocket
+        );
         assert_eq!(parse_transports("polling").unwrap(), Transports::Polling);
         for bad in ["", "ws", "websocket,websocket", "polling,", "webtransport"] {
             assert!(parse_transports(bad).is_err(), "{bad:?} accepted");
@@ -516,9 +524,7 @@ mod tests {
         assert!(settings(&["--shutdown-grace=0s"]).is_err());
         assert!(settings(&["--shutdown-grace=2h"]).is_err());
         // humantime syntax errors are clap errors, reported before validation
-        assert!(
-            Cli::try_parse_from(["realtime-server", "--ping-interval=soon"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["realtime-server", "--ping-interval=soon"]).is_err());
         assert!(Cli::try_parse_from(["realtime-server", "--log-format=xml"]).is_err());
         assert!(Cli::try_parse_from(["realtime-server", "--bind=localhost"]).is_err());
     }

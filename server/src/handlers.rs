@@ -144,10 +144,7 @@ struct SocketCtx {
 /// Connect handler. Synchronous on purpose: the event handler must be registered before
 /// socketioxide reads the client's next packet, or a `join` sent right after the connect
 /// could find no handler.
-pub fn on_connect<A: Adapter>(
-    s: SocketRef<A>,
-    State(app): State<Arc<App>>,
-) -> Ready<()> {
+pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> Ready<()> {
     let user = s.extensions.get::<UserId>().map(|u| u.0);
     let id = s.id.to_string();
     let mut rooms = vec![
@@ -182,7 +179,13 @@ pub fn on_connect<A: Adapter>(
         node: &'a str,
         id: &'a str,
     }
-    match s.emit("hello", &Hello { node: &app.node, id: &id }) {
+    match s.emit(
+        "hello",
+        &Hello {
+            node: &app.node,
+            id: &id,
+        },
+    ) {
         Ok(()) => app.metrics.event_out(OutKind::Hello),
         Err(e) => debug!(sid = %id, "hello not sent: {e}"),
     }
@@ -200,7 +203,10 @@ impl<A: Adapter> FromMessageParts<A> for Frame {
         v: &mut Value,
         _: &Option<i64>,
     ) -> Result<Self, Infallible> {
-        Ok(Frame(std::mem::replace(v, Value::Bytes(bytes::Bytes::new()))))
+        Ok(Frame(std::mem::replace(
+            v,
+            Value::Bytes(bytes::Bytes::new()),
+        )))
     }
 }
 
@@ -259,7 +265,8 @@ fn on_event<A: Adapter>(
     frame: Frame,
 ) -> BoxFuture {
     let ctx2 = ctx.clone();
-    ctx.order.enqueue(async move { handle_event(&ctx2.app, s, io, ack, frame).await })
+    ctx.order
+        .enqueue(async move { handle_event(&ctx2.app, s, io, ack, frame).await })
 }
 
 async fn handle_event<A: Adapter>(
@@ -356,7 +363,10 @@ pub async fn presence<A: Adapter>(
         }
     }
     let rooms = root.local().to(room).rooms().await.unwrap_or_default();
-    (members_from_rooms(rooms.iter().map(|r| r.as_ref())), cross_node)
+    (
+        members_from_rooms(rooms.iter().map(|r| r.as_ref())),
+        cross_node,
+    )
 }
 
 /// Where an outgoing message goes.
@@ -460,7 +470,12 @@ mod tests {
         let id = "AbCdEfGhIjKlMnOp";
         // a client joining a room named like a socket id, or like an internal room, gets a
         // `room:` room, which no internal name starts with
-        for name in [id, "sid:AbCdEfGhIjKlMnOp", "user:alice", "member:[\"x\",\"n\"]"] {
+        for name in [
+            id,
+            "sid:AbCdEfGhIjKlMnOp",
+            "user:alice",
+            "member:[\"x\",\"n\"]",
+        ] {
             let r = client_room(name);
             assert!(r.starts_with("room:"));
             assert_ne!(r, socket_room(id));
@@ -475,12 +490,20 @@ mod tests {
         let r = member_room("s1", "node-a", Some("al\"ice"));
         assert_eq!(
             parse_member_room(&r),
-            Some(Member { id: "s1".into(), node: "node-a".into(), user: Some("al\"ice".into()) })
+            Some(Member {
+                id: "s1".into(),
+                node: "node-a".into(),
+                user: Some("al\"ice".into())
+            })
         );
         let r = member_room("s2", "n,b", None);
         assert_eq!(
             parse_member_room(&r),
-            Some(Member { id: "s2".into(), node: "n,b".into(), user: None })
+            Some(Member {
+                id: "s2".into(),
+                node: "n,b".into(),
+                user: None
+            })
         );
         assert!(parse_member_room("member:not json").is_none());
         assert!(parse_member_room("member:[\"only-id\"]").is_none());
@@ -501,8 +524,16 @@ mod tests {
         assert_eq!(
             members,
             vec![
-                Member { id: "a".into(), node: "n1".into(), user: Some("u".into()) },
-                Member { id: "b".into(), node: "n2".into(), user: None },
+                Member {
+                    id: "a".into(),
+                    node: "n1".into(),
+                    user: Some("u".into())
+                },
+                Member {
+                    id: "b".into(),
+                    node: "n2".into(),
+                    user: None
+                },
             ]
         );
         let json = serde_json::to_value(&members).unwrap();
@@ -515,19 +546,35 @@ mod tests {
     #[test]
     fn acks_have_the_contract_shape() {
         assert_eq!(
-            serde_json::to_string(&OkAck { ok: true, partial: false }).unwrap(),
+            serde_json::to_string(&OkAck {
+                ok: true,
+                partial: false
+            })
+            .unwrap(),
             r#"{"ok":true}"#
         );
         assert_eq!(
-            serde_json::to_string(&OkAck { ok: true, partial: true }).unwrap(),
+            serde_json::to_string(&OkAck {
+                ok: true,
+                partial: true
+            })
+            .unwrap(),
             r#"{"ok":true,"partial":true}"#
         );
         assert_eq!(
-            serde_json::to_string(&ErrAck { ok: false, error: "x" }).unwrap(),
+            serde_json::to_string(&ErrAck {
+                ok: false,
+                error: "x"
+            })
+            .unwrap(),
             r#"{"ok":false,"error":"x"}"#
         );
         assert_eq!(
-            serde_json::to_string(&PresenceAck { members: vec![], partial: false }).unwrap(),
+            serde_json::to_string(&PresenceAck {
+                members: vec![],
+                partial: false
+            })
+            .unwrap(),
             r#"{"members":[]}"#
         );
     }

@@ -151,7 +151,8 @@ mod tests {
     #[test]
     fn redis_mode_needs_every_condition() {
         assert_eq!(readiness(&healthy_redis()), Ok(()));
-        let cases: [(fn(&mut Snapshot), &str); 5] = [
+        type Break = fn(&mut Snapshot);
+        let cases: [(Break, &str); 5] = [
             (|s| s.redis_connected = false, "redis: not connected"),
             (
                 |s| s.redis_subscribed = false,
@@ -176,6 +177,9 @@ mod tests {
         let h = Health::new(Mode::Redis);
         assert!(!h.redis_usable());
         h.set_redis_connected(true);
-        assert!(h.redis_usable(), "publishing works before resubscription ends");
+        assert!(
+            h.redis_usable(),
+            "publishing works before resubscription ends"
+        );
     }
 }

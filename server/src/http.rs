@@ -92,7 +92,11 @@ async fn readyz<A: Adapter>(State(st): State<HttpState<A>>) -> Response {
     let result = readiness(&snap);
     st.app.metrics.ready.set(i64::from(result.is_ok()));
     match result {
-        Ok(()) => (StatusCode::OK, Json(json!({"ready": true, "node": st.app.node}))).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"ready": true, "node": st.app.node})),
+        )
+            .into_response(),
         Err(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "node": st.app.node, "reasons": reasons})),
@@ -184,13 +188,25 @@ mod tests {
     fn bearer_key_check() {
         let mut h = HeaderMap::new();
         assert!(!bearer_ok(&h, "k1234567890abcdef"));
-        h.insert(header::AUTHORIZATION, "Bearer k1234567890abcdef".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer k1234567890abcdef".parse().unwrap(),
+        );
         assert!(bearer_ok(&h, "k1234567890abcdef"));
-        h.insert(header::AUTHORIZATION, "bearer  k1234567890abcdef ".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "bearer  k1234567890abcdef ".parse().unwrap(),
+        );
         assert!(bearer_ok(&h, "k1234567890abcdef"));
-        h.insert(header::AUTHORIZATION, "Bearer k1234567890abcdeX".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer k1234567890abcdeX".parse().unwrap(),
+        );
         assert!(!bearer_ok(&h, "k1234567890abcdef"));
-        h.insert(header::AUTHORIZATION, "Basic k1234567890abcdef".parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic k1234567890abcdef".parse().unwrap(),
+        );
         assert!(!bearer_ok(&h, "k1234567890abcdef"));
         h.insert(header::AUTHORIZATION, "Bearer k123".parse().unwrap());
         assert!(!bearer_ok(&h, "k1234567890abcdef"));

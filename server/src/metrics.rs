@@ -89,7 +89,12 @@ pub enum AdapterOp {
 }
 
 impl AdapterOp {
-    const ALL: [AdapterOp; 4] = [Self::Broadcast, Self::Presence, Self::Subscribe, Self::Publish];
+    const ALL: [AdapterOp; 4] = [
+        Self::Broadcast,
+        Self::Presence,
+        Self::Subscribe,
+        Self::Publish,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             Self::Broadcast => "broadcast",
@@ -160,11 +165,23 @@ impl Metrics {
         r.register("node_info", "This node: name, adapter, version", info);
 
         let connected = Gauge::default();
-        r.register("connected_sockets", "Sockets connected to this node", connected.clone());
+        r.register(
+            "connected_sockets",
+            "Sockets connected to this node",
+            connected.clone(),
+        );
         let connections = Counter::default();
-        r.register("connections", "Sockets accepted since start", connections.clone());
+        r.register(
+            "connections",
+            "Sockets accepted since start",
+            connections.clone(),
+        );
         let auth_failures = Counter::default();
-        r.register("auth_failures", "Handshakes refused for a missing or invalid token", auth_failures.clone());
+        r.register(
+            "auth_failures",
+            "Handshakes refused for a missing or invalid token",
+            auth_failures.clone(),
+        );
 
         let fam = Family::<EventLabels, Counter>::default();
         let events_in = EventKind::ALL.map(|k| {
@@ -176,10 +193,15 @@ impl Metrics {
                 .clone()
             })
         });
-        r.register("events_in", "Client events received, by event and outcome", fam);
+        r.register(
+            "events_in",
+            "Client events received, by event and outcome",
+            fam,
+        );
 
         let fam = Family::<KindLabels, Counter>::default();
-        let events_out = OutKind::ALL.map(|k| fam.get_or_create(&KindLabels { kind: k.as_str() }).clone());
+        let events_out =
+            OutKind::ALL.map(|k| fam.get_or_create(&KindLabels { kind: k.as_str() }).clone());
         r.register(
             "events_out",
             "Events emitted by this node, by kind (a broadcast counts once, not per receiver)",
@@ -194,11 +216,20 @@ impl Metrics {
         );
 
         let fam = Family::<OpLabels, Counter>::default();
-        let adapter_errors = AdapterOp::ALL.map(|o| fam.get_or_create(&OpLabels { op: o.as_str() }).clone());
-        r.register("adapter_errors", "Adapter (Redis) operations that failed, by operation", fam);
+        let adapter_errors =
+            AdapterOp::ALL.map(|o| fam.get_or_create(&OpLabels { op: o.as_str() }).clone());
+        r.register(
+            "adapter_errors",
+            "Adapter (Redis) operations that failed, by operation",
+            fam,
+        );
 
         let redis_connected = Gauge::default();
-        r.register("redis_connected", "1 while the Redis connection is up", redis_connected.clone());
+        r.register(
+            "redis_connected",
+            "1 while the Redis connection is up",
+            redis_connected.clone(),
+        );
         let redis_subscribed = Gauge::default();
         r.register(
             "redis_subscribed",
@@ -206,12 +237,27 @@ impl Metrics {
             redis_subscribed.clone(),
         );
         let redis_reconnects = Counter::default();
-        r.register("redis_reconnects", "Redis reconnections", redis_reconnects.clone());
+        r.register(
+            "redis_reconnects",
+            "Redis reconnections",
+            redis_reconnects.clone(),
+        );
         let redis_messages = Counter::default();
-        r.register("redis_messages_received", "Pub/sub messages received from Redis", redis_messages.clone());
+        r.register(
+            "redis_messages_received",
+            "Pub/sub messages received from Redis",
+            redis_messages.clone(),
+        );
         let fam = Family::<ReasonLabels, Counter>::default();
-        let redis_dropped = DropReason::ALL.map(|d| fam.get_or_create(&ReasonLabels { reason: d.as_str() }).clone());
-        r.register("redis_messages_dropped", "Pub/sub messages dropped before the adapter, by reason", fam);
+        let redis_dropped = DropReason::ALL.map(|d| {
+            fam.get_or_create(&ReasonLabels { reason: d.as_str() })
+                .clone()
+        });
+        r.register(
+            "redis_messages_dropped",
+            "Pub/sub messages dropped before the adapter, by reason",
+            fam,
+        );
         let redis_pump_restarts = Counter::default();
         r.register(
             "redis_pump_restarts",
@@ -278,7 +324,10 @@ impl Metrics {
 
     #[inline]
     pub fn redis_dropped(&self, reason: DropReason, n: u64) {
-        let i = DropReason::ALL.iter().position(|d| *d == reason).unwrap_or(0);
+        let i = DropReason::ALL
+            .iter()
+            .position(|d| *d == reason)
+            .unwrap_or(0);
         self.redis_dropped[i].inc_by(n);
     }
 
@@ -322,18 +371,30 @@ mod tests {
         m.redis_connected.set(1);
         m.ready.set(1);
         let text = m.render();
-        assert_eq!(line(&text, "realtime_connected_sockets "), "realtime_connected_sockets 3");
         assert_eq!(
-            line(&text, "realtime_events_in_total{event=\"publish\",result=\"ok\"}"),
+            line(&text, "realtime_connected_sockets "),
+            "realtime_connected_sockets 3"
+        );
+        assert_eq!(
+            line(
+                &text,
+                "realtime_events_in_total{event=\"publish\",result=\"ok\"}"
+            ),
             "realtime_events_in_total{event=\"publish\",result=\"ok\"} 2"
         );
         assert_eq!(
-            line(&text, "realtime_events_in_total{event=\"join\",result=\"error\"}"),
+            line(
+                &text,
+                "realtime_events_in_total{event=\"join\",result=\"error\"}"
+            ),
             "realtime_events_in_total{event=\"join\",result=\"error\"} 1"
         );
         // pre-created series show up at zero, so rates work from the first scrape
         assert_eq!(
-            line(&text, "realtime_events_in_total{event=\"presence\",result=\"ok\"}"),
+            line(
+                &text,
+                "realtime_events_in_total{event=\"presence\",result=\"ok\"}"
+            ),
             "realtime_events_in_total{event=\"presence\",result=\"ok\"} 0"
         );
         assert!(text.contains("realtime_events_out_total{kind=\"hello\"} 1"));

@@ -244,7 +244,11 @@ fn room_arg(arg: Option<&RawValue>) -> Result<Cow<'_, str>, InputError> {
 }
 
 fn room(v: Option<&RawValue>) -> Result<Cow<'_, str>, InputError> {
-    bounded_str(v.ok_or(InputError::NotAString("room"))?, "room", MAX_ROOM_BYTES)
+    bounded_str(
+        v.ok_or(InputError::NotAString("room"))?,
+        "room",
+        MAX_ROOM_BYTES,
+    )
 }
 
 fn event_name(v: Option<&RawValue>) -> Result<Cow<'_, str>, InputError> {
@@ -324,7 +328,11 @@ mod tests {
         let (ev, _) = split_frame(r#"["caf\u00e9",1]"#).unwrap();
         assert_eq!(ev, "café");
         for bad in ["", "[]", "{}", "[1]", r#"["a""#, r#"["a"] x"#, "null"] {
-            assert_eq!(split_frame(bad).unwrap_err(), InputError::Malformed, "{bad}");
+            assert_eq!(
+                split_frame(bad).unwrap_err(),
+                InputError::Malformed,
+                "{bad}"
+            );
         }
     }
 
@@ -337,7 +345,10 @@ mod tests {
         assert_eq!(err(r#"["join",null]"#), "room must be a non-empty string");
         assert_eq!(err(r#"["join",42]"#), "room must be a non-empty string");
         assert_eq!(err(r#"["join",["a"]]"#), "room must be a non-empty string");
-        assert_eq!(err(r#"["leave",{"room":"a"}]"#), "room must be a non-empty string");
+        assert_eq!(
+            err(r#"["leave",{"room":"a"}]"#),
+            "room must be a non-empty string"
+        );
     }
 
     #[test]
@@ -380,14 +391,35 @@ mod tests {
             err(r#"["publish",{"room":null,"event":"e","data":1}]"#),
             "room must be a non-empty string"
         );
-        assert_eq!(err(r#"["publish",{"event":"e"}]"#), "data is required (null is allowed)");
-        assert_eq!(err(r#"["publish",{"data":1}]"#), "event must be a non-empty string");
-        assert_eq!(err(r#"["publish",{"event":7,"data":1}]"#), "event must be a non-empty string");
-        assert_eq!(err(r#"["publish",{"event":"","data":1}]"#), "event must be a non-empty string");
+        assert_eq!(
+            err(r#"["publish",{"event":"e"}]"#),
+            "data is required (null is allowed)"
+        );
+        assert_eq!(
+            err(r#"["publish",{"data":1}]"#),
+            "event must be a non-empty string"
+        );
+        assert_eq!(
+            err(r#"["publish",{"event":7,"data":1}]"#),
+            "event must be a non-empty string"
+        );
+        assert_eq!(
+            err(r#"["publish",{"event":"","data":1}]"#),
+            "event must be a non-empty string"
+        );
         assert_eq!(err(r#"["publish"]"#), "publish payload must be an object");
-        assert_eq!(err(r#"["publish",null]"#), "publish payload must be an object");
-        assert_eq!(err(r#"["publish",["e",1]]"#), "publish payload must be an object");
-        assert_eq!(err(r#"["publish","e"]"#), "publish payload must be an object");
+        assert_eq!(
+            err(r#"["publish",null]"#),
+            "publish payload must be an object"
+        );
+        assert_eq!(
+            err(r#"["publish",["e",1]]"#),
+            "publish payload must be an object"
+        );
+        assert_eq!(
+            err(r#"["publish","e"]"#),
+            "publish payload must be an object"
+        );
         assert_eq!(
             err(r#"["publish",{"event":"e","data":1,"data":2}]"#),
             "publish payload must be an object",
@@ -412,7 +444,11 @@ mod tests {
     #[test]
     fn send_to_a_socket_or_a_user() {
         match cmd(r#"["send",{"to":"AbC-12_xyz","event":"dm","data":[1,2]}]"#).unwrap() {
-            Command::Send { target, event, data } => {
+            Command::Send {
+                target,
+                event,
+                data,
+            } => {
                 assert_eq!(target, Target::Socket("AbC-12_xyz".into()));
                 assert_eq!(event, "dm");
                 assert_eq!(data.get(), "[1,2]");
@@ -429,18 +465,35 @@ mod tests {
         }
         let both = r#"["send",{"to":"a","user":"u1","event":"dm","data":1}]"#;
         assert_eq!(cmd_auth(both).unwrap_err(), InputError::SendTarget);
-        assert_eq!(err(r#"["send",{"event":"dm","data":1}]"#), InputError::SendTarget.to_string());
-        assert_eq!(err(r#"["send",{"to":"","event":"dm","data":1}]"#), "to must be a non-empty string");
-        assert_eq!(err(r#"["send",{"to":5,"event":"dm","data":1}]"#), "to must be a non-empty string");
-        assert_eq!(err(r#"["send",{"to":"a","event":"dm"}]"#), "data is required (null is allowed)");
+        assert_eq!(
+            err(r#"["send",{"event":"dm","data":1}]"#),
+            InputError::SendTarget.to_string()
+        );
+        assert_eq!(
+            err(r#"["send",{"to":"","event":"dm","data":1}]"#),
+            "to must be a non-empty string"
+        );
+        assert_eq!(
+            err(r#"["send",{"to":5,"event":"dm","data":1}]"#),
+            "to must be a non-empty string"
+        );
+        assert_eq!(
+            err(r#"["send",{"to":"a","event":"dm"}]"#),
+            "data is required (null is allowed)"
+        );
         assert_eq!(err(r#"["send","a"]"#), "send payload must be an object");
     }
 
     #[test]
     fn presence_takes_a_room() {
-        assert!(matches!(cmd(r#"["presence",{"room":"r"}]"#), Ok(Command::Presence(r)) if r == "r"));
+        assert!(
+            matches!(cmd(r#"["presence",{"room":"r"}]"#), Ok(Command::Presence(r)) if r == "r")
+        );
         assert_eq!(err(r#"["presence",{}]"#), "room must be a non-empty string");
-        assert_eq!(err(r#"["presence","r"]"#), "presence payload must be an object");
+        assert_eq!(
+            err(r#"["presence","r"]"#),
+            "presence payload must be an object"
+        );
     }
 
     #[test]

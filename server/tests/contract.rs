@@ -23,11 +23,20 @@ async fn room_publish_reaches_members_including_sender_only() {
     let (mut a, _) = Client::hello(srv.addr, None).await;
     let (mut b, _) = Client::hello(srv.addr, None).await;
     let (mut outsider, _) = Client::hello(srv.addr, None).await;
-    assert_eq!(a.emit_ack("join", json!("lobby")).await, json!({"ok": true}));
-    assert_eq!(b.emit_ack("join", json!("lobby")).await, json!({"ok": true}));
+    assert_eq!(
+        a.emit_ack("join", json!("lobby")).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        b.emit_ack("join", json!("lobby")).await,
+        json!({"ok": true})
+    );
 
     let ack = a
-        .emit_ack("publish", json!({"room": "lobby", "event": "chat", "data": {"text": "hi", "n": [1, 2.5, null]}}))
+        .emit_ack(
+            "publish",
+            json!({"room": "lobby", "event": "chat", "data": {"text": "hi", "n": [1, 2.5, null]}}),
+        )
         .await;
     assert_eq!(ack, json!({"ok": true}));
     let want = json!({"text": "hi", "n": [1, 2.5, null]});
@@ -36,8 +45,15 @@ async fn room_publish_reaches_members_including_sender_only() {
     outsider.expect_silence(QUIET).await;
 
     // leave: no more room messages
-    assert_eq!(b.emit_ack("leave", json!("lobby")).await, json!({"ok": true}));
-    a.emit_ack("publish", json!({"room": "lobby", "event": "chat", "data": 2})).await;
+    assert_eq!(
+        b.emit_ack("leave", json!("lobby")).await,
+        json!({"ok": true})
+    );
+    a.emit_ack(
+        "publish",
+        json!({"room": "lobby", "event": "chat", "data": 2}),
+    )
+    .await;
     assert_eq!(a.expect_event("chat").await, json!(2));
     b.expect_silence(QUIET).await;
 }
@@ -47,7 +63,9 @@ async fn publish_without_room_reaches_every_socket_and_null_data_is_kept() {
     let srv = Server::start(&[]).await;
     let (mut a, _) = Client::hello(srv.addr, None).await;
     let (mut b, _) = Client::hello(srv.addr, None).await;
-    let ack = a.emit_ack("publish", json!({"event": "news", "data": null})).await;
+    let ack = a
+        .emit_ack("publish", json!({"event": "news", "data": null}))
+        .await;
     assert_eq!(ack, json!({"ok": true}));
     assert_eq!(a.expect_event("news").await, Value::Null);
     assert_eq!(b.expect_event("news").await, Value::Null);
@@ -60,7 +78,8 @@ async fn acks_are_optional() {
     let (mut b, _) = Client::hello(srv.addr, None).await;
     // no ack id: same effect, no reply
     b.emit("join", json!("r")).await;
-    a.emit("publish", json!({"room": "r", "event": "e", "data": 1})).await;
+    a.emit("publish", json!({"room": "r", "event": "e", "data": 1}))
+        .await;
     assert_eq!(b.expect_event("e").await, json!(1));
     a.expect_silence(QUIET).await;
     // extra arguments before the ack are ignored
@@ -75,10 +94,21 @@ async fn send_reaches_exactly_one_socket_even_if_someone_joins_a_room_named_like
     let (mut b, _) = Client::hello(srv.addr, None).await;
     let (mut snoop, _) = Client::hello(srv.addr, None).await;
     // a client room named after b's id, and after the internal room name
-    assert_eq!(snoop.emit_ack("join", json!(b.id)).await, json!({"ok": true}));
-    assert_eq!(snoop.emit_ack("join", json!(format!("sid:{}", b.id))).await, json!({"ok": true}));
+    assert_eq!(
+        snoop.emit_ack("join", json!(b.id)).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        snoop.emit_ack("join", json!(format!("sid:{}", b.id))).await,
+        json!({"ok": true})
+    );
 
-    let ack = a.emit_ack("send", json!({"to": b.id, "event": "dm", "data": {"secret": 1}})).await;
+    let ack = a
+        .emit_ack(
+            "send",
+            json!({"to": b.id, "event": "dm", "data": {"secret": 1}}),
+        )
+        .await;
     assert_eq!(ack, json!({"ok": true}));
     assert_eq!(b.expect_event("dm").await, json!({"secret": 1}));
     snoop.expect_silence(QUIET).await;
@@ -86,10 +116,18 @@ async fn send_reaches_exactly_one_socket_even_if_someone_joins_a_room_named_like
 
     // presence of the look-alike room lists only the snooper
     let p = a.emit_ack("presence", json!({"room": b.id})).await;
-    assert_eq!(p, json!({"members": [{"id": snoop.id, "node": "test-host"}]}));
+    assert_eq!(
+        p,
+        json!({"members": [{"id": snoop.id, "node": "test-host"}]})
+    );
 
     // an unknown id reaches nobody and is not an error (like the reference)
-    let ack = a.emit_ack("send", json!({"to": "nobody-here", "event": "dm", "data": 1})).await;
+    let ack = a
+        .emit_ack(
+            "send",
+            json!({"to": "nobody-here", "event": "dm", "data": 1}),
+        )
+        .await;
     assert_eq!(ack, json!({"ok": true}));
 }
 
@@ -104,7 +142,10 @@ async fn presence_lists_each_member_once() {
     let p = a.emit_ack("presence", json!({"room": "r"})).await;
     let mut members: Vec<Value> = p["members"].as_array().unwrap().clone();
     members.sort_by_key(|m| m["id"].as_str().unwrap().to_owned());
-    let mut want = vec![json!({"id": a.id, "node": "n1"}), json!({"id": b.id, "node": "n1"})];
+    let mut want = vec![
+        json!({"id": a.id, "node": "n1"}),
+        json!({"id": b.id, "node": "n1"}),
+    ];
     want.sort_by_key(|m| m["id"].as_str().unwrap().to_owned());
     assert_eq!(members, want);
     assert_eq!(
@@ -122,15 +163,36 @@ async fn malformed_input_gets_an_error_ack_and_the_connection_stays_up() {
         (r#"["join",5]"#, "room must be a non-empty string"),
         (r#"["join"]"#, "room must be a non-empty string"),
         (r#"["leave",""]"#, "room must be a non-empty string"),
-        (r#"["publish",{"room":null,"event":"e","data":1}]"#, "room must be a non-empty string"),
-        (r#"["publish",{"event":"e"}]"#, "data is required (null is allowed)"),
+        (
+            r#"["publish",{"room":null,"event":"e","data":1}]"#,
+            "room must be a non-empty string",
+        ),
+        (
+            r#"["publish",{"event":"e"}]"#,
+            "data is required (null is allowed)",
+        ),
         (r#"["publish",[1]]"#, "publish payload must be an object"),
         (r#"["publish",null]"#, "publish payload must be an object"),
-        (r#"["publish",{"event":"disconnect","data":1}]"#, "event \"disconnect\" is reserved"),
-        (r#"["publish",{"event":5,"data":1}]"#, "event must be a non-empty string"),
-        (r#"["send",{"event":"e","data":1}]"#, "send needs exactly one of `to` (socket id) or `user`"),
-        (r#"["send",{"user":"u","event":"e","data":1}]"#, "send to a user needs auth, which is not enabled on this server"),
-        (r#"["presence",{"room":7}]"#, "room must be a non-empty string"),
+        (
+            r#"["publish",{"event":"disconnect","data":1}]"#,
+            "event \"disconnect\" is reserved",
+        ),
+        (
+            r#"["publish",{"event":5,"data":1}]"#,
+            "event must be a non-empty string",
+        ),
+        (
+            r#"["send",{"event":"e","data":1}]"#,
+            "send needs exactly one of `to` (socket id) or `user`",
+        ),
+        (
+            r#"["send",{"user":"u","event":"e","data":1}]"#,
+            "send to a user needs auth, which is not enabled on this server",
+        ),
+        (
+            r#"["presence",{"room":7}]"#,
+            "room must be a non-empty string",
+        ),
         (r#"["bench",{"t":1}]"#, "unknown event \"bench\""),
     ];
     for (frame, error) in cases {
@@ -145,11 +207,20 @@ async fn malformed_input_gets_an_error_ack_and_the_connection_stays_up() {
     // nothing was emitted to anyone, and both connections still work
     other.expect_silence(QUIET).await;
     assert_eq!(a.emit_ack("join", json!("ok")).await, json!({"ok": true}));
-    assert_eq!(other.emit_ack("join", json!("ok")).await, json!({"ok": true}));
+    assert_eq!(
+        other.emit_ack("join", json!("ok")).await,
+        json!({"ok": true})
+    );
 
     let (_, metrics) = srv.get("/metrics").await;
-    assert!(metrics.contains("realtime_events_in_total{event=\"unknown\",result=\"error\"} 1"), "{metrics}");
-    assert!(metrics.contains("realtime_events_in_total{event=\"publish\",result=\"error\"} 6"), "{metrics}");
+    assert!(
+        metrics.contains("realtime_events_in_total{event=\"unknown\",result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("realtime_events_in_total{event=\"publish\",result=\"error\"} 6"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -160,7 +231,8 @@ async fn a_burst_arrives_complete_and_in_order() {
     b.emit_ack("join", json!("burst")).await;
     const N: i64 = 500;
     for i in 0..N {
-        a.emit("publish", json!({"room": "burst", "event": "n", "data": i})).await;
+        a.emit("publish", json!({"room": "burst", "event": "n", "data": i}))
+            .await;
     }
     for i in 0..N {
         assert_eq!(b.expect_event("n").await, json!(i));
@@ -174,7 +246,11 @@ async fn oversized_packet_is_refused_without_disturbing_others() {
     let (mut a, _) = Client::hello(srv.addr, None).await;
     let (mut b, _) = Client::hello(srv.addr, None).await;
     b.emit_ack("join", json!("r")).await;
-    big.emit("publish", json!({"room": "r", "event": "e", "data": "x".repeat(4096)})).await;
+    big.emit(
+        "publish",
+        json!({"room": "r", "event": "e", "data": "x".repeat(4096)}),
+    )
+    .await;
     // the offender's connection is closed, and nothing reached the room
     match big.next(Duration::from_secs(3)).await {
         Some(Incoming::Closed) | Some(Incoming::EngineClose) => {}
@@ -182,7 +258,12 @@ async fn oversized_packet_is_refused_without_disturbing_others() {
     }
     b.expect_silence(QUIET).await;
     // everybody else carries on
-    let ack = a.emit_ack("publish", json!({"room": "r", "event": "e", "data": "small"})).await;
+    let ack = a
+        .emit_ack(
+            "publish",
+            json!({"room": "r", "event": "e", "data": "small"}),
+        )
+        .await;
     assert_eq!(ack, json!({"ok": true}));
     assert_eq!(b.expect_event("e").await, json!("small"));
 }
@@ -193,11 +274,17 @@ async fn http_probes_and_metrics() {
     assert_eq!(srv.get("/healthz").await, (200, "ok\n".into()));
     let (status, body) = srv.get("/readyz").await;
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["ready"], json!(true));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["ready"],
+        json!(true)
+    );
     let (_c, _) = Client::hello(srv.addr, None).await;
     let (status, metrics) = srv.get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("realtime_connected_sockets 1"), "{metrics}");
+    assert!(
+        metrics.contains("realtime_connected_sockets 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("realtime_events_out_total{kind=\"hello\"} 1"));
     assert!(metrics.contains("realtime_node_info{node=\"probe-node\",adapter=\"memory\""));
     let (status, page) = srv.get("/").await;
@@ -221,11 +308,31 @@ async fn publish_api_needs_the_bearer_key() {
     };
     let body = r#"{"room":"ops","event":"alert","data":{"level":"high"}}"#;
     assert_eq!(post(body, None).await.unwrap().status(), 401);
-    assert_eq!(post(body, Some("Bearer wrong-key-wrong-key")).await.unwrap().status(), 401);
-    let r = post(r#"{"room":"ops","event":"alert"}"#, Some(&format!("Bearer {key}"))).await.unwrap();
+    assert_eq!(
+        post(body, Some("Bearer wrong-key-wrong-key"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = post(
+        r#"{"room":"ops","event":"alert"}"#,
+        Some(&format!("Bearer {key}")),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], json!("data is required (null is allowed)"));
-    assert_eq!(post("not json", Some(&format!("Bearer {key}"))).await.unwrap().status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        json!("data is required (null is allowed)")
+    );
+    assert_eq!(
+        post("not json", Some(&format!("Bearer {key}")))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     let r = post(body, Some(&format!("Bearer {key}"))).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"ok": true}));
@@ -266,8 +373,92 @@ async fn shutdown_closes_transports_without_a_socketio_disconnect() {
         "{seen:?}"
     );
     let res = tokio::time::timeout(Duration::from_secs(3), &mut srv.task).await;
-    assert!(matches!(res, Ok(Ok(Ok(())))), "server stops within the grace period: {res:?}");
+    assert!(
+        matches!(res, Ok(Ok(Ok(())))),
+        "server stops within the grace period: {res:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     // the listener is closed
     assert!(tokio::net::TcpStream::connect(srv.addr).await.is_err());
+}
+
+const SECRET: &str = "contract-test-secret-0123456789";
+
+fn token(sub: &str, secret: &str, exp_in: i64) -> String {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let exp = jsonwebtoken::get_current_timestamp() as i64 + exp_in;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn auth_refuses_missing_and_invalid_tokens_with_a_clear_message() {
+    let srv = Server::start(&[&format!("--auth-secret={SECRET}")]).await;
+    let err = Client::connect(srv.addr, None)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("authentication required"), "{err}");
+    let err = Client::connect(srv.addr, Some(json!({"token": "garbage"})))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err, "invalid token: not a well-formed JWT");
+    let forged = token("mallory", "some-other-secret-0123456789", 600);
+    let err = Client::connect(srv.addr, Some(json!({"token": forged})))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err, "invalid token: bad signature");
+    let expired = token("alice", SECRET, -3600);
+    let err = Client::connect(srv.addr, Some(json!({"token": expired})))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err, "invalid token: it has expired");
+    let (_, metrics) = srv.get("/metrics").await;
+    assert!(
+        metrics.contains("realtime_auth_failures_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("realtime_connected_sockets 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn send_to_a_user_reaches_every_socket_of_that_user() {
+    let srv = Server::start(&[&format!("--auth-secret={SECRET}"), "--name=n1"]).await;
+    let auth = |u: &str| Some(json!({"token": token(u, SECRET, 600)}));
+    let (mut alice1, _) = Client::hello(srv.addr, auth("alice")).await;
+    let (mut alice2, _) = Client::hello(srv.addr, auth("alice")).await;
+    let (mut bob, _) = Client::hello(srv.addr, auth("bob")).await;
+    let ack = bob
+        .emit_ack(
+            "send",
+            json!({"user": "alice", "event": "dm", "data": "hey"}),
+        )
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(alice1.expect_event("dm").await, json!("hey"));
+    assert_eq!(alice2.expect_event("dm").await, json!("hey"));
+    bob.expect_silence(QUIET).await;
+    // a client room named like the user's internal room does not leak
+    let (mut eve, _) = Client::hello(srv.addr, auth("eve")).await;
+    eve.emit_ack("join", json!("user:alice")).await;
+    bob.emit_ack("send", json!({"user": "alice", "event": "dm", "data": 2}))
+        .await;
+    eve.expect_silence(QUIET).await;
+    // presence shows the user
+    alice1.emit_ack("join", json!("r")).await;
+    let p = bob.emit_ack("presence", json!({"room": "r"})).await;
+    assert_eq!(
+        p,
+        json!({"members": [{"id": alice1.id, "node": "n1", "user": "alice"}]})
+    );
 }

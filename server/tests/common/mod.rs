@@ -74,10 +74,10 @@ impl Server {
     pub async fn wait_ready(&self, want: u16, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(r) = reqwest::get(self.url("/readyz")).await {
-                if r.status().as_u16() == want {
-                    return true;
-                }
+            if let Ok(r) = reqwest::get(self.url("/readyz")).await
+                && r.status().as_u16() == want
+            {
+                return true;
             }
             if tokio::time::Instant::now() > deadline {
                 return false;
@@ -325,13 +325,39 @@ impl Redis {
         // Wait until it accepts connections.
         let deadline = std::time::Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// Starts one on a given port (a node may already be waiting for it there).
+    pub fn start_on(port: u16) -> Redis {
+        let bin = require_program("redis-server", "apt-get install redis-server")
+            .expect("checked by the caller");
+        let mut r = Redis {
+            port,
+            bin,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a signal (`-STOP`, `-CONT`) to the redis-server process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
     }
 
     pub fn stop(&mut self) {

@@ -1,0 +1,269 @@
+//! Two in-process nodes sharing a real redis-server (skipped loudly without redis-server,
+//! failed under CI=true): cross-node delivery, presence, Redis restarts and outages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Redis, Server};
+use serde_json::json;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn two_nodes(redis: &Redis, extra: &[&str]) -> (Server, Server) {
+    let url = format!("--redis-url={}", redis.url());
+    let mut a: Vec<&str> = vec![&url, "--name=n1"];
+    a.extend_from_slice(extra);
+    let mut b: Vec<&str> = vec![&url, "--name=n2"];
+    b.extend_from_slice(extra);
+    let (n1, n2) = (Server::start(&a).await, Server::start(&b).await);
+    assert!(
+        n1.wait_ready(200, Duration::from_secs(10)).await,
+        "n1 ready"
+    );
+    assert!(
+        n2.wait_ready(200, Duration::from_secs(10)).await,
+        "n2 ready"
+    );
+    (n1, n2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_publish_send_presence_and_burst() {
+    let Some(redis) = Redis::start() else { return };
+    let (n1, n2) = two_nodes(&redis, &[]).await;
+    let (mut a, ha) = Client::hello(n1.addr, None).await;
+    let (mut b, hb) = Client::hello(n2.addr, None).await;
+    assert_eq!(
+        (ha["node"].as_str(), hb["node"].as_str()),
+        (Some("n1"), Some("n2"))
+    );
+    a.emit_ack("join", json!("r")).await;
+    b.emit_ack("join", json!("r")).await;
+
+    // room publish across nodes, sender included
+    let ack = a
+        .emit_ack(
+            "publish",
+            json!({"room": "r", "event": "chat", "data": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(a.expect_event("chat").await, json!({"x": 1}));
+    assert_eq!(b.expect_event("chat").await, json!({"x": 1}));
+
+    // a private message to a socket on the other node, and only to it
+    let (mut snoop, _) = Client::hello(n2.addr, None).await;
+    snoop.emit_ack("join", json!(b.id)).await;
+    let ack = a
+        .emit_ack("send", json!({"to": b.id, "event": "dm", "data": "psst"}))
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(b.expect_event("dm").await, json!("psst"));
+    snoop.expect_silence(QUIET).await;
+
+    // presence gathers both nodes
+    let p = b.emit_ack("presence", json!({"room": "r"})).await;
+    let mut members = p["members"].as_array().unwrap().clone();
+    members.sort_by_key(|m| m["node"].as_str().unwrap().to_owned());
+    assert_eq!(
+        members,
+        vec![
+            json!({"id": a.id, "node": "n1"}),
+            json!({"id": b.id, "node": "n2"})
+        ]
+    );
+
+    // 500 events from one node arrive complete and in order on the other
+    const N: i64 = 500;
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        a.emit("publish", json!({"room": "r", "event": "burst", "data": i}))
+            .await;
+    }
+    for i in 0..N {
+        assert_eq!(b.expect_event("burst").await, json!(i), "in order");
+    }
+    eprintln!("burst of {N} cross-node: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_messages_cross_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let secret = "redis-test-secret-0123456789";
+    let (n1, n2) = two_nodes(&redis, &[&format!("--auth-secret={secret}")]).await;
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let token = |sub: &str| {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": sub, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        Some(json!({"token": t}))
+    };
+    let (mut alice1, _) = Client::hello(n1.addr, token("alice")).await;
+    let (mut alice2, _) = Client::hello(n2.addr, token("alice")).await;
+    let (mut bob, _) = Client::hello(n2.addr, token("bob")).await;
+    let ack = bob
+        .emit_ack("send", json!({"user": "alice", "event": "dm", "data": 7}))
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(alice1.expect_event("dm").await, json!(7));
+    assert_eq!(alice2.expect_event("dm").await, json!(7));
+    alice2.emit_ack("join", json!("r")).await;
+    let p = alice1.emit_ack("presence", json!({"room": "r"})).await;
+    assert_eq!(
+        p,
+        json!({"members": [{"id": alice2.id, "node": "n2", "user": "alice"}]})
+    );
+}
+
+/// Publishes from `a` until `b` receives one, or `within` passes; returns the time it took.
+async fn delivery_resumes(a: &mut Client, b: &mut Client, within: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < within {
+        i += 1;
+        a.emit("publish", json!({"room": "r", "event": "tick", "data": i}))
+            .await;
+        if let Some(common::Incoming::Event(ev, _)) = b.next(Duration::from_millis(200)).await
+            && ev == "tick"
+        {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_flips_readiness_and_delivery_resumes() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (n1, n2) = two_nodes(&redis, &[]).await;
+    let (mut a, _) = Client::hello(n1.addr, None).await;
+    let (mut b, _) = Client::hello(n2.addr, None).await;
+    b.emit_ack("join", json!("r")).await;
+    a.emit_ack("join", json!("r")).await;
+
+    redis.stop();
+    assert!(
+        n1.wait_ready(503, Duration::from_secs(5)).await,
+        "n1 not ready without Redis"
+    );
+    assert!(
+        n2.wait_ready(503, Duration::from_secs(5)).await,
+        "n2 not ready without Redis"
+    );
+    let (_, body) = n1.get("/readyz").await;
+    assert!(body.contains("redis: not connected"), "{body}");
+    // local clients are still served; the ack says the delivery was local only
+    let ack = a
+        .emit_ack("publish", json!({"room": "r", "event": "local", "data": 1}))
+        .await;
+    assert_eq!(ack, json!({"ok": true, "partial": true}));
+    assert_eq!(a.expect_event("local").await, json!(1));
+    let p = a.emit_ack("presence", json!({"room": "r"})).await;
+    assert_eq!(p["partial"], json!(true));
+    assert_eq!(p["members"], json!([{"id": a.id, "node": "n1"}]));
+
+    let restarted = std::time::Instant::now();
+    redis.restart();
+    assert!(
+        n1.wait_ready(200, Duration::from_secs(10)).await,
+        "n1 ready again"
+    );
+    assert!(
+        n2.wait_ready(200, Duration::from_secs(10)).await,
+        "n2 ready again"
+    );
+    let ready_after = restarted.elapsed();
+    let resumed = delivery_resumes(&mut a, &mut b, Duration::from_secs(10)).await;
+    assert!(resumed.is_some(), "cross-node delivery resumes");
+    eprintln!(
+        "redis restart: ready after {ready_after:?}, delivery {:?} later",
+        resumed.unwrap()
+    );
+    // nodes are still running
+    assert!(!n1.task.is_finished() && !n2.task.is_finished());
+    let (_, metrics) = n1.get("/metrics").await;
+    assert!(
+        metrics.contains("realtime_redis_reconnects_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("realtime_redis_connected 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_redis_waits_not_ready_then_joins() {
+    let Some(bin) = common::require_program("redis-server", "apt-get install redis-server") else {
+        return;
+    };
+    drop(bin);
+    let port = common::free_port();
+    let url = format!("--redis-url=redis://127.0.0.1:{port}");
+    let n1 = Server::start(&[&url, "--name=early"]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = n1.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        n1.get("/healthz").await.0,
+        200,
+        "alive while Redis is missing"
+    );
+    // clients are served locally meanwhile
+    let (mut a, _) = Client::hello(n1.addr, None).await;
+    assert_eq!(a.emit_ack("join", json!("r")).await, json!({"ok": true}));
+
+    let redis = Redis::start_on(port);
+    assert!(
+        n1.wait_ready(200, Duration::from_secs(10)).await,
+        "ready once Redis is up"
+    );
+    let n2 = Server::start(&[&format!("--redis-url={}", redis.url()), "--name=late"]).await;
+    assert!(n2.wait_ready(200, Duration::from_secs(10)).await);
+    let (mut b, _) = Client::hello(n2.addr, None).await;
+    b.emit_ack("join", json!("r")).await;
+    assert!(
+        delivery_resumes(&mut b, &mut a, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "subscriptions made while Redis was down work once it is up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_makes_the_node_not_ready_instead_of_silently_deaf() {
+    let Some(redis) = Redis::start() else { return };
+    let (n1, _n2) = two_nodes(&redis, &[]).await;
+    redis.signal("-STOP");
+    let went_unready = n1.wait_ready(503, Duration::from_secs(10)).await;
+    redis.signal("-CONT");
+    assert!(
+        went_unready,
+        "a Redis that stops answering turns readiness false"
+    );
+    assert!(
+        n1.wait_ready(200, Duration::from_secs(15)).await,
+        "ready again after it resumes"
+    );
+    let (_, body) = n1.get("/metrics").await;
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+    };
+    let (probes, reconnects) = (
+        value("realtime_redis_probe_failures_total "),
+        value("realtime_redis_reconnects_total "),
+    );
+    eprintln!("frozen redis: probe failures {probes}, reconnects {reconnects}");
+    assert!(
+        probes + reconnects >= 1,
+        "the outage shows in the metrics:\n{body}"
+    );
+}
