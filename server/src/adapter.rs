@@ -95,6 +95,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Wakes the monitor to resubscribe (a SUBSCRIBE failed).
     resubscribe: Notify,
+    /// Set by [`RedisDriver::quit`]: the monitor stops instead of reporting the closed
+    /// connection as an outage.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl RedisDriver {
@@ -147,6 +150,7 @@ impl RedisDriver {
                 health,
                 metrics,
                 resubscribe: Notify::new(),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -162,6 +166,10 @@ impl RedisDriver {
 
     /// Closes the Redis connection (after the adapter has unsubscribed).
     pub async fn quit(&self) {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.resubscribe.notify_one();
         if let Err(e) = self.inner.client.quit().await {
             debug!("redis quit: {e}");
         }
@@ -333,6 +341,9 @@ impl Monitor {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if inner.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = inner.resubscribe.notified() => self.subscribed = false,
@@ -371,6 +382,9 @@ impl Monitor {
 
     async fn step(&mut self) {
         let inner = self.driver.inner.clone();
+        if inner.closing.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let (health, metrics) = (&inner.health, &inner.metrics);
 
         // The pump: start it, or restart it if it ever ended.
@@ -518,4 +532,115 @@ impl Monitor {
 
 fn metrics_dropped(m: &Metrics) -> u64 {
     m.redis_dropped_total()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Mode;
+    use fred::{
+        prelude::Server,
+        types::{MessageKind, Value},
+    };
+
+    /// A driver whose client is never connected: enough for the pump and the bookkeeping.
+    fn driver() -> RedisDriver {
+        let client = fred::types::Builder::default_centralized().build().unwrap();
+        RedisDriver {
+            inner: Arc::new(Inner {
+                client,
+                handlers: RwLock::new(HashMap::new()),
+                health: Arc::new(Health::new(Mode::Redis)),
+                metrics: Arc::new(Metrics::new("t", "redis")),
+                resubscribe: Notify::new(),
+                closing: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn message(chan: &'static str, value: &'static [u8]) -> Message {
+        Message {
+            channel: chan.into(),
+            kind: MessageKind::Message,
+            value: Value::from_static(value),
+            server: Server::new("127.0.0.1", 6379),
+        }
+    }
+
+    fn dropped(d: &RedisDriver) -> String {
+        d.inner
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("realtime_redis_messages_dropped_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn subscribing_while_disconnected_remembers_the_channel() {
+        let d = driver();
+        let mut stream = d.subscribe("chan-a".into(), 4).await.expect("never fails");
+        assert_eq!(d.channels(), vec!["chan-a".to_string()]);
+        dispatch(&d.inner, message("chan-a", b"payload"));
+        use futures::StreamExt;
+        assert_eq!(
+            stream.next().await,
+            Some(("chan-a".to_string(), b"payload".to_vec()))
+        );
+        d.unsubscribe("chan-a".into()).await.unwrap();
+        assert!(d.channels().is_empty());
+        // publishing and counting servers fail fast while Redis is not connected
+        assert!(matches!(
+            d.publish("x".into(), vec![1]).await,
+            Err(DriverError::NotConnected)
+        ));
+        assert!(matches!(
+            d.num_serv("x").await,
+            Err(DriverError::NotConnected)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_and_counts_without_blocking_other_channels() {
+        let d = driver();
+        let _slow = d.subscribe("slow".into(), 1).await.unwrap();
+        let mut other = d.subscribe("other".into(), 4).await.unwrap();
+        dispatch(&d.inner, message("slow", b"1"));
+        dispatch(&d.inner, message("slow", b"2")); // buffer of 1 is full
+        dispatch(&d.inner, message("other", b"3"));
+        dispatch(&d.inner, message("nobody", b"4"));
+        use futures::StreamExt;
+        assert_eq!(other.next().await.unwrap().1, b"3");
+        let text = dropped(&d);
+        assert!(text.contains("reason=\"buffer_full\"} 1"), "{text}");
+        assert!(text.contains("reason=\"no_handler\"} 1"), "{text}");
+        assert_eq!(d.inner.metrics.redis_dropped_total(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_pump_counts_lag_and_ends_only_when_the_channel_closes() {
+        let d = driver();
+        let mut sub = d.subscribe("c".into(), 64).await.unwrap();
+        let (tx, rx) = broadcast::channel(2);
+        // 4 messages into a capacity of 2 before the pump runs: 2 are lost to lag
+        for v in [b"1", b"2", b"3", b"4"] {
+            tx.send(message("c", v)).unwrap();
+        }
+        let pump = tokio::spawn(pump(rx, d.clone()));
+        use futures::StreamExt;
+        assert_eq!(sub.next().await.unwrap().1, b"3");
+        assert_eq!(sub.next().await.unwrap().1, b"4");
+        assert!(
+            dropped(&d).contains("reason=\"lagged\"} 2"),
+            "{}",
+            dropped(&d)
+        );
+        assert!(!pump.is_finished());
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(1), pump)
+            .await
+            .expect("pump ends when fred closes its channel")
+            .unwrap();
+    }
 }

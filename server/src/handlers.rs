@@ -465,6 +465,38 @@ impl Order {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_sockets_events_run_in_arrival_order_whatever_the_task_order() {
+        let order = Order::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut futs = Vec::new();
+        for i in 0..20u64 {
+            let log = log.clone();
+            futs.push(order.enqueue(async move {
+                // earlier events take longer: without the queue they would finish last
+                tokio::time::sleep(std::time::Duration::from_millis(20 - i)).await;
+                log.lock().unwrap().push(i);
+            }));
+        }
+        // spawned newest first, like a LIFO scheduler might run them
+        let handles: Vec<_> = futs.into_iter().rev().map(tokio::spawn).collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_event_does_not_block_the_next() {
+        let order = Order::default();
+        let first = order.enqueue(std::future::pending());
+        let second = order.enqueue(async {});
+        drop(first); // its task ended without completing
+        tokio::time::timeout(std::time::Duration::from_secs(1), second)
+            .await
+            .expect("the queue moves on");
+    }
+
     #[test]
     fn internal_rooms_never_collide_with_client_rooms() {
         let id = "AbCdEfGhIjKlMnOp";
