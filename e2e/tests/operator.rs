@@ -1415,3 +1415,132 @@ async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoin
         "the Lease was not released"
     );
 }
+
+/// The rules the operator needs (namespaced here; the chart's ClusterRole has the same rules).
+/// SSA that creates an object is authorized as `create`, an update as `patch`.
+fn operator_rules() -> Value {
+    json!([
+        {"apiGroups": ["realtime.dev"], "resources": ["realtimeclusters"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["realtime.dev"], "resources": ["realtimeclusters/status"], "verbs": ["patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch", "create", "patch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    ])
+}
+
+#[tokio::test]
+async fn least_privilege_rules_suffice_for_every_operation() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
+    let _logs = cp.logs_on_failure();
+    let admin = cp.client().await.unwrap();
+    let ns = cp.create_namespace("op-rbac").await.unwrap();
+    let pp = PostParams::default();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(admin.clone(), &ns)
+        .create(
+            &pp,
+            &serde_json::from_value(
+                json!({"metadata": {"name": "operator"}, "rules": operator_rules()}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "operator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]})).unwrap())
+        .await
+        .unwrap();
+    let sa = cp
+        .service_account(&ns, "operator")
+        .await
+        .unwrap()
+        .client()
+        .await
+        .unwrap();
+
+    // Leader election under these rules.
+    let elector = realtime_operator::leader::LeaderElector::new(
+        sa.clone(),
+        realtime_operator::leader::LeaseConfig::new(ns.clone(), "rbac-lease".into(), "me".into()),
+    );
+    assert!(
+        elector.try_acquire_or_renew().await.unwrap(),
+        "create the Lease"
+    );
+    assert!(
+        elector.try_acquire_or_renew().await.unwrap(),
+        "renew the Lease"
+    );
+    elector.release().await.unwrap();
+
+    // Every reconcile path: create all kinds, update, prune, status, events.
+    let operator = Operator::start(&sa, &ns, Duration::from_secs(300));
+    create(
+        &admin,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "ingress": {"enabled": true, "host": "a.example"}}),
+    )
+    .await;
+    eventually(
+        &cp,
+        "all children created by the ServiceAccount",
+        || async { Ok((versions(&admin, &ns, "chat").await.len() == 8).then_some(())) },
+    )
+    .await;
+    simulate_ready(&admin, &ns, "chat", 2).await;
+    eventually(&cp, "Ready=True written by the ServiceAccount", || async {
+        let rc = rc_api(&admin, &ns).get("chat").await?;
+        Ok(status::condition(rc.status.as_ref(), READY)
+            .filter(|c| c.status == "True")
+            .map(|_| ()))
+    })
+    .await;
+    merge_spec(
+        &admin,
+        &ns,
+        "chat",
+        json!({"replicas": 3, "ingress": {"enabled": false},
+        "redis": {"managed": null, "external": {"host": "cache"}}}),
+    )
+    .await;
+    eventually(&cp, "update and prune by the ServiceAccount", || async {
+        let v = versions(&admin, &ns, "chat").await;
+        let d = get_opt::<Deployment>(&admin, &ns, "chat").await.unwrap();
+        Ok((v.len() == 4 && d.spec.unwrap().replicas == Some(3)).then_some(()))
+    })
+    .await;
+    let events = Api::<Event>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Deleted"))
+    );
+    assert_eq!(
+        operator.count("error"),
+        0,
+        "a reconcile failed under the least-privilege rules"
+    );
+    operator.stop().await;
+}
