@@ -160,9 +160,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         if metric != name {
             continue;
         }
-        let all = labels
-            .iter()
-            .all(|(k, v)| label_text.split(',').any(|kv| kv.trim() == format!("{k}=\"{v}\"")));
+        let all = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|kv| kv.trim() == format!("{k}=\"{v}\""))
+        });
         if !all {
             continue;
         }
@@ -196,7 +198,9 @@ pub fn ip_hash_sequence(ip: Ipv4Addr, n: usize) -> Vec<usize> {
 /// the first usable one of [`ip_hash_sequence`] (pure). `None` means nginx falls back to round
 /// robin.
 pub fn ip_hash_pick(ip: Ipv4Addr, n: usize, down: &[usize]) -> Option<usize> {
-    ip_hash_sequence(ip, n).into_iter().find(|i| !down.contains(i))
+    ip_hash_sequence(ip, n)
+        .into_iter()
+        .find(|i| !down.contains(i))
 }
 
 /// The `k`-th (0-based) source address 127.0.X.1 that nginx `ip_hash` sends to server `index` of
@@ -374,9 +378,13 @@ impl ServerCommand {
     /// (`npm ci` there). It has no readiness endpoint: an Engine.IO handshake stands in.
     pub fn node_reference(dir: &Path) -> Result<Self> {
         if !dir.join("node_modules/socket.io").is_dir() {
-            bail!("{}: no node_modules/socket.io (run npm ci there)", dir.display());
+            bail!(
+                "{}: no node_modules/socket.io (run npm ci there)",
+                dir.display()
+            );
         }
-        let node = require::find_program("node", &[]).ok_or_else(|| anyhow!("node is not on PATH"))?;
+        let node =
+            require::find_program("node", &[]).ok_or_else(|| anyhow!("node is not on PATH"))?;
         Ok(ServerCommand {
             kind: ServerKind::NodeReference,
             program: node,
@@ -392,7 +400,8 @@ impl ServerCommand {
     pub fn for_tests() -> Option<Self> {
         if let Some(dir) = std::env::var_os("RT_E2E_NODE_REFERENCE") {
             return Some(
-                Self::node_reference(Path::new(&dir)).expect("RT_E2E_NODE_REFERENCE is set but unusable"),
+                Self::node_reference(Path::new(&dir))
+                    .expect("RT_E2E_NODE_REFERENCE is set but unusable"),
             );
         }
         require::require(
@@ -460,7 +469,10 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, name: &str, log: &Path, death_signal: libc::c_int) -> Result<Proc> {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         use std::io::Write as _;
         writeln!(f, "---- harness: starting {name}: {:?}", cmd.as_std())?;
         cmd.stdin(Stdio::null())
@@ -507,7 +519,8 @@ impl Proc {
         }
         // SAFETY: plain syscall on a pid this harness spawned and has not reaped.
         if unsafe { libc::kill(self.pid as libc::pid_t, sig) } != 0 {
-            return Err(io::Error::last_os_error()).context(format!("signal {sig} to {}", self.name));
+            return Err(io::Error::last_os_error())
+                .context(format!("signal {sig} to {}", self.name));
         }
         Ok(())
     }
@@ -520,7 +533,11 @@ impl Proc {
                 return Ok(s);
             }
             if Instant::now() >= deadline {
-                bail!("{} (pid {}) still running after {timeout:?}", self.name, self.pid);
+                bail!(
+                    "{} (pid {}) still running after {timeout:?}",
+                    self.name,
+                    self.pid
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -612,15 +629,25 @@ pub struct Cluster {
 /// [`require`] policy (`None`: skip).
 pub fn require_parts() -> Option<(PathBuf, PathBuf)> {
     let how = "run scripts/deps.sh (apt-get install redis-server nginx)";
-    let redis = require::require("redis-server", how, require::find_program("redis-server", &[]))?;
+    let redis = require::require(
+        "redis-server",
+        how,
+        require::find_program("redis-server", &[]),
+    )?;
     let nginx = require::require("nginx", how, require::find_program("nginx", &[]))?;
     Some((redis, nginx))
 }
 
 impl Cluster {
     /// Starts Redis, the nodes and nginx, and waits until each is ready.
-    pub async fn start(cfg: ClusterConfig, redis_bin: PathBuf, nginx_bin: PathBuf) -> Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("rt-data-plane-").tempdir()?;
+    pub async fn start(
+        cfg: ClusterConfig,
+        redis_bin: PathBuf,
+        nginx_bin: PathBuf,
+    ) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("rt-data-plane-")
+            .tempdir()?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         std::fs::create_dir_all(dir.path().join("nginx"))?;
         // nginx's workers may run as another user (root's default is nobody): let them in.
@@ -717,7 +744,9 @@ impl Cluster {
 
     /// The indexes of the nodes in nginx's upstream, in upstream order.
     fn upstream(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].in_upstream).collect()
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].in_upstream)
+            .collect()
     }
 
     /// A source address that nginx `ip_hash` sends to node `i` (the `k`-th such address, so
@@ -760,11 +789,21 @@ impl Cluster {
             bail!("redis is running already");
         }
         let mut cmd = Command::new(&self.redis_bin);
-        cmd.args(["--port", &self.redis_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(self.dir.path());
-        self.redis = Some(Proc::spawn(cmd, "redis", &self.log_path("redis"), libc::SIGKILL)?);
+        cmd.args([
+            "--port",
+            &self.redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(self.dir.path());
+        self.redis = Some(Proc::spawn(
+            cmd,
+            "redis",
+            &self.log_path("redis"),
+            libc::SIGKILL,
+        )?);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.redis_port));
         let deadline = Instant::now() + self.cfg.start_timeout;
         loop {
@@ -772,10 +811,16 @@ impl Cluster {
                 return Ok(());
             }
             if let Some(s) = self.redis.as_ref().and_then(Proc::exited) {
-                bail!("redis exited ({s}):\n{}", tail_file(&self.log_path("redis"), 30));
+                bail!(
+                    "redis exited ({s}):\n{}",
+                    tail_file(&self.log_path("redis"), 30)
+                );
             }
             if Instant::now() >= deadline {
-                bail!("redis not answering PING after {:?}", self.cfg.start_timeout);
+                bail!(
+                    "redis not answering PING after {:?}",
+                    self.cfg.start_timeout
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -783,7 +828,10 @@ impl Cluster {
 
     /// Stops redis-server with `sig` (SIGTERM: a clean shutdown; SIGKILL: a crash).
     pub async fn stop_redis(&mut self, sig: libc::c_int) -> Result<()> {
-        let p = self.redis.as_ref().ok_or_else(|| anyhow!("redis was never started"))?;
+        let p = self
+            .redis
+            .as_ref()
+            .ok_or_else(|| anyhow!("redis was never started"))?;
         p.stop(sig, Duration::from_secs(5)).await?;
         Ok(())
     }
@@ -808,7 +856,10 @@ impl Cluster {
             .env("PORT", node.port.to_string())
             .env("BIND", "127.0.0.1")
             .env("NAME", &node.name)
-            .env("REDIS_URL", format!("redis://127.0.0.1:{}", self.redis_port))
+            .env(
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}", self.redis_port),
+            )
             .env("RUST_BACKTRACE", "1");
         if let Some(d) = &s.cwd {
             cmd.current_dir(d);
@@ -847,10 +898,18 @@ impl Cluster {
                 return Ok(());
             }
             if let Some(s) = node.proc_.as_ref().and_then(Proc::exited) {
-                bail!("node {} exited ({s}) before it was ready:\n{}", node.name, node.proc_.as_ref().unwrap().log_tail(40));
+                bail!(
+                    "node {} exited ({s}) before it was ready:\n{}",
+                    node.name,
+                    node.proc_.as_ref().unwrap().log_tail(40)
+                );
             }
             if Instant::now() >= deadline {
-                bail!("node {} not ready after {timeout:?}:\n{}", node.name, tail_file(&self.log_path(&node.name), 40));
+                bail!(
+                    "node {} not ready after {timeout:?}:\n{}",
+                    node.name,
+                    tail_file(&self.log_path(&node.name), 40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -858,14 +917,22 @@ impl Cluster {
 
     /// Polls until `f(node ready?)` holds for node `i` (e.g. `|r| !r` for "not ready");
     /// returns how long it took.
-    pub async fn wait_readiness(&self, i: usize, want: bool, timeout: Duration) -> Result<Duration> {
+    pub async fn wait_readiness(
+        &self,
+        i: usize,
+        want: bool,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let start = Instant::now();
         loop {
             if self.is_ready(i).await == want {
                 return Ok(start.elapsed());
             }
             if start.elapsed() >= timeout {
-                bail!("node {}: readiness not {want} within {timeout:?}", self.nodes[i].name);
+                bail!(
+                    "node {}: readiness not {want} within {timeout:?}",
+                    self.nodes[i].name
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -904,10 +971,10 @@ impl Cluster {
     /// Starts node `i` again on the same port and name once its process has exited (a pod
     /// restarted behind a stable Service), and waits until it is ready.
     pub async fn restart_node(&mut self, i: usize) -> Result<()> {
-        if let Some(p) = &self.nodes[i].proc_ {
-            if p.exited().is_none() {
-                bail!("node {} is still running", self.nodes[i].name);
-            }
+        if let Some(p) = &self.nodes[i].proc_
+            && p.exited().is_none()
+        {
+            bail!("node {} is still running", self.nodes[i].name);
         }
         self.spawn_node(i)?;
         self.wait_ready(i, self.cfg.start_timeout).await
@@ -954,7 +1021,11 @@ impl Cluster {
     fn nginx_conf_text(&self) -> String {
         nginx_conf(&NginxConf {
             listen_port: self.nginx_port,
-            upstream_ports: self.upstream().iter().map(|i| self.nodes[*i].port).collect(),
+            upstream_ports: self
+                .upstream()
+                .iter()
+                .map(|i| self.nodes[*i].port)
+                .collect(),
             affinity: self.cfg.affinity.clone(),
             worker_processes: self.cfg.nginx_workers,
             worker_connections: self.cfg.nginx_worker_connections,
@@ -973,7 +1044,12 @@ impl Cluster {
             .arg(&conf)
             .args(["-g", "daemon off;"]);
         // SIGTERM on parent death: the master then stops its workers.
-        self.nginx = Some(Proc::spawn(cmd, "nginx", &self.log_path("nginx"), libc::SIGTERM)?);
+        self.nginx = Some(Proc::spawn(
+            cmd,
+            "nginx",
+            &self.log_path("nginx"),
+            libc::SIGTERM,
+        )?);
         self.wait_nginx_generation(self.nginx_generation).await
     }
 
@@ -981,7 +1057,10 @@ impl Cluster {
     /// the new configuration answers.
     pub async fn reload_nginx(&mut self) -> Result<()> {
         self.nginx_generation += 1;
-        std::fs::write(self.dir.path().join("nginx/nginx.conf"), self.nginx_conf_text())?;
+        std::fs::write(
+            self.dir.path().join("nginx/nginx.conf"),
+            self.nginx_conf_text(),
+        )?;
         self.nginx
             .as_ref()
             .ok_or_else(|| anyhow!("nginx is not running"))?
@@ -994,13 +1073,17 @@ impl Cluster {
         let deadline = Instant::now() + self.cfg.start_timeout;
         let want = generation.to_string();
         loop {
-            if let Ok(r) = http_get(addr, "/__harness/generation", Duration::from_secs(2)).await {
-                if r.status == 200 && r.body == want {
-                    return Ok(());
-                }
+            if let Ok(r) = http_get(addr, "/__harness/generation", Duration::from_secs(2)).await
+                && r.status == 200
+                && r.body == want
+            {
+                return Ok(());
             }
             if let Some(s) = self.nginx.as_ref().and_then(Proc::exited) {
-                bail!("nginx exited ({s}):\n{}", tail_file(&self.log_path("nginx"), 30));
+                bail!(
+                    "nginx exited ({s}):\n{}",
+                    tail_file(&self.log_path("nginx"), 30)
+                );
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -1048,7 +1131,14 @@ impl Cluster {
             .chain(self.redis.as_ref())
             .chain(self.nginx.as_ref());
         for p in procs {
-            let _ = write!(s, "\n---- {} (pid {}) {} ----\n{}\n", p.name(), p.pid(), p.log_path().display(), p.log_tail(lines));
+            let _ = write!(
+                s,
+                "\n---- {} (pid {}) {} ----\n{}\n",
+                p.name(),
+                p.pid(),
+                p.log_path().display(),
+                p.log_tail(lines)
+            );
         }
         s
     }
@@ -1072,15 +1162,23 @@ impl Drop for Cluster {
 /// Direct children of `pid` (from /proc), e.g. nginx's workers.
 fn children_of(pid: u32) -> Vec<u32> {
     let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return v };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
     for e in rd.flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // ppid is the 2nd field after the parenthesised command name
-        if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
-            if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-                v.push(child);
-            }
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            v.push(child);
         }
     }
     v.sort();
@@ -1094,7 +1192,11 @@ async fn redis_ping(addr: SocketAddr) -> Result<()> {
         s.write_all(b"PING\r\n").await?;
         let mut buf = [0u8; 16];
         let n = s.read(&mut buf).await?;
-        anyhow::ensure!(buf[..n].starts_with(b"+PONG"), "answered {:?}", String::from_utf8_lossy(&buf[..n]));
+        anyhow::ensure!(
+            buf[..n].starts_with(b"+PONG"),
+            "answered {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
         anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(1), fut).await?
@@ -1139,7 +1241,10 @@ mod tests {
         assert_eq!(ip_hash_pick(ip, 3, &[]), Some(1));
         let next = ip_hash_pick(ip, 3, &[1]).unwrap();
         assert_ne!(next, 1);
-        assert_eq!(next, *ip_hash_sequence(ip, 3).iter().find(|x| **x != 1).unwrap());
+        assert_eq!(
+            next,
+            *ip_hash_sequence(ip, 3).iter().find(|x| **x != 1).unwrap()
+        );
         assert_eq!(ip_hash_pick(ip, 3, &[0, 1, 2]), None);
     }
 
@@ -1172,7 +1277,10 @@ mod tests {
 
     #[test]
     fn http_responses_parse() {
-        let r = parse_http_response(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\r\nnot ready").unwrap();
+        let r = parse_http_response(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\r\nnot ready",
+        )
+        .unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.header("Content-Type"), Some("text/plain"));
         assert_eq!(r.body, "not ready");
@@ -1187,10 +1295,19 @@ mod tests {
                     events_total{dir=\"in\",kind=\"join\"} 2\n\
                     events_total{dir=\"out\",kind=\"publish\"} 7\n\
                     sockets 4\n";
-        assert_eq!(metric_value(text, "events_total", &[("dir", "in")]), Some(5.0));
-        assert_eq!(metric_value(text, "events_total", &[("kind", "publish"), ("dir", "out")]), Some(7.0));
+        assert_eq!(
+            metric_value(text, "events_total", &[("dir", "in")]),
+            Some(5.0)
+        );
+        assert_eq!(
+            metric_value(text, "events_total", &[("kind", "publish"), ("dir", "out")]),
+            Some(7.0)
+        );
         assert_eq!(metric_value(text, "sockets", &[]), Some(4.0));
         assert_eq!(metric_value(text, "missing", &[]), None);
-        assert_eq!(metric_value(text, "events_total", &[("dir", "sideways")]), None);
+        assert_eq!(
+            metric_value(text, "events_total", &[("dir", "sideways")]),
+            None
+        );
     }
 }

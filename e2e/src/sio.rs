@@ -198,17 +198,37 @@ impl ConnectOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     /// An event emitted by the server (`socket.onAny`).
-    Event { name: String, args: Vec<Value> },
+    Event {
+        name: String,
+        args: Vec<Value>,
+    },
     /// The socket.io CONNECT succeeded; `id` is `socket.id`.
-    Connect { id: String, transport: String },
-    ConnectError { message: String, data: Value },
-    Disconnect { reason: String, description: Value },
-    ReconnectAttempt { attempt: u64 },
-    Reconnect { attempt: u64 },
+    Connect {
+        id: String,
+        transport: String,
+    },
+    ConnectError {
+        message: String,
+        data: Value,
+    },
+    Disconnect {
+        reason: String,
+        description: Value,
+    },
+    ReconnectAttempt {
+        attempt: u64,
+    },
+    Reconnect {
+        attempt: u64,
+    },
     /// A new Engine.IO connection opened (first connection and each reconnection).
-    Open { transport: String },
+    Open {
+        transport: String,
+    },
     /// The Engine.IO connection switched transport.
-    Upgrade { transport: String },
+    Upgrade {
+        transport: String,
+    },
 }
 
 /// An [`Incoming`] with its client-side receive time ([`now_ms`] base).
@@ -295,9 +315,13 @@ impl Driver {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         die_with_parent(cmd.as_std_mut(), libc::SIGKILL);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} {}", paths.node.display(), paths.script.display()))?;
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} {}",
+                paths.node.display(),
+                paths.script.display()
+            )
+        })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr_pipe = child.stderr.take().expect("piped stderr");
@@ -343,7 +367,12 @@ impl Driver {
     }
 
     /// [`Driver::connect`] with a chosen client name (shown in failure messages).
-    pub async fn connect_named(&self, name: &str, url: &str, opts: ConnectOptions) -> Result<Client> {
+    pub async fn connect_named(
+        &self,
+        name: &str,
+        url: &str,
+        opts: ConnectOptions,
+    ) -> Result<Client> {
         let log = Arc::new(ClientLog {
             entries: Mutex::new(Vec::new()),
             changed: watch::channel(0).0,
@@ -355,7 +384,8 @@ impl Driver {
             }
             clients.insert(name.to_string(), log.clone());
         }
-        let mut cmd = json!({"cmd": "connect", "client": name, "url": url, "opts": opts.to_io_opts()});
+        let mut cmd =
+            json!({"cmd": "connect", "client": name, "url": url, "opts": opts.to_io_opts()});
         if let Some(a) = &opts.local_address {
             cmd["localAddress"] = a.clone().into();
         }
@@ -412,7 +442,10 @@ impl Shared {
             let reply = if v["ok"] == Value::Bool(true) {
                 Ok(v["result"].clone())
             } else {
-                Err(v["error"].as_str().unwrap_or("unknown driver error").to_string())
+                Err(v["error"]
+                    .as_str()
+                    .unwrap_or("unknown driver error")
+                    .to_string())
             };
             if let Some(tx) = self.pending.lock().unwrap().remove(&id) {
                 let _ = tx.send(reply);
@@ -424,7 +457,10 @@ impl Shared {
             return;
         };
         let Some(received) = parse_incoming(&v) else {
-            self.stderr.lock().unwrap().push(format!("(unparsed) {line}"));
+            self.stderr
+                .lock()
+                .unwrap()
+                .push(format!("(unparsed) {line}"));
             return;
         };
         let log = self.clients.lock().unwrap().get(client).cloned();
@@ -473,7 +509,9 @@ impl Shared {
             Ok(Err(_)) => Err(anyhow!("socket.io-client driver dropped the request")),
             Err(_) => {
                 self.pending.lock().unwrap().remove(&id);
-                Err(anyhow!("socket.io-client driver did not answer {cmd} within {timeout:?}"))
+                Err(anyhow!(
+                    "socket.io-client driver did not answer {cmd} within {timeout:?}"
+                ))
             }
         }
     }
@@ -542,19 +580,31 @@ impl Client {
 
     /// Emits any argument list without an ack id.
     pub async fn emit_args(&self, event: &str, args: Vec<Value>) -> Result<()> {
-        self.request(json!({"cmd": "emit", "event": event, "args": args}), ACK_TIMEOUT)
-            .await?;
+        self.request(
+            json!({"cmd": "emit", "event": event, "args": args}),
+            ACK_TIMEOUT,
+        )
+        .await?;
         Ok(())
     }
 
     /// Emits with an ack and returns the ack's first argument.
     pub async fn emit_ack(&self, event: &str, data: Value) -> Result<Value> {
         let mut r = self.emit_ack_args(event, vec![data], ACK_TIMEOUT).await?;
-        Ok(if r.is_empty() { Value::Null } else { r.swap_remove(0) })
+        Ok(if r.is_empty() {
+            Value::Null
+        } else {
+            r.swap_remove(0)
+        })
     }
 
     /// Emits with an ack and returns all the ack's arguments; fails after `timeout` without one.
-    pub async fn emit_ack_args(&self, event: &str, args: Vec<Value>, timeout: Duration) -> Result<Vec<Value>> {
+    pub async fn emit_ack_args(
+        &self,
+        event: &str,
+        args: Vec<Value>,
+        timeout: Duration,
+    ) -> Result<Vec<Value>> {
         let r = self
             .request(
                 json!({"cmd": "emit", "event": event, "args": args, "ack": true,
@@ -569,21 +619,35 @@ impl Client {
     /// Emits `event` once per payload, in order, in one tick of the driver (no round trip per
     /// event); returns the driver's send time ([`now_ms`] base).
     pub async fn emit_many(&self, event: &str, payloads: Vec<Value>) -> Result<f64> {
-        let args: Vec<Value> = payloads.into_iter().map(|p| Value::Array(vec![p])).collect();
+        let args: Vec<Value> = payloads
+            .into_iter()
+            .map(|p| Value::Array(vec![p]))
+            .collect();
         let r = self
-            .request(json!({"cmd": "emitMany", "event": event, "args": args}), ACK_TIMEOUT)
+            .request(
+                json!({"cmd": "emitMany", "event": event, "args": args}),
+                ACK_TIMEOUT,
+            )
             .await?;
         r.as_f64().ok_or_else(|| anyhow!("emitMany returned {r}"))
     }
 
     /// `join` room, expecting `{ok:true}`.
     pub async fn join(&self, room: &str) -> Result<()> {
-        expect_ok(&self.name, "join", self.emit_ack("join", json!(room)).await?)
+        expect_ok(
+            &self.name,
+            "join",
+            self.emit_ack("join", json!(room)).await?,
+        )
     }
 
     /// `leave` room, expecting `{ok:true}`.
     pub async fn leave(&self, room: &str) -> Result<()> {
-        expect_ok(&self.name, "leave", self.emit_ack("leave", json!(room)).await?)
+        expect_ok(
+            &self.name,
+            "leave",
+            self.emit_ack("leave", json!(room)).await?,
+        )
     }
 
     /// `publish` `{room?, event, data}`, expecting `{ok:true}`.
@@ -625,7 +689,8 @@ impl Client {
 
     /// Sets `socket.auth` for the next handshakes (reconnections included).
     pub async fn set_auth(&self, auth: Value) -> Result<()> {
-        self.request(json!({"cmd": "setAuth", "auth": auth}), ACK_TIMEOUT).await?;
+        self.request(json!({"cmd": "setAuth", "auth": auth}), ACK_TIMEOUT)
+            .await?;
         Ok(())
     }
 
@@ -637,13 +702,15 @@ impl Client {
 
     /// `socket.disconnect()`: a client-side disconnect, without reconnection.
     pub async fn disconnect(&self) -> Result<()> {
-        self.request(json!({"cmd": "disconnect"}), ACK_TIMEOUT).await?;
+        self.request(json!({"cmd": "disconnect"}), ACK_TIMEOUT)
+            .await?;
         Ok(())
     }
 
     /// `socket.connect()` again after [`Client::disconnect`].
     pub async fn connect_again(&self) -> Result<()> {
-        self.request(json!({"cmd": "connectAgain"}), ACK_TIMEOUT).await?;
+        self.request(json!({"cmd": "connectAgain"}), ACK_TIMEOUT)
+            .await?;
         Ok(())
     }
 
@@ -686,9 +753,15 @@ impl Client {
                 return Ok(t);
             }
             if let Some(why) = self.shared.dead() {
-                bail!("{}: waiting for {what}: socket.io-client driver is gone ({why})", self.name);
+                bail!(
+                    "{}: waiting for {what}: socket.io-client driver is gone ({why})",
+                    self.name
+                );
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 bail!(
                     "{}: no {what} within {timeout:?}; last entries: {}",
                     self.name,
@@ -731,7 +804,10 @@ impl Client {
     pub async fn hello_n(&self, n: usize, timeout: Duration) -> Result<Hello> {
         let ev = self
             .wait_until(timeout, &format!("hello #{n}"), |log| {
-                log.iter().filter(|r| r.event_name() == Some("hello")).nth(n - 1).cloned()
+                log.iter()
+                    .filter(|r| r.event_name() == Some("hello"))
+                    .nth(n - 1)
+                    .cloned()
             })
             .await?;
         serde_json::from_value(ev.data().clone()).with_context(|| format!("hello {:?}", ev.data()))
@@ -749,10 +825,20 @@ impl Client {
     }
 
     /// The first `n` events named `name`; fails after `timeout` telling how many came.
-    pub async fn wait_events(&self, name: &str, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+    pub async fn wait_events(
+        &self,
+        name: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Received>> {
         let mut seen = 0;
         self.wait_until(timeout, &format!("{n} `{name}` events"), |log| {
-            let v: Vec<_> = log.iter().filter(|r| r.event_name() == Some(name)).take(n).cloned().collect();
+            let v: Vec<_> = log
+                .iter()
+                .filter(|r| r.event_name() == Some(name))
+                .take(n)
+                .cloned()
+                .collect();
             seen = v.len();
             (v.len() == n).then_some(v)
         })
@@ -840,14 +926,19 @@ pub fn expect_ok(client: &str, what: &str, ack: Value) -> Result<()> {
     if ack.get("ok") == Some(&Value::Bool(true)) {
         Ok(())
     } else {
-        Err(anyhow!("{client}: {what} acked {ack}, expected {{ok:true}}"))
+        Err(anyhow!(
+            "{client}: {what} acked {ack}, expected {{ok:true}}"
+        ))
     }
 }
 
 /// Whether an ack is a refusal `{ok:false, error:"<non-empty>"}` (pure).
 pub fn is_refusal(ack: &Value) -> bool {
     ack.get("ok") == Some(&Value::Bool(false))
-        && ack.get("error").and_then(Value::as_str).is_some_and(|e| !e.is_empty())
+        && ack
+            .get("error")
+            .and_then(Value::as_str)
+            .is_some_and(|e| !e.is_empty())
 }
 
 #[cfg(test)]
@@ -875,8 +966,10 @@ mod tests {
 
     #[test]
     fn driver_lines_parse() {
-        let r = parse_incoming(&json!({"ev": "event", "client": "a", "t": 1.5, "name": "hello",
-                                       "args": [{"node": "n1", "id": "x"}]}))
+        let r = parse_incoming(
+            &json!({"ev": "event", "client": "a", "t": 1.5, "name": "hello",
+                                       "args": [{"node": "n1", "id": "x"}]}),
+        )
         .unwrap();
         assert_eq!(r.t_ms, 1.5);
         assert_eq!(r.event_name(), Some("hello"));
@@ -886,7 +979,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.what,
-            Incoming::Disconnect { reason: "transport close".into(), description: Value::Null }
+            Incoming::Disconnect {
+                reason: "transport close".into(),
+                description: Value::Null
+            }
         );
         assert!(parse_incoming(&json!({"ev": "nope", "t": 1.0})).is_none());
         assert!(parse_incoming(&json!({"ev": "event"})).is_none(), "no time");
@@ -897,19 +993,39 @@ mod tests {
         let t = hs256_token("s3cret", "alice", 60);
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         v.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
-        let d = jsonwebtoken::decode::<Value>(&t, &jsonwebtoken::DecodingKey::from_secret(b"s3cret"), &v)
-            .unwrap();
+        let d = jsonwebtoken::decode::<Value>(
+            &t,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+            &v,
+        )
+        .unwrap();
         assert_eq!(d.claims["sub"], "alice");
-        assert!(jsonwebtoken::decode::<Value>(&t, &jsonwebtoken::DecodingKey::from_secret(b"other"), &v).is_err());
+        assert!(
+            jsonwebtoken::decode::<Value>(
+                &t,
+                &jsonwebtoken::DecodingKey::from_secret(b"other"),
+                &v
+            )
+            .is_err()
+        );
         let expired = hs256_token("s3cret", "alice", -600);
-        assert!(jsonwebtoken::decode::<Value>(&expired, &jsonwebtoken::DecodingKey::from_secret(b"s3cret"), &v).is_err());
+        assert!(
+            jsonwebtoken::decode::<Value>(
+                &expired,
+                &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+                &v
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn acks_are_classified() {
         assert!(expect_ok("a", "join", json!({"ok": true})).is_ok());
         assert!(expect_ok("a", "join", json!({"ok": false, "error": "x"})).is_err());
-        assert!(is_refusal(&json!({"ok": false, "error": "room must be a string"})));
+        assert!(is_refusal(
+            &json!({"ok": false, "error": "room must be a string"})
+        ));
         assert!(!is_refusal(&json!({"ok": false})));
         assert!(!is_refusal(&json!({"ok": true})));
     }

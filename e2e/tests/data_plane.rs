@@ -17,7 +17,8 @@ use realtime_e2e::data_plane::{
     Affinity, Cluster, ClusterConfig, ServerCommand, ServerKind, http_get_with, metric_value,
 };
 use realtime_e2e::sio::{
-    self, Client, ConnectOptions, Driver, Hello, Incoming, Member, Transport, hs256_token, is_refusal,
+    self, Client, ConnectOptions, Driver, Hello, Incoming, Member, Transport, hs256_token,
+    is_refusal,
 };
 use serde_json::{Value, json};
 
@@ -25,7 +26,7 @@ const T: Duration = Duration::from_secs(10);
 const SECRET: &str = "e2e-test-secret-of-32-bytes-long";
 
 struct Setup {
-    // Field order: clients (in the driver) go before the cluster.
+    // Dropped in this order: the driver (and its clients) before the cluster.
     driver: Driver,
     cluster: Cluster,
 }
@@ -33,13 +34,19 @@ struct Setup {
 /// Starts the driver and a cluster of `nodes` with extra node environment, or `None` (skip).
 async fn setup(nodes: usize, env: &[(&str, &str)], affinity: Affinity) -> Option<Setup> {
     let server = ServerCommand::for_tests()?;
-    let paths = realtime_e2e::require::require("node and socket.io-client", sio::DRIVER_HOW_TO, sio::find_driver())?;
+    let paths = realtime_e2e::require::require(
+        "node and socket.io-client",
+        sio::DRIVER_HOW_TO,
+        sio::find_driver(),
+    )?;
     let mut cfg = ClusterConfig::new(server, nodes).affinity(affinity);
     for (k, v) in env {
         cfg = cfg.env(k, v);
     }
     let cluster = Cluster::for_test(cfg).await?;
-    let driver = Driver::start(&paths).await.expect("starting the socket.io-client driver");
+    let driver = Driver::start(&paths)
+        .await
+        .expect("starting the socket.io-client driver");
     Some(Setup { driver, cluster })
 }
 
@@ -94,13 +101,17 @@ fn disconnects(c: &Client) -> Vec<String> {
 async fn settle(from: &Client, all: &[&Client], tag: &str) {
     from.publish(None, "settle", json!(tag)).await.unwrap();
     for c in all {
-        c.wait_event_where("settle", T, |d| d == &json!(tag)).await.unwrap();
+        c.wait_event_where("settle", T, |d| d == &json!(tag))
+            .await
+            .unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_then_websocket_upgrade_through_nginx() {
-    let Some(s) = setup(3, &[], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[], Affinity::IpHash).await else {
+        return;
+    };
 
     // Default transports: the handshake is long-polling, then the client upgrades.
     let mut upgraded = Vec::new();
@@ -135,18 +146,32 @@ async fn polling_then_websocket_upgrade_through_nginx() {
 
     // Long-polling only, kept on one node by ip_hash across its many requests.
     let (poller, _) = s
-        .client_on(2, 1, ConnectOptions::default().transports(&[Transport::Polling]))
+        .client_on(
+            2,
+            1,
+            ConnectOptions::default().transports(&[Transport::Polling]),
+        )
         .await;
     poller.join("t").await.unwrap();
     // WebSocket only: the source address applies to the WebSocket too.
     let (ws_only, _) = s
-        .client_on(1, 1, ConnectOptions::default().transports(&[Transport::Websocket]))
+        .client_on(
+            1,
+            1,
+            ConnectOptions::default().transports(&[Transport::Websocket]),
+        )
         .await;
-    assert_eq!(ws_only.state().await.unwrap().transport.as_deref(), Some("websocket"));
+    assert_eq!(
+        ws_only.state().await.unwrap().transport.as_deref(),
+        Some("websocket")
+    );
     ws_only.join("t").await.unwrap();
 
     for i in 0..5 {
-        upgraded[0].publish(Some("t"), "tick", json!(i)).await.unwrap();
+        upgraded[0]
+            .publish(Some("t"), "tick", json!(i))
+            .await
+            .unwrap();
     }
     let want: Vec<Value> = (0..5).map(|i| json!(i)).collect();
     for c in upgraded.iter().chain([&poller, &ws_only]) {
@@ -155,16 +180,26 @@ async fn polling_then_websocket_upgrade_through_nginx() {
     let all: Vec<&Client> = upgraded.iter().chain([&poller, &ws_only]).collect();
     settle(&upgraded[0], &all, "end").await;
     for c in &all {
-        assert_eq!(data_of(c, "tick"), want, "{}: every tick once, in order", c.name());
+        assert_eq!(
+            data_of(c, "tick"),
+            want,
+            "{}: every tick once, in order",
+            c.name()
+        );
     }
     let st = poller.state().await.unwrap();
     assert_eq!(st.transport.as_deref(), Some("polling"));
-    assert!(disconnects(&poller).is_empty(), "the polling client stayed connected");
+    assert!(
+        disconnects(&poller).is_empty(),
+        "the polling client stayed connected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_publish_crosses_nodes() {
-    let Some(s) = setup(3, &[], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[], Affinity::IpHash).await else {
+        return;
+    };
     let (a, _) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (b, _) = s.client_on(1, 0, ConnectOptions::default()).await;
     let (c, _) = s.client_on(2, 0, ConnectOptions::default()).await;
@@ -175,7 +210,9 @@ async fn room_publish_crosses_nodes() {
     }
     e.join("room-y").await.unwrap();
 
-    a.publish(Some("room-x"), "chat", json!({"from": "a", "n": 1})).await.unwrap();
+    a.publish(Some("room-x"), "chat", json!({"from": "a", "n": 1}))
+        .await
+        .unwrap();
     for x in [&a, &b, &c] {
         let got = x.wait_event("chat", T).await.unwrap();
         assert_eq!(got.data(), &json!({"from": "a", "n": 1}), "{}", x.name());
@@ -193,27 +230,43 @@ async fn room_publish_crosses_nodes() {
     for x in [&a, &b, &c] {
         assert_eq!(data_of(x, "chat").len(), 1, "{}: one chat", x.name());
     }
-    assert!(data_of(&d, "chat").is_empty() && data_of(&e, "chat").is_empty(), "outsiders got room-x events");
+    assert!(
+        data_of(&d, "chat").is_empty() && data_of(&e, "chat").is_empty(),
+        "outsiders got room-x events"
+    );
 
     // leave: c (on n3) stops receiving; the others still do
     c.leave("room-x").await.unwrap();
-    a.publish(Some("room-x"), "chat", json!({"from": "a", "n": 2})).await.unwrap();
+    a.publish(Some("room-x"), "chat", json!({"from": "a", "n": 2}))
+        .await
+        .unwrap();
     settle(&a, &everyone, "2").await;
     assert_eq!(data_of(&a, "chat").len(), 2);
-    assert_eq!(data_of(&b, "chat"), vec![json!({"from": "a", "n": 1}), json!({"from": "a", "n": 2})]);
-    assert_eq!(data_of(&c, "chat"), vec![json!({"from": "a", "n": 1})], "c left room-x");
+    assert_eq!(
+        data_of(&b, "chat"),
+        vec![json!({"from": "a", "n": 1}), json!({"from": "a", "n": 2})]
+    );
+    assert_eq!(
+        data_of(&c, "chat"),
+        vec![json!({"from": "a", "n": 1})],
+        "c left room-x"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_message_reaches_exactly_one_socket_on_another_node() {
-    let Some(s) = setup(3, &[], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[], Affinity::IpHash).await else {
+        return;
+    };
     let (a, _) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (b, hb) = s.client_on(1, 0, ConnectOptions::default()).await;
     let (c, hc) = s.client_on(2, 0, ConnectOptions::default()).await;
     // c joins a client room named like b's socket id: it must not get b's private messages
     c.join(&hb.id).await.unwrap();
 
-    a.send_to(&hb.id, "dm", json!({"text": "for b"})).await.unwrap();
+    a.send_to(&hb.id, "dm", json!({"text": "for b"}))
+        .await
+        .unwrap();
     let got = b.wait_event("dm", T).await.unwrap();
     assert_eq!(got.data(), &json!({"text": "for b"}));
     // barrier on the same path (n1 -> Redis -> n3) for c, and to b itself
@@ -222,7 +275,10 @@ async fn private_message_reaches_exactly_one_socket_on_another_node() {
     c.wait_event("dm-end", T).await.unwrap();
     b.wait_event("dm-end", T).await.unwrap();
     assert_eq!(data_of(&b, "dm").len(), 1, "b gets it exactly once");
-    assert!(data_of(&c, "dm").is_empty(), "a room named like b's id leaked b's private message");
+    assert!(
+        data_of(&c, "dm").is_empty(),
+        "a room named like b's id leaked b's private message"
+    );
     assert!(data_of(&a, "dm").is_empty(), "the sender is not the target");
 
     // presence of that room lists c only, not b
@@ -236,14 +292,19 @@ fn ids(m: &[Member]) -> Vec<String> {
 
 fn sorted_members(mut v: Vec<(String, String, Option<String>)>) -> Vec<Member> {
     v.sort();
-    let mut m: Vec<Member> = v.into_iter().map(|(id, node, user)| Member { id, node, user }).collect();
+    let mut m: Vec<Member> = v
+        .into_iter()
+        .map(|(id, node, user)| Member { id, node, user })
+        .collect();
     m.sort();
     m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_lists_members_of_every_node_once() {
-    let Some(s) = setup(3, &[], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[], Affinity::IpHash).await else {
+        return;
+    };
     let (a, ha) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (b, hb) = s.client_on(1, 0, ConnectOptions::default()).await;
     let (c, hc) = s.client_on(2, 0, ConnectOptions::default()).await;
@@ -264,7 +325,10 @@ async fn presence_lists_members_of_every_node_once() {
     assert!(a.presence("empty-room").await.unwrap().is_empty());
 
     b.leave("lobby").await.unwrap();
-    let want = sorted_members(vec![(ha.id.clone(), "n1".into(), None), (hc.id.clone(), "n3".into(), None)]);
+    let want = sorted_members(vec![
+        (ha.id.clone(), "n1".into(), None),
+        (hc.id.clone(), "n3".into(), None),
+    ]);
     assert_eq!(d.presence("lobby").await.unwrap(), want, "after b left");
 
     c.disconnect().await.unwrap();
@@ -274,7 +338,10 @@ async fn presence_lists_members_of_every_node_once() {
         if m == sorted_members(vec![(ha.id.clone(), "n1".into(), None)]) {
             break;
         }
-        assert!(Instant::now() < deadline, "c still listed after disconnecting: {m:?}");
+        assert!(
+            Instant::now() < deadline,
+            "c still listed after disconnecting: {m:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -290,7 +357,10 @@ async fn presence_lists_members_of_every_node_once() {
             if counts == [Some(2.0), Some(1.0), Some(0.0)] {
                 break;
             }
-            assert!(Instant::now() < deadline, "realtime_connected_sockets per node: {counts:?}, want 2, 1, 0");
+            assert!(
+                Instant::now() < deadline,
+                "realtime_connected_sockets per node: {counts:?}, want 2, 1, 0"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -298,7 +368,9 @@ async fn presence_lists_members_of_every_node_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_messages_cross_nodes_and_tokens_are_checked() {
-    let Some(s) = setup(3, &[("AUTH_SECRET", SECRET)], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[("AUTH_SECRET", SECRET)], Affinity::IpHash).await else {
+        return;
+    };
     if skip_unless_realtime(&s.cluster, "auth (AUTH_SECRET)") {
         return;
     }
@@ -311,17 +383,30 @@ async fn user_messages_cross_nodes_and_tokens_are_checked() {
     carol.join("alice").await.unwrap();
     carol.join("user:alice").await.unwrap();
 
-    bob.send_to_user("alice", "note", json!({"from": "bob"})).await.unwrap();
+    bob.send_to_user("alice", "note", json!({"from": "bob"}))
+        .await
+        .unwrap();
     for a in [&alice1, &alice2] {
         let got = a.wait_event("note", T).await.unwrap();
         assert_eq!(got.data(), &json!({"from": "bob"}));
     }
     // barrier: everyone gets a broadcast from bob published after the note
     settle(&bob, &[&alice1, &alice2, &bob, &carol], "u").await;
-    assert_eq!(data_of(&alice1, "note").len(), 1, "alice's socket on n1, once");
-    assert_eq!(data_of(&alice2, "note").len(), 1, "alice's socket on n2, once");
+    assert_eq!(
+        data_of(&alice1, "note").len(),
+        1,
+        "alice's socket on n1, once"
+    );
+    assert_eq!(
+        data_of(&alice2, "note").len(),
+        1,
+        "alice's socket on n2, once"
+    );
     assert!(data_of(&bob, "note").is_empty(), "bob is not alice");
-    assert!(data_of(&carol, "note").is_empty(), "a client room named like the user leaked its messages");
+    assert!(
+        data_of(&carol, "note").is_empty(),
+        "a client room named like the user leaked its messages"
+    );
 
     // presence carries the user of each member
     for x in [&alice1, &alice2, &bob] {
@@ -337,23 +422,45 @@ async fn user_messages_cross_nodes_and_tokens_are_checked() {
     // refused handshakes: connect_error with a message that says what is wrong
     let refused = [
         ("no token", ConnectOptions::default()),
-        ("wrong secret", ConnectOptions::default().token(&hs256_token("not-the-secret", "eve", 600))),
-        ("expired", ConnectOptions::default().token(&hs256_token(SECRET, "eve", -600))),
+        (
+            "wrong secret",
+            ConnectOptions::default().token(&hs256_token("not-the-secret", "eve", 600)),
+        ),
+        (
+            "expired",
+            ConnectOptions::default().token(&hs256_token(SECRET, "eve", -600)),
+        ),
         ("not a JWT", ConnectOptions::default().token("not-a-jwt")),
     ];
     for (what, opts) in refused {
         let c = s
             .driver
-            .connect(&s.cluster.url(), opts.reconnection(false).local_address(s.cluster.source_address_for(0, 1)))
+            .connect(
+                &s.cluster.url(),
+                opts.reconnection(false)
+                    .local_address(s.cluster.source_address_for(0, 1)),
+            )
             .await
             .unwrap();
-        let msg = c.wait_connect_error(T).await.unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let msg = c
+            .wait_connect_error(T)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
         eprintln!("connect_error ({what}): {msg}");
-        assert!(msg.to_lowercase().contains("token"), "{what}: unclear connect_error message {msg:?}");
+        assert!(
+            msg.to_lowercase().contains("token"),
+            "{what}: unclear connect_error message {msg:?}"
+        );
         if what != "no token" {
-            assert!(msg.to_lowercase().contains("invalid"), "{what}: {msg:?} should say the token is invalid");
+            assert!(
+                msg.to_lowercase().contains("invalid"),
+                "{what}: {msg:?} should say the token is invalid"
+            );
         }
-        assert!(c.events("hello").is_empty(), "{what}: a refused client got hello");
+        assert!(
+            c.events("hello").is_empty(),
+            "{what}: a refused client got hello"
+        );
         assert!(!c.state().await.unwrap().connected);
     }
 }
@@ -361,7 +468,9 @@ async fn user_messages_cross_nodes_and_tokens_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_500_arrives_complete_and_in_order_on_other_nodes() {
     const N: usize = 500;
-    let Some(s) = setup(3, &[], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[], Affinity::IpHash).await else {
+        return;
+    };
     let (sender, _) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (r2, _) = s.client_on(1, 0, ConnectOptions::default()).await;
     let (r3, _) = s.client_on(2, 0, ConnectOptions::default()).await;
@@ -370,7 +479,9 @@ async fn burst_of_500_arrives_complete_and_in_order_on_other_nodes() {
     // wait for the upgrade so the burst measures the websocket path
     for c in [&sender, &r2, &r3] {
         c.wait_until(T, "websocket", |log| {
-            log.iter().any(|r| matches!(&r.what, Incoming::Upgrade { .. })).then_some(())
+            log.iter()
+                .any(|r| matches!(&r.what, Incoming::Upgrade { .. }))
+                .then_some(())
         })
         .await
         .unwrap();
@@ -382,9 +493,19 @@ async fn burst_of_500_arrives_complete_and_in_order_on_other_nodes() {
     // without acks, like a chatty app (and rtbench)
     let t0 = sender.emit_many("publish", payloads).await.unwrap();
     for (name, r) in [("n2", &r2), ("n3", &r3)] {
-        let got = r.wait_events("b", N, Duration::from_secs(30)).await.unwrap();
-        let seq: Vec<u64> = got.iter().map(|e| e.data()["i"].as_u64().unwrap()).collect();
-        assert_eq!(seq, (0..N as u64).collect::<Vec<_>>(), "{name}: complete and in order");
+        let got = r
+            .wait_events("b", N, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let seq: Vec<u64> = got
+            .iter()
+            .map(|e| e.data()["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seq,
+            (0..N as u64).collect::<Vec<_>>(),
+            "{name}: complete and in order"
+        );
         let mut lat: Vec<f64> = got.iter().map(|e| e.t_ms - t0).collect();
         let span = lat.last().unwrap().max(0.001);
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -400,13 +521,24 @@ async fn burst_of_500_arrives_complete_and_in_order_on_other_nodes() {
     settle(&sender, &[&r2, &r3], "end").await;
     assert_eq!(r2.events("b").len(), N, "no duplicates on n2");
     assert_eq!(r3.events("b").len(), N, "no duplicates on n3");
-    assert!(sender.events("b").is_empty(), "the sender is not in the room");
+    assert!(
+        sender.events("b").is_empty(),
+        "the sender is not in the room"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_disturbs_nobody() {
     const MAX_PAYLOAD: usize = 20_000;
-    let Some(s) = setup(3, &[("MAX_PAYLOAD", &MAX_PAYLOAD.to_string())], Affinity::IpHash).await else { return };
+    let Some(s) = setup(
+        3,
+        &[("MAX_PAYLOAD", &MAX_PAYLOAD.to_string())],
+        Affinity::IpHash,
+    )
+    .await
+    else {
+        return;
+    };
     let realtime = s.cluster.kind() == ServerKind::Realtime;
     let (bad, _) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (victim, _) = s.client_on(0, 1, ConnectOptions::default()).await; // same node as bad
@@ -427,8 +559,14 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
         ("publish", json!({"room": "calm", "data": 1})),
         ("publish", json!({"room": "calm", "event": "", "data": 1})),
         ("publish", json!({"room": "calm", "event": 7, "data": 1})),
-        ("publish", json!({"room": "calm", "event": "connect", "data": 1})),
-        ("publish", json!({"room": "calm", "event": "disconnect", "data": 1})),
+        (
+            "publish",
+            json!({"room": "calm", "event": "connect", "data": 1}),
+        ),
+        (
+            "publish",
+            json!({"room": "calm", "event": "disconnect", "data": 1}),
+        ),
         ("publish", json!({"room": null, "event": "e", "data": 1})),
         ("publish", json!({"room": 5, "event": "e", "data": 1})),
         ("send", json!({"event": "e", "data": 1})),
@@ -443,19 +581,36 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
     if realtime {
         // The reference has no length limit; ours refuses room names over its bound.
         cases.push(("join", json!("r".repeat(10_000))));
-        cases.push(("publish", json!({"room": "r".repeat(10_000), "event": "e", "data": 1})));
+        cases.push((
+            "publish",
+            json!({"room": "r".repeat(10_000), "event": "e", "data": 1}),
+        ));
         cases.push(("presence", json!({"room": "r".repeat(10_000)})));
         // user-addressed send needs auth, which this cluster does not have
         cases.push(("send", json!({"user": "alice", "event": "e", "data": 1})));
     }
     for (event, arg) in &cases {
-        let ack = bad.emit_ack(event, arg.clone()).await.unwrap_or_else(|e| panic!("{event} {arg}: {e:#}"));
-        assert!(is_refusal(&ack), "{event} {}: acked {ack}, want {{ok:false, error}}", short(arg));
+        let ack = bad
+            .emit_ack(event, arg.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{event} {arg}: {e:#}"));
+        assert!(
+            is_refusal(&ack),
+            "{event} {}: acked {ack}, want {{ok:false, error}}",
+            short(arg)
+        );
         // the same without an ack id must not break anything either
         bad.emit(event, arg.clone()).await.unwrap();
     }
     // unknown event: a refusal (ours) or no ack at all (the reference has no handler)
-    match bad.emit_ack_args("no-such-event", vec![json!({"x": 1})], Duration::from_secs(2)).await {
+    match bad
+        .emit_ack_args(
+            "no-such-event",
+            vec![json!({"x": 1})],
+            Duration::from_secs(2),
+        )
+        .await
+    {
         Ok(ack) => assert!(is_refusal(&ack[0]), "unknown event acked {ack:?}"),
         Err(e) if !realtime => eprintln!("unknown event, reference: {e:#}"),
         Err(e) => panic!("unknown event: no refusal ack: {e:#}"),
@@ -472,17 +627,30 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
             .filter_map(|r| r.event_name().map(String::from))
             .filter(|n| n != "hello" && n != "calm")
             .collect();
-        assert!(unexpected.is_empty(), "{}: bad input was emitted: {unexpected:?}", c.name());
+        assert!(
+            unexpected.is_empty(),
+            "{}: bad input was emitted: {unexpected:?}",
+            c.name()
+        );
     }
-    assert!(disconnects(&bad).is_empty(), "bad input must not cost the connection");
+    assert!(
+        disconnects(&bad).is_empty(),
+        "bad input must not cost the connection"
+    );
     assert!(bad.state().await.unwrap().connected);
 
     // an oversized payload: refused (ack or the transport closes), never delivered
     let limit = if realtime { MAX_PAYLOAD } else { 1_000_000 };
     let big = json!({"room": "calm", "event": "big", "data": "x".repeat(limit + 10_000)});
-    match bad.emit_ack_args("publish", vec![big], Duration::from_secs(3)).await {
+    match bad
+        .emit_ack_args("publish", vec![big], Duration::from_secs(3))
+        .await
+    {
         Ok(ack) => assert!(is_refusal(&ack[0]), "oversized publish acked {ack:?}"),
-        Err(e) => eprintln!("oversized publish: no ack ({e:#}); disconnects: {:?}", disconnects(&bad)),
+        Err(e) => eprintln!(
+            "oversized publish: no ack ({e:#}); disconnects: {:?}",
+            disconnects(&bad)
+        ),
     }
     for i in 1..=5 {
         far.publish(Some("calm"), "calm", json!(i)).await.unwrap();
@@ -490,20 +658,41 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
     let want: Vec<Value> = (0..=5).map(|i| json!(i)).collect();
     victim.wait_events("calm", 6, T).await.unwrap();
     settle(&far, &[&victim, &far], "end").await;
-    assert_eq!(data_of(&victim, "calm"), want, "the neighbour on the same node keeps receiving, in order");
-    assert!(victim.events("big").is_empty() && far.events("big").is_empty(), "oversized payload delivered");
-    assert!(disconnects(&victim).is_empty(), "the neighbour was disturbed: {:?}", disconnects(&victim));
-    assert!(s.cluster.exited_nodes().is_empty(), "a node died: {:?}", s.cluster.exited_nodes());
+    assert_eq!(
+        data_of(&victim, "calm"),
+        want,
+        "the neighbour on the same node keeps receiving, in order"
+    );
+    assert!(
+        victim.events("big").is_empty() && far.events("big").is_empty(),
+        "oversized payload delivered"
+    );
+    assert!(
+        disconnects(&victim).is_empty(),
+        "the neighbour was disturbed: {:?}",
+        disconnects(&victim)
+    );
+    assert!(
+        s.cluster.exited_nodes().is_empty(),
+        "a node died: {:?}",
+        s.cluster.exited_nodes()
+    );
 }
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 { format!("{}… ({} bytes)", &s[..80], s.len()) } else { s }
+    if s.len() > 80 {
+        format!("{}… ({} bytes)", &s[..80], s.len())
+    } else {
+        s
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_keeps_nodes_up_and_delivery_resumes() {
-    let Some(mut s) = setup(3, &[], Affinity::IpHash).await else { return };
+    let Some(mut s) = setup(3, &[], Affinity::IpHash).await else {
+        return;
+    };
     let realtime = s.cluster.kind() == ServerKind::Realtime;
     let (a, _) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (b, _) = s.client_on(1, 0, ConnectOptions::default()).await;
@@ -521,14 +710,26 @@ async fn redis_restart_keeps_nodes_up_and_delivery_resumes() {
     if realtime {
         for i in 0..3 {
             let took = s.cluster.wait_readiness(i, false, T).await.unwrap();
-            println!("MEASURE redis down: {} not ready after {took:?}", s.cluster.node(i).name);
+            println!(
+                "MEASURE redis down: {} not ready after {took:?}",
+                s.cluster.node(i).name
+            );
         }
     }
     // the node keeps serving its local clients: a's own publish reaches a
-    let during = a.emit_ack("publish", json!({"room": "r", "event": "during", "data": 1})).await;
+    let during = a
+        .emit_ack(
+            "publish",
+            json!({"room": "r", "event": "during", "data": 1}),
+        )
+        .await;
     println!("publish during the outage acked: {during:?}");
     a.wait_event("during", T).await.unwrap();
-    assert!(s.cluster.exited_nodes().is_empty(), "a node exited without Redis: {:?}", s.cluster.exited_nodes());
+    assert!(
+        s.cluster.exited_nodes().is_empty(),
+        "a node exited without Redis: {:?}",
+        s.cluster.exited_nodes()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     s.cluster.start_redis().await.unwrap();
@@ -537,12 +738,17 @@ async fn redis_restart_keeps_nodes_up_and_delivery_resumes() {
     // probe until b (n2) gets one of a's (n1) publishes again
     let mut k = 0u64;
     let resumed = loop {
-        let _ = a.emit("publish", json!({"room": "r", "event": "probe", "data": k})).await;
+        let _ = a
+            .emit("publish", json!({"room": "r", "event": "probe", "data": k}))
+            .await;
         k += 1;
         if let Ok(r) = b.wait_event("probe", Duration::from_millis(100)).await {
             break r;
         }
-        assert!(up.elapsed() < Duration::from_secs(30), "cross-node delivery did not resume within 30 s");
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "cross-node delivery did not resume within 30 s"
+        );
     };
     println!(
         "MEASURE redis restart: cross-node delivery resumed {:?} after redis was back (probe #{})",
@@ -551,11 +757,22 @@ async fn redis_restart_keeps_nodes_up_and_delivery_resumes() {
     );
     if realtime {
         for i in 0..3 {
-            s.cluster.wait_readiness(i, true, Duration::from_secs(30)).await.unwrap();
-            println!("MEASURE redis back: {} ready again {:?} after redis was back", s.cluster.node(i).name, up.elapsed());
+            s.cluster
+                .wait_readiness(i, true, Duration::from_secs(30))
+                .await
+                .unwrap();
+            println!(
+                "MEASURE redis back: {} ready again {:?} after redis was back",
+                s.cluster.node(i).name,
+                up.elapsed()
+            );
         }
     }
-    assert!(s.cluster.exited_nodes().is_empty(), "a node exited: {:?}", s.cluster.exited_nodes());
+    assert!(
+        s.cluster.exited_nodes().is_empty(),
+        "a node exited: {:?}",
+        s.cluster.exited_nodes()
+    );
 
     // every node delivers again, completely and in order
     for i in 0..20 {
@@ -565,20 +782,30 @@ async fn redis_restart_keeps_nodes_up_and_delivery_resumes() {
     let want: Vec<Value> = (0..20).map(|i| json!(i)).collect();
     for x in [&a, &b, &c] {
         assert_eq!(data_of(x, "after"), want, "{}", x.name());
-        assert!(disconnects(x).is_empty(), "{} lost its connection: {:?}", x.name(), disconnects(x));
+        assert!(
+            disconnects(x).is_empty(),
+            "{} lost its connection: {:?}",
+            x.name(),
+            disconnects(x)
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_moves_clients_to_another_node_through_nginx() {
-    let Some(s) = setup(3, &[("SHUTDOWN_GRACE", "5s")], Affinity::IpHash).await else { return };
+    let Some(s) = setup(3, &[("SHUTDOWN_GRACE", "5s")], Affinity::IpHash).await else {
+        return;
+    };
     let src = s.cluster.source_address_for(0, 0);
     let (x, hx) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (y, _) = s.client_on(1, 0, ConnectOptions::default()).await;
     let (z, _) = s.client_on(2, 0, ConnectOptions::default()).await;
     x.join("r").await.unwrap();
     y.join("r").await.unwrap();
-    let expected = s.cluster.ip_hash_node(&src, &[0]).expect("ip_hash has another node");
+    let expected = s
+        .cluster
+        .ip_hash_node(&src, &[0])
+        .expect("ip_hash has another node");
 
     let t = Instant::now();
     s.cluster.signal_node(0, libc::SIGTERM).unwrap();
@@ -587,7 +814,10 @@ async fn sigterm_moves_clients_to_another_node_through_nginx() {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match s.cluster.readyz(0).await {
-                Some(200) => assert!(Instant::now() < deadline, "n1 still ready 2 s after SIGTERM"),
+                Some(200) => assert!(
+                    Instant::now() < deadline,
+                    "n1 still ready 2 s after SIGTERM"
+                ),
                 other => {
                     println!("n1 /readyz after SIGTERM: {other:?} ({:?})", t.elapsed());
                     break;
@@ -605,20 +835,35 @@ async fn sigterm_moves_clients_to_another_node_through_nginx() {
         })
         .await
         .unwrap();
-    assert_ne!(reason, "io server disconnect", "a server-side disconnect stops the client's reconnection");
+    assert_ne!(
+        reason, "io server disconnect",
+        "a server-side disconnect stops the client's reconnection"
+    );
     let h2 = x.hello_n(2, Duration::from_secs(30)).await.unwrap();
     println!(
         "MEASURE sigterm: client disconnected ({reason}), reconnected to {} after {:?}",
         h2.node,
         t.elapsed()
     );
-    assert_eq!(h2.node, s.cluster.node(expected).name, "nginx ip_hash's next choice for {src}");
+    assert_eq!(
+        h2.node,
+        s.cluster.node(expected).name,
+        "nginx ip_hash's next choice for {src}"
+    );
     assert_ne!(h2.id, hx.id);
     // the app rejoins its rooms on reconnect
     x.join("r").await.unwrap();
 
-    let status = s.cluster.node_proc(0).wait_exit(Duration::from_secs(10)).await.unwrap();
-    println!("MEASURE sigterm: n1 exited ({status}) {:?} after SIGTERM", t.elapsed());
+    let status = s
+        .cluster
+        .node_proc(0)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!(
+        "MEASURE sigterm: n1 exited ({status}) {:?} after SIGTERM",
+        t.elapsed()
+    );
     assert!(status.success(), "n1 exit status {status}");
 
     for i in 0..3 {
@@ -626,27 +871,45 @@ async fn sigterm_moves_clients_to_another_node_through_nginx() {
     }
     settle(&z, &[&x, &y, &z], "end").await;
     let want: Vec<Value> = (0..3).map(|i| json!(i)).collect();
-    assert_eq!(data_of(&x, "after"), want, "the moved client keeps receiving room events");
+    assert_eq!(
+        data_of(&x, "after"),
+        want,
+        "the moved client keeps receiving room events"
+    );
     assert_eq!(data_of(&y, "after"), want);
-    assert!(disconnects(&y).is_empty() && disconnects(&z).is_empty(), "clients of other nodes were disturbed");
-    assert_eq!(s.cluster.exited_nodes().len(), 1, "only n1 exited: {:?}", s.cluster.exited_nodes());
+    assert!(
+        disconnects(&y).is_empty() && disconnects(&z).is_empty(),
+        "clients of other nodes were disturbed"
+    );
+    assert_eq!(
+        s.cluster.exited_nodes().len(),
+        1,
+        "only n1 exited: {:?}",
+        s.cluster.exited_nodes()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_affinity_keeps_polling_clients_on_one_node() {
     // The harness's other affinity mode (what the operator asks of ingress-nginx): checked
     // here so that the end-to-end scenarios can rely on it.
-    let Some(s) = setup(3, &[], Affinity::cookie()).await else { return };
+    let Some(s) = setup(3, &[], Affinity::cookie()).await else {
+        return;
+    };
     // nginx hands out the affinity cookie once, and keeps a client that shows it on one node
     let nginx = std::net::SocketAddr::from(([127, 0, 0, 1], s.cluster.nginx_port()));
     let handshake = "/socket.io/?EIO=4&transport=polling";
     let r = http_get_with(nginx, handshake, &[], T).await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
-    let cookie = r.header("set-cookie").expect("a Set-Cookie for a client without the cookie");
+    let cookie = r
+        .header("set-cookie")
+        .expect("a Set-Cookie for a client without the cookie");
     assert!(cookie.starts_with("INGRESSCOOKIE="), "{cookie}");
     let cookie = cookie.split(';').next().unwrap().to_string();
     for _ in 0..3 {
-        let r = http_get_with(nginx, handshake, &[("Cookie", &cookie)], T).await.unwrap();
+        let r = http_get_with(nginx, handshake, &[("Cookie", &cookie)], T)
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("set-cookie"), None, "the cookie is set once");
     }
@@ -660,13 +923,22 @@ async fn cookie_affinity_keeps_polling_clients_on_one_node() {
         if i % 2 == 0 {
             opts = opts.transports(&[Transport::Polling]);
         }
-        let (c, h) = s.driver.connect_hello(&s.cluster.url(), opts, T).await.unwrap();
+        let (c, h) = s
+            .driver
+            .connect_hello(&s.cluster.url(), opts, T)
+            .await
+            .unwrap();
         nodes.insert(h.node);
         c.join("k").await.unwrap();
         if i % 2 == 1 {
             c.wait_until(T, "upgrade to websocket", |log| {
                 log.iter()
-                    .any(|r| r.what == Incoming::Upgrade { transport: "websocket".into() })
+                    .any(|r| {
+                        r.what
+                            == Incoming::Upgrade {
+                                transport: "websocket".into(),
+                            }
+                    })
                     .then_some(())
             })
             .await
@@ -682,7 +954,11 @@ async fn cookie_affinity_keeps_polling_clients_on_one_node() {
     for c in &clients {
         c.wait_events("p", 3, T).await.unwrap();
         assert_eq!(data_of(c, "p"), want);
-        assert!(disconnects(c).is_empty(), "{}: a polling request went to another node", c.name());
+        assert!(
+            disconnects(c).is_empty(),
+            "{}: a polling request went to another node",
+            c.name()
+        );
     }
 }
 
@@ -690,16 +966,25 @@ async fn cookie_affinity_keeps_polling_clients_on_one_node() {
 async fn rolling_replacement_of_a_node_moves_its_clients() {
     // The harness's rolling-update step (new node into nginx's upstream, old node out and
     // SIGTERM), which the end-to-end scenarios use in place of a Deployment rollout.
-    let Some(mut s) = setup(2, &[("SHUTDOWN_GRACE", "5s")], Affinity::IpHash).await else { return };
+    let Some(mut s) = setup(2, &[("SHUTDOWN_GRACE", "5s")], Affinity::IpHash).await else {
+        return;
+    };
     let (x, hx) = s.client_on(0, 0, ConnectOptions::default()).await;
     let (y, _) = s.client_on(1, 0, ConnectOptions::default()).await;
     x.join("r").await.unwrap();
     y.join("r").await.unwrap();
 
-    let new = s.cluster.roll_node(0, Duration::from_secs(10)).await.unwrap();
+    let new = s
+        .cluster
+        .roll_node(0, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(s.cluster.node(new).name, "n3");
     assert!(!s.cluster.node(0).in_upstream);
-    assert!(s.cluster.node_proc(0).exited().is_some(), "the old node is gone");
+    assert!(
+        s.cluster.node_proc(0).exited().is_some(),
+        "the old node is gone"
+    );
     let h2 = x.hello_n(2, Duration::from_secs(30)).await.unwrap();
     assert_ne!(h2.node, hx.node, "moved off the replaced node");
     x.join("r").await.unwrap();

@@ -50,7 +50,10 @@ async fn main() -> Result<()> {
             let exe = std::env::current_exe()?;
             let bin = exe.with_file_name("realtime-server");
             if !bin.is_file() {
-                bail!("{} not found: build it (cargo build -p realtime-server) or pass --server-bin", bin.display());
+                bail!(
+                    "{} not found: build it (cargo build -p realtime-server) or pass --server-bin",
+                    bin.display()
+                );
             }
             ServerCommand::realtime_server(bin)
         }
@@ -66,18 +69,30 @@ async fn main() -> Result<()> {
     cfg.redis_port = (args.redis_port != 0).then_some(args.redis_port);
     cfg.nginx_workers = 2;
     for kv in &args.env {
-        let (k, v) = kv.split_once('=').with_context(|| format!("-e {kv}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("-e {kv}: expected KEY=VALUE"))?;
         cfg = cfg.env(k, v);
     }
     let how = "install redis-server and nginx (scripts/deps.sh)";
-    let redis = require::find_program("redis-server", &[]).with_context(|| format!("redis-server not found: {how}"))?;
-    let nginx = require::find_program("nginx", &[]).with_context(|| format!("nginx not found: {how}"))?;
+    let redis = require::find_program("redis-server", &[])
+        .with_context(|| format!("redis-server not found: {how}"))?;
+    let nginx =
+        require::find_program("nginx", &[]).with_context(|| format!("nginx not found: {how}"))?;
 
     let cluster = Cluster::start(cfg, redis, nginx).await?;
     println!("local cluster up:");
-    println!("  open   {}/  (clients connect here; nginx {})", cluster.url(), args.affinity);
+    println!(
+        "  open   {}/  (clients connect here; nginx {})",
+        cluster.url(),
+        args.affinity
+    );
     for n in cluster.nodes() {
-        println!("  node   {} on http://{} (/healthz /readyz /metrics)", n.name, n.addr());
+        println!(
+            "  node   {} on http://{} (/healthz /readyz /metrics)",
+            n.name,
+            n.addr()
+        );
     }
     println!("  redis  {}", cluster.redis_url());
     println!("  logs   {}/logs", cluster.dir().display());
