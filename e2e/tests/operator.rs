@@ -1100,11 +1100,19 @@ async fn paused_stops_all_changes() {
         json!({"replicas": 6, "ingress": {"enabled": false}}),
     )
     .await;
-    let paused_before = operator.count("paused");
+    // The paused reconcile of the change reports it as observed, and applies nothing.
+    let generation = rc_api(&client, &ns)
+        .get("chat")
+        .await
+        .unwrap()
+        .metadata
+        .generation;
     eventually(&cp, "a paused reconcile of the change", || async {
-        Ok((operator.count("paused") > paused_before).then_some(()))
+        let rc = rc_api(&client, &ns).get("chat").await?;
+        Ok((rc.status.and_then(|s| s.observed_generation) == generation).then_some(()))
     })
     .await;
+    assert!(operator.count("paused") >= 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let now = versions(&client, &ns, "chat").await;
     for (k, v) in &frozen {
