@@ -1552,3 +1552,90 @@ async fn least_privilege_rules_suffice_for_every_operation() {
     );
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn a_precreated_password_secret_is_used_and_a_broken_one_reported() {
+    let Some(cp) = control_plane::shared().await else {
+        return;
+    };
+    let _logs = cp.logs_on_failure();
+    let client = cp.client().await.unwrap();
+    let ns = cp.create_namespace("op-secret").await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let pp = PostParams::default();
+    // Bring your own password: the operator adopts it instead of generating one.
+    secrets
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "mine-redis-auth"},
+            "stringData": {"password": "chosen-by-the-user"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // No usable key: reported, never overwritten.
+    secrets
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "broken-redis-auth"},
+            "stringData": {"pass": "x"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns, Duration::from_secs(300));
+    let mine = create(&client, &ns, "mine", json!({})).await;
+    let broken = create(&client, &ns, "broken", json!({})).await;
+
+    let d = eventually(&cp, "the Deployment using the user's password", || async {
+        Ok(get_opt::<Deployment>(&client, &ns, "mine").await)
+    })
+    .await;
+    let hash = d
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap()["realtime.dev/redis-auth-hash"]
+        .clone();
+    assert_eq!(
+        hash,
+        realtime_operator::build::redis::auth_hash("chosen-by-the-user")
+    );
+    let adopted = secrets.get("mine-redis-auth").await.unwrap();
+    assert_owned_by(&adopted.metadata, &mine);
+    assert_eq!(adopted.data.unwrap()["password"].0, b"chosen-by-the-user");
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let failed = eventually(
+        &cp,
+        "a ReconcileFailed event for the broken Secret",
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("ReconcileFailed")
+                    && e.regarding.as_ref().and_then(|r| r.uid.clone()) == broken.uid()
+            }))
+        },
+    )
+    .await;
+    assert!(
+        failed
+            .note
+            .unwrap()
+            .contains("has no non-empty `password` key: delete it")
+    );
+    assert!(
+        get_opt::<Deployment>(&client, &ns, "broken")
+            .await
+            .is_none()
+    );
+    let untouched = secrets.get("broken-redis-auth").await.unwrap();
+    assert!(
+        untouched.metadata.owner_references.is_none(),
+        "the broken Secret was modified"
+    );
+    operator.stop().await;
+}

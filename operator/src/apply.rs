@@ -52,6 +52,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The password Secret exists but holds no usable password; it is immutable, so the
+    /// operator will not overwrite it (that would silently change the password).
+    #[error(
+        "Secret {name} has no non-empty `{key}` key: delete it and a new password is generated"
+    )]
+    UnusableSecret { name: String, key: &'static str },
 }
 
 /// What the apiserver returned for the children whose status the controller reads.
@@ -60,8 +66,8 @@ pub struct Applied {
     pub statefulset: Option<StatefulSet>,
 }
 
-/// The password in the existing managed-Redis Secret, if there is one with a non-empty
-/// password. The value is only ever passed to the Secret builder and hashed; never logged.
+/// The password in the existing managed-Redis Secret (`None` when there is no Secret yet).
+/// The value is only ever passed to the Secret builder and hashed; never logged.
 pub async fn existing_redis_password(
     client: &Client,
     model: &Model,
@@ -75,11 +81,19 @@ pub async fn existing_redis_password(
             name: name.clone(),
             source,
         })?;
-    Ok(secret
-        .and_then(|s| s.data)
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    secret
+        .data
         .and_then(|mut d| d.remove(REDIS_PASSWORD_KEY))
         .and_then(|b| String::from_utf8(b.0).ok())
-        .filter(|p| !p.is_empty()))
+        .filter(|p| !p.is_empty())
+        .map(Some)
+        .ok_or(Error::UnusableSecret {
+            name,
+            key: REDIS_PASSWORD_KEY,
+        })
 }
 
 /// Applies every desired child. Order: the Secret before the pods that read it, Redis before

@@ -70,6 +70,7 @@ impl Error {
             Error::Apply(apply::Error::Delete { .. }) => "delete",
             Error::Apply(apply::Error::List { .. }) => "read",
             Error::Apply(apply::Error::ReadSecret { .. }) => "read",
+            Error::Apply(apply::Error::UnusableSecret { .. }) => "secret",
             Error::Status(_) => "status",
         }
     }
