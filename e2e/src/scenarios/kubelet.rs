@@ -1,8 +1,8 @@
 //! What a kubelet and the Deployment controller would compute, as pure functions, so that the
 //! local path (no kubelet here) runs processes exactly as the operator's objects describe them:
 //! container environment (values, Secret and ConfigMap keys, pod fields, `$(VAR)` expansion),
-//! argument expansion, service DNS names, the Ingress's affinity mode, the pod-template hash,
-//! and the next step of a RollingUpdate.
+//! argument expansion, service DNS names, the pod-template hash and the next step of a
+//! RollingUpdate.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::data_plane::Affinity;
 
 /// Facts about one (simulated) pod that `fieldRef` can select.
 #[derive(Debug, Clone)]
@@ -165,25 +164,6 @@ pub fn rewrite_url_host(url: &str, names: &[String], addr: &str) -> Result<Strin
     }
     let user = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
     Ok(format!("{scheme}://{user}{addr}{path}"))
-}
-
-const NGINX: &str = "nginx.ingress.kubernetes.io/";
-
-/// The affinity ingress-nginx applies for these Ingress annotations: `affinity: cookie` (cookie
-/// named by `session-cookie-name`, default `INGRESSCOOKIE`) or `upstream-hash-by` (a hash of the
-/// client address). Without either ingress-nginx balances round robin, which breaks socket.io
-/// long-polling: that is an error here.
-pub fn affinity_from_annotations(a: &BTreeMap<String, String>) -> Result<Affinity> {
-    let get = |k: &str| a.get(&format!("{NGINX}{k}")).map(String::as_str);
-    match (get("affinity"), get("upstream-hash-by")) {
-        (Some("cookie"), _) => Ok(Affinity::Cookie {
-            name: get("session-cookie-name").unwrap_or("INGRESSCOOKIE").to_string(),
-        }),
-        (Some(other), _) => bail!("unknown {NGINX}affinity {other:?}"),
-        (None, Some(by)) if by.contains("remote_addr") => Ok(Affinity::IpHash),
-        (None, Some(by)) => bail!("{NGINX}upstream-hash-by {by:?}: only $remote_addr is simulated"),
-        (None, None) => bail!("the Ingress asks for no session affinity: socket.io long-polling needs it"),
-    }
 }
 
 /// A stable short hash of a pod template (what `pod-template-hash` is for): pods started from
@@ -406,24 +386,6 @@ mod tests {
         assert_eq!(rewrite_url_host("redis://chat-redis", &names, "h:1").unwrap(), "redis://h:1");
         assert!(rewrite_url_host("redis://redis.cache.svc:6379", &names, "h:1").is_err());
         assert!(rewrite_url_host("chat-redis:6379", &names, "h:1").is_err());
-    }
-
-    #[test]
-    fn affinity_comes_from_ingress_nginx_annotations() {
-        let a = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| (format!("{NGINX}{k}"), v.to_string())).collect()
-        };
-        assert_eq!(
-            affinity_from_annotations(&a(&[("affinity", "cookie"), ("session-cookie-name", "rt-affinity")])).unwrap(),
-            Affinity::Cookie { name: "rt-affinity".into() }
-        );
-        assert_eq!(
-            affinity_from_annotations(&a(&[("affinity", "cookie")])).unwrap(),
-            Affinity::Cookie { name: "INGRESSCOOKIE".into() }
-        );
-        assert_eq!(affinity_from_annotations(&a(&[("upstream-hash-by", "$remote_addr")])).unwrap(), Affinity::IpHash);
-        assert!(affinity_from_annotations(&a(&[])).is_err());
-        assert!(affinity_from_annotations(&a(&[("upstream-hash-by", "$request_uri")])).is_err());
     }
 
     #[test]

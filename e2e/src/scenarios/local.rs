@@ -39,7 +39,8 @@ use super::Target;
 use super::kubectl::{Applied, Kubectl};
 use super::kubelet::{self, PodFacts, PodView, Sources, Step};
 use crate::control_plane::{self, ControlPlane, Tools};
-use crate::data_plane::{self, Affinity, NginxConf, die_with_parent, free_port, http_get};
+use super::ingress::{self, Affinity, IngressSpec};
+use crate::data_plane::{self, die_with_parent, free_port, http_get};
 use crate::require::{require, workspace_bin};
 use crate::sio::ConnectOptions;
 
@@ -189,7 +190,7 @@ pub struct LocalTarget {
     nginx: Option<Process>,
     nginx_port: u16,
     nginx_generation: u64,
-    affinity: Affinity,
+    ingress: Option<IngressSpec>,
     clients: AtomicUsize,
     pod_seq: u64,
 }
@@ -259,7 +260,7 @@ impl LocalTarget {
             nginx: None,
             nginx_port: free_port()?,
             nginx_generation: 0,
-            affinity: Affinity::IpHash,
+            ingress: None,
             clients: AtomicUsize::new(0),
             pod_seq: 0,
         };
@@ -279,19 +280,23 @@ impl LocalTarget {
         self.start_redis(&sts).await?;
         let dep = self.wait_owned::<Deployment>("the server Deployment").await?;
         let ing = self.wait_owned::<Ingress>("the Ingress (the manifest must enable it)").await?;
-        self.affinity = kubelet::affinity_from_annotations(ing.annotations())?;
-        self.check_ingress_backend(&ing, &dep).await?;
-        self.sync().await?;
-        self.start_nginx().await?;
+        let spec = ingress::read_ingress(&ing)?;
+        self.check_ingress_backend(&spec.backend_service, &dep).await?;
         simulated(&format!(
-            "nginx on 127.0.0.1:{} plays the Ingress {} ({} affinity from its annotations); its host is not resolvable here, clients use the loopback URL",
+            "nginx on 127.0.0.1:{} plays ingress-nginx for Ingress {} ({}, timeouts read {}s / send {}s / connect {}s from its annotations); its host is not resolvable here, clients use the loopback URL",
             self.nginx_port,
             ing.name_any(),
-            match &self.affinity {
-                Affinity::Cookie { name } => format!("cookie {name}"),
-                Affinity::IpHash => "client-address".to_string(),
-            }
+            match &spec.affinity {
+                Affinity::Cookie { name, .. } => format!("cookie affinity, cookie {name}"),
+                Affinity::ClientAddress => "client-address affinity".to_string(),
+            },
+            spec.read_timeout_secs,
+            spec.send_timeout_secs,
+            spec.connect_timeout_secs,
         ));
+        self.ingress = Some(spec);
+        self.sync().await?;
+        self.start_nginx().await?;
         self.wait_rtc_ready().await
     }
 
@@ -614,19 +619,9 @@ impl LocalTarget {
 
     // ---- nginx (the Ingress) ----
 
-    async fn check_ingress_backend(&self, ing: &Ingress, dep: &Deployment) -> Result<()> {
-        let backend = ing
-            .spec
-            .as_ref()
-            .and_then(|s| s.rules.as_ref())
-            .and_then(|r| r.first())
-            .and_then(|r| r.http.as_ref())
-            .and_then(|h| h.paths.first())
-            .and_then(|p| p.backend.service.as_ref())
-            .map(|s| s.name.clone())
-            .context("the Ingress has no service backend")?;
+    async fn check_ingress_backend(&self, backend: &str, dep: &Deployment) -> Result<()> {
         let svc: Api<Service> = Api::namespaced(self.client.clone(), self.ns());
-        let svc = svc.get(&backend).await.with_context(|| format!("the Ingress's backend Service {backend}"))?;
+        let svc = svc.get(backend).await.with_context(|| format!("the Ingress's backend Service {backend}"))?;
         let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
         let labels = template_labels(&dep.spec.as_ref().unwrap().template);
         ensure!(
@@ -637,25 +632,15 @@ impl LocalTarget {
     }
 
     fn nginx_conf(&self) -> String {
-        let conf = data_plane::nginx_conf(&NginxConf {
-            listen_port: self.nginx_port,
-            upstream_ports: self.pods.iter().filter(|p| p.ready).map(|p| p.port).collect(),
-            affinity: self.affinity.clone(),
-            worker_processes: 1,
-            worker_connections: 1024,
-            generation: self.nginx_generation,
-        });
-        // ingress-nginx changes endpoints without a reload, so open websockets survive them;
-        // nginx here reloads, and its old worker must keep them open as long as they live.
-        conf.replace("worker_shutdown_timeout 5s;", "worker_shutdown_timeout 600s;")
+        let ports: Vec<u16> = self.pods.iter().filter(|p| p.ready).map(|p| p.port).collect();
+        let spec = self.ingress.as_ref().expect("the Ingress is read before nginx starts");
+        ingress::nginx_conf(spec, self.nginx_port, &ports, self.nginx_generation)
     }
 
     async fn start_nginx(&mut self) -> Result<()> {
         let prefix = self.dir.path().join("nginx");
         let conf = prefix.join("nginx.conf");
-        let text = self.nginx_conf();
-        ensure!(text.contains("worker_shutdown_timeout 600s;"), "data_plane::nginx_conf changed: revisit the websocket-keeping override");
-        std::fs::write(&conf, text)?;
+        std::fs::write(&conf, self.nginx_conf())?;
         let mut cmd = Command::new(&self.programs.nginx);
         cmd.arg("-p")
             .arg(format!("{}/", prefix.display()))
@@ -818,11 +803,11 @@ impl Target for LocalTarget {
 
     fn client_options(&self) -> ConnectOptions {
         let k = self.clients.fetch_add(1, Ordering::Relaxed);
-        match self.affinity {
-            // engine.io-client in Node keeps the affinity cookie only with withCredentials.
-            Affinity::Cookie { .. } => ConnectOptions::default().with_credentials(true),
+        match self.ingress.as_ref().map(|i| &i.affinity) {
             // Clients differ by source address, as they would behind the ingress.
-            Affinity::IpHash => ConnectOptions::default().local_address(format!("127.0.{}.1", k % 254 + 1)),
+            Some(Affinity::ClientAddress) => ConnectOptions::default().local_address(format!("127.0.{}.1", k % 254 + 1)),
+            // engine.io-client in Node keeps the affinity cookie only with withCredentials.
+            _ => ConnectOptions::default().with_credentials(true),
         }
     }
 

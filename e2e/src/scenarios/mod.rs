@@ -17,6 +17,7 @@
 //! lands on: they connect clients until every node they need is covered, and they follow
 //! reconnections through each client's latest `hello`.
 
+pub mod ingress;
 pub mod kubectl;
 pub mod kubelet;
 pub mod local;
