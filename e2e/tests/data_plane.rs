@@ -62,9 +62,19 @@ impl Setup {
     /// Connects a client through nginx from the `k`-th source address that `ip_hash` sends to
     /// node `node`, waits for `hello` and checks it names that node.
     async fn client_on(&self, node: usize, k: usize, opts: ConnectOptions) -> (Client, Hello) {
+        self.client_on_with(&self.driver, node, k, opts).await
+    }
+
+    /// [`Setup::client_on`] in another driver process.
+    async fn client_on_with(
+        &self,
+        driver: &Driver,
+        node: usize,
+        k: usize,
+        opts: ConnectOptions,
+    ) -> (Client, Hello) {
         let src = self.cluster.source_address_for(node, k);
-        let (c, hello) = self
-            .driver
+        let (c, hello) = driver
             .connect_hello(&self.cluster.url(), opts.local_address(src.clone()), T)
             .await
             .unwrap_or_else(|e| panic!("client from {src} to node {node}: {e:#}"));
@@ -471,7 +481,12 @@ async fn burst_of_500_arrives_complete_and_in_order_on_other_nodes() {
     let Some(s) = setup(3, &[], Affinity::IpHash).await else {
         return;
     };
-    let (sender, _) = s.client_on(0, 0, ConnectOptions::default()).await;
+    // the sender in a Node process of its own, so that sending and receiving do not share one
+    // event loop
+    let sender_driver = Driver::start(&sio::find_driver().unwrap()).await.unwrap();
+    let (sender, _) = s
+        .client_on_with(&sender_driver, 0, 0, ConnectOptions::default())
+        .await;
     let (r2, _) = s.client_on(1, 0, ConnectOptions::default()).await;
     let (r3, _) = s.client_on(2, 0, ConnectOptions::default()).await;
     r2.join("burst").await.unwrap();
@@ -511,8 +526,10 @@ async fn burst_of_500_arrives_complete_and_in_order_on_other_nodes() {
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let p = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1];
         println!(
-            "MEASURE burst n1 -> {name}: {N} events in {span:.1} ms = {:.0} events/s; latency from send: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "MEASURE burst n1 -> {name}: {N} events in {span:.1} ms = {:.0} events/s; latency from \
+             the burst's send (queueing included): first {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             N as f64 / (span / 1000.0),
+            lat[0],
             p(0.50),
             p(0.99),
             p(1.0)
