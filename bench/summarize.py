@@ -296,9 +296,9 @@ def render(runs, machine=""):
     # the "limited by nginx and the load generator" target, from per-process CPU at saturation
     verdicts = []
     for rd in rounds:
-        runs = grouped["ours"].get(rd, {})
-        if "over" in runs:
-            verdicts.append(limit_verdict(saturation_phase(runs)))
+        kinds = grouped["ours"].get(rd, {})
+        if "over" in kinds:
+            verdicts.append(limit_verdict(saturation_phase(kinds)))
     if verdicts:
         met = all(v[0] for v in verdicts)
         out.append(f"| through nginx, saturation limited by nginx / rtbench, not our nodes | | "
@@ -310,8 +310,8 @@ def render(runs, machine=""):
     out.append("|---|---|---|---|---|---|---|---|---|")
     for s in SYSTEMS:
         for rd in rounds:
-            runs = grouped[s].get(rd, {})
-            for what, ph in ((f"{FIXED_RATE:g}/s", fixed_phase(runs)), ("saturation", saturation_phase(runs))):
+            kinds = grouped[s].get(rd, {})
+            for what, ph in ((f"{FIXED_RATE:g}/s", fixed_phase(kinds)), ("saturation", saturation_phase(kinds))):
                 if ph:
                     c = ph["cpu_pct_send"]
                     out.append(f"| {s} | {rd} | {what} ({ph['rate']:g}/s asked, {ph['achieved_send_rate']:.0f}/s sent) | "
