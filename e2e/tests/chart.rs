@@ -13,12 +13,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::core::GroupVersionKind;
 use kube::{Client, ResourceExt};
 use realtime_e2e::control_plane::{self, ControlPlane, Tools};
@@ -78,7 +82,10 @@ fn yaml_docs(text: &str) -> Result<Vec<Value>> {
 fn kind_name(o: &Value) -> (String, String) {
     (
         o["kind"].as_str().unwrap_or_default().to_string(),
-        o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
@@ -115,9 +122,10 @@ fn operator_rules(objs: &[Value]) -> Vec<(String, String, Value)> {
         .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
         .filter(|o| {
             let labels = &o["metadata"]["labels"];
-            !labels
-                .as_object()
-                .is_some_and(|l| l.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+            !labels.as_object().is_some_and(|l| {
+                l.keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
         })
         .flat_map(|o| {
             let (kind, name) = kind_name(o);
@@ -133,7 +141,11 @@ fn operator_rules(objs: &[Value]) -> Vec<(String, String, Value)> {
 
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -171,7 +183,11 @@ struct Helm {
 
 impl Helm {
     fn new(bin: PathBuf) -> Self {
-        Self { bin, home: tempfile::tempdir().expect("temp dir for helm"), kubeconfig: None }
+        Self {
+            bin,
+            home: tempfile::tempdir().expect("temp dir for helm"),
+            kubeconfig: None,
+        }
     }
 
     /// Aims the commands at a cluster (admin kubeconfig).
@@ -213,7 +229,10 @@ impl Helm {
             c.args(["--set", s]);
         }
         let out = run(&mut c)?;
-        ensure!(!out.status.success(), "helm template {sets:?} succeeded, expected a failure");
+        ensure!(
+            !out.status.success(),
+            "helm template {sets:?} succeeded, expected a failure"
+        );
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
@@ -231,7 +250,10 @@ fn helm_or_skip() -> Option<Helm> {
 fn manifest_version_reads_sections() {
     let m = "[package]\nname = \"x\"\nversion.workspace = true\n[workspace.package]\nversion = \"1.2.3\"\n";
     assert_eq!(manifest_version(m, "package"), None);
-    assert_eq!(manifest_version(m, "workspace.package").as_deref(), Some("1.2.3"));
+    assert_eq!(
+        manifest_version(m, "workspace.package").as_deref(),
+        Some("1.2.3")
+    );
     assert_eq!(operator_version(m, m).as_deref(), Some("1.2.3"));
     let own = "[package]\nversion = \"0.9.0\"\n";
     assert_eq!(operator_version(m, own).as_deref(), Some("0.9.0"));
@@ -242,8 +264,16 @@ fn chart_app_version_is_the_operator_version() {
     let chart: Value = serde_yaml::from_str(&read(&format!("{CHART}/Chart.yaml"))).unwrap();
     let op = operator_version(&read("Cargo.toml"), &read("operator/Cargo.toml"))
         .expect("operator version in operator/Cargo.toml or [workspace.package]");
-    assert_eq!(chart["appVersion"].as_str(), Some(op.as_str()), "Chart.yaml appVersion");
-    assert_eq!(chart["version"].as_str(), Some(op.as_str()), "Chart.yaml version");
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(op.as_str()),
+        "Chart.yaml appVersion"
+    );
+    assert_eq!(
+        chart["version"].as_str(),
+        Some(op.as_str()),
+        "Chart.yaml version"
+    );
 }
 
 #[test]
@@ -282,8 +312,14 @@ fn helm_lint_is_clean() {
             c.args(["--set", s]);
         }
         let out = run_ok(&mut c).unwrap();
-        assert!(out.contains("0 chart(s) failed"), "helm lint {sets:?}:\n{out}");
-        assert!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "helm lint {sets:?}:\n{out}");
+        assert!(
+            out.contains("0 chart(s) failed"),
+            "helm lint {sets:?}:\n{out}"
+        );
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "helm lint {sets:?}:\n{out}"
+        );
     }
 }
 
@@ -292,24 +328,54 @@ fn default_render_is_restricted_and_complete() {
     let Some(helm) = helm_or_skip() else { return };
     let objs = helm.template("rt-system", &[]).unwrap();
     let kinds: Vec<(String, String)> = objs.iter().map(kind_name).collect();
-    for want in ["ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service"] {
-        assert!(kinds.iter().any(|(k, _)| k == want), "no {want} in {kinds:?}");
+    for want in [
+        "ServiceAccount",
+        "Deployment",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+    ] {
+        assert!(
+            kinds.iter().any(|(k, _)| k == want),
+            "no {want} in {kinds:?}"
+        );
     }
-    assert!(find(&objs, "ServiceMonitor").is_empty(), "ServiceMonitor is off by default");
-    assert!(find(&objs, "PodDisruptionBudget").is_empty(), "PDB is off by default");
+    assert!(
+        find(&objs, "ServiceMonitor").is_empty(),
+        "ServiceMonitor is off by default"
+    );
+    assert!(
+        find(&objs, "PodDisruptionBudget").is_empty(),
+        "PDB is off by default"
+    );
     for o in &objs {
         let ns = &o["metadata"]["namespace"];
-        let cluster_scoped = matches!(o["kind"].as_str(), Some("ClusterRole" | "ClusterRoleBinding"));
-        assert!(cluster_scoped || ns == "rt-system", "{:?} lacks namespace rt-system", kind_name(o));
+        let cluster_scoped = matches!(
+            o["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        );
+        assert!(
+            cluster_scoped || ns == "rt-system",
+            "{:?} lacks namespace rt-system",
+            kind_name(o)
+        );
     }
 
     let dep = one(&objs, "Deployment");
     let pod = &dep["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    assert_eq!(c["image"], "ghcr.io/realtime-operator/realtime-operator:0.1.0");
+    assert_eq!(
+        c["image"],
+        "ghcr.io/realtime-operator/realtime-operator:0.1.0"
+    );
     // Restricted Pod Security Standard.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(strs(&c["securityContext"]["capabilities"]["drop"]), ["ALL"]);
@@ -329,7 +395,10 @@ fn default_render_is_restricted_and_complete() {
 
     let svc = one(&objs, "Service");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "admin");
-    assert_eq!(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        svc["spec"]["selector"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
 }
 
 /// No wildcard, no verb the controller never uses, and the Lease rights only in the release
@@ -342,17 +411,26 @@ fn rbac_rules_are_narrow() {
     assert!(!rules.is_empty());
     for (kind, name, r) in &rules {
         for field in ["apiGroups", "resources", "verbs"] {
-            assert!(!strs(&r[field]).iter().any(|s| s == "*"), "wildcard in {kind}/{name}: {r}");
+            assert!(
+                !strs(&r[field]).iter().any(|s| s == "*"),
+                "wildcard in {kind}/{name}: {r}"
+            );
         }
         for v in strs(&r["verbs"]) {
             assert!(
-                !matches!(v.as_str(), "deletecollection" | "escalate" | "bind" | "impersonate"),
+                !matches!(
+                    v.as_str(),
+                    "deletecollection" | "escalate" | "bind" | "impersonate"
+                ),
                 "{kind}/{name} grants {v}: {r}"
             );
         }
         let resources = strs(&r["resources"]);
         assert!(
-            !resources.iter().any(|s| matches!(s.as_str(), "pods" | "nodes" | "namespaces" | "customresourcedefinitions")),
+            !resources.iter().any(|s| matches!(
+                s.as_str(),
+                "pods" | "nodes" | "namespaces" | "customresourcedefinitions"
+            )),
             "{kind}/{name} grants {resources:?}"
         );
         if resources.iter().any(|s| s == "leases") {
@@ -365,24 +443,45 @@ fn rbac_rules_are_narrow() {
         .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
         .map(|o| o["roleRef"]["name"].as_str().unwrap().to_string())
         .collect();
-    assert!(!bound.iter().any(|n| n.ends_with("-edit") || n.ends_with("-view")), "{bound:?}");
+    assert!(
+        !bound
+            .iter()
+            .any(|n| n.ends_with("-edit") || n.ends_with("-view")),
+        "{bound:?}"
+    );
 }
 
 #[test]
 fn namespaced_mode_grants_nothing_cluster_wide() {
     let Some(helm) = helm_or_skip() else { return };
     let objs = helm
-        .template("rt-system", &["watchNamespace=team-a", "rbac.aggregateToDefaultRoles=false"])
+        .template(
+            "rt-system",
+            &[
+                "watchNamespace=team-a",
+                "rbac.aggregateToDefaultRoles=false",
+            ],
+        )
         .unwrap();
-    assert!(find(&objs, "ClusterRole").is_empty(), "{:?}", objs.iter().map(kind_name).collect::<Vec<_>>());
+    assert!(
+        find(&objs, "ClusterRole").is_empty(),
+        "{:?}",
+        objs.iter().map(kind_name).collect::<Vec<_>>()
+    );
     assert!(find(&objs, "ClusterRoleBinding").is_empty());
     let roles = find(&objs, "Role");
     assert!(roles.iter().any(|r| r["metadata"]["namespace"] == "team-a"));
     let bindings = find(&objs, "RoleBinding");
-    let team = bindings.iter().find(|b| b["metadata"]["namespace"] == "team-a").expect("RoleBinding in team-a");
+    let team = bindings
+        .iter()
+        .find(|b| b["metadata"]["namespace"] == "team-a")
+        .expect("RoleBinding in team-a");
     assert_eq!(team["subjects"][0]["namespace"], "rt-system");
     let args = operator_args(&objs);
-    assert!(args.iter().any(|a| a.ends_with("=team-a")), "operator told to watch team-a: {args:?}");
+    assert!(
+        args.iter().any(|a| a.ends_with("=team-a")),
+        "operator told to watch team-a: {args:?}"
+    );
 }
 
 #[test]
@@ -406,12 +505,18 @@ fn optional_objects_render_when_enabled() {
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     let svc = one(&objs, "Service");
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&svc["metadata"]["labels"][k], v, "ServiceMonitor selects the metrics Service");
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "ServiceMonitor selects the metrics Service"
+        );
     }
     one(&objs, "PodDisruptionBudget");
     let dep = one(&objs, "Deployment");
     assert_eq!(dep["spec"]["replicas"], 2);
-    assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "ghcr.io/realtime-operator/realtime-operator:1.2.3");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/realtime-operator/realtime-operator:1.2.3"
+    );
     assert_eq!(
         flag_value(&operator_args(&objs), "--default-server-image").as_deref(),
         Some("ghcr.io/realtime-operator/realtime-server:9.9.9")
@@ -426,11 +531,23 @@ fn bad_values_are_rejected() {
         (&["logging.format=xml"], "format"),
         (&["adminPort=80"], "adminPort"),
         (&["watchNamespace=Not_A_Namespace"], "watchNamespace"),
-        (&["replicaCount=2", "leaderElection.enabled=false"], "leaderElection"),
-        (&["metrics.service.enabled=false", "metrics.serviceMonitor.enabled=true"], "metrics.service.enabled"),
+        (
+            &["replicaCount=2", "leaderElection.enabled=false"],
+            "leaderElection",
+        ),
+        (
+            &[
+                "metrics.service.enabled=false",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            "metrics.service.enabled",
+        ),
     ] {
         let err = helm.template_err(sets).unwrap();
-        assert!(err.contains(expect), "helm template {sets:?}: error should name {expect}:\n{err}");
+        assert!(
+            err.contains(expect),
+            "helm template {sets:?}: error should name {expect}:\n{err}"
+        );
     }
 }
 
@@ -456,8 +573,22 @@ struct LocalOperator {
 impl LocalOperator {
     /// Starts the operator with `deployment`'s container args (admin address moved to a free
     /// loopback port) and env, `kubeconfig` as its credentials, `pod_name` as its identity.
-    fn start(bin: &std::path::Path, deployment: &Deployment, kubeconfig: &std::path::Path, pod_name: &str, log: PathBuf) -> Result<Self> {
-        let container = &deployment.spec.as_ref().context("spec")?.template.spec.as_ref().context("pod spec")?.containers[0];
+    fn start(
+        bin: &std::path::Path,
+        deployment: &Deployment,
+        kubeconfig: &std::path::Path,
+        pod_name: &str,
+        log: PathBuf,
+    ) -> Result<Self> {
+        let container = &deployment
+            .spec
+            .as_ref()
+            .context("spec")?
+            .template
+            .spec
+            .as_ref()
+            .context("pod spec")?
+            .containers[0];
         let port = free_port()?;
         let admin: SocketAddr = ([127, 0, 0, 1], port).into();
         let args: Vec<String> = container
@@ -465,9 +596,19 @@ impl LocalOperator {
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .map(|a| if a.starts_with(&format!("{ADMIN_FLAG}=")) { format!("{ADMIN_FLAG}={admin}") } else { a })
+            .map(|a| {
+                if a.starts_with(&format!("{ADMIN_FLAG}=")) {
+                    format!("{ADMIN_FLAG}={admin}")
+                } else {
+                    a
+                }
+            })
             .collect();
-        ensure!(args.iter().any(|a| a.starts_with(&format!("{ADMIN_FLAG}="))), "the chart passes no {ADMIN_FLAG}: {args:?}");
+        ensure!(
+            args.iter()
+                .any(|a| a.starts_with(&format!("{ADMIN_FLAG}="))),
+            "the chart passes no {ADMIN_FLAG}: {args:?}"
+        );
         let namespace = deployment.namespace().context("namespace")?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(&args)
@@ -476,10 +617,18 @@ impl LocalOperator {
             .env("KUBECONFIG", kubeconfig);
         for e in container.env.clone().unwrap_or_default() {
             // The downward API values a kubelet would fill in.
-            let value = match e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str()) {
+            let value = match e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str())
+            {
                 Some("metadata.name") => pod_name.to_string(),
                 Some("metadata.namespace") => namespace.clone(),
-                Some(other) => bail!("env {} uses field {other}, which this test does not emulate", e.name),
+                Some(other) => bail!(
+                    "env {} uses field {other}, which this test does not emulate",
+                    e.name
+                ),
                 None => e.value.clone().unwrap_or_default(),
             };
             cmd.env(&e.name, value);
@@ -491,7 +640,9 @@ impl LocalOperator {
             .process_group(0)
             .kill_on_drop(true);
         die_with_parent(cmd.as_std_mut(), libc::SIGKILL);
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         Ok(Self { child, log, admin })
     }
 
@@ -517,6 +668,56 @@ impl LocalOperator {
             })
             .map(str::to_string)
             .collect()
+    }
+
+    /// Fails at once when the operator exits or logs an authorization failure.
+    fn check_healthy(&mut self) -> Result<()> {
+        self.check_running()?;
+        let forbidden = self.forbidden_lines();
+        ensure!(
+            forbidden.is_empty(),
+            "the operator was denied something it needs:\n{}",
+            forbidden.join("\n")
+        );
+        Ok(())
+    }
+
+    /// Polls `probe` every 200 ms until it yields `Some`, for at most `timeout`; fails fast
+    /// when the operator exits, logs a denial, or a control-plane process dies. Errors name
+    /// what was awaited and carry the operator's log.
+    async fn wait_for<T, F, Fut>(
+        &mut self,
+        cp: &ControlPlane,
+        what: &str,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_err = None;
+        loop {
+            cp.check_alive()?;
+            self.check_healthy()
+                .with_context(|| format!("waiting for {what}"))?;
+            match probe().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if tokio::time::Instant::now() > deadline {
+                let why = last_err
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default();
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}{why}\noperator log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL. Returns whether it exited
@@ -575,20 +776,42 @@ fn api_code<T>(r: &kube::Result<T>) -> Option<u16> {
 
 /// `fullname` of the chart for release `release` (the chart's `realtime-operator.fullname`).
 fn fullname(release: &str) -> String {
-    if release.contains("realtime-operator") { release.to_string() } else { format!("{release}-realtime-operator") }
+    if release.contains("realtime-operator") {
+        release.to_string()
+    } else {
+        format!("{release}-realtime-operator")
+    }
 }
 
 /// The children the operator made for RealtimeCluster `name` in `ns`, as `Kind/name`, each
 /// checked to be controlled by the cluster (`uid`).
 async fn children(client: &Client, ns: &str, name: &str, uid: &str) -> Result<Vec<String>> {
-    let lp = ListParams::default().labels(&format!("app.kubernetes.io/managed-by=realtime-operator,realtime.dev/cluster={name}"));
+    let lp = ListParams::default().labels(&format!(
+        "app.kubernetes.io/managed-by=realtime-operator,realtime.dev/cluster={name}"
+    ));
     let mut out = Vec::new();
     macro_rules! collect {
         ($k:ty) => {
-            for o in Api::<$k>::namespaced(client.clone(), ns).list_metadata(&lp).await?.items {
-                let owned = o.owner_references().iter().any(|r| r.uid == uid && r.controller == Some(true));
-                ensure!(owned, "{} {} is not controlled by RealtimeCluster {name}", <$k as kube::Resource>::kind(&()), o.name_any());
-                out.push(format!("{}/{}", <$k as kube::Resource>::kind(&()), o.name_any()));
+            for o in Api::<$k>::namespaced(client.clone(), ns)
+                .list_metadata(&lp)
+                .await?
+                .items
+            {
+                let owned = o
+                    .owner_references()
+                    .iter()
+                    .any(|r| r.uid == uid && r.controller == Some(true));
+                ensure!(
+                    owned,
+                    "{} {} is not controlled by RealtimeCluster {name}",
+                    <$k as kube::Resource>::kind(&()),
+                    o.name_any()
+                );
+                out.push(format!(
+                    "{}/{}",
+                    <$k as kube::Resource>::kind(&()),
+                    o.name_any()
+                ));
             }
         };
     }
@@ -605,13 +828,23 @@ async fn children(client: &Client, ns: &str, name: &str, uid: &str) -> Result<Ve
 /// The children a managed-Redis, ingress-less RealtimeCluster has (issue 4): the server
 /// Deployment, Service and PDB, and Redis' StatefulSet, headless Service and password Secret.
 fn expected_child_kinds() -> Vec<&'static str> {
-    let mut k = vec!["Deployment", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"];
+    let mut k = vec![
+        "Deployment",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "Service",
+        "StatefulSet",
+    ];
     k.sort();
     k
 }
 
 fn kinds_of(children: &[String]) -> Vec<&str> {
-    let mut k: Vec<&str> = children.iter().map(|c| c.split('/').next().unwrap()).collect();
+    let mut k: Vec<&str> = children
+        .iter()
+        .map(|c| c.split('/').next().unwrap())
+        .collect();
     k.sort();
     k
 }
@@ -646,71 +879,131 @@ async fn install_and_reconcile(
     let out = run_ok(&mut c)?;
     ensure!(out.contains("STATUS: deployed"), "helm install:\n{out}");
     let full = fullname(release);
-    let deployment = Api::<Deployment>::namespaced(admin.clone(), ns).get(&full).await.context("the operator Deployment")?;
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns).get(&full).await.context("the ServiceAccount")?;
-    Api::<Service>::namespaced(admin.clone(), ns).get(&format!("{full}-metrics")).await.context("the metrics Service")?;
-    Api::<Role>::namespaced(admin.clone(), ns).get(&format!("{full}-leader-election")).await.context("the Lease Role")?;
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), ns)
+        .get(&full)
+        .await
+        .context("the operator Deployment")?;
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .get(&full)
+        .await
+        .context("the ServiceAccount")?;
+    Api::<Service>::namespaced(admin.clone(), ns)
+        .get(&format!("{full}-metrics"))
+        .await
+        .context("the metrics Service")?;
+    Api::<Role>::namespaced(admin.clone(), ns)
+        .get(&format!("{full}-leader-election"))
+        .await
+        .context("the Lease Role")?;
 
     // The operator, as the chart's ServiceAccount.
     let sa = cp.service_account(ns, &full).await?;
     let pod_name = format!("{full}-7d9f-test");
-    let mut op = LocalOperator::start(operator_bin, &deployment, &sa.kubeconfig, &pod_name, logs.join(format!("{release}-operator.log")))?;
+    let mut op = LocalOperator::start(
+        operator_bin,
+        &deployment,
+        &sa.kubeconfig,
+        &pod_name,
+        logs.join(format!("{release}-operator.log")),
+    )?;
     let admin_addr = op.admin;
-    cp.poll_until("the operator's /readyz", Duration::from_secs(30), || async {
-        Ok(http_get(admin_addr, "/readyz", Duration::from_secs(2)).await.ok().filter(|r| r.status == 200))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", op.log_text()))?;
-    op.check_running()?;
+    op.wait_for(
+        cp,
+        "the operator's /readyz",
+        Duration::from_secs(30),
+        || async {
+            Ok(http_get(admin_addr, "/readyz", Duration::from_secs(2))
+                .await
+                .ok()
+                .filter(|r| r.status == 200))
+        },
+    )
+    .await?;
 
     // Leader election with the Role's rights: the Lease named after the release, held by us.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
-    cp.poll_until("the operator's Lease", Duration::from_secs(30), || async {
-        Ok(leases.get_opt(&full).await?.filter(|l| {
-            l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(pod_name.as_str())
-        }))
-    })
-    .await?;
+    let held = |l: &Lease| {
+        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(pod_name.as_str())
+    };
+    let lease = op
+        .wait_for(
+            cp,
+            "the operator's Lease",
+            Duration::from_secs(30),
+            || async { Ok(leases.get_opt(&full).await?.filter(held)) },
+        )
+        .await?;
+    let first_renewal = lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .context("a held Lease has a renewTime")?;
 
     // examples/minimal.yaml: every child created and owned, status written, an Event recorded.
-    let out = run_ok(cl.kubectl().args(["apply", "-n", watch_ns, "-f", "examples/minimal.yaml"]))?;
+    let out = run_ok(
+        cl.kubectl()
+            .args(["apply", "-n", watch_ns, "-f", "examples/minimal.yaml"]),
+    )?;
     ensure!(out.contains("created"), "kubectl apply: {out}");
     let rtcs = dynamic_api(&admin, watch_ns);
     let rtc = rtcs.get("chat").await?;
     let uid = rtc.uid().context("uid")?;
-    let got = cp
-        .poll_until("every child of examples/minimal.yaml", RECONCILE_TIMEOUT, || async {
-            let c = children(&admin, watch_ns, "chat", &uid).await?;
-            Ok((kinds_of(&c) == expected_child_kinds()).then_some(c))
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", op.log_text()))?;
+    let got = op
+        .wait_for(
+            cp,
+            "every child of examples/minimal.yaml",
+            RECONCILE_TIMEOUT,
+            || async {
+                let c = children(&admin, watch_ns, "chat", &uid).await?;
+                Ok((kinds_of(&c) == expected_child_kinds()).then_some(c))
+            },
+        )
+        .await?;
     eprintln!("chart: the operator as {} created {got:?}", sa.user);
-    cp.poll_until("status.observedGeneration", RECONCILE_TIMEOUT, || async {
-        let rtc = rtcs.get("chat").await?;
-        let generation = rtc.metadata.generation;
-        Ok((rtc.data["status"]["observedGeneration"].as_i64() == generation).then_some(()))
-    })
+    op.wait_for(
+        cp,
+        "status.observedGeneration",
+        RECONCILE_TIMEOUT,
+        || async {
+            let rtc = rtcs.get("chat").await?;
+            let generation = rtc.metadata.generation;
+            Ok((rtc.data["status"]["observedGeneration"].as_i64() == generation).then_some(()))
+        },
+    )
     .await?;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), watch_ns);
-    cp.poll_until("an Event about RealtimeCluster chat", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .into_iter()
-            .find(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())))
-    })
+    op.wait_for(
+        cp,
+        "an Event about RealtimeCluster chat",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|e| {
+                e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+            }))
+        },
+    )
     .await?;
-
-    op.check_running()?;
-    let forbidden = op.forbidden_lines();
-    ensure!(forbidden.is_empty(), "the operator was denied something it needs:\n{}", forbidden.join("\n"));
+    // The Lease is renewed (an `update`), still by us.
+    op.wait_for(
+        cp,
+        "a renewal of the Lease",
+        Duration::from_secs(30),
+        || async {
+            let l = leases.get_opt(&full).await?.filter(held);
+            Ok(l.and_then(|l| l.spec?.renew_time)
+                .filter(|t| *t != first_renewal))
+        },
+    )
+    .await?;
+    op.check_healthy()?;
     Ok((op, sa.client().await?))
 }
 
 #[tokio::test]
 async fn chart_installs_rbac_suffices_and_is_least_privilege() {
-    let Some((cl, operator_bin)) = cluster_or_skip().await else { return };
+    let Some((cl, operator_bin)) = cluster_or_skip().await else {
+        return;
+    };
     let cp = cl.cp.clone();
     let _logs = cp.logs_on_failure();
     let admin = cp.client().await.unwrap();
@@ -722,80 +1015,256 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
     // The rendered manifests (CRD included) pass a server-side dry-run, in both RBAC modes.
     for sets in [&[][..], &["watchNamespace=default"]] {
         let mut c = cl.helm.cmd();
-        c.args(["template", &release, CHART, "--namespace", &ns, "--include-crds"]);
+        c.args([
+            "template",
+            &release,
+            CHART,
+            "--namespace",
+            &ns,
+            "--include-crds",
+        ]);
         for s in sets {
             c.args(["--set", s]);
         }
         let rendered = tmp.path().join("rendered.yaml");
         std::fs::write(&rendered, run_ok(&mut c).unwrap()).unwrap();
-        let out = run_ok(cl.kubectl().args(["apply", "--server-side", "--dry-run=server", "-n", &ns, "-f"]).arg(&rendered)).unwrap();
-        let applied = out.lines().filter(|l| l.contains("(server dry run)")).count();
-        let docs = yaml_docs(&std::fs::read_to_string(&rendered).unwrap()).unwrap().len();
-        assert_eq!(applied, docs, "every rendered object passes the dry-run {sets:?}:\n{out}");
+        // No -n: every namespaced object names its namespace (the Role of namespaced mode
+        // lives in the watched one).
+        let out = run_ok(
+            cl.kubectl()
+                .args(["apply", "--server-side", "--dry-run=server", "-f"])
+                .arg(&rendered),
+        )
+        .unwrap();
+        let applied = out
+            .lines()
+            .filter(|l| l.contains("(server dry run)"))
+            .count();
+        let docs = yaml_docs(&std::fs::read_to_string(&rendered).unwrap())
+            .unwrap()
+            .len();
+        assert_eq!(
+            applied, docs,
+            "every rendered object passes the dry-run {sets:?}:\n{out}"
+        );
     }
 
-    let (mut op, sa) = install_and_reconcile(&cl, &operator_bin, &release, &ns, &ns, &[], tmp.path()).await.unwrap();
+    let (mut op, sa) =
+        install_and_reconcile(&cl, &operator_bin, &release, &ns, &ns, &[], tmp.path())
+            .await
+            .unwrap();
 
     // Outside the role: denied.
     let pods: Api<Pod> = Api::namespaced(sa.clone(), &ns);
-    assert_eq!(api_code(&pods.list(&ListParams::default()).await), Some(403), "list pods");
+    assert_eq!(
+        api_code(&pods.list(&ListParams::default()).await),
+        Some(403),
+        "list pods"
+    );
     let cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "kube-system");
-    assert_eq!(api_code(&cms.list(&ListParams::default()).await), Some(403), "list configmaps in kube-system");
+    assert_eq!(
+        api_code(&cms.list(&ListParams::default()).await),
+        Some(403),
+        "list configmaps in kube-system"
+    );
     let nodes: Api<Node> = Api::all(sa.clone());
-    assert_eq!(api_code(&nodes.delete("any-node", &DeleteParams::default()).await), Some(403), "delete nodes");
+    assert_eq!(
+        api_code(&nodes.delete("any-node", &DeleteParams::default()).await),
+        Some(403),
+        "delete nodes"
+    );
     let namespaces: Api<Namespace> = Api::all(sa.clone());
-    assert_eq!(api_code(&namespaces.list(&ListParams::default()).await), Some(403), "list namespaces");
+    assert_eq!(
+        api_code(&namespaces.list(&ListParams::default()).await),
+        Some(403),
+        "list namespaces"
+    );
     let crs: Api<ClusterRole> = Api::all(sa.clone());
-    let escalate: ClusterRole = serde_json::from_value(json!({"metadata": {"name": format!("{ns}-escalate")}, "rules": []})).unwrap();
-    assert_eq!(api_code(&crs.create(&PostParams::default(), &escalate).await), Some(403), "create clusterroles");
+    let escalate: ClusterRole = serde_json::from_value(
+        json!({"metadata": {"name": format!("{ns}-escalate")}, "rules": []}),
+    )
+    .unwrap();
+    assert_eq!(
+        api_code(&crs.create(&PostParams::default(), &escalate).await),
+        Some(403),
+        "create clusterroles"
+    );
     // Only the verbs it uses: no update of children, no write to RealtimeCluster specs.
     let deployments: Api<Deployment> = Api::namespaced(sa.clone(), &ns);
-    let d = deployments.get("chat").await.expect("get deployments is granted");
-    assert_eq!(api_code(&deployments.replace("chat", &PostParams::default(), &d).await), Some(403), "update deployments");
-    assert_eq!(api_code(&deployments.delete("chat", &DeleteParams::default()).await), Some(403), "delete deployments");
+    let d = deployments
+        .get("chat")
+        .await
+        .expect("get deployments is granted");
+    assert_eq!(
+        api_code(
+            &deployments
+                .replace("chat", &PostParams::default(), &d)
+                .await
+        ),
+        Some(403),
+        "update deployments"
+    );
+    assert_eq!(
+        api_code(&deployments.delete("chat", &DeleteParams::default()).await),
+        Some(403),
+        "delete deployments"
+    );
     let rtcs = dynamic_api(&sa, &ns);
-    assert_eq!(api_code(&rtcs.delete("chat", &DeleteParams::default()).await), Some(403), "delete realtimeclusters");
+    assert_eq!(
+        api_code(&rtcs.delete("chat", &DeleteParams::default()).await),
+        Some(403),
+        "delete realtimeclusters"
+    );
     let spec_patch = Patch::Merge(json!({"spec": {"replicas": 3}}));
-    assert_eq!(api_code(&rtcs.patch("chat", &PatchParams::default(), &spec_patch).await), Some(403), "patch realtimecluster spec");
+    assert_eq!(
+        api_code(
+            &rtcs
+                .patch("chat", &PatchParams::default(), &spec_patch)
+                .await
+        ),
+        Some(403),
+        "patch realtimecluster spec"
+    );
     // Leases: only its own, only in the release namespace.
     let leases: Api<Lease> = Api::namespaced(sa.clone(), &ns);
-    assert_eq!(api_code(&leases.get("someone-elses-lease").await), Some(403), "get another Lease");
+    assert_eq!(
+        api_code(&leases.get("someone-elses-lease").await),
+        Some(403),
+        "get another Lease"
+    );
     let foreign: Api<Lease> = Api::namespaced(sa.clone(), "kube-system");
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": full}})).unwrap();
-    assert_eq!(api_code(&foreign.create(&PostParams::default(), &lease).await), Some(403), "create a Lease in kube-system");
-    assert!(op.stop(Duration::from_secs(15)).await, "the operator did not exit within 15 s of SIGTERM:\n{}", op.log_text());
+    assert_eq!(
+        api_code(&foreign.create(&PostParams::default(), &lease).await),
+        Some(403),
+        "create a Lease in kube-system"
+    );
+    assert!(
+        op.stop(Duration::from_secs(15)).await,
+        "the operator did not exit within 15 s of SIGTERM:\n{}",
+        op.log_text()
+    );
 
     // helm upgrade: a second replica (allowed with leader election) and a PDB.
-    let out = run_ok(cl.helm.cmd().args(["upgrade", &release, CHART, "--namespace", &ns, "--set", "replicaCount=2", "--set", "podDisruptionBudget.enabled=true"])).unwrap();
-    assert!(out.contains("REVISION: 2") && out.contains("STATUS: deployed"), "helm upgrade:\n{out}");
-    let d = Api::<Deployment>::namespaced(admin.clone(), &ns).get(&full).await.unwrap();
+    let out = run_ok(cl.helm.cmd().args([
+        "upgrade",
+        &release,
+        CHART,
+        "--namespace",
+        &ns,
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "podDisruptionBudget.enabled=true",
+    ]))
+    .unwrap();
+    assert!(
+        out.contains("REVISION: 2") && out.contains("STATUS: deployed"),
+        "helm upgrade:\n{out}"
+    );
+    let d = Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .get(&full)
+        .await
+        .unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(2));
-    Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns).get(&full).await.expect("PDB after upgrade");
+    Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns)
+        .get(&full)
+        .await
+        .expect("PDB after upgrade");
 
     // helm uninstall: the release's objects go, the CRD (and the user's RealtimeCluster) stay.
-    run_ok(cl.helm.cmd().args(["uninstall", &release, "--namespace", &ns, "--wait"])).unwrap();
+    run_ok(
+        cl.helm
+            .cmd()
+            .args(["uninstall", &release, "--namespace", &ns, "--wait"]),
+    )
+    .unwrap();
     let gone = |r: kube::Result<()>| matches!(r, Err(kube::Error::Api(s)) if s.code == 404);
-    assert!(gone(Api::<Deployment>::namespaced(admin.clone(), &ns).get(&full).await.map(|_| ())), "Deployment left");
-    assert!(gone(Api::<ServiceAccount>::namespaced(admin.clone(), &ns).get(&full).await.map(|_| ())), "ServiceAccount left");
-    assert!(gone(Api::<ClusterRole>::all(admin.clone()).get(&full).await.map(|_| ())), "ClusterRole left");
-    assert!(gone(Api::<ClusterRoleBinding>::all(admin.clone()).get(&full).await.map(|_| ())), "ClusterRoleBinding left");
-    assert!(gone(Api::<Role>::namespaced(admin.clone(), &ns).get(&format!("{full}-leader-election")).await.map(|_| ())), "Role left");
-    assert!(gone(Api::<Service>::namespaced(admin.clone(), &ns).get(&format!("{full}-metrics")).await.map(|_| ())), "metrics Service left");
-    assert!(gone(Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns).get(&full).await.map(|_| ())), "PDB left");
+    assert!(
+        gone(
+            Api::<Deployment>::namespaced(admin.clone(), &ns)
+                .get(&full)
+                .await
+                .map(|_| ())
+        ),
+        "Deployment left"
+    );
+    assert!(
+        gone(
+            Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+                .get(&full)
+                .await
+                .map(|_| ())
+        ),
+        "ServiceAccount left"
+    );
+    assert!(
+        gone(
+            Api::<ClusterRole>::all(admin.clone())
+                .get(&full)
+                .await
+                .map(|_| ())
+        ),
+        "ClusterRole left"
+    );
+    assert!(
+        gone(
+            Api::<ClusterRoleBinding>::all(admin.clone())
+                .get(&full)
+                .await
+                .map(|_| ())
+        ),
+        "ClusterRoleBinding left"
+    );
+    assert!(
+        gone(
+            Api::<Role>::namespaced(admin.clone(), &ns)
+                .get(&format!("{full}-leader-election"))
+                .await
+                .map(|_| ())
+        ),
+        "Role left"
+    );
+    assert!(
+        gone(
+            Api::<Service>::namespaced(admin.clone(), &ns)
+                .get(&format!("{full}-metrics"))
+                .await
+                .map(|_| ())
+        ),
+        "metrics Service left"
+    );
+    assert!(
+        gone(
+            Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns)
+                .get(&full)
+                .await
+                .map(|_| ())
+        ),
+        "PDB left"
+    );
     Api::<CustomResourceDefinition>::all(admin.clone())
         .get("realtimeclusters.realtime.dev")
         .await
         .expect("helm uninstall keeps the CRD");
-    dynamic_api(&admin, &ns).get("chat").await.expect("the RealtimeCluster outlives the operator's release");
+    dynamic_api(&admin, &ns)
+        .get("chat")
+        .await
+        .expect("the RealtimeCluster outlives the operator's release");
     let releases = run_ok(cl.helm.cmd().args(["list", "--namespace", &ns, "--short"])).unwrap();
-    assert!(!releases.lines().any(|l| l.trim() == release), "release still listed: {releases}");
+    assert!(
+        !releases.lines().any(|l| l.trim() == release),
+        "release still listed: {releases}"
+    );
 }
 
 /// Namespaced mode: the operator watches one namespace with a Role there, and reads nothing
 /// elsewhere.
 #[tokio::test]
 async fn namespaced_mode_reconciles_its_namespace_only() {
-    let Some((cl, operator_bin)) = cluster_or_skip().await else { return };
+    let Some((cl, operator_bin)) = cluster_or_skip().await else {
+        return;
+    };
     let cp = cl.cp.clone();
     let _logs = cp.logs_on_failure();
     let admin = cp.client().await.unwrap();
@@ -817,19 +1286,62 @@ async fn namespaced_mode_reconciles_its_namespace_only() {
     .unwrap();
     let full = fullname(&release);
     assert!(
-        Api::<ClusterRole>::all(admin.clone()).get_opt(&full).await.unwrap().is_none(),
+        Api::<ClusterRole>::all(admin.clone())
+            .get_opt(&full)
+            .await
+            .unwrap()
+            .is_none(),
         "namespaced mode creates no ClusterRole"
     );
     // Nothing outside the watched namespace, and no cluster-wide lists.
     let secrets: Api<Secret> = Api::namespaced(sa.clone(), "kube-system");
-    assert_eq!(api_code(&secrets.get("any").await), Some(403), "get secrets in kube-system");
+    assert_eq!(
+        api_code(&secrets.get("any").await),
+        Some(403),
+        "get secrets in kube-system"
+    );
     let deployments: Api<Deployment> = Api::namespaced(sa.clone(), &ns);
-    assert_eq!(api_code(&deployments.list(&ListParams::default()).await), Some(403), "list deployments in the release namespace");
+    assert_eq!(
+        api_code(&deployments.list(&ListParams::default()).await),
+        Some(403),
+        "list deployments in the release namespace"
+    );
     let all_secrets: Api<Secret> = Api::all(sa.clone());
-    assert_eq!(api_code(&all_secrets.list(&ListParams::default()).await), Some(403), "list secrets cluster-wide");
-    let all_rtcs: Api<DynamicObject> = Api::all_with(sa.clone(), &ApiResource::from_gvk(&GroupVersionKind::gvk("realtime.dev", "v1alpha1", "RealtimeCluster")));
-    assert_eq!(api_code(&all_rtcs.list(&ListParams::default()).await), Some(403), "list realtimeclusters cluster-wide");
-    assert!(op.stop(Duration::from_secs(15)).await, "the operator did not exit within 15 s of SIGTERM:\n{}", op.log_text());
-    run_ok(cl.helm.cmd().args(["uninstall", &release, "--namespace", &ns, "--wait"])).unwrap();
-    assert!(Api::<Role>::namespaced(admin.clone(), &watched).get_opt(&full).await.unwrap().is_none(), "Role in the watched namespace left");
+    assert_eq!(
+        api_code(&all_secrets.list(&ListParams::default()).await),
+        Some(403),
+        "list secrets cluster-wide"
+    );
+    let all_rtcs: Api<DynamicObject> = Api::all_with(
+        sa.clone(),
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "realtime.dev",
+            "v1alpha1",
+            "RealtimeCluster",
+        )),
+    );
+    assert_eq!(
+        api_code(&all_rtcs.list(&ListParams::default()).await),
+        Some(403),
+        "list realtimeclusters cluster-wide"
+    );
+    assert!(
+        op.stop(Duration::from_secs(15)).await,
+        "the operator did not exit within 15 s of SIGTERM:\n{}",
+        op.log_text()
+    );
+    run_ok(
+        cl.helm
+            .cmd()
+            .args(["uninstall", &release, "--namespace", &ns, "--wait"]),
+    )
+    .unwrap();
+    assert!(
+        Api::<Role>::namespaced(admin.clone(), &watched)
+            .get_opt(&full)
+            .await
+            .unwrap()
+            .is_none(),
+        "Role in the watched namespace left"
+    );
 }
