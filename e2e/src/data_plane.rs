@@ -860,7 +860,9 @@ impl Cluster {
                 "REDIS_URL",
                 format!("redis://127.0.0.1:{}", self.redis_port),
             )
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            // logs go to a file that a person reads when a test fails
+            .env("NO_COLOR", "1");
         if let Some(d) = &s.cwd {
             cmd.current_dir(d);
         }
