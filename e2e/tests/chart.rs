@@ -286,11 +286,118 @@ fn chart_crd_is_the_generated_crd() {
     );
     let crd: Value = serde_yaml::from_str(&top).unwrap();
     let group = crd["spec"]["group"].as_str().unwrap();
+    assert_eq!(group, realtime_operator::api::GROUP);
     let helpers = read(&format!("{CHART}/templates/_helpers.tpl"));
     assert!(
         helpers.contains(&format!("\n{group}\n")),
         "_helpers.tpl apiGroup must name the CRD's group {group}"
     );
+}
+
+/// `repo:tag` image references to `ghcr.io/realtime-operator/*` in `text` (pure). A reference
+/// without a tag yields an empty tag.
+fn project_image_refs(text: &str) -> Vec<(String, String)> {
+    const PREFIX: &str = "ghcr.io/realtime-operator/";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(PREFIX) {
+        rest = &rest[i..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-_./:$<>{}".contains(c)))
+            .unwrap_or(rest.len());
+        let r = &rest[..end];
+        let (repo, tag) = match r[PREFIX.len()..].split_once(':') {
+            Some((name, tag)) => (format!("{PREFIX}{name}"), tag.to_string()),
+            None => (r.to_string(), String::new()),
+        };
+        out.push((repo, tag));
+        rest = &rest[end..];
+    }
+    out
+}
+
+#[test]
+fn project_image_refs_parses_tags() {
+    let t = "image: ghcr.io/realtime-operator/realtime-server:0.1.0\n-t ghcr.io/realtime-operator/realtime-operator:$VERSION .\nrepository: ghcr.io/realtime-operator/realtime-server";
+    assert_eq!(
+        project_image_refs(t),
+        [
+            (
+                "ghcr.io/realtime-operator/realtime-server".into(),
+                "0.1.0".into()
+            ),
+            (
+                "ghcr.io/realtime-operator/realtime-operator".into(),
+                "$VERSION".into()
+            ),
+            (
+                "ghcr.io/realtime-operator/realtime-server".into(),
+                String::new()
+            ),
+        ]
+    );
+}
+
+/// The image names and tags agree across the operator's default, the chart, the examples, the
+/// Dockerfiles and the READMEs: the two repositories, tagged with the crate version (or a
+/// placeholder in documentation).
+#[test]
+fn image_names_and_tags_are_consistent() {
+    let version = operator_version(&read("Cargo.toml"), &read("operator/Cargo.toml")).unwrap();
+    let server = "ghcr.io/realtime-operator/realtime-server";
+    let operator = "ghcr.io/realtime-operator/realtime-operator";
+    assert_eq!(
+        realtime_operator::runtime::DEFAULT_SERVER_IMAGE,
+        format!("{server}:{version}")
+    );
+
+    let values: Value = serde_yaml::from_str(&read(&format!("{CHART}/values.yaml"))).unwrap();
+    assert_eq!(values["image"]["repository"], operator);
+    assert_eq!(values["serverImage"]["repository"], server);
+
+    let mut files: Vec<String> = [
+        "README.md",
+        "docker/README.md",
+        "operator/README.md",
+        &format!("{CHART}/README.md"),
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .filter(|f| workspace_root().join(f).is_file())
+    .collect();
+    for dir in ["examples", "docker"] {
+        for e in std::fs::read_dir(workspace_root().join(dir))
+            .unwrap()
+            .flatten()
+        {
+            files.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    let placeholders = ["", "$VERSION", "${VERSION}", "<version>"];
+    let mut seen = 0;
+    for f in &files {
+        for (repo, tag) in project_image_refs(&read(f)) {
+            seen += 1;
+            assert!(
+                repo == server || repo == operator,
+                "{f}: unknown image {repo}"
+            );
+            assert!(
+                tag == version || placeholders.contains(&tag.as_str()),
+                "{f}: {repo}:{tag}, expected tag {version}"
+            );
+        }
+    }
+    assert!(seen > 0, "no image references found in {files:?}");
+    for df in [
+        "docker/realtime-server.Dockerfile",
+        "docker/realtime-operator.Dockerfile",
+    ] {
+        assert!(
+            read(df).contains(&format!("ARG VERSION={version}\n")),
+            "{df}: default VERSION build arg is not {version}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -368,7 +475,10 @@ fn default_render_is_restricted_and_complete() {
     let c = &pod["containers"][0];
     assert_eq!(
         c["image"],
-        "ghcr.io/realtime-operator/realtime-operator:0.1.0"
+        format!(
+            "ghcr.io/realtime-operator/realtime-operator:{}",
+            operator_version(&read("Cargo.toml"), &read("operator/Cargo.toml")).unwrap()
+        )
     );
     // Restricted Pod Security Standard.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -388,8 +498,8 @@ fn default_render_is_restricted_and_complete() {
     let args = operator_args(&objs);
     assert_eq!(
         flag_value(&args, "--default-server-image").as_deref(),
-        Some("ghcr.io/realtime-operator/realtime-server:0.1.0"),
-        "{args:?}"
+        Some(realtime_operator::runtime::DEFAULT_SERVER_IMAGE),
+        "the chart's default server image is the operator's: {args:?}"
     );
     assert!(args.iter().any(|a| a == "--leader-election"), "{args:?}");
 
