@@ -688,8 +688,8 @@ impl LocalTarget {
 
     // ---- status ----
 
-    /// Waits until the operator reports the RealtimeCluster Ready (from the statuses this
-    /// harness wrote for its pods).
+    /// Waits until the operator reports the RealtimeCluster Ready with every desired replica
+    /// ready (from the statuses this harness wrote for its pods).
     async fn wait_rtc_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + OPERATOR_TIMEOUT;
         loop {
@@ -700,7 +700,11 @@ impl LocalTarget {
                 .into_iter()
                 .flatten()
                 .find(|c| c["type"] == "Ready");
-            if ready.is_some_and(|c| c["status"] == "True") {
+            // Ready, and computed from the pods as they are now (not from a surge or older spec).
+            let settled = rtc["status"]["observedGeneration"] == rtc["metadata"]["generation"]
+                && rtc["status"]["replicas"] == rtc["spec"]["replicas"]
+                && rtc["status"]["readyReplicas"] == rtc["spec"]["replicas"];
+            if settled && ready.is_some_and(|c| c["status"] == "True") {
                 super::note(&format!(
                     "[path B] rtc/{} Ready: {} of {} replicas ready, endpoint {}",
                     self.name, rtc["status"]["readyReplicas"], rtc["spec"]["replicas"], rtc["status"]["endpoint"]

@@ -710,7 +710,7 @@ async fn invalid_rejected<T: Target>(t: &mut T) -> Result<()> {
                     ensure!(msg.contains(f), "{what}: the rejection does not say {f:?}:\n{msg}");
                 }
                 ensure!(msg.contains(&name), "{what}: the rejection does not name the object:\n{msg}");
-                say(s, &format!("{what}: {}", msg.lines().next().unwrap_or_default()));
+                say(s, &format!("{what}: {}", msg.split_whitespace().collect::<Vec<_>>().join(" ")));
             }
         }
         let out = t.kubectl().run(&["get", "rtc", &name], None).await?;
