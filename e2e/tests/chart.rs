@@ -400,6 +400,20 @@ fn image_names_and_tags_are_consistent() {
     }
 }
 
+/// NOTES.txt's inline RealtimeCluster is examples/minimal.yaml.
+#[test]
+fn notes_inline_example_is_the_minimal_example() {
+    let notes = read(&format!("{CHART}/templates/NOTES.txt"));
+    let start = notes
+        .find("echo '")
+        .expect("NOTES.txt has an inline example")
+        + "echo '".len();
+    let len = notes[start..].find('\'').unwrap();
+    let inline: Value = serde_json::from_str(&notes[start..start + len]).unwrap();
+    let minimal: Value = serde_yaml::from_str(&read("examples/minimal.yaml")).unwrap();
+    assert_eq!(inline, minimal);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rendering
 // ---------------------------------------------------------------------------------------------
