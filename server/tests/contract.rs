@@ -462,3 +462,32 @@ async fn send_to_a_user_reaches_every_socket_of_that_user() {
         json!({"members": [{"id": alice1.id, "node": "n1", "user": "alice"}]})
     );
 }
+
+#[tokio::test]
+async fn oversized_polling_body_gets_413() {
+    let srv = Server::start(&["--max-payload=2048"]).await;
+    let http = reqwest::Client::new();
+    let open = http
+        .get(srv.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let handshake: Value =
+        serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+    let sid = handshake["sid"].as_str().unwrap();
+    let url = srv.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let small = http.post(&url).body("40").send().await.unwrap();
+    assert_eq!(small.status(), 200);
+    let big = format!(
+        "42[\"publish\",{{\"event\":\"e\",\"data\":\"{}\"}}]",
+        "x".repeat(4096)
+    );
+    let r = http.post(&url).body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    // the server is fine
+    let (_c, hello) = Client::hello(srv.addr, None).await;
+    assert_eq!(hello["node"], json!("test-host"));
+}
