@@ -389,13 +389,29 @@ fn image_names_and_tags_are_consistent() {
         }
     }
     assert!(seen > 0, "no image references found in {files:?}");
-    for df in [
-        "docker/realtime-server.Dockerfile",
-        "docker/realtime-operator.Dockerfile",
-    ] {
+    for krate in ["realtime-server", "realtime-operator"] {
+        let df = format!("docker/{krate}.Dockerfile");
+        let text = read(&df);
         assert!(
-            read(df).contains(&format!("ARG VERSION={version}\n")),
+            text.contains(&format!("ARG VERSION={version}\n")),
             "{df}: default VERSION build arg is not {version}"
+        );
+        assert!(
+            text.contains(&format!(
+                "cargo build --release --locked -p {krate} --bin {krate}"
+            )),
+            "{df} builds the {krate} binary from the locked workspace"
+        );
+        let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+        assert_eq!(stages.len(), 2, "{df}: a builder and a runtime stage");
+        assert!(stages[1].contains("distroless"), "{df}: distroless runtime");
+        assert!(
+            text.contains("\nUSER 65532:65532\n"),
+            "{df}: runs as uid 65532"
+        );
+        assert!(
+            text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{krate}\"]")),
+            "{df}: entrypoint"
         );
     }
 }
