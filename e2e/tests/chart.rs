@@ -1046,19 +1046,38 @@ async fn install_and_reconcile(
         &pod_name,
         logs.join(format!("{release}-operator.log")),
     )?;
+    // The chart's probes and metrics Service point at what the binary serves.
     let admin_addr = op.admin;
-    op.wait_for(
-        cp,
-        "the operator's /readyz",
-        Duration::from_secs(30),
-        || async {
-            Ok(http_get(admin_addr, "/readyz", Duration::from_secs(2))
-                .await
-                .ok()
-                .filter(|r| r.status == 200))
-        },
-    )
-    .await?;
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    let readiness = probe_path(&container.readiness_probe).context("readiness probe path")?;
+    let liveness = probe_path(&container.liveness_probe).context("liveness probe path")?;
+    for path in [readiness.as_str(), liveness.as_str(), "/metrics"] {
+        op.wait_for(
+            cp,
+            &format!("200 from the operator's {path}"),
+            Duration::from_secs(30),
+            || async {
+                Ok(http_get(admin_addr, path, Duration::from_secs(2))
+                    .await
+                    .ok()
+                    .filter(|r| r.status == 200))
+            },
+        )
+        .await?;
+    }
 
     // Leader election with the Role's rights: the Lease named after the release, held by us.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
