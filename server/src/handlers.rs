@@ -276,6 +276,11 @@ async fn handle_event<A: Adapter>(
     ack: AckSender<A>,
     frame: Frame,
 ) {
+    if !s.connected() {
+        // Queued behind earlier events and the client left meanwhile: a late `join` would
+        // put a socket that no longer exists back into a room.
+        return;
+    }
     let parsed = frame.text().and_then(protocol::split_frame);
     let (event, arg) = match parsed {
         Ok(p) => p,
