@@ -123,9 +123,15 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
+            use kube::runtime::controller::Error as E;
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "controller"),
+                // Already logged by error_policy.
+                Err(E::ReconcilerFailed(..)) => {}
+                // A cluster deleted while a reconcile was queued: expected.
+                Err(e @ E::ObjectNotFound(_)) => tracing::debug!(error = %e, "skipped"),
+                // Watch failures (API unreachable, CRD missing, RBAC): retried with backoff.
+                Err(e) => tracing::warn!(error = %e, "watch"),
             }
         })
         .await;
