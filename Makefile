@@ -36,3 +36,8 @@ control-plane:
 ## (~15 min; QUICK=1 for a short debug run). Results under ~/.cache/realtime-operator/bench/results/
 bench:
 	bench/run.sh
+
+## e2e-kind: the end-to-end scenarios on a kind cluster through ingress-nginx (needs Docker, kind,
+## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some
+e2e-kind:
+	e2e/kind/run.sh

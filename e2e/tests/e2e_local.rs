@@ -14,20 +14,9 @@ use realtime_e2e::scenarios::local::LocalTarget;
 use realtime_e2e::scenarios::{self, Scenario};
 use realtime_e2e::sio::{self, Driver};
 
-/// Two server pods, a managed Redis and an Ingress with cookie affinity (the defaults).
-const COOKIE: &str = r#"
-apiVersion: realtime.dev/v1alpha1
-kind: RealtimeCluster
-metadata:
-  name: chat
-spec:
-  replicas: 2
-  redis:
-    managed: {}
-  ingress:
-    enabled: true
-    host: chat.e2e.test
-"#;
+/// Two server pods, a managed Redis and an Ingress with cookie affinity: the same file the kind
+/// path applies.
+const COOKIE: &str = include_str!("../kind/realtimecluster.yaml");
 
 /// The same with the client-address affinity.
 const IP_HASH: &str = r#"
