@@ -25,7 +25,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/realtime-operator/targ
 QUICK="${QUICK:-0}"
 QUIET_WAIT="${QUIET_WAIT:-1200}"
 QUIET_LOAD="${QUIET_LOAD:-0.8}"
-OUT="${OUT:-$BENCH_CACHE/results/$(date +%Y%m%d-%H%M%S)$([[ $QUICK == 1 ]] && echo -quick)}"
+SUFFIX=""; [[ $QUICK == 1 ]] && SUFFIX=-quick
+OUT="${OUT:-$BENCH_CACHE/results/$(date +%Y%m%d-%H%M%S)$SUFFIX}"
 ANCHOR="$BENCH_CACHE/anchor-node"
 A="$ANCHOR/run-anchor.sh"
 RB_TARGET="$BENCH_CACHE/target"
