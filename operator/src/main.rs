@@ -1,7 +1,7 @@
 //! `realtime-operator`: see [`realtime_operator::runtime`] for the commands and flags.
 
 use clap::Parser;
-use realtime_operator::runtime::{Cli, Command, init_logging, run};
+use realtime_operator::runtime::{Cli, Command, error_chain, init_logging, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -18,7 +18,7 @@ async fn main() -> std::process::ExitCode {
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "realtime-operator failed");
+            tracing::error!(error = error_chain(&e), "realtime-operator failed");
             std::process::ExitCode::FAILURE
         }
     }

@@ -102,9 +102,11 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -184,7 +186,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
-    tracing::info!(addr = %args.admin_addr, "admin server listening");
+    let bound = listener
+        .local_addr()
+        .context("reading the admin server's address")?;
+    tracing::info!(addr = %bound, "admin server listening");
     let router = admin_router(admin.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -323,6 +328,23 @@ async fn renew_until_lost(
     let _ = stop_tx.send(true);
 }
 
+/// An error and its causes on one line, skipping causes whose text the message already holds
+/// (kube's errors repeat their sources in their own message).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -386,6 +408,17 @@ mod tests {
         };
         assert_eq!(args.namespace.as_deref(), Some("apps"));
         assert!(!args.leader_election);
+    }
+
+    #[test]
+    fn error_chain_skips_repeated_causes() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(inner)
+            .context("reading x: disk on fire")
+            .context("starting");
+        assert_eq!(error_chain(&e), "starting: reading x: disk on fire");
+        let e = anyhow::anyhow!("root").context("outer");
+        assert_eq!(error_chain(&e), "outer: root");
     }
 
     #[tokio::test]
