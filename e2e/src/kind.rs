@@ -57,8 +57,14 @@ pub fn pod_states(list: &Value) -> Vec<PodState> {
         .into_iter()
         .flatten()
         .map(|p| PodState {
-            name: p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-            uid: p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            name: p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            uid: p["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             terminating: !p["metadata"]["deletionTimestamp"].is_null(),
             ready: p["status"]["conditions"]
                 .as_array()
@@ -95,7 +101,11 @@ pub fn owned_by<'a>(list: &'a Value, owner_uid: &str) -> Option<&'a Value> {
 
 impl KindTarget {
     pub fn new(cfg: KindConfig) -> KindTarget {
-        let global = cfg.context.iter().flat_map(|c| ["--context".to_string(), c.clone()]).collect();
+        let global = cfg
+            .context
+            .iter()
+            .flat_map(|c| ["--context".to_string(), c.clone()])
+            .collect();
         let kubectl = Kubectl::new(cfg.kubectl.clone(), vec![], global, &cfg.namespace);
         KindTarget {
             cfg,
@@ -117,13 +127,21 @@ impl KindTarget {
             .into_iter()
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        ensure!(ready, "rtc/{} is not Ready: {}", self.cfg.name, rtc["status"]);
+        ensure!(
+            ready,
+            "rtc/{} is not Ready: {}",
+            self.cfg.name,
+            rtc["status"]
+        );
         Ok(())
     }
 
     async fn uid(&self, kind: &str, name: &str) -> Result<String> {
         let o = self.kubectl.get_json(&[kind, name]).await?;
-        o["metadata"]["uid"].as_str().map(String::from).ok_or_else(|| anyhow!("{kind}/{name} has no uid"))
+        o["metadata"]["uid"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow!("{kind}/{name} has no uid"))
     }
 
     /// The `kind` object (deployment, statefulset) the RealtimeCluster controls.
@@ -144,7 +162,12 @@ impl KindTarget {
     }
 
     /// Polls until `f` accepts the server pods (or `ROLLOUT_TIMEOUT`).
-    async fn wait_pods<F: Fn(&[PodState]) -> bool>(&self, kind: &str, what: &str, f: F) -> Result<Vec<PodState>> {
+    async fn wait_pods<F: Fn(&[PodState]) -> bool>(
+        &self,
+        kind: &str,
+        what: &str,
+        f: F,
+    ) -> Result<Vec<PodState>> {
         let deadline = Instant::now() + ROLLOUT_TIMEOUT;
         loop {
             let pods = self.pods_of(kind).await?;
@@ -160,9 +183,11 @@ impl KindTarget {
 
     /// Exactly `n` server pods, all ready, none terminating.
     async fn wait_exactly(&self, n: usize) -> Result<Vec<PodState>> {
-        self.wait_pods("deployment", &format!("{n} ready server pods and no others"), |p| {
-            p.len() == n && p.iter().all(|x| x.ready && !x.terminating)
-        })
+        self.wait_pods(
+            "deployment",
+            &format!("{n} ready server pods and no others"),
+            |p| p.len() == n && p.iter().all(|x| x.ready && !x.terminating),
+        )
         .await
     }
 }
@@ -208,7 +233,11 @@ impl Target for KindTarget {
 
     async fn scale(&mut self, replicas: usize) -> Result<()> {
         self.kubectl
-            .ok(&["scale", &format!("rtc/{}", self.cfg.name), &format!("--replicas={replicas}")])
+            .ok(&[
+                "scale",
+                &format!("rtc/{}", self.cfg.name),
+                &format!("--replicas={replicas}"),
+            ])
             .await?;
         self.wait_exactly(replicas).await?;
         Ok(())
@@ -216,15 +245,32 @@ impl Target for KindTarget {
 
     async fn rolling_restart(&mut self) -> Result<()> {
         let dep = self.child("deployment").await?;
-        let name = dep["metadata"]["name"].as_str().context("deployment without a name")?.to_string();
+        let name = dep["metadata"]["name"]
+            .as_str()
+            .context("deployment without a name")?
+            .to_string();
         let replicas = dep["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
-        let before: Vec<String> = self.pods_of("deployment").await?.into_iter().map(|p| p.name).collect();
-        self.kubectl.ok(&["rollout", "restart", &format!("deployment/{name}")]).await?;
+        let before: Vec<String> = self
+            .pods_of("deployment")
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         self.kubectl
-            .ok(&["rollout", "status", &format!("deployment/{name}"), "--timeout=300s"])
+            .ok(&["rollout", "restart", &format!("deployment/{name}")])
+            .await?;
+        self.kubectl
+            .ok(&[
+                "rollout",
+                "status",
+                &format!("deployment/{name}"),
+                "--timeout=300s",
+            ])
             .await?;
         self.wait_pods("deployment", "only new pods, all ready", |p| {
-            p.len() == replicas && p.iter().all(|x| x.ready && !x.terminating && !before.contains(&x.name))
+            p.len() == replicas
+                && p.iter()
+                    .all(|x| x.ready && !x.terminating && !before.contains(&x.name))
         })
         .await?;
         Ok(())
@@ -232,8 +278,12 @@ impl Target for KindTarget {
 
     async fn delete_redis(&mut self) -> Result<()> {
         let pods = self.pods_of("statefulset").await?;
-        let pod = pods.first().ok_or_else(|| anyhow!("no Redis pod to delete"))?;
-        self.kubectl.ok(&["delete", "pod", &pod.name, "--wait=false"]).await?;
+        let pod = pods
+            .first()
+            .ok_or_else(|| anyhow!("no Redis pod to delete"))?;
+        self.kubectl
+            .ok(&["delete", "pod", &pod.name, "--wait=false"])
+            .await?;
         self.redis_gone = Some(pod.uid.clone());
         Ok(())
     }
@@ -265,7 +315,10 @@ mod tests {
             {"metadata": {"name": "chat-c", "uid": "3"}, "status": {}},
         ]});
         let p = pod_states(&list);
-        assert_eq!(p.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["chat-a", "chat-b", "chat-c"]);
+        assert_eq!(
+            p.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
+            ["chat-a", "chat-b", "chat-c"]
+        );
         assert_eq!((p[0].ready, p[0].terminating), (false, false));
         assert_eq!((p[1].ready, p[1].terminating), (true, true));
         assert!(!p[2].ready);

@@ -36,12 +36,20 @@ spec:
 
 /// Runs `list` in order against a fresh local RealtimeCluster from `manifest`.
 async fn run(manifest: &str, list: &[Scenario]) {
-    let Some(paths) = require("node and socket.io-client", sio::DRIVER_HOW_TO, sio::find_driver()) else {
+    let Some(paths) = require(
+        "node and socket.io-client",
+        sio::DRIVER_HOW_TO,
+        sio::find_driver(),
+    ) else {
         return;
     };
-    let Some(mut target) = LocalTarget::for_test(manifest).await else { return };
+    let Some(mut target) = LocalTarget::for_test(manifest).await else {
+        return;
+    };
     // Declared after the target: dropped first, so clients close before the servers stop.
-    let driver = Driver::start(&paths).await.expect("starting the socket.io-client driver");
+    let driver = Driver::start(&paths)
+        .await
+        .expect("starting the socket.io-client driver");
     for s in list {
         if let Err(e) = scenarios::run(*s, &mut target, &driver).await {
             panic!("{e:#}");
@@ -92,5 +100,9 @@ async fn invalid_realtime_cluster_is_rejected() {
 /// The Ingress's other affinity mode: nginx hashes the client address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_affinity_from_the_ingress() {
-    run(IP_HASH, &[Scenario::Hello, Scenario::RoomBroadcast, Scenario::Presence]).await;
+    run(
+        IP_HASH,
+        &[Scenario::Hello, Scenario::RoomBroadcast, Scenario::Presence],
+    )
+    .await;
 }

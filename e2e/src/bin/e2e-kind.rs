@@ -14,7 +14,10 @@ use realtime_e2e::scenarios::{self, Scenario, Target};
 use realtime_e2e::sio::{self, Driver};
 
 #[derive(Parser, Debug)]
-#[command(name = "e2e-kind", about = "Runs the end-to-end scenarios against a RealtimeCluster through its ingress")]
+#[command(
+    name = "e2e-kind",
+    about = "Runs the end-to-end scenarios against a RealtimeCluster through its ingress"
+)]
 struct Args {
     /// kubeconfig context of the cluster (kind names it kind-<cluster>); the current one when unset.
     #[arg(long, env = "RT_E2E_CONTEXT")]
@@ -50,7 +53,11 @@ async fn main() -> ExitCode {
     match run(args).await {
         Ok(failed) if failed.is_empty() => ExitCode::SUCCESS,
         Ok(failed) => {
-            eprintln!("e2e-kind: {} scenario(s) failed: {}", failed.len(), failed.join(", "));
+            eprintln!(
+                "e2e-kind: {} scenario(s) failed: {}",
+                failed.len(),
+                failed.join(", ")
+            );
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -67,11 +74,16 @@ async fn run(args: Args) -> Result<Vec<String>> {
     } else {
         let name = args.kubectl.to_string_lossy().into_owned();
         find_program(&name, &[]).with_context(|| {
-            format!("{name} is not on PATH: install kubectl (https://kubernetes.io/docs/tasks/tools/)")
+            format!(
+                "{name} is not on PATH: install kubectl (https://kubernetes.io/docs/tasks/tools/)"
+            )
         })?
     };
     let Some(paths) = sio::find_driver() else {
-        bail!("the socket.io-client driver is missing: {}", sio::DRIVER_HOW_TO);
+        bail!(
+            "the socket.io-client driver is missing: {}",
+            sio::DRIVER_HOW_TO
+        );
     };
     let cfg = KindConfig {
         kubectl,
@@ -88,15 +100,26 @@ async fn run(args: Args) -> Result<Vec<String>> {
         .get_json(&["rtc", &args.name])
         .await
         .context("reading the RealtimeCluster (is the cluster up and the example applied?)")?;
-    let affinity = rtc["spec"]["ingress"]["affinity"].as_str().unwrap_or("cookie");
+    let affinity = rtc["spec"]["ingress"]["affinity"]
+        .as_str()
+        .unwrap_or("cookie");
     if affinity != "cookie" {
-        bail!("rtc/{} uses {affinity} affinity: every client comes from one address here, so only cookie affinity can spread them over pods", args.name);
+        bail!(
+            "rtc/{} uses {affinity} affinity: every client comes from one address here, so only cookie affinity can spread them over pods",
+            args.name
+        );
     }
     let mut target = KindTarget::new(cfg);
     target.check().await?;
-    let driver = Driver::start(&paths).await.context("starting the socket.io-client driver")?;
+    let driver = Driver::start(&paths)
+        .await
+        .context("starting the socket.io-client driver")?;
 
-    let list = if args.scenarios.is_empty() { Scenario::ALL.to_vec() } else { args.scenarios };
+    let list = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+    };
     let n = list.len();
     let mut failed = Vec::new();
     for s in list {
@@ -107,7 +130,11 @@ async fn run(args: Args) -> Result<Vec<String>> {
     println!(
         "e2e-kind: {n} scenario(s) against {}: {}",
         target.describe(),
-        if failed.is_empty() { "all passed".to_string() } else { format!("FAILED: {}", failed.join(", ")) }
+        if failed.is_empty() {
+            "all passed".to_string()
+        } else {
+            format!("FAILED: {}", failed.join(", "))
+        }
     );
     Ok(failed)
 }

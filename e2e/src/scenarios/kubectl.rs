@@ -41,7 +41,12 @@ pub struct Kubectl {
 impl Kubectl {
     /// `program` with `KUBECONFIG`/other `env`, `global_args` (e.g. `--context kind-x`) before
     /// every command, in `namespace`.
-    pub fn new(program: PathBuf, env: Vec<(OsString, OsString)>, global_args: Vec<String>, namespace: &str) -> Self {
+    pub fn new(
+        program: PathBuf,
+        env: Vec<(OsString, OsString)>,
+        global_args: Vec<String>,
+        namespace: &str,
+    ) -> Self {
         Kubectl {
             program,
             env,
@@ -62,12 +67,18 @@ impl Kubectl {
             .args(["-n", &self.namespace])
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let shown = format!("kubectl {}", args.join(" "));
-        let mut child = cmd.spawn().with_context(|| format!("starting {} ({shown})", self.program.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} ({shown})", self.program.display()))?;
         if let Some(input) = stdin {
             let mut w = child.stdin.take().expect("piped stdin");
             w.write_all(input.as_bytes()).await?;
@@ -76,7 +87,7 @@ impl Kubectl {
         let extra = args
             .iter()
             .find_map(|a| a.strip_prefix("--timeout="))
-            .and_then(|t| humantime_secs(t))
+            .and_then(humantime_secs)
             .unwrap_or(0);
         let limit = CALL_TIMEOUT + Duration::from_secs(extra);
         let out = tokio::time::timeout(limit, child.wait_with_output())
@@ -93,7 +104,12 @@ impl Kubectl {
     pub async fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args, None).await?;
         if !out.success {
-            bail!("kubectl {} failed: {}{}", args.join(" "), out.stderr.trim(), out.stdout.trim());
+            bail!(
+                "kubectl {} failed: {}{}",
+                args.join(" "),
+                out.stderr.trim(),
+                out.stdout.trim()
+            );
         }
         Ok(out.stdout)
     }
@@ -104,7 +120,8 @@ impl Kubectl {
         a.extend_from_slice(args);
         a.extend_from_slice(&["-o", "json"]);
         let text = self.ok(&a).await?;
-        serde_json::from_str(&text).with_context(|| format!("kubectl get {}: not JSON", args.join(" ")))
+        serde_json::from_str(&text)
+            .with_context(|| format!("kubectl get {}: not JSON", args.join(" ")))
     }
 
     /// `kubectl apply -f -` of `manifest`: accepted, or rejected with kubectl's message.

@@ -10,7 +10,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-
 /// Facts about one (simulated) pod that `fieldRef` can select.
 #[derive(Debug, Clone)]
 pub struct PodFacts {
@@ -90,28 +89,49 @@ fn field(pod: &PodFacts, path: &str) -> Result<String> {
 /// The environment a kubelet gives a container with `env` in `pod`, in order (later entries
 /// may refer to earlier ones with `$(VAR)`). A missing non-optional Secret or ConfigMap key is
 /// an error, as it keeps a real pod from starting.
-pub fn resolve_env(env: &[EnvVar], pod: &PodFacts, sources: &Sources) -> Result<Vec<(String, String)>> {
+pub fn resolve_env(
+    env: &[EnvVar],
+    pod: &PodFacts,
+    sources: &Sources,
+) -> Result<Vec<(String, String)>> {
     let mut vars: Vec<(String, String)> = Vec::new();
     for e in env {
         let value = if let Some(from) = &e.value_from {
             if let Some(s) = &from.secret_key_ref {
                 let v = sources.secrets.get(&s.name).and_then(|m| m.get(&s.key));
                 match v {
-                    Some(bytes) => String::from_utf8(bytes.clone())
-                        .with_context(|| format!("env {}: Secret {} key {} is not UTF-8", e.name, s.name, s.key))?,
+                    Some(bytes) => String::from_utf8(bytes.clone()).with_context(|| {
+                        format!(
+                            "env {}: Secret {} key {} is not UTF-8",
+                            e.name, s.name, s.key
+                        )
+                    })?,
                     None if s.optional == Some(true) => continue,
-                    None => bail!("env {}: Secret {} has no key {} (the pod would not start)", e.name, s.name, s.key),
+                    None => bail!(
+                        "env {}: Secret {} has no key {} (the pod would not start)",
+                        e.name,
+                        s.name,
+                        s.key
+                    ),
                 }
             } else if let Some(c) = &from.config_map_key_ref {
                 match sources.config_maps.get(&c.name).and_then(|m| m.get(&c.key)) {
                     Some(v) => v.clone(),
                     None if c.optional == Some(true) => continue,
-                    None => bail!("env {}: ConfigMap {} has no key {} (the pod would not start)", e.name, c.name, c.key),
+                    None => bail!(
+                        "env {}: ConfigMap {} has no key {} (the pod would not start)",
+                        e.name,
+                        c.name,
+                        c.key
+                    ),
                 }
             } else if let Some(f) = &from.field_ref {
                 field(pod, &f.field_path).with_context(|| format!("env {}", e.name))?
             } else {
-                bail!("env {}: only secretKeyRef, configMapKeyRef and fieldRef are simulated here", e.name)
+                bail!(
+                    "env {}: only secretKeyRef, configMapKeyRef and fieldRef are simulated here",
+                    e.name
+                )
             }
         } else {
             expand(e.value.as_deref().unwrap_or_default(), &vars)
@@ -160,7 +180,10 @@ pub fn rewrite_url_host(url: &str, names: &[String], addr: &str) -> Result<Strin
         _ => hostport,
     };
     if !names.iter().any(|n| n == host) {
-        bail!("{url:?}: host {host:?} is not a Service of this cluster ({})", names.join(", "));
+        bail!(
+            "{url:?}: host {host:?} is not a Service of this cluster ({})",
+            names.join(", ")
+        );
     }
     let user = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
     Ok(format!("{scheme}://{user}{addr}{path}"))
@@ -198,7 +221,12 @@ pub fn name_suffix(seed: u64) -> String {
 
 /// `maxSurge` / `maxUnavailable` as a pod count: percentages of `replicas`, rounded up for the
 /// surge and down for unavailability, as the Deployment controller does.
-pub fn scaled_value(v: Option<&IntOrString>, replicas: usize, round_up: bool, default: &str) -> Result<usize> {
+pub fn scaled_value(
+    v: Option<&IntOrString>,
+    replicas: usize,
+    round_up: bool,
+    default: &str,
+) -> Result<usize> {
     let owned;
     let v = match v {
         Some(v) => v,
@@ -208,12 +236,16 @@ pub fn scaled_value(v: Option<&IntOrString>, replicas: usize, round_up: bool, de
         }
     };
     match v {
-        IntOrString::Int(i) => usize::try_from(*i).map_err(|_| anyhow!("negative rolling-update bound {i}")),
+        IntOrString::Int(i) => {
+            usize::try_from(*i).map_err(|_| anyhow!("negative rolling-update bound {i}"))
+        }
         IntOrString::String(s) => {
             let pct: usize = s
                 .strip_suffix('%')
                 .and_then(|p| p.parse().ok())
-                .ok_or_else(|| anyhow!("rolling-update bound {s:?} is neither an integer nor a percentage"))?;
+                .ok_or_else(|| {
+                    anyhow!("rolling-update bound {s:?} is neither an integer nor a percentage")
+                })?;
             let x = replicas * pct;
             Ok(if round_up { x.div_ceil(100) } else { x / 100 })
         }
@@ -241,7 +273,12 @@ pub enum Step {
 /// The next step of a RollingUpdate towards `desired` current pods, never above
 /// `desired + max_surge` pods nor below `desired - max_unavailable` ready ones. `pods` are in
 /// start order (oldest first). Scale-down removes the newest pods first. `None`: done.
-pub fn next_step(desired: usize, max_surge: usize, max_unavailable: usize, pods: &[PodView]) -> Option<Step> {
+pub fn next_step(
+    desired: usize,
+    max_surge: usize,
+    max_unavailable: usize,
+    pods: &[PodView],
+) -> Option<Step> {
     let total = pods.len();
     let current = pods.iter().filter(|p| p.current).count();
     let ready = pods.iter().filter(|p| p.ready).count();
@@ -267,7 +304,11 @@ pub fn next_step(desired: usize, max_surge: usize, max_unavailable: usize, pods:
         }
     }
     if current > desired {
-        return pods.iter().rev().find(|p| p.current).map(|p| Step::Stop(p.name.clone()));
+        return pods
+            .iter()
+            .rev()
+            .find(|p| p.current)
+            .map(|p| Step::Stop(p.name.clone()));
     }
     None
 }
@@ -275,7 +316,9 @@ pub fn next_step(desired: usize, max_surge: usize, max_unavailable: usize, pods:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ConfigMapKeySelector, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
+    use k8s_openapi::api::core::v1::{
+        ConfigMapKeySelector, EnvVarSource, ObjectFieldSelector, SecretKeySelector,
+    };
 
     fn pod() -> PodFacts {
         PodFacts {
@@ -290,16 +333,27 @@ mod tests {
     }
 
     fn plain(name: &str, v: &str) -> EnvVar {
-        EnvVar { name: name.into(), value: Some(v.into()), ..Default::default() }
+        EnvVar {
+            name: name.into(),
+            value: Some(v.into()),
+            ..Default::default()
+        }
     }
 
     fn from(name: &str, src: EnvVarSource) -> EnvVar {
-        EnvVar { name: name.into(), value_from: Some(src), ..Default::default() }
+        EnvVar {
+            name: name.into(),
+            value_from: Some(src),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn expansion_follows_kubernetes_rules() {
-        let vars = vec![("A".to_string(), "1".to_string()), ("PW".to_string(), "s3".to_string())];
+        let vars = vec![
+            ("A".to_string(), "1".to_string()),
+            ("PW".to_string(), "s3".to_string()),
+        ];
         assert_eq!(expand("--requirepass $(PW)", &vars), "--requirepass s3");
         assert_eq!(expand("$(A)$(A)-$(B)", &vars), "11-$(B)");
         assert_eq!(expand("$$(A) $$ $x $(", &vars), "$(A) $ $x $(");
@@ -309,30 +363,69 @@ mod tests {
     #[test]
     fn env_resolves_secrets_config_maps_and_fields_in_order() {
         let mut sources = Sources::default();
-        sources.secrets.insert("auth".into(), BTreeMap::from([("pw".to_string(), b"hunter2".to_vec())]));
-        sources.config_maps.insert("cfg".into(), BTreeMap::from([("mode".to_string(), "json".to_string())]));
+        sources.secrets.insert(
+            "auth".into(),
+            BTreeMap::from([("pw".to_string(), b"hunter2".to_vec())]),
+        );
+        sources.config_maps.insert(
+            "cfg".into(),
+            BTreeMap::from([("mode".to_string(), "json".to_string())]),
+        );
         let env = vec![
             plain("PORT", "3000"),
-            from("NAME", EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
-                ..Default::default()
-            }),
-            from("REDIS_PASSWORD", EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: "auth".into(), key: "pw".into(), optional: Some(false) }),
-                ..Default::default()
-            }),
-            from("GONE", EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector { name: "nope".into(), key: "k".into(), optional: Some(true) }),
-                ..Default::default()
-            }),
-            from("LOG_FORMAT", EnvVarSource {
-                config_map_key_ref: Some(ConfigMapKeySelector { name: "cfg".into(), key: "mode".into(), optional: None }),
-                ..Default::default()
-            }),
-            from("APP", EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.labels['app']".into(), ..Default::default() }),
-                ..Default::default()
-            }),
+            from(
+                "NAME",
+                EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            from(
+                "REDIS_PASSWORD",
+                EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: "auth".into(),
+                        key: "pw".into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                },
+            ),
+            from(
+                "GONE",
+                EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: "nope".into(),
+                        key: "k".into(),
+                        optional: Some(true),
+                    }),
+                    ..Default::default()
+                },
+            ),
+            from(
+                "LOG_FORMAT",
+                EnvVarSource {
+                    config_map_key_ref: Some(ConfigMapKeySelector {
+                        name: "cfg".into(),
+                        key: "mode".into(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                },
+            ),
+            from(
+                "APP",
+                EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels['app']".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
             plain("GREETING", "node $(NAME) on $(PORT)"),
             plain("PORT", "3001"),
         ];
@@ -350,22 +443,40 @@ mod tests {
         .collect();
         assert_eq!(got, want);
 
-        let missing = vec![from("X", EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector { name: "auth".into(), key: "other".into(), optional: None }),
-            ..Default::default()
-        })];
-        let e = resolve_env(&missing, &pod(), &sources).unwrap_err().to_string();
+        let missing = vec![from(
+            "X",
+            EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "auth".into(),
+                    key: "other".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            },
+        )];
+        let e = resolve_env(&missing, &pod(), &sources)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Secret auth has no key other"), "{e}");
-        let bad_field = vec![from("X", EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: "spec.whatever".into(), ..Default::default() }),
-            ..Default::default()
-        })];
+        let bad_field = vec![from(
+            "X",
+            EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "spec.whatever".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )];
         assert!(resolve_env(&bad_field, &pod(), &sources).is_err());
     }
 
     #[test]
     fn set_env_replaces_in_place() {
-        let mut env = vec![("PORT".to_string(), "3000".to_string()), ("A".to_string(), "1".to_string())];
+        let mut env = vec![
+            ("PORT".to_string(), "3000".to_string()),
+            ("A".to_string(), "1".to_string()),
+        ];
         set_env(&mut env, "PORT", "4000");
         set_env(&mut env, "BIND", "127.0.0.1");
         assert_eq!(env[0], ("PORT".to_string(), "4000".to_string()));
@@ -380,10 +491,18 @@ mod tests {
             "redis://127.0.0.1:4321"
         );
         assert_eq!(
-            rewrite_url_host("rediss://:pw@chat-redis.apps.svc.cluster.local:6379/2", &names, "127.0.0.1:1").unwrap(),
+            rewrite_url_host(
+                "rediss://:pw@chat-redis.apps.svc.cluster.local:6379/2",
+                &names,
+                "127.0.0.1:1"
+            )
+            .unwrap(),
             "rediss://:pw@127.0.0.1:1/2"
         );
-        assert_eq!(rewrite_url_host("redis://chat-redis", &names, "h:1").unwrap(), "redis://h:1");
+        assert_eq!(
+            rewrite_url_host("redis://chat-redis", &names, "h:1").unwrap(),
+            "redis://h:1"
+        );
         assert!(rewrite_url_host("redis://redis.cache.svc:6379", &names, "h:1").is_err());
         assert!(rewrite_url_host("chat-redis:6379", &names, "h:1").is_err());
     }
@@ -395,8 +514,10 @@ mod tests {
         assert_eq!(h1.len(), 10);
         assert_eq!(h1, template_hash(&t.clone()));
         t.metadata = Some(Default::default());
-        t.metadata.as_mut().unwrap().annotations =
-            Some(BTreeMap::from([("kubectl.kubernetes.io/restartedAt".to_string(), "now".to_string())]));
+        t.metadata.as_mut().unwrap().annotations = Some(BTreeMap::from([(
+            "kubectl.kubernetes.io/restartedAt".to_string(),
+            "now".to_string(),
+        )]));
         assert_ne!(h1, template_hash(&t));
         assert_ne!(name_suffix(1), name_suffix(2));
         assert_eq!(name_suffix(7).len(), 5);
@@ -404,15 +525,26 @@ mod tests {
 
     #[test]
     fn surge_and_unavailable_scale_like_the_deployment_controller() {
-        assert_eq!(scaled_value(Some(&IntOrString::Int(1)), 4, true, "25%").unwrap(), 1);
+        assert_eq!(
+            scaled_value(Some(&IntOrString::Int(1)), 4, true, "25%").unwrap(),
+            1
+        );
         assert_eq!(scaled_value(None, 3, true, "25%").unwrap(), 1);
         assert_eq!(scaled_value(None, 3, false, "25%").unwrap(), 0);
-        assert_eq!(scaled_value(Some(&IntOrString::String("50%".into())), 5, true, "0").unwrap(), 3);
+        assert_eq!(
+            scaled_value(Some(&IntOrString::String("50%".into())), 5, true, "0").unwrap(),
+            3
+        );
         assert!(scaled_value(Some(&IntOrString::String("x".into())), 5, true, "0").is_err());
         assert!(scaled_value(Some(&IntOrString::Int(-1)), 5, true, "0").is_err());
     }
 
-    fn run(desired: usize, surge: usize, unavailable: usize, mut pods: Vec<PodView>) -> Vec<String> {
+    fn run(
+        desired: usize,
+        surge: usize,
+        unavailable: usize,
+        mut pods: Vec<PodView>,
+    ) -> Vec<String> {
         let mut trace = Vec::new();
         let mut n = 0;
         while let Some(step) = next_step(desired, surge, unavailable, &pods) {
@@ -422,16 +554,26 @@ mod tests {
                     n += 1;
                     let name = format!("new{n}");
                     trace.push(format!("+{name}"));
-                    pods.push(PodView { name, current: true, ready: true });
+                    pods.push(PodView {
+                        name,
+                        current: true,
+                        ready: true,
+                    });
                 }
                 Step::Stop(name) => {
                     trace.push(format!("-{name}"));
                     pods.retain(|p| p.name != name);
                     let ready = pods.iter().filter(|p| p.ready).count();
-                    assert!(ready >= desired.saturating_sub(unavailable), "too few ready after {trace:?}");
+                    assert!(
+                        ready >= desired.saturating_sub(unavailable),
+                        "too few ready after {trace:?}"
+                    );
                 }
             }
-            assert!(pods.len() <= desired + surge.max(1), "surge exceeded: {pods:?}");
+            assert!(
+                pods.len() <= desired + surge.max(1),
+                "surge exceeded: {pods:?}"
+            );
         }
         assert_eq!(pods.iter().filter(|p| p.current).count(), desired);
         assert!(pods.iter().all(|p| p.current));
@@ -439,31 +581,61 @@ mod tests {
     }
 
     fn pods(spec: &[(&str, bool)]) -> Vec<PodView> {
-        spec.iter().map(|(n, cur)| PodView { name: n.to_string(), current: *cur, ready: true }).collect()
+        spec.iter()
+            .map(|(n, cur)| PodView {
+                name: n.to_string(),
+                current: *cur,
+                ready: true,
+            })
+            .collect()
     }
 
     #[test]
     fn rolling_update_is_surge_first_with_max_unavailable_zero() {
-        assert_eq!(run(2, 1, 0, pods(&[("a", false), ("b", false)])), ["+new1", "-a", "+new2", "-b"]);
+        assert_eq!(
+            run(2, 1, 0, pods(&[("a", false), ("b", false)])),
+            ["+new1", "-a", "+new2", "-b"]
+        );
         assert_eq!(run(3, 1, 0, pods(&[("a", true), ("b", true)])), ["+new1"]);
-        assert_eq!(run(1, 1, 0, pods(&[("a", true), ("b", true), ("c", true)])), ["-c", "-b"]);
+        assert_eq!(
+            run(1, 1, 0, pods(&[("a", true), ("b", true), ("c", true)])),
+            ["-c", "-b"]
+        );
         assert_eq!(run(0, 1, 0, pods(&[("a", true)])), ["-a"]);
         assert!(run(2, 1, 0, pods(&[("a", true), ("b", true)])).is_empty());
         // scale down while outdated: outdated pods go first
-        assert_eq!(run(1, 1, 0, pods(&[("a", false), ("b", false)])), ["-a", "+new1", "-b"]);
+        assert_eq!(
+            run(1, 1, 0, pods(&[("a", false), ("b", false)])),
+            ["-a", "+new1", "-b"]
+        );
     }
 
     #[test]
     fn rolling_update_without_surge_takes_one_down_first() {
-        assert_eq!(run(2, 0, 1, pods(&[("a", false), ("b", false)])), ["-a", "+new1", "-b", "+new2"]);
+        assert_eq!(
+            run(2, 0, 1, pods(&[("a", false), ("b", false)])),
+            ["-a", "+new1", "-b", "+new2"]
+        );
     }
 
     #[test]
     fn outdated_pods_that_are_not_ready_go_first() {
         let p = vec![
-            PodView { name: "a".into(), current: false, ready: true },
-            PodView { name: "b".into(), current: false, ready: false },
-            PodView { name: "c".into(), current: true, ready: true },
+            PodView {
+                name: "a".into(),
+                current: false,
+                ready: true,
+            },
+            PodView {
+                name: "b".into(),
+                current: false,
+                ready: false,
+            },
+            PodView {
+                name: "c".into(),
+                current: true,
+                ready: true,
+            },
         ];
         assert_eq!(next_step(2, 1, 0, &p), Some(Step::Stop("b".into())));
     }

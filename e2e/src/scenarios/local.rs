@@ -36,10 +36,10 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::Target;
+use super::ingress::{self, Affinity, IngressSpec};
 use super::kubectl::{Applied, Kubectl};
 use super::kubelet::{self, PodFacts, PodView, Sources, Step};
 use crate::control_plane::{self, ControlPlane, Tools};
-use super::ingress::{self, Affinity, IngressSpec};
 use crate::data_plane::{self, die_with_parent, free_port, http_get};
 use crate::require::{require, workspace_bin};
 use crate::sio::ConnectOptions;
@@ -71,8 +71,15 @@ pub struct Process {
 impl Process {
     fn spawn(mut cmd: Command, name: &str, log: &Path) -> Result<Process> {
         use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-        writeln!(f, "---- harness: starting {name}: {:?}", cmd.as_std().get_program())?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        writeln!(
+            f,
+            "---- harness: starting {name}: {:?}",
+            cmd.as_std().get_program()
+        )?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f))
@@ -156,11 +163,25 @@ impl Programs {
     /// Finds every program by the [`require`] policy (`None`: skip, after saying why).
     pub fn require() -> Option<Programs> {
         let build = "run `cargo build --workspace --bins` (make test does it first)";
-        let server = require("the realtime-server binary", build, workspace_bin("realtime-server"))?;
-        let operator = require("the realtime-operator binary", build, workspace_bin("realtime-operator"))?;
+        let server = require(
+            "the realtime-server binary",
+            build,
+            workspace_bin("realtime-server"),
+        )?;
+        let operator = require(
+            "the realtime-operator binary",
+            build,
+            workspace_bin("realtime-operator"),
+        )?;
         let (redis, nginx) = data_plane::require_parts()?;
         let kubectl = Tools::require_binary("kubectl")?;
-        Some(Programs { server, operator, redis, nginx, kubectl })
+        Some(Programs {
+            server,
+            operator,
+            redis,
+            nginx,
+            kubectl,
+        })
     }
 }
 
@@ -209,7 +230,11 @@ impl LocalTarget {
 
     /// Creates a namespace, starts the operator watching it, applies `manifest` (one
     /// RealtimeCluster with its ingress enabled) and runs what the operator created.
-    pub async fn start(cp: Arc<ControlPlane>, programs: Programs, manifest: &str) -> Result<LocalTarget> {
+    pub async fn start(
+        cp: Arc<ControlPlane>,
+        programs: Programs,
+        manifest: &str,
+    ) -> Result<LocalTarget> {
         let doc: Value = serde_yaml::from_str(manifest).context("the RealtimeCluster manifest")?;
         let name = doc["metadata"]["name"]
             .as_str()
@@ -227,7 +252,10 @@ impl LocalTarget {
         let kubeconfig = cp.kubeconfig_path().to_path_buf();
         let kubectl = Kubectl::new(
             programs.kubectl.clone(),
-            vec![(OsString::from("KUBECONFIG"), kubeconfig.clone().into_os_string())],
+            vec![(
+                OsString::from("KUBECONFIG"),
+                kubeconfig.clone().into_os_string(),
+            )],
             vec![],
             &ns,
         );
@@ -264,24 +292,39 @@ impl LocalTarget {
             clients: AtomicUsize::new(0),
             pod_seq: 0,
         };
-        t.bring_up(manifest).await.map_err(|e| anyhow!("{e:#}\n{}", t.logs(40)))?;
+        t.bring_up(manifest)
+            .await
+            .map_err(|e| anyhow!("{e:#}\n{}", t.logs(40)))?;
         Ok(t)
     }
 
     async fn bring_up(&mut self, manifest: &str) -> Result<()> {
         match self.kubectl.apply(manifest).await? {
-            Applied::Accepted(out) => super::note(&format!("[path B] kubectl apply: {out} (namespace {})", self.ns())),
+            Applied::Accepted(out) => super::note(&format!(
+                "[path B] kubectl apply: {out} (namespace {})",
+                self.ns()
+            )),
             Applied::Rejected(msg) => bail!("kubectl apply of the RealtimeCluster failed: {msg}"),
         }
         let rtc = self.kubectl.get_json(&["rtc", &self.name]).await?;
-        self.uid = rtc["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        self.uid = rtc["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
 
-        let sts = self.wait_owned::<StatefulSet>("the Redis StatefulSet").await?;
+        let sts = self
+            .wait_owned::<StatefulSet>("the Redis StatefulSet")
+            .await?;
         self.start_redis(&sts).await?;
-        let dep = self.wait_owned::<Deployment>("the server Deployment").await?;
-        let ing = self.wait_owned::<Ingress>("the Ingress (the manifest must enable it)").await?;
+        let dep = self
+            .wait_owned::<Deployment>("the server Deployment")
+            .await?;
+        let ing = self
+            .wait_owned::<Ingress>("the Ingress (the manifest must enable it)")
+            .await?;
         let spec = ingress::read_ingress(&ing)?;
-        self.check_ingress_backend(&spec.backend_service, &dep).await?;
+        self.check_ingress_backend(&spec.backend_service, &dep)
+            .await?;
         simulated(&format!(
             "nginx on 127.0.0.1:{} plays ingress-nginx for Ingress {} ({}, timeouts read {}s / send {}s / connect {}s from its annotations); its host is not resolvable here, clients use the loopback URL",
             self.nginx_port,
@@ -312,7 +355,12 @@ impl LocalTarget {
     pub fn logs(&self, lines: usize) -> String {
         let mut s = format!("---- operator ----\n{}\n", self.operator.log_tail(lines));
         for p in &self.pods {
-            s.push_str(&format!("---- {} (port {}) ----\n{}\n", p.name, p.port, p.process.log_tail(lines)));
+            s.push_str(&format!(
+                "---- {} (port {}) ----\n{}\n",
+                p.name,
+                p.port,
+                p.process.log_tail(lines)
+            ));
         }
         for p in self.redis.iter().chain(self.nginx.iter()) {
             s.push_str(&format!("---- {} ----\n{}\n", p.name, p.log_tail(lines)));
@@ -330,20 +378,27 @@ impl LocalTarget {
     /// The one object of kind `K` in the namespace that the RealtimeCluster owns.
     async fn owned<K>(&self) -> Result<Option<K>>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
         K::DynamicType: Default,
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.ns());
         let list = api.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .into_iter()
-            .find(|o| o.owner_references().iter().any(|r| r.uid == self.uid && r.controller == Some(true))))
+        Ok(list.items.into_iter().find(|o| {
+            o.owner_references()
+                .iter()
+                .any(|r| r.uid == self.uid && r.controller == Some(true))
+        }))
     }
 
     async fn wait_owned<K>(&mut self, what: &str) -> Result<K>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
         K::DynamicType: Default,
     {
         let deadline = Instant::now() + OPERATOR_TIMEOUT;
@@ -369,24 +424,42 @@ impl LocalTarget {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k, v.0))
-                .chain(sec.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())))
+                .chain(
+                    sec.string_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes())),
+                )
                 .collect();
-            s.secrets.insert(sec.metadata.name.unwrap_or_default(), data);
+            s.secrets
+                .insert(sec.metadata.name.unwrap_or_default(), data);
         }
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), self.ns());
         for cm in cms.list(&ListParams::default()).await?.items {
-            s.config_maps.insert(cm.metadata.name.unwrap_or_default(), cm.data.unwrap_or_default());
+            s.config_maps.insert(
+                cm.metadata.name.unwrap_or_default(),
+                cm.data.unwrap_or_default(),
+            );
         }
         Ok(s)
     }
 
     /// The DNS names of the Services that select the Redis pod (what REDIS_URL names).
     async fn redis_service_names(&self, sts: &StatefulSet) -> Result<Vec<String>> {
-        let labels = template_labels(&sts.spec.as_ref().context("StatefulSet without spec")?.template);
+        let labels = template_labels(
+            &sts.spec
+                .as_ref()
+                .context("StatefulSet without spec")?
+                .template,
+        );
         let api: Api<Service> = Api::namespaced(self.client.clone(), self.ns());
         let mut names = Vec::new();
         for svc in api.list(&ListParams::default()).await?.items {
-            let sel = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+            let sel = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .unwrap_or_default();
             if !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                 names.extend(kubelet::service_dns_names(&svc.name_any(), self.ns()));
             }
@@ -417,11 +490,25 @@ impl LocalTarget {
     async fn start_redis(&mut self, sts: &StatefulSet) -> Result<()> {
         let spec = sts.spec.as_ref().context("StatefulSet without spec")?;
         let pod_name = format!("{}-0", sts.name_any());
-        let pod_spec = spec.template.spec.as_ref().context("StatefulSet template without spec")?;
+        let pod_spec = spec
+            .template
+            .spec
+            .as_ref()
+            .context("StatefulSet template without spec")?;
         let c = &pod_spec.containers[0];
-        let env = kubelet::resolve_env(c.env.as_deref().unwrap_or_default(), &self.pod_facts(&pod_name, &spec.template), &self.sources().await?)
-            .context("the Redis container's environment")?;
-        let args: Vec<String> = c.args.clone().unwrap_or_default().iter().map(|a| kubelet::expand(a, &env)).collect();
+        let env = kubelet::resolve_env(
+            c.env.as_deref().unwrap_or_default(),
+            &self.pod_facts(&pod_name, &spec.template),
+            &self.sources().await?,
+        )
+        .context("the Redis container's environment")?;
+        let args: Vec<String> = c
+            .args
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| kubelet::expand(a, &env))
+            .collect();
         ensure!(
             c.command.is_none() && args.first().map(String::as_str) == Some("redis-server"),
             "the Redis container does not run `redis-server ...` through the image's entrypoint: {:?} {args:?}",
@@ -431,9 +518,17 @@ impl LocalTarget {
         // A fresh pod: emptyDir volumes start empty.
         let _ = std::fs::remove_dir_all(&data);
         let mut args = map_mounts(&args[1..], c, &data)?;
-        args.extend(["--port".into(), self.redis_port.to_string(), "--bind".into(), "127.0.0.1".into()]);
+        args.extend([
+            "--port".into(),
+            self.redis_port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ]);
         let mut cmd = Command::new(&self.programs.redis);
-        cmd.args(&args).env_clear().envs(env.iter().cloned()).current_dir(&data);
+        cmd.args(&args)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .current_dir(&data);
         let log = self.log_path(&pod_name);
         self.redis = Some(Process::spawn(cmd, &pod_name, &log)?);
         let password = env
@@ -447,9 +542,15 @@ impl LocalTarget {
                 break;
             }
             if let Some(s) = self.redis.as_mut().and_then(Process::exited) {
-                bail!("redis-server exited ({s}):\n{}", self.redis.as_ref().unwrap().log_tail(30));
+                bail!(
+                    "redis-server exited ({s}):\n{}",
+                    self.redis.as_ref().unwrap().log_tail(30)
+                );
             }
-            ensure!(Instant::now() < deadline, "redis-server not answering an authenticated PING");
+            ensure!(
+                Instant::now() < deadline,
+                "redis-server not answering an authenticated PING"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.patch_statefulset_status(sts, 1).await?;
@@ -461,7 +562,11 @@ impl LocalTarget {
     }
 
     async fn patch_statefulset_status(&self, sts: &StatefulSet, ready: i32) -> Result<()> {
-        let rev = format!("{}-{}", sts.name_any(), kubelet::template_hash(&sts.spec.as_ref().unwrap().template));
+        let rev = format!(
+            "{}-{}",
+            sts.name_any(),
+            kubelet::template_hash(&sts.spec.as_ref().unwrap().template)
+        );
         let status = json!({"status": {
             "observedGeneration": sts.metadata.generation,
             "replicas": 1, "readyReplicas": ready, "availableReplicas": ready,
@@ -469,7 +574,12 @@ impl LocalTarget {
             "currentRevision": rev, "updateRevision": rev,
         }});
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), self.ns());
-        api.patch_status(&sts.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+        api.patch_status(
+            &sts.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await?;
         Ok(())
     }
 
@@ -480,18 +590,37 @@ impl LocalTarget {
         let started = Instant::now();
         loop {
             self.check_operator()?;
-            ensure!(started.elapsed() < Duration::from_secs(300), "the rollout did not converge in 5 minutes");
-            let dep = self.owned::<Deployment>().await?.context("the server Deployment is gone")?;
+            ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "the rollout did not converge in 5 minutes"
+            );
+            let dep = self
+                .owned::<Deployment>()
+                .await?
+                .context("the server Deployment is gone")?;
             let spec = dep.spec.clone().context("Deployment without spec")?;
             let desired = spec.replicas.unwrap_or(1).max(0) as usize;
             let hash = kubelet::template_hash(&spec.template);
-            let ru = spec.strategy.as_ref().and_then(|s| s.rolling_update.as_ref());
-            let surge = kubelet::scaled_value(ru.and_then(|r| r.max_surge.as_ref()), desired, true, "25%")?;
-            let unavailable = kubelet::scaled_value(ru.and_then(|r| r.max_unavailable.as_ref()), desired, false, "25%")?;
+            let ru = spec
+                .strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref());
+            let surge =
+                kubelet::scaled_value(ru.and_then(|r| r.max_surge.as_ref()), desired, true, "25%")?;
+            let unavailable = kubelet::scaled_value(
+                ru.and_then(|r| r.max_unavailable.as_ref()),
+                desired,
+                false,
+                "25%",
+            )?;
             let views: Vec<PodView> = self
                 .pods
                 .iter()
-                .map(|p| PodView { name: p.name.clone(), current: p.template_hash == hash, ready: p.ready })
+                .map(|p| PodView {
+                    name: p.name.clone(),
+                    current: p.template_hash == hash,
+                    ready: p.ready,
+                })
                 .collect();
             match kubelet::next_step(desired, surge, unavailable, &views) {
                 None => {
@@ -510,34 +639,71 @@ impl LocalTarget {
         self.pod_seq += 1;
         let seed = self.pod_seq ^ (std::process::id() as u64) << 20 ^ self.nginx_port as u64;
         let name = format!("{}-{hash}-{}", dep.name_any(), kubelet::name_suffix(seed));
-        let pod_spec = spec.template.spec.as_ref().context("Deployment template without spec")?;
-        let c = pod_spec.containers.first().context("Deployment without containers")?;
-        ensure!(c.command.is_none(), "the server container overrides the image's entrypoint: {:?}", c.command);
-        let sts = self.owned::<StatefulSet>().await?.context("the Redis StatefulSet is gone")?;
-        let mut env = kubelet::resolve_env(c.env.as_deref().unwrap_or_default(), &self.pod_facts(&name, &spec.template), &self.sources().await?)
-            .context("the server container's environment")?;
+        let pod_spec = spec
+            .template
+            .spec
+            .as_ref()
+            .context("Deployment template without spec")?;
+        let c = pod_spec
+            .containers
+            .first()
+            .context("Deployment without containers")?;
+        ensure!(
+            c.command.is_none(),
+            "the server container overrides the image's entrypoint: {:?}",
+            c.command
+        );
+        let sts = self
+            .owned::<StatefulSet>()
+            .await?
+            .context("the Redis StatefulSet is gone")?;
+        let mut env = kubelet::resolve_env(
+            c.env.as_deref().unwrap_or_default(),
+            &self.pod_facts(&name, &spec.template),
+            &self.sources().await?,
+        )
+        .context("the server container's environment")?;
         let port = free_port()?;
         // Image ENV (BIND=0.0.0.0, PORT=3000) comes first in a container; the harness moves
         // both to loopback and a free port, and gives HOSTNAME as the container runtime does.
         kubelet::set_env(&mut env, "PORT", &port.to_string());
         kubelet::set_env(&mut env, "BIND", "127.0.0.1");
         kubelet::set_env(&mut env, "HOSTNAME", &name);
-        if let Some(url) = env.iter().find(|(k, _)| k == "REDIS_URL").map(|(_, v)| v.clone()) {
+        if let Some(url) = env
+            .iter()
+            .find(|(k, _)| k == "REDIS_URL")
+            .map(|(_, v)| v.clone())
+        {
             let names = self.redis_service_names(&sts).await?;
-            let local = kubelet::rewrite_url_host(&url, &names, &format!("127.0.0.1:{}", self.redis_port))?;
+            let local =
+                kubelet::rewrite_url_host(&url, &names, &format!("127.0.0.1:{}", self.redis_port))?;
             kubelet::set_env(&mut env, "REDIS_URL", &local);
         }
-        let args: Vec<String> = c.args.clone().unwrap_or_default().iter().map(|a| kubelet::expand(a, &env)).collect();
+        let args: Vec<String> = c
+            .args
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| kubelet::expand(a, &env))
+            .collect();
         let mut cmd = Command::new(&self.programs.server);
         cmd.args(&args).env_clear().envs(env.iter().cloned());
         let log = self.log_path(&name);
         let process = Process::spawn(cmd, &name, &log)?;
-        self.pods.push(ServerPod { name: name.clone(), port, template_hash: hash.to_string(), ready: false, process });
+        self.pods.push(ServerPod {
+            name: name.clone(),
+            port,
+            template_hash: hash.to_string(),
+            ready: false,
+            process,
+        });
         let i = self.pods.len() - 1;
         self.wait_pod_ready(i, c).await?;
         self.pods[i].ready = true;
         self.reload_nginx().await?;
-        simulated(&format!("pod {name} started: realtime-server with the Deployment's env (NAME={name}, REDIS_URL and REDIS_PASSWORD from the operator) on 127.0.0.1:{port}"));
+        simulated(&format!(
+            "pod {name} started: realtime-server with the Deployment's env (NAME={name}, REDIS_URL and REDIS_PASSWORD from the operator) on 127.0.0.1:{port}"
+        ));
         Ok(())
     }
 
@@ -551,24 +717,40 @@ impl LocalTarget {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.pods[i].port));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if matches!(http_get(addr, &path, Duration::from_secs(2)).await, Ok(r) if r.status == 200) {
+            if matches!(http_get(addr, &path, Duration::from_secs(2)).await, Ok(r) if r.status == 200)
+            {
                 return Ok(());
             }
             let p = &mut self.pods[i];
             if let Some(s) = p.process.exited() {
-                bail!("pod {} exited ({s}) before it was ready:\n{}", p.name, p.process.log_tail(40));
+                bail!(
+                    "pod {} exited ({s}) before it was ready:\n{}",
+                    p.name,
+                    p.process.log_tail(40)
+                );
             }
             if Instant::now() > deadline {
-                bail!("pod {} not ready on GET {path} after {START_TIMEOUT:?}:\n{}", p.name, p.process.log_tail(40));
+                bail!(
+                    "pod {} not ready on GET {path} after {START_TIMEOUT:?}:\n{}",
+                    p.name,
+                    p.process.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn stop_pod(&mut self, dep: &Deployment, name: &str) -> Result<()> {
-        let i = self.pods.iter().position(|p| p.name == name).context("no such pod")?;
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .context("no such pod")?;
         let pod_spec = dep.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        let grace = pod_spec.and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64;
+        let grace = pod_spec
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
         let pre_stop = pod_spec
             .and_then(|s| s.containers.first())
             .and_then(|c| c.lifecycle.as_ref())
@@ -580,15 +762,24 @@ impl LocalTarget {
         // rest of the grace period.
         self.pods[i].ready = false;
         self.reload_nginx().await?;
-        simulated(&format!("pod {name} terminating: out of nginx's upstream, preStop sleep {pre_stop}s, SIGTERM, grace {grace}s"));
+        simulated(&format!(
+            "pod {name} terminating: out of nginx's upstream, preStop sleep {pre_stop}s, SIGTERM, grace {grace}s"
+        ));
         tokio::time::sleep(Duration::from_secs(pre_stop)).await;
         let status = self.pods[i]
             .process
-            .stop(libc::SIGTERM, Duration::from_secs(grace.saturating_sub(pre_stop).max(1)))
+            .stop(
+                libc::SIGTERM,
+                Duration::from_secs(grace.saturating_sub(pre_stop).max(1)),
+            )
             .await?;
         let p = self.pods.remove(i);
         if !status.success() {
-            bail!("pod {} exited with {status} after SIGTERM:\n{}", p.name, p.process.log_tail(30));
+            bail!(
+                "pod {} exited with {status} after SIGTERM:\n{}",
+                p.name,
+                p.process.log_tail(30)
+            );
         }
         Ok(())
     }
@@ -613,7 +804,12 @@ impl LocalTarget {
             ],
         }});
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), self.ns());
-        api.patch_status(&dep.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+        api.patch_status(
+            &dep.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await?;
         Ok(())
     }
 
@@ -621,7 +817,10 @@ impl LocalTarget {
 
     async fn check_ingress_backend(&self, backend: &str, dep: &Deployment) -> Result<()> {
         let svc: Api<Service> = Api::namespaced(self.client.clone(), self.ns());
-        let svc = svc.get(backend).await.with_context(|| format!("the Ingress's backend Service {backend}"))?;
+        let svc = svc
+            .get(backend)
+            .await
+            .with_context(|| format!("the Ingress's backend Service {backend}"))?;
         let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
         let labels = template_labels(&dep.spec.as_ref().unwrap().template);
         ensure!(
@@ -632,8 +831,16 @@ impl LocalTarget {
     }
 
     fn nginx_conf(&self) -> String {
-        let ports: Vec<u16> = self.pods.iter().filter(|p| p.ready).map(|p| p.port).collect();
-        let spec = self.ingress.as_ref().expect("the Ingress is read before nginx starts");
+        let ports: Vec<u16> = self
+            .pods
+            .iter()
+            .filter(|p| p.ready)
+            .map(|p| p.port)
+            .collect();
+        let spec = self
+            .ingress
+            .as_ref()
+            .expect("the Ingress is read before nginx starts");
         ingress::nginx_conf(spec, self.nginx_port, &ports, self.nginx_generation)
     }
 
@@ -654,7 +861,9 @@ impl LocalTarget {
 
     /// Rewrites the upstream from the ready pods and reloads nginx (no-op before it starts).
     async fn reload_nginx(&mut self) -> Result<()> {
-        let Some(pid) = self.nginx.as_ref().map(|n| n.pid) else { return Ok(()) };
+        let Some(pid) = self.nginx.as_ref().map(|n| n.pid) else {
+            return Ok(());
+        };
         if self.pods.iter().all(|p| !p.ready) {
             // No endpoints: ingress-nginx answers 503; nginx cannot have an empty upstream,
             // so it keeps the last one until a pod is ready again.
@@ -679,9 +888,15 @@ impl LocalTarget {
                 return Ok(());
             }
             if let Some(s) = self.nginx.as_mut().and_then(Process::exited) {
-                bail!("nginx exited ({s}):\n{}", self.nginx.as_ref().unwrap().log_tail(30));
+                bail!(
+                    "nginx exited ({s}):\n{}",
+                    self.nginx.as_ref().unwrap().log_tail(30)
+                );
             }
-            ensure!(Instant::now() < deadline, "nginx not serving configuration {want}");
+            ensure!(
+                Instant::now() < deadline,
+                "nginx not serving configuration {want}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -707,19 +922,30 @@ impl LocalTarget {
             if settled && ready.is_some_and(|c| c["status"] == "True") {
                 super::note(&format!(
                     "[path B] rtc/{} Ready: {} of {} replicas ready, endpoint {}",
-                    self.name, rtc["status"]["readyReplicas"], rtc["spec"]["replicas"], rtc["status"]["endpoint"]
+                    self.name,
+                    rtc["status"]["readyReplicas"],
+                    rtc["spec"]["replicas"],
+                    rtc["status"]["endpoint"]
                 ));
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("rtc/{} not Ready within {OPERATOR_TIMEOUT:?}; status: {}", self.name, rtc["status"]);
+                bail!(
+                    "rtc/{} not Ready within {OPERATOR_TIMEOUT:?}; status: {}",
+                    self.name,
+                    rtc["status"]
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// Waits until the operator has written `spec.replicas = n` into the Deployment.
-    async fn wait_deployment<F: Fn(&Deployment) -> bool>(&mut self, what: &str, f: F) -> Result<()> {
+    async fn wait_deployment<F: Fn(&Deployment) -> bool>(
+        &mut self,
+        what: &str,
+        f: F,
+    ) -> Result<()> {
         let deadline = Instant::now() + OPERATOR_TIMEOUT;
         loop {
             self.check_operator()?;
@@ -728,20 +954,33 @@ impl LocalTarget {
             {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "the Deployment did not get {what} within {OPERATOR_TIMEOUT:?}");
+            ensure!(
+                Instant::now() < deadline,
+                "the Deployment did not get {what} within {OPERATOR_TIMEOUT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     async fn wait_all_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let dep = self.owned::<Deployment>().await?.context("the Deployment is gone")?;
-        let c = dep.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|s| s.containers[0].clone()).context("no container")?;
+        let dep = self
+            .owned::<Deployment>()
+            .await?
+            .context("the Deployment is gone")?;
+        let c = dep
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|s| s.containers[0].clone())
+            .context("no container")?;
         for i in 0..self.pods.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::timeout(left, self.wait_pod_ready(i, &c))
                 .await
-                .with_context(|| format!("pod {} not ready again within 60 s", self.pods[i].name))??;
+                .with_context(|| {
+                    format!("pod {} not ready again within 60 s", self.pods[i].name)
+                })??;
         }
         Ok(())
     }
@@ -749,7 +988,10 @@ impl LocalTarget {
 
 /// The labels of a pod template.
 fn template_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
-    t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default()
+    t.metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
 }
 
 /// Arguments with each volume mount path replaced by a folder under `root` (the volume).
@@ -785,7 +1027,11 @@ async fn redis_ping(addr: SocketAddr, password: Option<&str>) -> Result<()> {
         s.write_all(req.as_bytes()).await?;
         let mut buf = vec![0u8; want.len()];
         s.read_exact(&mut buf).await?;
-        ensure!(buf == want.as_bytes(), "answered {:?}", String::from_utf8_lossy(&buf));
+        ensure!(
+            buf == want.as_bytes(),
+            "answered {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(1), fut).await?
@@ -809,7 +1055,9 @@ impl Target for LocalTarget {
         let k = self.clients.fetch_add(1, Ordering::Relaxed);
         match self.ingress.as_ref().map(|i| &i.affinity) {
             // Clients differ by source address, as they would behind the ingress.
-            Some(Affinity::ClientAddress) => ConnectOptions::default().local_address(format!("127.0.{}.1", k % 254 + 1)),
+            Some(Affinity::ClientAddress) => {
+                ConnectOptions::default().local_address(format!("127.0.{}.1", k % 254 + 1))
+            }
             // engine.io-client in Node keeps the affinity cookie only with withCredentials.
             _ => ConnectOptions::default().with_credentials(true),
         }
@@ -824,14 +1072,25 @@ impl Target for LocalTarget {
     }
 
     async fn nodes(&self) -> Result<Vec<String>> {
-        let mut v: Vec<String> = self.pods.iter().filter(|p| p.ready).map(|p| p.name.clone()).collect();
+        let mut v: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|p| p.ready)
+            .map(|p| p.name.clone())
+            .collect();
         v.sort();
         Ok(v)
     }
 
     async fn scale(&mut self, replicas: usize) -> Result<()> {
         let n = replicas.to_string();
-        self.kubectl.ok(&["scale", &format!("rtc/{}", self.name), &format!("--replicas={n}")]).await?;
+        self.kubectl
+            .ok(&[
+                "scale",
+                &format!("rtc/{}", self.name),
+                &format!("--replicas={n}"),
+            ])
+            .await?;
         self.wait_deployment(&format!("spec.replicas={n}"), |d| {
             d.spec.as_ref().and_then(|s| s.replicas) == Some(replicas as i32)
         })
@@ -844,11 +1103,22 @@ impl Target for LocalTarget {
     }
 
     async fn rolling_restart(&mut self) -> Result<()> {
-        let dep = self.owned::<Deployment>().await?.context("the Deployment is gone")?;
+        let dep = self
+            .owned::<Deployment>()
+            .await?
+            .context("the Deployment is gone")?;
         let before = kubelet::template_hash(&dep.spec.as_ref().unwrap().template);
-        self.kubectl.ok(&["rollout", "restart", &format!("deployment/{}", dep.name_any())]).await?;
+        self.kubectl
+            .ok(&[
+                "rollout",
+                "restart",
+                &format!("deployment/{}", dep.name_any()),
+            ])
+            .await?;
         self.wait_deployment("a new pod template", |d| {
-            d.spec.as_ref().is_some_and(|s| kubelet::template_hash(&s.template) != before)
+            d.spec
+                .as_ref()
+                .is_some_and(|s| kubelet::template_hash(&s.template) != before)
         })
         .await?;
         simulated(
@@ -859,8 +1129,13 @@ impl Target for LocalTarget {
     }
 
     async fn delete_redis(&mut self) -> Result<()> {
-        let sts = self.owned::<StatefulSet>().await?.context("the Redis StatefulSet is gone")?;
-        simulated("Redis pod deleted: redis-server gets SIGTERM and its emptyDir is dropped; server processes stay in nginx's upstream (readiness probes are not simulated)");
+        let sts = self
+            .owned::<StatefulSet>()
+            .await?
+            .context("the Redis StatefulSet is gone")?;
+        simulated(
+            "Redis pod deleted: redis-server gets SIGTERM and its emptyDir is dropped; server processes stay in nginx's upstream (readiness probes are not simulated)",
+        );
         self.patch_statefulset_status(&sts, 0).await?;
         if let Some(mut p) = self.redis.take() {
             p.stop(libc::SIGTERM, Duration::from_secs(10)).await?;
@@ -869,8 +1144,13 @@ impl Target for LocalTarget {
     }
 
     async fn wait_redis_back(&mut self) -> Result<()> {
-        let sts = self.owned::<StatefulSet>().await?.context("the Redis StatefulSet is gone")?;
-        simulated("the StatefulSet's pod comes back: redis-server restarted on the same port (a stable Service) with the same Secret");
+        let sts = self
+            .owned::<StatefulSet>()
+            .await?
+            .context("the Redis StatefulSet is gone")?;
+        simulated(
+            "the StatefulSet's pod comes back: redis-server restarted on the same port (a stable Service) with the same Secret",
+        );
         self.start_redis(&sts).await?;
         self.wait_all_ready().await
     }
@@ -879,7 +1159,11 @@ impl Target for LocalTarget {
 impl Drop for LocalTarget {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("==== path B logs ({}) ====\n{}", self.dir.path().display(), self.logs(60));
+            eprintln!(
+                "==== path B logs ({}) ====\n{}",
+                self.dir.path().display(),
+                self.logs(60)
+            );
             eprintln!("==== control plane ====\n{}", self.cp.log_tails());
         }
         // nginx first so that no client sees a half-stopped cluster; the operator last.
@@ -898,13 +1182,29 @@ mod tests {
     fn mounts_map_to_local_folders() {
         let root = tempfile::tempdir().unwrap();
         let c = Container {
-            volume_mounts: Some(vec![VolumeMount { name: "data".into(), mount_path: "/data".into(), ..Default::default() }]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..Default::default()
+            }]),
             ..Default::default()
         };
-        let args: Vec<String> = ["--dir", "/data", "--x", "/data/sub", "/database"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["--dir", "/data", "--x", "/data/sub", "/database"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let got = map_mounts(&args, &c, root.path()).unwrap();
         let d = root.path().join("data");
-        assert_eq!(got, vec!["--dir".to_string(), d.display().to_string(), "--x".into(), format!("{}/sub", d.display()), "/database".into()]);
+        assert_eq!(
+            got,
+            vec![
+                "--dir".to_string(),
+                d.display().to_string(),
+                "--x".into(),
+                format!("{}/sub", d.display()),
+                "/database".into()
+            ]
+        );
         assert!(d.is_dir());
     }
 }

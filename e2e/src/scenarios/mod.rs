@@ -62,7 +62,10 @@ pub trait Target {
 
     /// `spec.replicas` of the RealtimeCluster.
     async fn replicas(&self) -> Result<usize> {
-        let rtc = self.kubectl().get_json(&["rtc", self.cluster_name()]).await?;
+        let rtc = self
+            .kubectl()
+            .get_json(&["rtc", self.cluster_name()])
+            .await?;
         rtc["spec"]["replicas"]
             .as_u64()
             .map(|n| n as usize)
@@ -114,10 +117,16 @@ impl Scenario {
             Scenario::RoomBroadcast => "a room broadcast crosses nodes",
             Scenario::PrivateMessage => "a private message reaches a socket on another node",
             Scenario::Presence => "presence lists the members on all nodes",
-            Scenario::Scale => "scale up and down: new nodes join the fan-out, clients of removed nodes reconnect",
-            Scenario::RollingRestart => "rolling restart: clients reconnect, nothing is delivered twice",
+            Scenario::Scale => {
+                "scale up and down: new nodes join the fan-out, clients of removed nodes reconnect"
+            }
+            Scenario::RollingRestart => {
+                "rolling restart: clients reconnect, nothing is delivered twice"
+            }
             Scenario::RedisDeleted => "Redis deleted: delivery resumes once it is back",
-            Scenario::InvalidRejected => "an invalid RealtimeCluster is rejected with a readable message",
+            Scenario::InvalidRejected => {
+                "an invalid RealtimeCluster is rejected with a readable message"
+            }
         }
     }
 
@@ -163,8 +172,15 @@ pub fn note(msg: &str) {
 /// can match.
 pub fn nonce() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0) as u64;
-    format!("{:x}{:x}", t & 0xff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0) as u64;
+    format!(
+        "{:x}{:x}",
+        t & 0xff_ffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -196,7 +212,8 @@ pub async fn cover<T: Target>(
     nodes: &[String],
     per_node: usize,
 ) -> Result<BTreeMap<String, Vec<Placed>>> {
-    let mut got: BTreeMap<String, Vec<Placed>> = nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
+    let mut got: BTreeMap<String, Vec<Placed>> =
+        nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let attempts = 30 + 12 * nodes.len() * per_node;
     for _ in 0..attempts {
@@ -221,12 +238,20 @@ pub async fn cover<T: Target>(
 pub async fn current(c: &Client, timeout: Duration) -> Result<Hello> {
     let v = c
         .wait_until(timeout, "a live connection and its hello", |log| {
-            let last = log.iter().rposition(|r| matches!(r.what, Incoming::Connect { .. }))?;
+            let last = log
+                .iter()
+                .rposition(|r| matches!(r.what, Incoming::Connect { .. }))?;
             let after = &log[last..];
-            if after.iter().any(|r| matches!(r.what, Incoming::Disconnect { .. })) {
+            if after
+                .iter()
+                .any(|r| matches!(r.what, Incoming::Disconnect { .. }))
+            {
                 return None;
             }
-            after.iter().find(|r| r.event_name() == Some("hello")).map(|r| r.data().clone())
+            after
+                .iter()
+                .find(|r| r.event_name() == Some("hello"))
+                .map(|r| r.data().clone())
         })
         .await?;
     serde_json::from_value(v).context("hello")
@@ -234,12 +259,18 @@ pub async fn current(c: &Client, timeout: Duration) -> Result<Hello> {
 
 /// How many socket.io connections the client has made (1 + reconnections).
 pub fn connections(c: &Client) -> usize {
-    c.log().iter().filter(|r| matches!(r.what, Incoming::Connect { .. })).count()
+    c.log()
+        .iter()
+        .filter(|r| matches!(r.what, Incoming::Connect { .. }))
+        .count()
 }
 
 /// The data of every `event` the client received whose `data[key]` equals `value`.
 fn count_where(c: &Client, event: &str, key: &str, value: &Value) -> usize {
-    c.events(event).iter().filter(|r| &r.data()[key] == value).count()
+    c.events(event)
+        .iter()
+        .filter(|r| &r.data()[key] == value)
+        .count()
 }
 
 /// Every sender publishes a marker to all sockets, and every receiver waits for all markers:
@@ -259,7 +290,9 @@ async fn fence(senders: &[&Client], receivers: &[&Client], tag: &str) -> Result<
 
 /// The latest `hello` node of a client (its node now, if it is connected).
 fn last_node(c: &Client) -> Option<String> {
-    c.events("hello").last().and_then(|r| r.data()["node"].as_str().map(String::from))
+    c.events("hello")
+        .last()
+        .and_then(|r| r.data()["node"].as_str().map(String::from))
 }
 
 async fn need_nodes<T: Target>(t: &T, s: Scenario, n: usize) -> Result<Vec<String>> {
@@ -284,7 +317,11 @@ async fn hello<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
         let p = &v[0];
         ensure!(&p.hello.node == node);
         let id = p.client.wait_connect(WAIT).await?;
-        ensure!(p.hello.id == id, "hello.id {} is not the socket id {id}", p.hello.id);
+        ensure!(
+            p.hello.id == id,
+            "hello.id {} is not the socket id {id}",
+            p.hello.id
+        );
         // Default transports: long-polling first, then the upgrade, both through the ingress.
         let (first, upgraded) = p
             .client
@@ -300,12 +337,22 @@ async fn hello<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
                 Some((first, up))
             })
             .await?;
-        ensure!(first == "polling" && upgraded == "websocket", "transports: opened {first}, upgraded to {upgraded}");
-        say(s, &format!("hello from {node} (socket {id}): polling, then upgraded to websocket"));
+        ensure!(
+            first == "polling" && upgraded == "websocket",
+            "transports: opened {first}, upgraded to {upgraded}"
+        );
+        say(
+            s,
+            &format!("hello from {node} (socket {id}): polling, then upgraded to websocket"),
+        );
     }
     let opts = t.client_options().transports(&[Transport::Websocket]);
     let (ws, h) = d.connect_hello(&t.endpoint_url(), opts, WAIT).await?;
-    ensure!(nodes.contains(&h.node), "websocket-only client: hello names {}, not one of {nodes:?}", h.node);
+    ensure!(
+        nodes.contains(&h.node),
+        "websocket-only client: hello names {}, not one of {nodes:?}",
+        h.node
+    );
     ensure!(h.id == ws.wait_connect(WAIT).await?);
     say(s, &format!("websocket-only client: hello from {}", h.node));
     Ok(())
@@ -329,14 +376,21 @@ async fn room_broadcast<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
         m.client.join(&room).await?;
     }
     for m in &members {
-        m.client.publish(Some(&room), &ev, json!({"from": m.hello.node})).await?;
+        m.client
+            .publish(Some(&room), &ev, json!({"from": m.hello.node}))
+            .await?;
     }
     for m in &members {
         for from in &nodes {
             m.client
                 .wait_event_where(&ev, WAIT, |x| x["from"] == json!(from))
                 .await
-                .with_context(|| format!("member on {} waiting for the broadcast from {from}", m.hello.node))?;
+                .with_context(|| {
+                    format!(
+                        "member on {} waiting for the broadcast from {from}",
+                        m.hello.node
+                    )
+                })?;
         }
     }
     let senders: Vec<&Client> = members.iter().map(|m| &m.client).collect();
@@ -345,14 +399,29 @@ async fn room_broadcast<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     for m in &members {
         for from in &nodes {
             let k = count_where(&m.client, &ev, "from", &json!(from));
-            ensure!(k == 1, "member on {} got the broadcast from {from} {k} times", m.hello.node);
+            ensure!(
+                k == 1,
+                "member on {} got the broadcast from {from} {k} times",
+                m.hello.node
+            );
         }
     }
     for o in &outsiders {
         let k = o.client.events(&ev).len();
-        ensure!(k == 0, "a socket outside the room (on {}) got {k} room broadcasts", o.hello.node);
+        ensure!(
+            k == 0,
+            "a socket outside the room (on {}) got {k} room broadcasts",
+            o.hello.node
+        );
     }
-    say(s, &format!("each of {} members on {} nodes got every node's broadcast once; outsiders none", members.len(), nodes.len()));
+    say(
+        s,
+        &format!(
+            "each of {} members on {} nodes got every node's broadcast once; outsiders none",
+            members.len(),
+            nodes.len()
+        ),
+    );
     Ok(())
 }
 
@@ -370,20 +439,62 @@ async fn private_message<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let ev = format!("dm-{n}");
     // A bystander joins a room named like B's socket id: private messages must not leak to it.
     c.client.join(&b.hello.id).await?;
-    a.client.send_to(&b.hello.id, &ev, json!({"from": a.hello.id, "text": "hi B"})).await?;
-    let got = b.client.wait_event(&ev, WAIT).await.context("B waiting for A's private message")?;
-    ensure!(got.data() == &json!({"from": a.hello.id, "text": "hi B"}), "B got {}", got.data());
-    b.client.send_to(&a.hello.id, &ev, json!({"from": b.hello.id, "text": "hi A"})).await?;
-    let got = a.client.wait_event(&ev, WAIT).await.context("A waiting for B's reply")?;
-    ensure!(got.data() == &json!({"from": b.hello.id, "text": "hi A"}), "A got {}", got.data());
+    a.client
+        .send_to(
+            &b.hello.id,
+            &ev,
+            json!({"from": a.hello.id, "text": "hi B"}),
+        )
+        .await?;
+    let got = b
+        .client
+        .wait_event(&ev, WAIT)
+        .await
+        .context("B waiting for A's private message")?;
+    ensure!(
+        got.data() == &json!({"from": a.hello.id, "text": "hi B"}),
+        "B got {}",
+        got.data()
+    );
+    b.client
+        .send_to(
+            &a.hello.id,
+            &ev,
+            json!({"from": b.hello.id, "text": "hi A"}),
+        )
+        .await?;
+    let got = a
+        .client
+        .wait_event(&ev, WAIT)
+        .await
+        .context("A waiting for B's reply")?;
+    ensure!(
+        got.data() == &json!({"from": b.hello.id, "text": "hi A"}),
+        "A got {}",
+        got.data()
+    );
     let all = [&a.client, &b.client, &c.client, &e.client];
     fence(&[&a.client, &b.client], &all, &n).await?;
-    ensure!(a.client.events(&ev).len() == 1 && b.client.events(&ev).len() == 1, "a private message arrived twice");
+    ensure!(
+        a.client.events(&ev).len() == 1 && b.client.events(&ev).len() == 1,
+        "a private message arrived twice"
+    );
     for x in [c, e] {
         let k = x.client.events(&ev).len();
-        ensure!(k == 0, "bystander {} on {} got {k} private messages", x.hello.id, x.hello.node);
+        ensure!(
+            k == 0,
+            "bystander {} on {} got {k} private messages",
+            x.hello.id,
+            x.hello.node
+        );
     }
-    say(s, &format!("{} -> {} and back across nodes, no bystander (not even one in a room named like the socket id) got it", a.hello.node, b.hello.node));
+    say(
+        s,
+        &format!(
+            "{} -> {} and back across nodes, no bystander (not even one in a room named like the socket id) got it",
+            a.hello.node, b.hello.node
+        ),
+    );
     Ok(())
 }
 
@@ -393,7 +504,12 @@ async fn private_message<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
 
 /// The (id, node) pairs `presence` lists for `room`, asked through `c`, sorted.
 async fn listed(c: &Client, room: &str) -> Result<Vec<(String, String)>> {
-    let mut v: Vec<_> = c.presence(room).await?.into_iter().map(|m| (m.id, m.node)).collect();
+    let mut v: Vec<_> = c
+        .presence(room)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.node))
+        .collect();
     v.sort();
     Ok(v)
 }
@@ -410,7 +526,10 @@ async fn presence<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
         m.client.join(&room).await?;
     }
     let expect = |ms: &[&Placed]| -> Vec<(String, String)> {
-        let mut v: Vec<_> = ms.iter().map(|m| (m.hello.id.clone(), m.hello.node.clone())).collect();
+        let mut v: Vec<_> = ms
+            .iter()
+            .map(|m| (m.hello.id.clone(), m.hello.node.clone()))
+            .collect();
         v.sort();
         v
     };
@@ -419,7 +538,11 @@ async fn presence<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     for v in placed.values() {
         for p in v {
             let got = listed(&p.client, &room).await?;
-            ensure!(got == want, "presence asked on {}: {got:?}, expected {want:?}", p.hello.node);
+            ensure!(
+                got == want,
+                "presence asked on {}: {got:?}, expected {want:?}",
+                p.hello.node
+            );
         }
     }
     // A member on another node leaves: everyone sees it gone.
@@ -428,9 +551,21 @@ async fn presence<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let want = expect(&members);
     for p in placed.values().map(|v| &v[0]) {
         let got = listed(&p.client, &room).await?;
-        ensure!(got == want, "after {} left, presence on {}: {got:?}, expected {want:?}", leaver.hello.id, p.hello.node);
+        ensure!(
+            got == want,
+            "after {} left, presence on {}: {got:?}, expected {want:?}",
+            leaver.hello.id,
+            p.hello.node
+        );
     }
-    say(s, &format!("{} members over {} nodes listed identically from every node, and a leave is seen everywhere", want.len() + 1, nodes.len()));
+    say(
+        s,
+        &format!(
+            "{} members over {} nodes listed identically from every node, and a leave is seen everywhere",
+            want.len() + 1,
+            nodes.len()
+        ),
+    );
     Ok(())
 }
 
@@ -453,17 +588,31 @@ async fn scale<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let s = Scenario::Scale;
     let r0 = t.replicas().await?;
     let before = need_nodes(t, s, 1).await?;
-    ensure!(before.len() == r0, "{} ready nodes for {r0} replicas before scaling", before.len());
+    ensure!(
+        before.len() == r0,
+        "{} ready nodes for {r0} replicas before scaling",
+        before.len()
+    );
     let old = cover(t, d, &before, 1).await?;
     let n = nonce();
     let ev = format!("fan-{n}");
 
     let up = r0 + 1;
-    say(s, &format!("kubectl scale rtc/{} --replicas={up}", t.cluster_name()));
+    say(
+        s,
+        &format!("kubectl scale rtc/{} --replicas={up}", t.cluster_name()),
+    );
     t.scale(up).await?;
     let after_up = t.nodes().await?;
-    let added: Vec<String> = after_up.iter().filter(|x| !before.contains(x)).cloned().collect();
-    ensure!(after_up.len() == up && added.len() == 1, "after scaling to {up}: nodes {after_up:?} (before {before:?})");
+    let added: Vec<String> = after_up
+        .iter()
+        .filter(|x| !before.contains(x))
+        .cloned()
+        .collect();
+    ensure!(
+        after_up.len() == up && added.len() == 1,
+        "after scaling to {up}: nodes {after_up:?} (before {before:?})"
+    );
     let newcomers = cover(t, d, &added, 1).await?;
     let fresh = &newcomers[&added[0]][0];
     let mut all: Vec<&Client> = old.values().flatten().map(|p| &p.client).collect();
@@ -471,30 +620,64 @@ async fn scale<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     for c in &all {
         current(c, WAIT).await?;
     }
-    fan_out(&fresh.client, &all, &ev, &format!("from-new-{n}")).await.context("the new node's broadcast")?;
+    fan_out(&fresh.client, &all, &ev, &format!("from-new-{n}"))
+        .await
+        .context("the new node's broadcast")?;
     let first_old = &old[&before[0]][0].client;
-    fan_out(first_old, &all, &ev, &format!("to-new-{n}")).await.context("a broadcast reaching the new node")?;
-    say(s, &format!("new node {} joined the fan-out both ways", added[0]));
+    fan_out(first_old, &all, &ev, &format!("to-new-{n}"))
+        .await
+        .context("a broadcast reaching the new node")?;
+    say(
+        s,
+        &format!("new node {} joined the fan-out both ways", added[0]),
+    );
 
     let marks: Vec<usize> = all.iter().map(|c| connections(c)).collect();
     let nodes_before_down: Vec<Option<String>> = all.iter().map(|c| last_node(c)).collect();
-    say(s, &format!("kubectl scale rtc/{} --replicas=1", t.cluster_name()));
+    say(
+        s,
+        &format!("kubectl scale rtc/{} --replicas=1", t.cluster_name()),
+    );
     t.scale(1).await?;
     let survivors = t.nodes().await?;
-    ensure!(survivors.len() == 1, "after scaling to 1: nodes {survivors:?}");
+    ensure!(
+        survivors.len() == 1,
+        "after scaling to 1: nodes {survivors:?}"
+    );
     let mut moved = 0;
     for (i, c) in all.iter().enumerate() {
-        let h = current(c, WAIT * 2).await.with_context(|| format!("client {} after scale-down", c.name()))?;
-        ensure!(survivors.contains(&h.node), "client {} is on {} after scale-down to {survivors:?}", c.name(), h.node);
+        let h = current(c, WAIT * 2)
+            .await
+            .with_context(|| format!("client {} after scale-down", c.name()))?;
+        ensure!(
+            survivors.contains(&h.node),
+            "client {} is on {} after scale-down to {survivors:?}",
+            c.name(),
+            h.node
+        );
         let was = nodes_before_down[i].clone().unwrap_or_default();
         if !survivors.contains(&was) {
-            ensure!(connections(c) > marks[i], "client {} of removed node {was} did not reconnect", c.name());
+            ensure!(
+                connections(c) > marks[i],
+                "client {} of removed node {was} did not reconnect",
+                c.name()
+            );
             moved += 1;
         }
     }
-    ensure!(moved > 0, "no client was on a removed node: the scenario proved nothing");
+    ensure!(
+        moved > 0,
+        "no client was on a removed node: the scenario proved nothing"
+    );
     fan_out(all[0], &all, &ev, &format!("after-down-{n}")).await?;
-    say(s, &format!("{moved} client(s) of removed nodes reconnected to {}; broadcast reaches all {}", survivors[0], all.len()));
+    say(
+        s,
+        &format!(
+            "{moved} client(s) of removed nodes reconnected to {}; broadcast reaches all {}",
+            survivors[0],
+            all.len()
+        ),
+    );
 
     say(s, &format!("restoring replicas={r0}"));
     t.scale(r0).await?;
@@ -521,7 +704,12 @@ async fn rolling_restart<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let publisher = connect(t, d).await?;
     let n = nonce();
     let ev = format!("seq-{n}");
-    let receivers: Vec<&Client> = placed.values().flatten().map(|p| &p.client).chain([&publisher.client]).collect();
+    let receivers: Vec<&Client> = placed
+        .values()
+        .flatten()
+        .map(|p| &p.client)
+        .chain([&publisher.client])
+        .collect();
 
     let done = AtomicBool::new(false);
     let publish = async {
@@ -530,7 +718,11 @@ async fn rolling_restart<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
             i += 1;
             let r = publisher
                 .client
-                .emit_ack_args("publish", vec![json!({"event": ev, "data": {"i": i}})], Duration::from_secs(2))
+                .emit_ack_args(
+                    "publish",
+                    vec![json!({"event": ev, "data": {"i": i}})],
+                    Duration::from_secs(2),
+                )
                 .await;
             match r {
                 Ok(a) if a.first().is_some_and(|v| v["ok"] == json!(true)) => acked += 1,
@@ -548,7 +740,10 @@ async fn rolling_restart<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
         for c in &receivers {
             c.wait_event(&ev, WAIT).await?;
         }
-        say(s, "every client receives the stream; restarting the server Deployment");
+        say(
+            s,
+            "every client receives the stream; restarting the server Deployment",
+        );
         t.rolling_restart().await
     };
     let (restarted, (acked, failed, sent)) = tokio::join!(
@@ -562,29 +757,61 @@ async fn rolling_restart<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     restarted?;
     let after = t.nodes().await?;
     let kept: Vec<&String> = after.iter().filter(|x| before.contains(x)).collect();
-    ensure!(kept.is_empty(), "nodes {kept:?} survived the rolling restart (before {before:?}, after {after:?})");
+    ensure!(
+        kept.is_empty(),
+        "nodes {kept:?} survived the rolling restart (before {before:?}, after {after:?})"
+    );
 
     for c in &receivers {
-        let h = current(c, WAIT * 2).await.with_context(|| format!("client {} after the restart", c.name()))?;
-        ensure!(after.contains(&h.node), "client {} is on {} after the restart, not one of {after:?}", c.name(), h.node);
-        ensure!(connections(c) >= 2, "client {} never reconnected although every node was replaced", c.name());
+        let h = current(c, WAIT * 2)
+            .await
+            .with_context(|| format!("client {} after the restart", c.name()))?;
+        ensure!(
+            after.contains(&h.node),
+            "client {} is on {} after the restart, not one of {after:?}",
+            c.name(),
+            h.node
+        );
+        ensure!(
+            connections(c) >= 2,
+            "client {} never reconnected although every node was replaced",
+            c.name()
+        );
     }
     let end = format!("end-{n}");
     publisher.client.publish(None, &end, json!(sent)).await?;
     for c in &receivers {
-        c.wait_event(&end, WAIT).await.with_context(|| format!("client {} waiting for the last message", c.name()))?;
+        c.wait_event(&end, WAIT)
+            .await
+            .with_context(|| format!("client {} waiting for the last message", c.name()))?;
     }
     let mut report = Vec::new();
     for c in &receivers {
-        let ids: Vec<u64> = c.events(&ev).iter().filter_map(|r| r.data()["i"].as_u64()).collect();
+        let ids: Vec<u64> = c
+            .events(&ev)
+            .iter()
+            .filter_map(|r| r.data()["i"].as_u64())
+            .collect();
         let dups = duplicates(&ids);
-        ensure!(dups.is_empty(), "client {} got messages more than once (id, times): {dups:?}", c.name());
-        report.push(format!("{}:{}msgs/{}conns", c.name(), ids.len(), connections(c)));
+        ensure!(
+            dups.is_empty(),
+            "client {} got messages more than once (id, times): {dups:?}",
+            c.name()
+        );
+        report.push(format!(
+            "{}:{}msgs/{}conns",
+            c.name(),
+            ids.len(),
+            connections(c)
+        ));
     }
-    say(s, &format!(
-        "nodes {before:?} -> {after:?}; published {sent} ({acked} acked, {failed} unacked while reconnecting); no duplicates: {}",
-        report.join(" ")
-    ));
+    say(
+        s,
+        &format!(
+            "nodes {before:?} -> {after:?}; published {sent} ({acked} acked, {failed} unacked while reconnecting); no duplicates: {}",
+            report.join(" ")
+        ),
+    );
     Ok(())
 }
 
@@ -601,12 +828,18 @@ async fn deliver_until(a: &Client, b: &Client, ev: &str, deadline: Instant) -> R
         let id = format!("{}-{k}", a.name());
         let published = a.publish(None, ev, json!({"id": id})).await;
         if published.is_ok()
-            && b.wait_event_where(ev, Duration::from_secs(3), |x| x["id"] == json!(id)).await.is_ok()
+            && b.wait_event_where(ev, Duration::from_secs(3), |x| x["id"] == json!(id))
+                .await
+                .is_ok()
         {
             return Ok(k);
         }
         if Instant::now() > deadline {
-            bail!("{} -> {}: nothing delivered after {k} attempts (last publish: {published:?})", a.name(), b.name());
+            bail!(
+                "{} -> {}: nothing delivered after {k} attempts (last publish: {published:?})",
+                a.name(),
+                b.name()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -619,7 +852,9 @@ async fn redis_deleted<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let a = placed.remove(&nodes[0]).unwrap().remove(0);
     let mut b = placed.remove(&nodes[1]).unwrap().remove(0);
     let ev = format!("resume-{}", nonce());
-    fan_out(&a.client, &[&b.client], &ev, "before").await.context("delivery before Redis is deleted")?;
+    fan_out(&a.client, &[&b.client], &ev, "before")
+        .await
+        .context("delivery before Redis is deleted")?;
 
     say(s, "deleting the Redis pod");
     t.delete_redis().await?;
@@ -631,19 +866,35 @@ async fn redis_deleted<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let ha = current(&a.client, WAIT * 2).await?;
     let hb = current(&b.client, WAIT * 2).await?;
     if ha.node == hb.node {
-        let others: Vec<String> = t.nodes().await?.into_iter().filter(|x| *x != ha.node).collect();
-        ensure!(!others.is_empty(), "only {} is ready after Redis came back", ha.node);
-        b = cover(t, d, &others[..1], 1).await?.remove(&others[0]).unwrap().remove(0);
+        let others: Vec<String> = t
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|x| *x != ha.node)
+            .collect();
+        ensure!(
+            !others.is_empty(),
+            "only {} is ready after Redis came back",
+            ha.node
+        );
+        b = cover(t, d, &others[..1], 1)
+            .await?
+            .remove(&others[0])
+            .unwrap()
+            .remove(0);
     }
     let deadline = back + Duration::from_secs(90);
     let k1 = deliver_until(&a.client, &b.client, &ev, deadline).await?;
     let k2 = deliver_until(&b.client, &a.client, &ev, deadline).await?;
-    say(s, &format!(
-        "delivery resumed across nodes {:?} <-> {:?} {:.1?} after Redis was back ({k1} and {k2} attempts)",
-        last_node(&a.client),
-        last_node(&b.client),
-        back.elapsed()
-    ));
+    say(
+        s,
+        &format!(
+            "delivery resumed across nodes {:?} <-> {:?} {:.1?} after Redis was back ({k1} and {k2} attempts)",
+            last_node(&a.client),
+            last_node(&b.client),
+            back.elapsed()
+        ),
+    );
     Ok(())
 }
 
@@ -702,26 +953,46 @@ async fn invalid_rejected<T: Target>(t: &mut T) -> Result<()> {
         let name = format!("bad-{what}-{suffix}");
         match t.kubectl().apply(&manifest(&name, &spec)).await? {
             Applied::Accepted(out) => {
-                let _ = t.kubectl().run(&["delete", "rtc", &name, "--wait=false"], None).await;
+                let _ = t
+                    .kubectl()
+                    .run(&["delete", "rtc", &name, "--wait=false"], None)
+                    .await;
                 bail!("{what}: the invalid RealtimeCluster {spec} was accepted ({out})");
             }
             Applied::Rejected(msg) => {
                 for f in &fragments {
-                    ensure!(msg.contains(f), "{what}: the rejection does not say {f:?}:\n{msg}");
+                    ensure!(
+                        msg.contains(f),
+                        "{what}: the rejection does not say {f:?}:\n{msg}"
+                    );
                 }
-                ensure!(msg.contains(&name), "{what}: the rejection does not name the object:\n{msg}");
-                say(s, &format!("{what}: {}", msg.split_whitespace().collect::<Vec<_>>().join(" ")));
+                ensure!(
+                    msg.contains(&name),
+                    "{what}: the rejection does not name the object:\n{msg}"
+                );
+                say(
+                    s,
+                    &format!(
+                        "{what}: {}",
+                        msg.split_whitespace().collect::<Vec<_>>().join(" ")
+                    ),
+                );
             }
         }
         let out = t.kubectl().run(&["get", "rtc", &name], None).await?;
-        ensure!(!out.success && out.stderr.contains("NotFound"), "{what}: rtc/{name} exists after the rejection");
+        ensure!(
+            !out.success && out.stderr.contains("NotFound"),
+            "{what}: rtc/{name} exists after the rejection"
+        );
     }
     // A valid spec still goes through the same path: the rejections came from the checks.
     let name = format!("ok-{suffix}");
     let good = manifest(&name, &json!({"replicas": 0}));
     match t.kubectl().apply(&good).await? {
         Applied::Accepted(_) => {
-            t.kubectl().ok(&["delete", "rtc", &name, "--wait=false"]).await?;
+            t.kubectl()
+                .ok(&["delete", "rtc", &name, "--wait=false"])
+                .await?;
         }
         Applied::Rejected(msg) => bail!("a valid RealtimeCluster was rejected: {msg}"),
     }
