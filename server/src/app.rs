@@ -146,7 +146,9 @@ where
         api_key: settings.api_key.clone(),
     };
     let max_body = usize::try_from(settings.max_payload).unwrap_or(usize::MAX);
-    let mut router = http::router(state, max_body).layer(layer);
+    let mut router = http::router(state, max_body)
+        .layer(layer)
+        .layer(axum::middleware::from_fn(http::detach_session_request));
     if let Some(cors) = http::cors_layer(&settings.cors) {
         router = router.layer(cors);
     }
