@@ -28,7 +28,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
-KIND_VERSION=v0.29.0
+KIND_VERSION=v0.33.0
 INGRESS_NGINX_VERSION=${INGRESS_NGINX_VERSION:-controller-v1.12.3}
 INGRESS_NGINX_MANIFEST="https://raw.githubusercontent.com/kubernetes/ingress-nginx/${INGRESS_NGINX_VERSION}/deploy/static/provider/kind/deploy.yaml"
 CLUSTER=${RT_KIND_CLUSTER:-rt-e2e}
