@@ -3,8 +3,10 @@
 //!
 //! The nodes get the environment the operator's Deployment gives them (`PORT`, `BIND`, `NAME`,
 //! `REDIS_URL`, plus [`ClusterConfig::env`]). nginx does what the operator asks of the Ingress:
-//! [`Affinity::IpHash`] (the classic socket.io cluster) or [`Affinity::Cookie`] (ingress-nginx's
-//! cookie affinity, emulated with a consistent hash over the cookie's value).
+//! [`Affinity::IpHash`] (the classic socket.io cluster), [`Affinity::ClientAddress`]
+//! (ingress-nginx's `upstream-hash-by: $remote_addr`) or [`Affinity::Cookie`] (ingress-nginx's
+//! cookie affinity, emulated with a consistent hash over the cookie's value). [`nginx_conf`] is
+//! the one renderer: `scenarios::ingress` translates an Ingress into its [`NginxConf`].
 //!
 //! Everything started here is in its own process group, is killed on drop, and dies with the
 //! process that started it (`PR_SET_PDEATHSIG`). When a test panics, dropping the [`Cluster`]
@@ -215,19 +217,94 @@ pub fn ip_hash_source_address(index: usize, n: usize, k: usize) -> Option<Ipv4Ad
 /// How nginx keeps a client on one node (what the operator asks of the Ingress).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Affinity {
-    /// `ip_hash`: the classic socket.io cluster; clients must differ in the third octet.
+    /// `ip_hash`: the classic socket.io cluster. nginx hashes the first three octets of the
+    /// client address, so clients must differ in the third one ([`ip_hash_sequence`] says where
+    /// each lands).
     IpHash,
+    /// `hash $remote_addr consistent`: ingress-nginx's `upstream-hash-by: $remote_addr`.
+    ClientAddress,
     /// ingress-nginx's cookie affinity: the value of cookie `name` picks the node by consistent
-    /// hash; a request without it gets a fresh value (`$request_id`) and a `Set-Cookie`.
-    /// engine.io-client in Node keeps it only with `withCredentials: true`.
-    Cookie { name: String },
+    /// hash; a request without it gets a fresh value (`$request_id`) in a `Set-Cookie` with
+    /// `path` and, when given, `Max-Age`. engine.io-client in Node keeps the cookie only with
+    /// `withCredentials: true`.
+    Cookie {
+        name: String,
+        path: String,
+        max_age: Option<u64>,
+    },
 }
 
 impl Affinity {
     /// Cookie affinity with ingress-nginx's default cookie name.
     pub fn cookie() -> Self {
+        Self::named_cookie("INGRESSCOOKIE")
+    }
+
+    /// Cookie affinity with cookie `name` (any RFC 6265 token but `$`, e.g. the operator's
+    /// `rt-affinity`), path `/`, for the browser session.
+    pub fn named_cookie(name: &str) -> Self {
         Affinity::Cookie {
-            name: "INGRESSCOOKIE".into(),
+            name: name.into(),
+            path: "/".into(),
+            max_age: None,
+        }
+    }
+
+    /// Whether [`nginx_conf`] can express this affinity. The cookie name goes into a regular
+    /// expression and a `Set-Cookie` value: an RFC 6265 token, without `$` (nginx would read a
+    /// variable). The cookie path goes into that `Set-Cookie` value.
+    pub fn check(&self) -> Result<()> {
+        if let Affinity::Cookie { name, path, .. } = self {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                bail!(
+                    "affinity cookie name {name:?}: only letters, digits and !#%&'*+-.^_`|~ \
+                     (a cookie token without $)"
+                );
+            }
+            check_nginx_path("affinity cookie path", path)?;
+        }
+        Ok(())
+    }
+
+    /// A short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Affinity::IpHash => "ip_hash affinity".into(),
+            Affinity::ClientAddress => "client-address affinity".into(),
+            Affinity::Cookie { name, .. } => format!("cookie affinity, cookie {name}"),
+        }
+    }
+}
+
+/// A path nginx takes verbatim in a location or a quoted value: starts with `/`, no white
+/// space and none of `"';$\{}#` (pure).
+fn check_nginx_path(what: &str, path: &str) -> Result<()> {
+    if !path.starts_with('/')
+        || path
+            .chars()
+            .any(|c| !c.is_ascii_graphic() || "\"';$\\{}#".contains(c))
+    {
+        bail!("{what} {path:?}: must start with / and have no white space nor any of \"';$\\{{}}#");
+    }
+    Ok(())
+}
+
+/// nginx's timeouts towards the nodes, in seconds (ingress-nginx's `proxy-*-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyTimeouts {
+    pub read_secs: u64,
+    pub send_secs: u64,
+    pub connect_secs: u64,
+}
+
+impl Default for ProxyTimeouts {
+    /// An idle websocket stays open for an hour; connecting has nginx's default minute.
+    fn default() -> Self {
+        ProxyTimeouts {
+            read_secs: 3600,
+            send_secs: 3600,
+            connect_secs: 60,
         }
     }
 }
@@ -238,22 +315,54 @@ pub struct NginxConf {
     pub listen_port: u16,
     pub upstream_ports: Vec<u16>,
     pub affinity: Affinity,
+    /// The location proxied to the nodes (an Ingress rule's path).
+    pub path: String,
+    pub timeouts: ProxyTimeouts,
     pub worker_processes: usize,
+    /// Also the listen backlog.
     pub worker_connections: usize,
+    /// How long the workers of the previous configuration keep open connections (websockets)
+    /// after a reload.
+    pub worker_shutdown_timeout_secs: u64,
     /// Bumped on every reload and served at `/__harness/generation`, so a reload can be awaited.
     pub generation: u64,
 }
 
+impl NginxConf {
+    /// The data plane's configuration: location `/`, [`ProxyTimeouts::default`], one worker of
+    /// 4096 connections, old workers closed 5 s after a reload, generation 0.
+    pub fn new(listen_port: u16, upstream_ports: Vec<u16>, affinity: Affinity) -> Self {
+        NginxConf {
+            listen_port,
+            upstream_ports,
+            affinity,
+            path: "/".into(),
+            timeouts: ProxyTimeouts::default(),
+            worker_processes: 1,
+            worker_connections: 4096,
+            worker_shutdown_timeout_secs: 5,
+            generation: 0,
+        }
+    }
+}
+
 /// The nginx configuration (pure), modelled on `shared/bench/anchor-node/nginx.conf`; every
-/// path is relative to the `-p` prefix.
-pub fn nginx_conf(c: &NginxConf) -> String {
+/// path is relative to the `-p` prefix. Fails on what nginx cannot express
+/// ([`Affinity::check`], the location path).
+///
+/// Cookie affinity reads the cookie out of the `Cookie` header, as ingress-nginx does: nginx's
+/// `$cookie_NAME` variables cannot name a cookie with a `-` (like the operator's default
+/// `rt-affinity`), and with such a name every client would have hashed to one node.
+pub fn nginx_conf(c: &NginxConf) -> Result<String> {
+    c.affinity.check()?;
+    check_nginx_path("location path", &c.path)?;
     let mut s = String::new();
     let _ = write!(
         s,
         "# generated by realtime-e2e data_plane (generation {gen})
 worker_processes {workers};
 worker_rlimit_nofile {rlimit};
-worker_shutdown_timeout 5s;
+worker_shutdown_timeout {shutdown}s;
 pid nginx.pid;
 error_log stderr warn;
 
@@ -279,67 +388,91 @@ http {{
         gen = c.generation,
         workers = c.worker_processes,
         rlimit = c.worker_connections * 2 + 64,
+        shutdown = c.worker_shutdown_timeout_secs,
         conns = c.worker_connections,
     );
-    let balance = match &c.affinity {
-        Affinity::IpHash => "    ip_hash;\n".to_string(),
-        Affinity::Cookie { name } => {
+    let (balance, set_cookie) = match &c.affinity {
+        Affinity::IpHash => ("ip_hash", ""),
+        Affinity::ClientAddress => ("hash $remote_addr consistent", ""),
+        Affinity::Cookie {
+            name,
+            path,
+            max_age,
+        } => {
+            let max_age = max_age
+                .map(|m| format!("; Max-Age={m}"))
+                .unwrap_or_default();
+            // In the regular expression, the token characters that PCRE reads as operators.
+            let pattern: String = name
+                .chars()
+                .flat_map(|ch| {
+                    let escape = "*+.^|".contains(ch).then_some('\\');
+                    escape.into_iter().chain([ch])
+                })
+                .collect();
             let _ = write!(
                 s,
                 "
-  # cookie affinity as ingress-nginx does it: the cookie's value picks the node; without the
-  # cookie a fresh key is made and handed to the client
-  map $cookie_{name} $affinity_key {{
-    ''      $request_id;
-    default $cookie_{name};
+  # cookie affinity: the value of cookie {name} picks the node; without it, a fresh value
+  map $http_cookie $rt_affinity_cookie {{
+    default '';
+    \"~(?:^|;)\\s*{pattern}=(?<v>[^;]+)\" $v;
   }}
-  map $cookie_{name} $affinity_set_cookie {{
-    ''      \"{name}=$request_id; Path=/; HttpOnly\";
+  map $rt_affinity_cookie $rt_affinity_key {{
+    ''      $request_id;
+    default $rt_affinity_cookie;
+  }}
+  map $rt_affinity_cookie $rt_set_cookie {{
+    ''      \"{name}=$request_id; Path={path}{max_age}; HttpOnly\";
     default '';
   }}
 "
             );
-            "    hash $affinity_key consistent;\n".to_string()
+            (
+                "hash $rt_affinity_key consistent",
+                "      add_header Set-Cookie $rt_set_cookie always;\n",
+            )
         }
     };
-    let _ = write!(s, "\n  upstream nodes {{\n{balance}");
+    let _ = write!(s, "\n  upstream backend {{\n    {balance};\n");
     for p in &c.upstream_ports {
         let _ = writeln!(s, "    server 127.0.0.1:{p};");
     }
-    let set_cookie = match c.affinity {
-        Affinity::Cookie { .. } => "      add_header Set-Cookie $affinity_set_cookie always;\n",
-        Affinity::IpHash => "",
-    };
     let _ = write!(
         s,
         "  }}
 
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog={conns};
 
     location = /__harness/generation {{
       return 200 \"{gen}\";
     }}
 
-    location / {{
+    location {path} {{
+      proxy_pass http://backend;
+{set_cookie}      proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header Host $host;
-      proxy_pass http://nodes;
-{set_cookie}
       # WebSockets
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
+      proxy_read_timeout {read}s;
+      proxy_send_timeout {send}s;
+      proxy_connect_timeout {connect}s;
     }}
   }}
 }}
 ",
         port = c.listen_port,
+        conns = c.worker_connections,
         gen = c.generation,
+        path = c.path,
+        read = c.timeouts.read_secs,
+        send = c.timeouts.send_secs,
+        connect = c.timeouts.connect_secs,
     );
-    s
+    Ok(s)
 }
 
 /// Which server implementation runs on the nodes: decides what a test may expect of it.
@@ -1020,25 +1153,24 @@ impl Cluster {
 
     // ---- nginx ----
 
-    fn nginx_conf_text(&self) -> String {
+    fn nginx_conf_text(&self) -> Result<String> {
+        let upstream = self
+            .upstream()
+            .iter()
+            .map(|i| self.nodes[*i].port)
+            .collect();
         nginx_conf(&NginxConf {
-            listen_port: self.nginx_port,
-            upstream_ports: self
-                .upstream()
-                .iter()
-                .map(|i| self.nodes[*i].port)
-                .collect(),
-            affinity: self.cfg.affinity.clone(),
             worker_processes: self.cfg.nginx_workers,
             worker_connections: self.cfg.nginx_worker_connections,
             generation: self.nginx_generation,
+            ..NginxConf::new(self.nginx_port, upstream, self.cfg.affinity.clone())
         })
     }
 
     async fn start_nginx(&mut self) -> Result<()> {
         let prefix = self.dir.path().join("nginx");
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, self.nginx_conf_text())?;
+        std::fs::write(&conf, self.nginx_conf_text()?)?;
         let mut cmd = Command::new(&self.nginx_bin);
         cmd.arg("-p")
             .arg(format!("{}/", prefix.display()))
@@ -1061,7 +1193,7 @@ impl Cluster {
         self.nginx_generation += 1;
         std::fs::write(
             self.dir.path().join("nginx/nginx.conf"),
-            self.nginx_conf_text(),
+            self.nginx_conf_text()?,
         )?;
         self.nginx
             .as_ref()
@@ -1253,28 +1385,97 @@ mod tests {
     #[test]
     fn nginx_conf_modes() {
         let mut c = NginxConf {
-            listen_port: 8080,
-            upstream_ports: vec![3001, 3002],
-            affinity: Affinity::IpHash,
             worker_processes: 1,
             worker_connections: 1024,
             generation: 3,
+            ..NginxConf::new(8080, vec![3001, 3002], Affinity::IpHash)
         };
-        let s = nginx_conf(&c);
-        assert!(s.contains("ip_hash;"));
+        let s = nginx_conf(&c).unwrap();
+        assert!(s.contains("    ip_hash;\n"));
         assert!(s.contains("server 127.0.0.1:3001;\n    server 127.0.0.1:3002;"));
-        assert!(s.contains("listen 127.0.0.1:8080"));
+        assert!(s.contains("listen 127.0.0.1:8080 backlog=1024;"));
         assert!(s.contains("return 200 \"3\";"));
+        assert!(s.contains("location / {"));
+        assert!(s.contains("proxy_read_timeout 3600s;"));
+        assert!(s.contains("worker_shutdown_timeout 5s;"));
         assert!(!s.contains("Set-Cookie"));
         assert_eq!(s.matches('{').count(), s.matches('}').count());
+
         c.affinity = Affinity::cookie();
-        let s = nginx_conf(&c);
-        assert!(s.contains("hash $affinity_key consistent;"));
-        assert!(s.contains("map $cookie_INGRESSCOOKIE $affinity_key"));
+        let s = nginx_conf(&c).unwrap();
+        assert!(s.contains("hash $rt_affinity_key consistent;"));
+        assert!(s.contains("\"~(?:^|;)\\s*INGRESSCOOKIE=(?<v>[^;]+)\" $v;"));
         assert!(s.contains("\"INGRESSCOOKIE=$request_id; Path=/; HttpOnly\""));
-        assert!(s.contains("add_header Set-Cookie $affinity_set_cookie always;"));
+        assert!(s.contains("add_header Set-Cookie $rt_set_cookie always;"));
         assert!(!s.contains("ip_hash"));
         assert_eq!(s.matches('{').count(), s.matches('}').count());
+
+        c.affinity = Affinity::ClientAddress;
+        let s = nginx_conf(&c).unwrap();
+        assert!(s.contains("hash $remote_addr consistent;"));
+        assert!(!s.contains("ip_hash") && !s.contains("Set-Cookie"));
+    }
+
+    #[test]
+    fn cookie_names_with_dashes_are_parsed_from_the_header() {
+        let c = NginxConf {
+            affinity: Affinity::Cookie {
+                name: "rt-affinity".into(),
+                path: "/chat".into(),
+                max_age: Some(172_800),
+            },
+            path: "/socket.io/".into(),
+            timeouts: ProxyTimeouts {
+                read_secs: 60,
+                send_secs: 50,
+                connect_secs: 5,
+            },
+            ..NginxConf::new(8080, vec![3001], Affinity::IpHash)
+        };
+        let s = nginx_conf(&c).unwrap();
+        assert!(
+            !s.contains("$cookie_"),
+            "nginx's $cookie_ variables cannot name rt-affinity"
+        );
+        assert!(s.contains("\"~(?:^|;)\\s*rt-affinity=(?<v>[^;]+)\" $v;"));
+        assert!(s.contains("hash $rt_affinity_key consistent;"));
+        assert!(s.contains("\"rt-affinity=$request_id; Path=/chat; Max-Age=172800; HttpOnly\""));
+        assert!(s.contains("location /socket.io/ {"));
+        assert!(s.contains(
+            "proxy_read_timeout 60s;\n      proxy_send_timeout 50s;\n      proxy_connect_timeout 5s;"
+        ));
+        assert_eq!(s.matches('{').count(), s.matches('}').count());
+    }
+
+    #[test]
+    fn cookie_names_are_escaped_or_refused() {
+        let conf = |name: &str| {
+            nginx_conf(&NginxConf::new(
+                8080,
+                vec![3001],
+                Affinity::named_cookie(name),
+            ))
+        };
+        // token characters that are regex operators match literally
+        let s = conf("a.b+c").unwrap();
+        assert!(
+            s.contains("\"~(?:^|;)\\s*a\\.b\\+c=(?<v>[^;]+)\" $v;"),
+            "{s}"
+        );
+        assert!(s.contains("\"a.b+c=$request_id; Path=/; HttpOnly\""));
+        // not a cookie token, or a `$` nginx would read as a variable
+        for bad in ["", "a b", "a;b", "a=b", "a\"b", "a$b", "a{b", "é"] {
+            assert!(conf(bad).is_err(), "{bad:?}");
+        }
+        let bad_path = Affinity::Cookie {
+            name: "c".into(),
+            path: "/a;b".into(),
+            max_age: None,
+        };
+        assert!(bad_path.check().is_err());
+        let mut c = NginxConf::new(8080, vec![3001], Affinity::IpHash);
+        c.path = "socket.io".into();
+        assert!(nginx_conf(&c).is_err(), "a location path starts with /");
     }
 
     #[test]

@@ -36,11 +36,11 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use super::Target;
-use super::ingress::{self, Affinity, IngressSpec};
+use super::ingress::{self, IngressSpec};
 use super::kubectl::{Applied, Kubectl};
 use super::kubelet::{self, PodFacts, PodView, Sources, Step};
 use crate::control_plane::{self, ControlPlane, Tools};
-use crate::data_plane::{self, die_with_parent, free_port, http_get};
+use crate::data_plane::{self, Affinity, NginxConf, die_with_parent, free_port, http_get};
 use crate::require::{require, workspace_bin};
 use crate::sio::ConnectOptions;
 
@@ -329,13 +329,10 @@ impl LocalTarget {
             "nginx on 127.0.0.1:{} plays ingress-nginx for Ingress {} ({}, timeouts read {}s / send {}s / connect {}s from its annotations); its host is not resolvable here, clients use the loopback URL",
             self.nginx_port,
             ing.name_any(),
-            match &spec.affinity {
-                Affinity::Cookie { name, .. } => format!("cookie affinity, cookie {name}"),
-                Affinity::ClientAddress => "client-address affinity".to_string(),
-            },
-            spec.read_timeout_secs,
-            spec.send_timeout_secs,
-            spec.connect_timeout_secs,
+            spec.affinity.describe(),
+            spec.timeouts.read_secs,
+            spec.timeouts.send_secs,
+            spec.timeouts.connect_secs,
         ));
         self.ingress = Some(spec);
         self.sync().await?;
@@ -830,7 +827,7 @@ impl LocalTarget {
         Ok(())
     }
 
-    fn nginx_conf(&self) -> String {
+    fn nginx_conf(&self) -> Result<String> {
         let ports: Vec<u16> = self
             .pods
             .iter()
@@ -841,13 +838,16 @@ impl LocalTarget {
             .ingress
             .as_ref()
             .expect("the Ingress is read before nginx starts");
-        ingress::nginx_conf(spec, self.nginx_port, &ports, self.nginx_generation)
+        data_plane::nginx_conf(&NginxConf {
+            generation: self.nginx_generation,
+            ..spec.nginx_conf(self.nginx_port, ports)
+        })
     }
 
     async fn start_nginx(&mut self) -> Result<()> {
         let prefix = self.dir.path().join("nginx");
         let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, self.nginx_conf())?;
+        std::fs::write(&conf, self.nginx_conf()?)?;
         let mut cmd = Command::new(&self.programs.nginx);
         cmd.arg("-p")
             .arg(format!("{}/", prefix.display()))
@@ -870,7 +870,7 @@ impl LocalTarget {
             return Ok(());
         }
         self.nginx_generation += 1;
-        std::fs::write(self.dir.path().join("nginx/nginx.conf"), self.nginx_conf())?;
+        std::fs::write(self.dir.path().join("nginx/nginx.conf"), self.nginx_conf()?)?;
         // SAFETY: SIGHUP to our nginx master.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
         self.wait_nginx().await
@@ -1055,7 +1055,7 @@ impl Target for LocalTarget {
         let k = self.clients.fetch_add(1, Ordering::Relaxed);
         match self.ingress.as_ref().map(|i| &i.affinity) {
             // Clients differ by source address, as they would behind the ingress.
-            Some(Affinity::ClientAddress) => {
+            Some(Affinity::ClientAddress | Affinity::IpHash) => {
                 ConnectOptions::default().local_address(format!("127.0.{}.1", k % 254 + 1))
             }
             // engine.io-client in Node keeps the affinity cookie only with withCredentials.
