@@ -591,6 +591,16 @@ impl ClusterConfig {
     }
 }
 
+/// How much of a command [`Proc::spawn`] writes at the head of the log and into its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Echo {
+    /// Program, arguments and the environment set: for commands that carry no secret.
+    Command,
+    /// The program only: for commands whose arguments or environment carry secrets (Path B's
+    /// pods get the operator's Secrets).
+    Program,
+}
+
 /// A started process: own process group, output in a log file, SIGKILLed with its group on drop.
 pub struct Proc {
     name: String,
@@ -601,13 +611,27 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, name: &str, log: &Path, death_signal: libc::c_int) -> Result<Proc> {
+    /// Starts `cmd` with stdin closed, stdout and stderr appended to `log`, in its own process
+    /// group, and `death_signal` sent to it when this thread dies ([`die_with_parent`]): call it
+    /// from a thread that lives as long as the process should (a test's thread or a runtime
+    /// worker, never a `spawn_blocking` thread).
+    pub(crate) fn spawn(
+        mut cmd: Command,
+        name: &str,
+        log: &Path,
+        death_signal: libc::c_int,
+        echo: Echo,
+    ) -> Result<Proc> {
+        let shown = match echo {
+            Echo::Command => format!("{:?}", cmd.as_std()),
+            Echo::Program => format!("{:?}", cmd.as_std().get_program()),
+        };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         use std::io::Write as _;
-        writeln!(f, "---- harness: starting {name}: {:?}", cmd.as_std())?;
+        writeln!(f, "---- harness: starting {name}: {shown}")?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f))
@@ -616,7 +640,7 @@ impl Proc {
         die_with_parent(cmd.as_std_mut(), death_signal);
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {name}: {:?}", cmd.as_std()))?;
+            .with_context(|| format!("starting {name}: {shown}"))?;
         Ok(Proc {
             name: name.into(),
             pid: child.id().expect("a child that was just spawned has a pid"),
@@ -624,6 +648,41 @@ impl Proc {
             exit: Mutex::new(None),
             log: log.to_path_buf(),
         })
+    }
+
+    /// Polls `probe` until it holds; fails at once, with the tail of the log, when the process
+    /// exits first, and after `timeout`. `what` names what is awaited, for the errors.
+    pub(crate) async fn wait_for<F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if probe().await {
+                return Ok(());
+            }
+            if let Some(s) = self.exited() {
+                bail!(
+                    "{} exited ({s}) while waiting for {what}:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: still waiting for {what} after {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -726,6 +785,101 @@ fn tail_file(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A harness's temporary folder (name starting with `prefix`): `logs/` for every process's
+/// log, `nginx/` for nginx's prefix. nginx's workers may run as another user (root's default is
+/// nobody): the folder lets them in.
+pub(crate) fn work_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    std::fs::create_dir_all(dir.path().join("logs"))?;
+    std::fs::create_dir_all(dir.path().join("nginx"))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+/// The log file of process `name` in a [`work_dir`].
+pub(crate) fn log_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("logs").join(format!("{name}.log"))
+}
+
+/// An nginx started from a [`NginxConf`] in a [`work_dir`] (prefix `nginx/`, log
+/// `logs/nginx.log`). Every start and reload is awaited until nginx serves that configuration's
+/// generation.
+pub(crate) struct Nginx {
+    proc_: Proc,
+    conf_path: PathBuf,
+    timeout: Duration,
+}
+
+impl Nginx {
+    /// Writes `conf`, starts nginx and waits up to `timeout` until it serves it.
+    pub(crate) async fn start(
+        bin: &Path,
+        dir: &Path,
+        conf: &NginxConf,
+        timeout: Duration,
+    ) -> Result<Nginx> {
+        let prefix = dir.join("nginx");
+        let conf_path = prefix.join("nginx.conf");
+        std::fs::write(&conf_path, nginx_conf(conf)?)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-p")
+            .arg(format!("{}/", prefix.display()))
+            .args(["-e", "stderr", "-c"])
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"]);
+        // SIGTERM on parent death: the master then stops its workers.
+        let proc_ = Proc::spawn(
+            cmd,
+            "nginx",
+            &log_path(dir, "nginx"),
+            libc::SIGTERM,
+            Echo::Command,
+        )?;
+        let n = Nginx {
+            proc_,
+            conf_path,
+            timeout,
+        };
+        n.wait_serving(conf).await?;
+        Ok(n)
+    }
+
+    /// Rewrites the configuration with `conf` (a new generation) and reloads nginx (SIGHUP),
+    /// waiting until the new configuration answers.
+    pub(crate) async fn reload(&self, conf: &NginxConf) -> Result<()> {
+        std::fs::write(&self.conf_path, nginx_conf(conf)?)?;
+        // An nginx that has exited is reported, with its log, by the wait.
+        if self.proc_.exited().is_none() {
+            self.proc_.signal(libc::SIGHUP)?;
+        }
+        self.wait_serving(conf).await
+    }
+
+    async fn wait_serving(&self, conf: &NginxConf) -> Result<()> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], conf.listen_port));
+        let want = conf.generation.to_string();
+        let want = &want;
+        self.proc_
+            .wait_for(
+                &format!("configuration {want} on {addr}"),
+                self.timeout,
+                move || async move {
+                    matches!(
+                        http_get(addr, "/__harness/generation", Duration::from_secs(2)).await,
+                        Ok(r) if r.status == 200 && r.body == *want
+                    )
+                },
+            )
+            .await
+    }
+
+    /// The master process.
+    pub(crate) fn proc_(&self) -> &Proc {
+        &self.proc_
+    }
+}
+
 /// One node of the cluster.
 pub struct Node {
     pub name: String,
@@ -755,7 +909,7 @@ pub struct Cluster {
     nginx_bin: PathBuf,
     nginx_port: u16,
     nginx_generation: u64,
-    nginx: Option<Proc>,
+    nginx: Option<Nginx>,
 }
 
 /// What the harness needs besides the server: `(redis-server, nginx)` paths, by the
@@ -778,14 +932,7 @@ impl Cluster {
         redis_bin: PathBuf,
         nginx_bin: PathBuf,
     ) -> Result<Cluster> {
-        let dir = tempfile::Builder::new()
-            .prefix("rt-data-plane-")
-            .tempdir()?;
-        std::fs::create_dir_all(dir.path().join("logs"))?;
-        std::fs::create_dir_all(dir.path().join("nginx"))?;
-        // nginx's workers may run as another user (root's default is nobody): let them in.
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let dir = work_dir("rt-data-plane-")?;
         let redis_port = match cfg.redis_port {
             Some(p) => p,
             None => free_port()?,
@@ -911,7 +1058,7 @@ impl Cluster {
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join("logs").join(format!("{name}.log"))
+        log_path(self.dir.path(), name)
     }
 
     // ---- Redis ----
@@ -931,32 +1078,16 @@ impl Cluster {
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
         .arg("--dir")
         .arg(self.dir.path());
-        self.redis = Some(Proc::spawn(
+        let p = Proc::spawn(
             cmd,
             "redis",
             &self.log_path("redis"),
             libc::SIGKILL,
-        )?);
+            Echo::Command,
+        )?;
+        let p = self.redis.insert(p);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.redis_port));
-        let deadline = Instant::now() + self.cfg.start_timeout;
-        loop {
-            if redis_ping(addr).await.is_ok() {
-                return Ok(());
-            }
-            if let Some(s) = self.redis.as_ref().and_then(Proc::exited) {
-                bail!(
-                    "redis exited ({s}):\n{}",
-                    tail_file(&self.log_path("redis"), 30)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "redis not answering PING after {:?}",
-                    self.cfg.start_timeout
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_redis(p, addr, None, self.cfg.start_timeout).await
     }
 
     /// Stops redis-server with `sig` (SIGTERM: a clean shutdown; SIGKILL: a crash).
@@ -1003,7 +1134,7 @@ impl Cluster {
             cmd.env(k, v);
         }
         let log = self.log_path(&node.name);
-        let p = Proc::spawn(cmd, &node.name, &log, libc::SIGKILL)?;
+        let p = Proc::spawn(cmd, &node.name, &log, libc::SIGKILL, Echo::Command)?;
         self.nodes[i].proc_ = Some(p);
         Ok(())
     }
@@ -1026,28 +1157,13 @@ impl Cluster {
 
     /// Waits until node `i` is ready; fails early (with its log) if it exits.
     pub async fn wait_ready(&self, i: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let node = &self.nodes[i];
-        loop {
-            if self.is_ready(i).await {
-                return Ok(());
-            }
-            if let Some(s) = node.proc_.as_ref().and_then(Proc::exited) {
-                bail!(
-                    "node {} exited ({s}) before it was ready:\n{}",
-                    node.name,
-                    node.proc_.as_ref().unwrap().log_tail(40)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "node {} not ready after {timeout:?}:\n{}",
-                    node.name,
-                    tail_file(&self.log_path(&node.name), 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let what = format!(
+            "readiness (GET {} answers 200)",
+            self.cfg.server.readiness_path
+        );
+        self.node_proc(i)
+            .wait_for(&what, timeout, || self.is_ready(i))
+            .await
     }
 
     /// Polls until `f(node ready?)` holds for node `i` (e.g. `|r| !r` for "not ready");
@@ -1153,85 +1269,46 @@ impl Cluster {
 
     // ---- nginx ----
 
-    fn nginx_conf_text(&self) -> Result<String> {
+    fn nginx_conf(&self) -> NginxConf {
         let upstream = self
             .upstream()
             .iter()
             .map(|i| self.nodes[*i].port)
             .collect();
-        nginx_conf(&NginxConf {
+        NginxConf {
             worker_processes: self.cfg.nginx_workers,
             worker_connections: self.cfg.nginx_worker_connections,
             generation: self.nginx_generation,
             ..NginxConf::new(self.nginx_port, upstream, self.cfg.affinity.clone())
-        })
+        }
     }
 
     async fn start_nginx(&mut self) -> Result<()> {
-        let prefix = self.dir.path().join("nginx");
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, self.nginx_conf_text()?)?;
-        let mut cmd = Command::new(&self.nginx_bin);
-        cmd.arg("-p")
-            .arg(format!("{}/", prefix.display()))
-            .args(["-e", "stderr", "-c"])
-            .arg(&conf)
-            .args(["-g", "daemon off;"]);
-        // SIGTERM on parent death: the master then stops its workers.
-        self.nginx = Some(Proc::spawn(
-            cmd,
-            "nginx",
-            &self.log_path("nginx"),
-            libc::SIGTERM,
-        )?);
-        self.wait_nginx_generation(self.nginx_generation).await
+        let conf = self.nginx_conf();
+        let n = Nginx::start(
+            &self.nginx_bin,
+            self.dir.path(),
+            &conf,
+            self.cfg.start_timeout,
+        );
+        self.nginx = Some(n.await?);
+        Ok(())
     }
 
     /// Rewrites nginx.conf from the current upstream and reloads nginx (SIGHUP), waiting until
     /// the new configuration answers.
     pub async fn reload_nginx(&mut self) -> Result<()> {
         self.nginx_generation += 1;
-        std::fs::write(
-            self.dir.path().join("nginx/nginx.conf"),
-            self.nginx_conf_text()?,
-        )?;
+        let conf = self.nginx_conf();
         self.nginx
             .as_ref()
             .ok_or_else(|| anyhow!("nginx is not running"))?
-            .signal(libc::SIGHUP)?;
-        self.wait_nginx_generation(self.nginx_generation).await
-    }
-
-    async fn wait_nginx_generation(&self, generation: u64) -> Result<()> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.nginx_port));
-        let deadline = Instant::now() + self.cfg.start_timeout;
-        let want = generation.to_string();
-        loop {
-            if let Ok(r) = http_get(addr, "/__harness/generation", Duration::from_secs(2)).await
-                && r.status == 200
-                && r.body == want
-            {
-                return Ok(());
-            }
-            if let Some(s) = self.nginx.as_ref().and_then(Proc::exited) {
-                bail!(
-                    "nginx exited ({s}):\n{}",
-                    tail_file(&self.log_path("nginx"), 30)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "nginx not serving configuration {generation} after {:?}:\n{}",
-                    self.cfg.start_timeout,
-                    tail_file(&self.log_path("nginx"), 30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            .reload(&conf)
+            .await
     }
 
     pub fn nginx_proc(&self) -> Option<&Proc> {
-        self.nginx.as_ref()
+        self.nginx.as_ref().map(Nginx::proc_)
     }
 
     /// PIDs in rtbench's `--pids` format: `n1=PID,...,redis=PID,nginx=MASTER+WORKER+...`.
@@ -1244,7 +1321,7 @@ impl Cluster {
         if let Some(r) = &self.redis {
             parts.push(format!("redis={}", r.pid()));
         }
-        if let Some(n) = &self.nginx {
+        if let Some(n) = self.nginx_proc() {
             let mut all = vec![n.pid()];
             all.extend(children_of(n.pid()));
             parts.push(format!(
@@ -1263,7 +1340,7 @@ impl Cluster {
             .iter()
             .filter_map(|n| n.proc_.as_ref())
             .chain(self.redis.as_ref())
-            .chain(self.nginx.as_ref());
+            .chain(self.nginx_proc());
         for p in procs {
             let _ = write!(
                 s,
@@ -1319,21 +1396,44 @@ fn children_of(pid: u32) -> Vec<u32> {
     v
 }
 
-/// One RESP PING.
-async fn redis_ping(addr: SocketAddr) -> Result<()> {
+/// AUTH (when a password is given) and PING over RESP.
+async fn redis_ping(addr: SocketAddr, password: Option<&str>) -> Result<()> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(b"PING\r\n").await?;
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).await?;
+        let mut req = String::new();
+        let mut want = String::new();
+        if let Some(p) = password {
+            req.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len()));
+            want.push_str("+OK\r\n");
+        }
+        req.push_str("*1\r\n$4\r\nPING\r\n");
+        want.push_str("+PONG\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = vec![0u8; want.len()];
+        s.read_exact(&mut buf).await?;
         anyhow::ensure!(
-            buf[..n].starts_with(b"+PONG"),
+            buf == want.as_bytes(),
             "answered {:?}",
-            String::from_utf8_lossy(&buf[..n])
+            String::from_utf8_lossy(&buf)
         );
         anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(1), fut).await?
+}
+
+/// Waits up to `timeout` until the redis-server `p` answers PING on `addr` (after AUTH with
+/// `password`).
+pub(crate) async fn wait_redis(
+    p: &Proc,
+    addr: SocketAddr,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<()> {
+    let what = format!("a PONG on {addr}");
+    p.wait_for(&what, timeout, move || async move {
+        redis_ping(addr, password).await.is_ok()
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -1476,6 +1576,56 @@ mod tests {
         let mut c = NginxConf::new(8080, vec![3001], Affinity::IpHash);
         c.path = "socket.io".into();
         assert!(nginx_conf(&c).is_err(), "a location path starts with /");
+    }
+
+    #[tokio::test]
+    async fn waits_end_early_with_the_log_when_the_process_exits() {
+        let dir = work_dir("rt-proc-test-").unwrap();
+        let log = log_path(dir.path(), "sh");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo boom; exit 3"]);
+        let p = Proc::spawn(cmd, "sh", &log, libc::SIGKILL, Echo::Program).unwrap();
+        let t0 = Instant::now();
+        let e = p
+            .wait_for("godot", Duration::from_secs(30), || async { false })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{e}");
+        assert!(
+            e.starts_with("sh exited (exit status: 3) while waiting for godot"),
+            "{e}"
+        );
+        assert!(e.contains("boom"), "{e}");
+        // the log's head names the program only
+        assert!(e.contains("starting sh: \"/bin/sh\"\n"), "{e}");
+
+        let mut cmd = Command::new("/bin/sleep");
+        cmd.arg("30");
+        let p = Proc::spawn(cmd, "sleep", &log, libc::SIGKILL, Echo::Command).unwrap();
+        let e = p
+            .wait_for("godot", Duration::from_millis(100), || async { false })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("sleep: still waiting for godot after 100ms"),
+            "{e}"
+        );
+        assert!(
+            e.contains("\"/bin/sleep\" \"30\""),
+            "the whole command: {e}"
+        );
+        let mut n = 0;
+        p.wait_for("the third poll", Duration::from_secs(5), || {
+            n += 1;
+            std::future::ready(n == 3)
+        })
+        .await
+        .unwrap();
+        let s = p.stop(libc::SIGTERM, Duration::from_secs(5)).await.unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(s.signal(), Some(libc::SIGTERM));
     }
 
     #[test]

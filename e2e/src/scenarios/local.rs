@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,16 +30,14 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use super::Target;
 use super::ingress::{self, IngressSpec};
 use super::kubectl::{Applied, Kubectl};
 use super::kubelet::{self, PodFacts, PodView, Sources, Step};
 use crate::control_plane::{self, ControlPlane, Tools};
-use crate::data_plane::{self, Affinity, NginxConf, die_with_parent, free_port, http_get};
+use crate::data_plane::{self, Affinity, Echo, Nginx, NginxConf, Proc, free_port, http_get};
 use crate::require::{require, workspace_bin};
 use crate::sio::ConnectOptions;
 
@@ -52,97 +49,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Prints a line about what this path simulates (always visible, even under test capture).
 fn simulated(msg: &str) {
     super::note(&format!("[path B] SIMULATED (no kubelet here): {msg}"));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------------
-
-/// A started process in its own process group, output in a log file, SIGKILLed with its group
-/// when dropped and when the test process dies.
-pub struct Process {
-    name: String,
-    pid: u32,
-    child: Child,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
-}
-
-impl Process {
-    fn spawn(mut cmd: Command, name: &str, log: &Path) -> Result<Process> {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        writeln!(
-            f,
-            "---- harness: starting {name}: {:?}",
-            cmd.as_std().get_program()
-        )?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f))
-            .process_group(0)
-            .kill_on_drop(true);
-        die_with_parent(cmd.as_std_mut(), libc::SIGKILL);
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Process {
-            name: name.to_string(),
-            pid: child.id().expect("a fresh child has a pid"),
-            child,
-            log: log.to_path_buf(),
-            exit: None,
-        })
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
-    }
-
-    /// `sig`, then SIGKILL to the group after `grace`.
-    async fn stop(&mut self, sig: libc::c_int, grace: Duration) -> Result<ExitStatus> {
-        if let Some(s) = self.exited() {
-            return Ok(s);
-        }
-        // SAFETY: a plain kill(2) on our own, not yet reaped child.
-        unsafe { libc::kill(self.pid as libc::pid_t, sig) };
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Some(s) = self.exited() {
-                return Ok(s);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.kill_group();
-        let s = tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .with_context(|| format!("{} survived SIGKILL", self.name))??;
-        self.exit = Some(s);
-        Ok(s)
-    }
-
-    fn kill_group(&mut self) {
-        if self.exited().is_none() {
-            // SAFETY: the group was made for this child, whose leader is not reaped yet.
-            unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL) };
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill_group();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,7 +97,7 @@ struct ServerPod {
     port: u16,
     template_hash: String,
     ready: bool,
-    process: Process,
+    process: Proc,
 }
 
 /// A RealtimeCluster reconciled by the real operator on the local control plane, with its
@@ -204,11 +110,11 @@ pub struct LocalTarget {
     dir: tempfile::TempDir,
     name: String,
     uid: String,
-    operator: Process,
-    redis: Option<Process>,
+    operator: Proc,
+    redis: Option<Proc>,
     redis_port: u16,
     pods: Vec<ServerPod>,
-    nginx: Option<Process>,
+    nginx: Option<Nginx>,
     nginx_port: u16,
     nginx_generation: u64,
     ingress: Option<IngressSpec>,
@@ -242,12 +148,7 @@ impl LocalTarget {
             .to_string();
         let ns = cp.create_namespace("e2e").await?;
         let client = cp.client().await?;
-        let dir = tempfile::Builder::new().prefix("rt-path-b-").tempdir()?;
-        std::fs::create_dir_all(dir.path().join("logs"))?;
-        std::fs::create_dir_all(dir.path().join("nginx"))?;
-        // nginx's workers may run as another user: let them into the prefix.
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let dir = data_plane::work_dir("rt-path-b-")?;
 
         let kubeconfig = cp.kubeconfig_path().to_path_buf();
         let kubectl = Kubectl::new(
@@ -271,7 +172,13 @@ impl LocalTarget {
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info");
-        let operator = Process::spawn(cmd, "operator", &dir.path().join("logs/operator.log"))?;
+        let operator = Proc::spawn(
+            cmd,
+            "operator",
+            &data_plane::log_path(dir.path(), "operator"),
+            libc::SIGKILL,
+            Echo::Program,
+        )?;
 
         let mut t = LocalTarget {
             cp,
@@ -345,7 +252,19 @@ impl LocalTarget {
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.path().join("logs").join(format!("{name}.log"))
+        data_plane::log_path(self.dir.path(), name)
+    }
+
+    /// Starts a pod's (or the operator's) process, which dies with the harness. Only the
+    /// program is logged: arguments and environment carry the operator's Secrets.
+    fn spawn(&self, cmd: Command, name: &str) -> Result<Proc> {
+        Proc::spawn(
+            cmd,
+            name,
+            &self.log_path(name),
+            libc::SIGKILL,
+            Echo::Program,
+        )
     }
 
     /// The operator's log and every process's, for failures.
@@ -359,13 +278,17 @@ impl LocalTarget {
                 p.process.log_tail(lines)
             ));
         }
-        for p in self.redis.iter().chain(self.nginx.iter()) {
-            s.push_str(&format!("---- {} ----\n{}\n", p.name, p.log_tail(lines)));
+        for p in self
+            .redis
+            .iter()
+            .chain(self.nginx.as_ref().map(Nginx::proc_))
+        {
+            s.push_str(&format!("---- {} ----\n{}\n", p.name(), p.log_tail(lines)));
         }
         s
     }
 
-    fn check_operator(&mut self) -> Result<()> {
+    fn check_operator(&self) -> Result<()> {
         if let Some(s) = self.operator.exited() {
             bail!("the operator exited ({s}):\n{}", self.operator.log_tail(40));
         }
@@ -388,6 +311,16 @@ impl LocalTarget {
                 .iter()
                 .any(|r| r.uid == self.uid && r.controller == Some(true))
         }))
+    }
+
+    /// The server Deployment the operator created.
+    async fn deployment(&self) -> Result<Deployment> {
+        self.owned().await?.context("the server Deployment is gone")
+    }
+
+    /// The Redis StatefulSet the operator created.
+    async fn redis_statefulset(&self) -> Result<StatefulSet> {
+        self.owned().await?.context("the Redis StatefulSet is gone")
     }
 
     async fn wait_owned<K>(&mut self, what: &str) -> Result<K>
@@ -526,30 +459,13 @@ impl LocalTarget {
             .env_clear()
             .envs(env.iter().cloned())
             .current_dir(&data);
-        let log = self.log_path(&pod_name);
-        self.redis = Some(Process::spawn(cmd, &pod_name, &log)?);
+        let redis = self.redis.insert(self.spawn(cmd, &pod_name)?);
         let password = env
             .iter()
             .find(|(k, _)| k == "REDISCLI_AUTH" || k == "REDIS_PASSWORD")
-            .map(|(_, v)| v.clone());
+            .map(|(_, v)| v.as_str());
         let addr = SocketAddr::from(([127, 0, 0, 1], self.redis_port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if redis_ping(addr, password.as_deref()).await.is_ok() {
-                break;
-            }
-            if let Some(s) = self.redis.as_mut().and_then(Process::exited) {
-                bail!(
-                    "redis-server exited ({s}):\n{}",
-                    self.redis.as_ref().unwrap().log_tail(30)
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "redis-server not answering an authenticated PING"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        data_plane::wait_redis(redis, addr, password, START_TIMEOUT).await?;
         self.patch_statefulset_status(sts, 1).await?;
         simulated(&format!(
             "pod {pod_name}: redis-server with the StatefulSet's args (password from Secret, --dir on a fresh emptyDir) on 127.0.0.1:{}; StatefulSet status written by the harness",
@@ -591,10 +507,7 @@ impl LocalTarget {
                 started.elapsed() < Duration::from_secs(300),
                 "the rollout did not converge in 5 minutes"
             );
-            let dep = self
-                .owned::<Deployment>()
-                .await?
-                .context("the server Deployment is gone")?;
+            let dep = self.deployment().await?;
             let spec = dep.spec.clone().context("Deployment without spec")?;
             let desired = spec.replicas.unwrap_or(1).max(0) as usize;
             let hash = kubelet::template_hash(&spec.template);
@@ -650,10 +563,7 @@ impl LocalTarget {
             "the server container overrides the image's entrypoint: {:?}",
             c.command
         );
-        let sts = self
-            .owned::<StatefulSet>()
-            .await?
-            .context("the Redis StatefulSet is gone")?;
+        let sts = self.redis_statefulset().await?;
         let mut env = kubelet::resolve_env(
             c.env.as_deref().unwrap_or_default(),
             &self.pod_facts(&name, &spec.template),
@@ -685,8 +595,7 @@ impl LocalTarget {
             .collect();
         let mut cmd = Command::new(&self.programs.server);
         cmd.args(&args).env_clear().envs(env.iter().cloned());
-        let log = self.log_path(&name);
-        let process = Process::spawn(cmd, &name, &log)?;
+        let process = self.spawn(cmd, &name)?;
         self.pods.push(ServerPod {
             name: name.clone(),
             port,
@@ -704,7 +613,7 @@ impl LocalTarget {
         Ok(())
     }
 
-    async fn wait_pod_ready(&mut self, i: usize, c: &Container) -> Result<()> {
+    async fn wait_pod_ready(&self, i: usize, c: &Container) -> Result<()> {
         let path = c
             .readiness_probe
             .as_ref()
@@ -712,29 +621,18 @@ impl LocalTarget {
             .and_then(|h| h.path.clone())
             .unwrap_or_else(|| "/".into());
         let addr = SocketAddr::from(([127, 0, 0, 1], self.pods[i].port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if matches!(http_get(addr, &path, Duration::from_secs(2)).await, Ok(r) if r.status == 200)
-            {
-                return Ok(());
-            }
-            let p = &mut self.pods[i];
-            if let Some(s) = p.process.exited() {
-                bail!(
-                    "pod {} exited ({s}) before it was ready:\n{}",
-                    p.name,
-                    p.process.log_tail(40)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {} not ready on GET {path} after {START_TIMEOUT:?}:\n{}",
-                    p.name,
-                    p.process.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let path = &path;
+        self.pods[i]
+            .process
+            .wait_for(
+                &format!("readiness (GET {path} answers 200)"),
+                START_TIMEOUT,
+                move || async move {
+                    let r = http_get(addr, path, Duration::from_secs(2)).await;
+                    r.is_ok_and(|r| r.status == 200)
+                },
+            )
+            .await
     }
 
     async fn stop_pod(&mut self, dep: &Deployment, name: &str) -> Result<()> {
@@ -827,7 +725,7 @@ impl LocalTarget {
         Ok(())
     }
 
-    fn nginx_conf(&self) -> Result<String> {
+    fn nginx_conf(&self) -> NginxConf {
         let ports: Vec<u16> = self
             .pods
             .iter()
@@ -838,67 +736,33 @@ impl LocalTarget {
             .ingress
             .as_ref()
             .expect("the Ingress is read before nginx starts");
-        data_plane::nginx_conf(&NginxConf {
+        NginxConf {
             generation: self.nginx_generation,
             ..spec.nginx_conf(self.nginx_port, ports)
-        })
+        }
     }
 
     async fn start_nginx(&mut self) -> Result<()> {
-        let prefix = self.dir.path().join("nginx");
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, self.nginx_conf()?)?;
-        let mut cmd = Command::new(&self.programs.nginx);
-        cmd.arg("-p")
-            .arg(format!("{}/", prefix.display()))
-            .args(["-e", "stderr", "-c"])
-            .arg(&conf)
-            .args(["-g", "daemon off;"]);
-        let log = self.log_path("nginx");
-        self.nginx = Some(Process::spawn(cmd, "nginx", &log)?);
-        self.wait_nginx().await
+        let conf = self.nginx_conf();
+        let n = Nginx::start(&self.programs.nginx, self.dir.path(), &conf, START_TIMEOUT);
+        self.nginx = Some(n.await?);
+        Ok(())
     }
 
     /// Rewrites the upstream from the ready pods and reloads nginx (no-op before it starts).
     async fn reload_nginx(&mut self) -> Result<()> {
-        let Some(pid) = self.nginx.as_ref().map(|n| n.pid) else {
-            return Ok(());
-        };
-        if self.pods.iter().all(|p| !p.ready) {
-            // No endpoints: ingress-nginx answers 503; nginx cannot have an empty upstream,
-            // so it keeps the last one until a pod is ready again.
+        // No endpoints: ingress-nginx answers 503; nginx cannot have an empty upstream, so it
+        // keeps the last one until a pod is ready again.
+        if self.nginx.is_none() || self.pods.iter().all(|p| !p.ready) {
             return Ok(());
         }
         self.nginx_generation += 1;
-        std::fs::write(self.dir.path().join("nginx/nginx.conf"), self.nginx_conf()?)?;
-        // SAFETY: SIGHUP to our nginx master.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
-        self.wait_nginx().await
-    }
-
-    async fn wait_nginx(&mut self) -> Result<()> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.nginx_port));
-        let want = self.nginx_generation.to_string();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(r) = http_get(addr, "/__harness/generation", Duration::from_secs(2)).await
-                && r.status == 200
-                && r.body == want
-            {
-                return Ok(());
-            }
-            if let Some(s) = self.nginx.as_mut().and_then(Process::exited) {
-                bail!(
-                    "nginx exited ({s}):\n{}",
-                    self.nginx.as_ref().unwrap().log_tail(30)
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "nginx not serving configuration {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let conf = self.nginx_conf();
+        let nginx = self
+            .nginx
+            .as_ref()
+            .expect("nginx is running (checked above)");
+        nginx.reload(&conf).await
     }
 
     // ---- status ----
@@ -964,10 +828,7 @@ impl LocalTarget {
 
     async fn wait_all_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let dep = self
-            .owned::<Deployment>()
-            .await?
-            .context("the Deployment is gone")?;
+        let dep = self.deployment().await?;
         let c = dep
             .spec
             .as_ref()
@@ -1010,31 +871,6 @@ fn map_mounts(args: &[String], c: &Container, root: &Path) -> Result<Vec<String>
     }
     std::fs::create_dir_all(root)?;
     Ok(out)
-}
-
-/// AUTH (when a password is given) and PING over RESP.
-async fn redis_ping(addr: SocketAddr, password: Option<&str>) -> Result<()> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await?;
-        let mut req = String::new();
-        let mut want = String::new();
-        if let Some(p) = password {
-            req.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len()));
-            want.push_str("+OK\r\n");
-        }
-        req.push_str("*1\r\n$4\r\nPING\r\n");
-        want.push_str("+PONG\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = vec![0u8; want.len()];
-        s.read_exact(&mut buf).await?;
-        ensure!(
-            buf == want.as_bytes(),
-            "answered {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(1), fut).await?
 }
 
 impl Target for LocalTarget {
@@ -1103,10 +939,7 @@ impl Target for LocalTarget {
     }
 
     async fn rolling_restart(&mut self) -> Result<()> {
-        let dep = self
-            .owned::<Deployment>()
-            .await?
-            .context("the Deployment is gone")?;
+        let dep = self.deployment().await?;
         let before = kubelet::template_hash(&dep.spec.as_ref().unwrap().template);
         self.kubectl
             .ok(&[
@@ -1129,25 +962,19 @@ impl Target for LocalTarget {
     }
 
     async fn delete_redis(&mut self) -> Result<()> {
-        let sts = self
-            .owned::<StatefulSet>()
-            .await?
-            .context("the Redis StatefulSet is gone")?;
+        let sts = self.redis_statefulset().await?;
         simulated(
             "Redis pod deleted: redis-server gets SIGTERM and its emptyDir is dropped; server processes stay in nginx's upstream (readiness probes are not simulated)",
         );
         self.patch_statefulset_status(&sts, 0).await?;
-        if let Some(mut p) = self.redis.take() {
+        if let Some(p) = self.redis.take() {
             p.stop(libc::SIGTERM, Duration::from_secs(10)).await?;
         }
         Ok(())
     }
 
     async fn wait_redis_back(&mut self) -> Result<()> {
-        let sts = self
-            .owned::<StatefulSet>()
-            .await?
-            .context("the Redis StatefulSet is gone")?;
+        let sts = self.redis_statefulset().await?;
         simulated(
             "the StatefulSet's pod comes back: redis-server restarted on the same port (a stable Service) with the same Secret",
         );
