@@ -906,30 +906,60 @@ async fn sigterm_moves_clients_to_another_node_through_nginx() {
     );
 }
 
+/// The `Set-Cookie` nginx answers an Engine.IO handshake sent with `cookie` as its `Cookie`.
+async fn handshake_set_cookie(nginx: std::net::SocketAddr, cookie: Option<&str>) -> Option<String> {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let r = http_get_with(nginx, handshake, &headers, T).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    r.header("set-cookie").map(str::to_string)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_affinity_keeps_polling_clients_on_one_node() {
     // The harness's other affinity mode (what the operator asks of ingress-nginx): checked
     // here so that the end-to-end scenarios can rely on it.
-    let Some(s) = setup(3, &[], Affinity::cookie()).await else {
+    cookie_affinity(Affinity::cookie(), "INGRESSCOOKIE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_affinity_with_a_dashed_cookie_name_spreads_clients() {
+    // The operator's default cookie: nginx's `$cookie_NAME` cannot name it, and with it every
+    // client once hashed to one node.
+    cookie_affinity(Affinity::named_cookie("rt-affinity"), "rt-affinity").await;
+}
+
+/// nginx with cookie affinity on cookie `name`: hands the cookie out once, keeps clients on one
+/// node, and spreads fresh clients over more than one node.
+async fn cookie_affinity(affinity: Affinity, name: &str) {
+    let Some(s) = setup(3, &[], affinity).await else {
         return;
     };
     // nginx hands out the affinity cookie once, and keeps a client that shows it on one node
     let nginx = std::net::SocketAddr::from(([127, 0, 0, 1], s.cluster.nginx_port()));
-    let handshake = "/socket.io/?EIO=4&transport=polling";
-    let r = http_get_with(nginx, handshake, &[], T).await.unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
-    let cookie = r
-        .header("set-cookie")
+    let cookie = handshake_set_cookie(nginx, None)
+        .await
         .expect("a Set-Cookie for a client without the cookie");
-    assert!(cookie.starts_with("INGRESSCOOKIE="), "{cookie}");
+    assert!(cookie.starts_with(&format!("{name}=")), "{cookie}");
     let cookie = cookie.split(';').next().unwrap().to_string();
-    for _ in 0..3 {
-        let r = http_get_with(nginx, handshake, &[("Cookie", &cookie)], T)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("set-cookie"), None, "the cookie is set once");
+    let value = &cookie[name.len() + 1..];
+    for shown in [
+        cookie.clone(),
+        format!("other=1; {cookie}"),
+        format!("other=1;{cookie}; more=2"),
+    ] {
+        assert_eq!(
+            handshake_set_cookie(nginx, Some(&shown)).await,
+            None,
+            "the cookie is set once (Cookie: {shown})"
+        );
     }
+    // a cookie whose name only ends like ours is another cookie
+    let other = format!("x{name}={value}");
+    assert!(
+        handshake_set_cookie(nginx, Some(&other)).await.is_some(),
+        "Cookie: {other} is not the affinity cookie"
+    );
     // socket.io-client (withCredentials: its cookie jar) then sticks to one node: a long-polling
     // session fails at once when one of its requests reaches another node
     let mut clients = Vec::new();
