@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Facts about one (simulated) pod that `fieldRef` can select.
@@ -60,6 +60,12 @@ pub fn expand(s: &str, vars: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The container's `args` with `$(VAR)` references to its environment `env` expanded, as a
+/// kubelet starts it.
+pub fn container_args(c: &Container, env: &[(String, String)]) -> Vec<String> {
+    c.args.iter().flatten().map(|a| expand(a, env)).collect()
 }
 
 /// The value of a `fieldRef` path for `pod`.
@@ -358,6 +364,19 @@ mod tests {
         assert_eq!(expand("$(A)$(A)-$(B)", &vars), "11-$(B)");
         assert_eq!(expand("$$(A) $$ $x $(", &vars), "$(A) $ $x $(");
         assert_eq!(expand("", &vars), "");
+        let c = Container {
+            args: Some(vec![
+                "redis-server".into(),
+                "--requirepass".into(),
+                "$(PW)".into(),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(
+            container_args(&c, &vars),
+            ["redis-server", "--requirepass", "s3"]
+        );
+        assert!(container_args(&Container::default(), &vars).is_empty());
     }
 
     #[test]

@@ -55,6 +55,23 @@ fn simulated(msg: &str) {
 // The target
 // ---------------------------------------------------------------------------------------------
 
+/// A namespaced Kubernetes object this harness reads and writes through the API.
+trait Namespaced:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// The programs this path runs.
 #[derive(Debug, Clone)]
 pub struct Programs {
@@ -296,14 +313,7 @@ impl LocalTarget {
     }
 
     /// The one object of kind `K` in the namespace that the RealtimeCluster owns.
-    async fn owned<K>(&self) -> Result<Option<K>>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    async fn owned<K: Namespaced>(&self) -> Result<Option<K>> {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.ns());
         let list = api.list(&ListParams::default()).await?;
         Ok(list.items.into_iter().find(|o| {
@@ -323,14 +333,7 @@ impl LocalTarget {
         self.owned().await?.context("the Redis StatefulSet is gone")
     }
 
-    async fn wait_owned<K>(&mut self, what: &str) -> Result<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    async fn wait_owned<K: Namespaced>(&mut self, what: &str) -> Result<K> {
         let deadline = Instant::now() + OPERATOR_TIMEOUT;
         loop {
             self.check_operator()?;
@@ -432,13 +435,7 @@ impl LocalTarget {
             &self.sources().await?,
         )
         .context("the Redis container's environment")?;
-        let args: Vec<String> = c
-            .args
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .map(|a| kubelet::expand(a, &env))
-            .collect();
+        let args = kubelet::container_args(c, &env);
         ensure!(
             c.command.is_none() && args.first().map(String::as_str) == Some("redis-server"),
             "the Redis container does not run `redis-server ...` through the image's entrypoint: {:?} {args:?}",
@@ -486,14 +483,8 @@ impl LocalTarget {
             "currentReplicas": 1, "updatedReplicas": 1,
             "currentRevision": rev, "updateRevision": rev,
         }});
-        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), self.ns());
-        api.patch_status(
-            &sts.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await?;
-        Ok(())
+        self.patch_status::<StatefulSet>(&sts.name_any(), &status)
+            .await
     }
 
     // ---- server pods (the Deployment's) ----
@@ -586,13 +577,7 @@ impl LocalTarget {
                 kubelet::rewrite_url_host(&url, &names, &format!("127.0.0.1:{}", self.redis_port))?;
             kubelet::set_env(&mut env, "REDIS_URL", &local);
         }
-        let args: Vec<String> = c
-            .args
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .map(|a| kubelet::expand(a, &env))
-            .collect();
+        let args = kubelet::container_args(c, &env);
         let mut cmd = Command::new(&self.programs.server);
         cmd.args(&args).env_clear().envs(env.iter().cloned());
         let process = self.spawn(cmd, &name)?;
@@ -698,13 +683,15 @@ impl LocalTarget {
                  "message": "simulated by the realtime-e2e harness (no kubelet)"},
             ],
         }});
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), self.ns());
-        api.patch_status(
-            &dep.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&status),
-        )
-        .await?;
+        self.patch_status::<Deployment>(&dep.name_any(), &status)
+            .await
+    }
+
+    /// Merges `status` into the status of the `K` named `name`, as its controller would.
+    async fn patch_status<K: Namespaced>(&self, name: &str, status: &Value) -> Result<()> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns());
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await?;
         Ok(())
     }
 

@@ -429,6 +429,25 @@ async fn room_broadcast<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
 // 3. private message
 // ---------------------------------------------------------------------------------------------
 
+/// `from` sends `{from: its id, text}` as event `ev` to `to`'s socket id, and `to` must get
+/// exactly that. The labels name the two in errors.
+async fn send_private(
+    (from, from_label): (&Placed, &str),
+    (to, to_label): (&Placed, &str),
+    ev: &str,
+    text: &str,
+) -> Result<()> {
+    let msg = json!({"from": from.hello.id, "text": text});
+    from.client.send_to(&to.hello.id, ev, msg.clone()).await?;
+    let got = to
+        .client
+        .wait_event(ev, WAIT)
+        .await
+        .with_context(|| format!("{to_label} waiting for {from_label}'s private message"))?;
+    ensure!(got.data() == &msg, "{to_label} got {}", got.data());
+    Ok(())
+}
+
 async fn private_message<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let s = Scenario::PrivateMessage;
     let nodes = need_nodes(t, s, 2).await?;
@@ -439,40 +458,8 @@ async fn private_message<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     let ev = format!("dm-{n}");
     // A bystander joins a room named like B's socket id: private messages must not leak to it.
     c.client.join(&b.hello.id).await?;
-    a.client
-        .send_to(
-            &b.hello.id,
-            &ev,
-            json!({"from": a.hello.id, "text": "hi B"}),
-        )
-        .await?;
-    let got = b
-        .client
-        .wait_event(&ev, WAIT)
-        .await
-        .context("B waiting for A's private message")?;
-    ensure!(
-        got.data() == &json!({"from": a.hello.id, "text": "hi B"}),
-        "B got {}",
-        got.data()
-    );
-    b.client
-        .send_to(
-            &a.hello.id,
-            &ev,
-            json!({"from": b.hello.id, "text": "hi A"}),
-        )
-        .await?;
-    let got = a
-        .client
-        .wait_event(&ev, WAIT)
-        .await
-        .context("A waiting for B's reply")?;
-    ensure!(
-        got.data() == &json!({"from": b.hello.id, "text": "hi A"}),
-        "A got {}",
-        got.data()
-    );
+    send_private((a, "A"), (b, "B"), &ev, "hi B").await?;
+    send_private((b, "B"), (a, "A"), &ev, "hi A").await?;
     let all = [&a.client, &b.client, &c.client, &e.client];
     fence(&[&a.client, &b.client], &all, &n).await?;
     ensure!(
