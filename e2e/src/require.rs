@@ -51,7 +51,11 @@ pub fn require<T>(what: &str, how_to_get: &str, found: Option<T>) -> Option<T> {
         Some(v) => Some(v),
         None if in_ci() => panic!("CI=true and {what} is missing: {how_to_get}"),
         None => {
-            eprintln!(
+            // Written to the stderr handle, not with `eprintln!`: the test harness captures the
+            // macros' output of passing tests, and a skip must never be silent.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n*** SKIPPED: {what} is missing ({how_to_get}). Under CI=true this fails. ***\n"
             );
             None
