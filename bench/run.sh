@@ -115,11 +115,13 @@ cat "$OUT/machine.txt" >&2
 BIND=127.0.1.1-127.0.20.1:256   # 20 source IPs differing in the 3rd octet: nginx ip_hash spreads them 50/50
 NGINX=(--url ws://127.0.0.1:8080 --bind-ips "$BIND")
 if [[ $QUICK == 1 ]]; then
-  ROUNDS=1; RECV=200; SWEEP=20@2,1@2,10@2,50@3; OVER=150@2,500@1
+  ROUNDS=1; RECV=200; SWEEP=20@2,1@2,10@2,50@3; OVER=150@2,400@3
   CONNS=1000; SETTLE=5; HOLD=5; DM_MSGS=1000; DRAIN_MAX=20
 else
-  # sweep: warm-up phase first (ignored), then the fixed rates; the 50/s phase is the latency point
-  ROUNDS=2; RECV=1000; SWEEP=20@5,1@5,10@5,25@5,50@10,75@5,100@5; OVER=150@5,500@2,2000@1
+  # sweep: warm-up phase first (ignored), then the fixed rates; the 50/s phase is the latency point.
+  # overload: 400@5 keeps a 5 s send window above both systems' saturation (per-process CPU at the
+  # limit); 2000@1 is a burst. Short phases, bounded drain (the backlog queues in the servers).
+  ROUNDS=2; RECV=1000; SWEEP=20@5,1@5,10@5,25@5,50@10,75@5,100@5; OVER=150@5,400@5,2000@1
   CONNS=5000; SETTLE=30; HOLD=30; DM_MSGS=5000; DRAIN_MAX=60
 fi
 FAN=(--clients "$RECV" --payload 100 --drain-max-secs "$DRAIN_MAX" --drain-idle-secs 5 --json)
@@ -154,12 +156,32 @@ start_cluster() {
   echo "$tag: $P" >> "$OUT/pids.txt"
 }
 
+# cpu_ticks "n1=PID,nginx=PID+PID,...": CPUTICKS {json} with utime+stime per name (all its PIDs summed),
+# so that the summary can charge the whole run, drain included, to the messages delivered in it.
+cpu_ticks() {
+  local item name p stat total out="" items pids f
+  IFS=, read -ra items <<< "$1"
+  for item in "${items[@]}"; do
+    name=${item%%=*}; total=0
+    IFS=+ read -ra pids <<< "${item#*=}"
+    for p in "${pids[@]}"; do
+      stat="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+      read -ra f <<< "${stat##*) }"   # f[0] = state (field 3): utime = f[11], stime = f[12]
+      total=$((total + f[11] + f[12]))
+    done
+    out+="\"$name\": $total, "
+  done
+  echo "CPUTICKS {\"hz\": $(getconf CLK_TCK), \"t\": $(date +%s.%N), \"ticks\": {${out%, }}}"
+}
+
 # run NAME CMD...: one rtbench invocation, its output kept in $OUT/NAME.txt
 run() {
   local name=$1; shift
   echo "### $name ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg)): $*" > "$OUT/$name.txt"
   say "$name"
+  cpu_ticks "$P" >> "$OUT/$name.txt"
   "$@" >> "$OUT/$name.txt" 2>&1 || say "$name: rtbench exited with $? (see $OUT/$name.txt)"
+  cpu_ticks "$P" >> "$OUT/$name.txt"
   grep -E '^(receivers|idle clients|peers):|^rate |^ *latency|^(same|cross)-node|^anomalies|early connection|failed x' "$OUT/$name.txt" >&2 || true
 }
 

@@ -32,9 +32,11 @@ class ParseTest(unittest.TestCase):
 
     def test_output_keeps_results_and_anomalies(self):
         text = out(phase(50, 100, 100, CPU50), extra="anomalies: early connection ends {}\nrate 50/s | ok\n")
-        results, anomalies = s.parse_output(text)
+        text += 'CPUTICKS {"hz": 100, "t": 1.0, "ticks": {"n1": 5}}\n'
+        results, anomalies, ticks = s.parse_output(text)
         self.assertEqual(len(results), 1)
         self.assertEqual(anomalies, ["anomalies: early connection ends {}"])
+        self.assertEqual(ticks, [{"hz": 100, "t": 1.0, "ticks": {"n1": 5}}])
 
 
 class MetricTest(unittest.TestCase):
@@ -42,6 +44,21 @@ class MetricTest(unittest.TestCase):
         # nodes 25% of a core for 10 s = 2.5 s of CPU over 500,000 deliveries = 5 µs each
         r = phase(50, 500_000, 500_000, CPU50)
         self.assertAlmostEqual(s.cpu_us_per_delivered(r), 5.0)
+
+    def test_whole_run_cpu_counts_node_ticks_over_all_phases(self):
+        ticks = [{"hz": 100, "t": 0, "ticks": {"n1": 100, "n2": 100, "nginx": 0}},
+                 {"hz": 100, "t": 9, "ticks": {"n1": 250, "n2": 350, "nginx": 9999}}]
+        run = s.Run(1, "ours", "over", results=[phase(150, 600_000, 600_000, CPU50), phase(400, 400_000, 400_000, CPU50)],
+                    cpu_ticks=ticks)
+        # 400 ticks = 4 s of CPU over 1,000,000 deliveries
+        self.assertAlmostEqual(s.run_node_cpu_us_per_delivered(run), 4.0)
+        self.assertIsNone(s.run_node_cpu_us_per_delivered(s.Run(1, "ours", "over", results=run.results)))
+
+    def test_limit_phase_prefers_a_steady_send_window(self):
+        steady = phase(400, 2_000_000, 2_000_000, CPU50, secs=5.0, delivered=400_000)
+        burst = phase(2000, 2_000_000, 2_000_000, CPU50, secs=1.0, delivered=450_000)
+        runs = {"over": s.Run(1, "ours", "over", results=[steady, burst])}
+        self.assertIs(s.saturation_phase(runs), steady)
 
     def test_sustained_needs_no_loss_and_flat_latency(self):
         self.assertTrue(s.is_sustained(phase(50, 10, 10, CPU50)))
