@@ -94,7 +94,7 @@ class MetricTest(unittest.TestCase):
     def test_limit_verdict(self):
         limited_elsewhere = phase(500, 1, 1, {"n1": 20.0, "n2": 20.0, "nginx": 60.0, "rtbench": 80.0, "machine_busy": 99.0})
         self.assertTrue(s.limit_verdict(limited_elsewhere)[0])
-        nodes_busiest = phase(500, 1, 1, {"n1": 60.0, "n2": 60.0, "nginx": 50.0, "rtbench": 50.0, "machine_busy": 99.0})
+        nodes_busiest = phase(500, 1, 1, {"n1": 30.0, "n2": 30.0, "nginx": 50.0, "rtbench": 80.0, "machine_busy": 99.0})
         self.assertFalse(s.limit_verdict(nodes_busiest)[0])
         idle_machine = phase(500, 1, 1, {"n1": 5.0, "n2": 5.0, "nginx": 20.0, "rtbench": 30.0, "machine_busy": 40.0})
         self.assertFalse(s.limit_verdict(idle_machine)[0])
