@@ -86,6 +86,9 @@ CARGO_TARGET_DIR="$RB_TARGET" cargo build -q --release --locked --manifest-path 
 (cd "$ROOT" && cargo build -q --release -p realtime-server)
 [[ -x "$RB" ]] || die "no rtbench at $RB"
 [[ -x "$SERVER_BIN" ]] || die "no realtime-server at $SERVER_BIN"
+# Run a private copy: other builds in the shared target folder must not swap the binary mid-run.
+cp "$SERVER_BIN" "$OUT/realtime-server"
+SERVER_BIN="$OUT/realtime-server"
 
 # ------------------------------------------------------------------ quiet machine
 waited=0
