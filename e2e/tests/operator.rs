@@ -155,19 +155,20 @@ async fn versions(client: &Client, ns: &str, name: &str) -> BTreeMap<String, Str
     let mut out = BTreeMap::new();
     macro_rules! rv {
         ($k:ty, $n:expr) => {
-            if let Some(o) = get_opt::<$k>(client, ns, &$n).await {
+            let n: &str = &$n;
+            if let Some(o) = get_opt::<$k>(client, ns, n).await {
                 out.insert(
-                    format!("{}/{}", <$k>::kind(&()), $n),
+                    format!("{}/{}", <$k>::kind(&()), n),
                     o.resource_version().unwrap(),
                 );
             }
         };
     }
-    rv!(RealtimeCluster, name.to_string());
-    rv!(Deployment, name.to_string());
-    rv!(Service, name.to_string());
-    rv!(PodDisruptionBudget, name.to_string());
-    rv!(Ingress, name.to_string());
+    rv!(RealtimeCluster, name);
+    rv!(Deployment, name);
+    rv!(Service, name);
+    rv!(PodDisruptionBudget, name);
+    rv!(Ingress, name);
     rv!(StatefulSet, format!("{name}-redis"));
     rv!(Service, format!("{name}-redis"));
     rv!(Secret, format!("{name}-redis-auth"));
