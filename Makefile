@@ -2,15 +2,20 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build unit crds cluster control-plane e2e-kind bench clean-cache
+.PHONY: run test deps build lint unit crds cluster control-plane e2e-kind bench clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter
 run:
 	$(CARGO) run -p realtime-server
 
 ## test: every test tier that runs on this machine (installs its parts first)
-test: deps build
+test: deps build lint
 	$(CARGO) test --workspace --no-fail-fast
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 deps:
 	scripts/deps.sh

@@ -9,7 +9,7 @@
 
 pub mod control_plane;
 pub mod data_plane;
-pub mod require;
-pub mod sio;
 pub mod kind;
+pub mod require;
 pub mod scenarios;
+pub mod sio;

@@ -32,10 +32,7 @@ pub fn find_program(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
 /// A binary of this workspace, built by `cargo build --workspace --bins` into the same
 /// target folder as the running test (`target/<profile>/deps/<test>` -> `target/<profile>/NAME`).
 pub fn workspace_bin(name: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(format!(
-        "RT_BIN_{}",
-        name.to_uppercase().replace('-', "_")
-    )) {
+    if let Some(p) = std::env::var_os(format!("RT_BIN_{}", name.to_uppercase().replace('-', "_"))) {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
