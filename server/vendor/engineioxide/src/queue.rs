@@ -6,6 +6,9 @@
 //! same bound and the same subset of the `mpsc` API that engineioxide uses, but its buffer
 //! only exists while packets are waiting: it is freed whenever the queue runs empty.
 //!
+//! It also holds the socket's volatile packets (formerly a `watch` channel, another ~0.5 KiB
+//! per socket): the latest one only, received after the queued packets.
+//!
 //! Sender and receiver always live in the same [`Socket`](crate::Socket), so the queue ends
 //! when the receiver closes it, never because the senders are gone.
 
@@ -31,6 +34,8 @@ struct State {
     reserved: usize,
     closed: bool,
     rx_waker: Option<Waker>,
+    /// The latest volatile packets not yet received (boxed: rarely used).
+    volatile: Option<Box<PacketBuf>>,
 }
 
 struct Inner {
@@ -55,6 +60,7 @@ pub(crate) fn channel(cap: usize) -> (Sender, Receiver) {
             reserved: 0,
             closed: false,
             rx_waker: None,
+            volatile: None,
         }),
         cap: cap.max(1),
         closed: Notify::new(),
@@ -114,6 +120,22 @@ impl Sender {
         Ok(Permit { inner: &self.inner })
     }
 
+    /// Replaces the pending volatile packets, if any, with `item`; `false` if the queue is
+    /// closed.
+    pub(crate) fn send_volatile(&self, item: PacketBuf) -> bool {
+        let mut st = self.inner.lock();
+        if st.closed {
+            return false;
+        }
+        st.volatile = Some(Box::new(item));
+        let waker = st.rx_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// Whether the receiver has closed the queue.
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.lock().closed
@@ -165,7 +187,8 @@ impl Drop for Permit<'_> {
 }
 
 impl Receiver {
-    /// The next packet buffer; `None` once the queue is closed and empty.
+    /// The next packet buffer (queued ones first, then the volatile one); `None` once the
+    /// queue is closed and empty.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<PacketBuf>> {
         let mut st = self.inner.lock();
         match pop(&mut st) {
@@ -218,9 +241,11 @@ impl std::fmt::Debug for Receiver {
 }
 
 /// Pops the oldest buffer, and frees the queue's storage once it is empty: an idle socket
-/// then holds no buffer at all.
+/// then holds no buffer at all. The volatile packets come after the queued ones.
 fn pop(st: &mut State) -> Option<PacketBuf> {
-    let item = st.buf.pop_front()?;
+    let Some(item) = st.buf.pop_front() else {
+        return st.volatile.take().map(|b| *b);
+    };
     if st.buf.is_empty() {
         st.buf = VecDeque::new();
     }
@@ -322,6 +347,19 @@ mod tests {
         tokio::task::yield_now().await;
         tx.try_send(smallvec![Packet::Ping, Packet::Pong]).unwrap();
         assert_eq!(recv.await.unwrap(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn volatile_packets_come_last_and_only_the_latest() {
+        let (tx, mut rx) = channel(8);
+        assert!(tx.send_volatile(smallvec![Packet::Ping]));
+        assert!(tx.send_volatile(smallvec![Packet::Pong]));
+        tx.try_send(smallvec![Packet::Noop]).unwrap();
+        assert!(matches!(rx.recv().await.unwrap()[0], Packet::Noop));
+        assert!(matches!(rx.recv().await.unwrap()[0], Packet::Pong));
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        rx.close();
+        assert!(!tx.send_volatile(smallvec![Packet::Ping]));
     }
 
     #[tokio::test]

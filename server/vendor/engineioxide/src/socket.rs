@@ -74,7 +74,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{Mutex, mpsc::error::TrySendError, watch};
+use tokio::sync::{Mutex, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -158,15 +158,13 @@ impl Permit<'_> {
 pub(crate) struct InternalRx {
     pub buffered_rx: queue::Receiver,
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(buffered_rx: queue::Receiver, volatile_rx: watch::Receiver<Option<PacketBuf>>) -> Self {
+    fn new(buffered_rx: queue::Receiver) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
         }
     }
 }
@@ -210,13 +208,9 @@ where
     /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
     pub(crate) internal_rx: Mutex<InternalRx>,
 
-    /// Channel to send [PacketBuf] to the internal connection
+    /// Channel to send [PacketBuf] to the internal connection, and volatile [PacketBuf]s that
+    /// bypass its bound: only the latest volatile one is kept, received after the queued ones
     pub(crate) internal_tx: queue::Sender,
-
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
 
     /// Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) received from the client,
     /// for the heartbeat job (a separate task, or the websocket connection's task)
@@ -252,7 +246,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -260,10 +253,8 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
-
-            volatile_tx,
 
             heartbeat: Signal::default(),
             heartbeat_started: AtomicBool::new(false),
@@ -539,7 +530,7 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        self.internal_tx.send_volatile(packets)
     }
 }
 
@@ -599,7 +590,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = queue::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -607,10 +597,8 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
-
-            volatile_tx,
 
             heartbeat: Signal::default(),
             heartbeat_started: AtomicBool::new(false),

@@ -34,8 +34,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportT
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, queue, socket::InternalRx,
-    transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, queue, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -65,7 +64,6 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
     let (parts, body) = req.into_parts();
-    let req = Request::from_parts(parts.clone(), body);
 
     let ws_key = parts
         .headers
@@ -73,13 +71,16 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
+    let session_parts = session_parts(&parts);
+    let req = Request::from_parts(parts, body);
+
     tokio::spawn(async move {
         let conn = hyper::upgrade::on(req)
             .await
             .map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
+            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, session_parts).await,
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
@@ -104,6 +105,22 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     });
 
     Ok(ws_response(&ws_key))
+}
+
+/// The copy of the request parts the session keeps, without what only served the upgrade
+/// (hyper's upgrade handle, which would keep its channel allocated, and the handshake key):
+/// they would stay allocated for the whole session.
+fn session_parts(parts: &Parts) -> Parts {
+    let mut kept = parts.clone();
+    kept.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    if kept.extensions.is_empty() {
+        kept.extensions = http::Extensions::new();
+    }
+    kept.headers.remove(http::header::SEC_WEBSOCKET_KEY);
+    if kept.headers.is_empty() {
+        kept.headers = http::HeaderMap::new();
+    }
+    kept
 }
 
 /// Handle a websocket connection upgrade
@@ -256,28 +273,15 @@ where
         }
 
         let ended = loop {
-            let InternalRx {
-                buffered_rx,
-                volatile_rx,
-                ..
-            } = &mut *internal_rx;
+            let buffered_rx = &mut internal_rx.buffered_rx;
             let event = tokio::select! {
                 biased;
                 _ = socket.cancellation_token.cancelled() => Event::Cancelled,
                 ev = poll_fn(|cx| io.poll(cx, &mut ws, buffered_rx)) => Event::Io(ev),
-                Ok(()) = volatile_rx.changed() => Event::Volatile,
                 _ = &mut sleep, if heartbeat.as_ref().is_some_and(Heartbeat::armed) => Event::Heartbeat,
             };
             match event {
                 Event::Cancelled => break Ended::Cancelled,
-                Event::Volatile => {
-                    let packets = internal_rx.volatile_rx.borrow_and_update().clone();
-                    if let Some(packets) = packets {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        io.push(packets);
-                    }
-                }
                 Event::Heartbeat => {
                     if let Some(hb) = &mut heartbeat {
                         hb.fire(socket, sleep.as_mut());
@@ -355,7 +359,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 enum Event {
     Cancelled,
     Io(IoEvent),
-    Volatile,
     Heartbeat,
 }
 
@@ -466,6 +469,10 @@ impl Io {
                 match ws.poll_ready_unpin(cx) {
                     Poll::Ready(Ok(())) => {
                         let msg = self.pending.pop_front().expect("not empty");
+                        if self.pending.is_empty() {
+                            // An idle connection keeps no buffer.
+                            self.pending = VecDeque::new();
+                        }
                         written += 1;
                         self.needs_flush = true;
                         if let Err(e) = ws.start_send_unpin(msg) {
@@ -805,6 +812,21 @@ mod tests {
             Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
             other => panic!("expected a text message, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn session_parts_drop_what_served_the_upgrade_only() {
+        let req = Request::builder()
+            .uri("/engine.io/?EIO=4&transport=websocket")
+            .header(http::header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        let kept = session_parts(&req.into_parts().0);
+        assert_eq!(kept.uri, "/engine.io/?EIO=4&transport=websocket");
+        assert_eq!(kept.headers.len(), 1);
+        assert_eq!(kept.headers["x-forwarded-for"], "10.0.0.1");
+        assert!(kept.extensions.is_empty());
     }
 
     /// A polling request can still hold the lock at the end of an upgrade.
