@@ -136,6 +136,14 @@ impl Sender {
         true
     }
 
+    /// Wakes the receiver's task (the session is closing).
+    pub(crate) fn wake_receiver(&self) {
+        let waker = self.inner.lock().rx_waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Whether the receiver has closed the queue.
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.lock().closed
@@ -210,6 +218,15 @@ impl Receiver {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    /// Wakes `waker` at the next packet, volatile packet, close or [`Sender::wake_receiver`].
+    pub(crate) fn register(&mut self, waker: &Waker) {
+        let mut st = self.inner.lock();
+        match &mut st.rx_waker {
+            Some(w) if w.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+    }
+
     /// The next packet buffer if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Result<PacketBuf, TryRecvError> {
         let mut st = self.inner.lock();
@@ -223,8 +240,15 @@ impl Receiver {
     /// Closes the queue: sends and reservations fail from now on, the packets already queued
     /// can still be received.
     pub(crate) fn close(&mut self) {
-        self.inner.lock().closed = true;
+        let waker = {
+            let mut st = self.inner.lock();
+            st.closed = true;
+            st.rx_waker.take()
+        };
         self.inner.closed.notify_waiters();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 

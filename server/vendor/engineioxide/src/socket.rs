@@ -157,7 +157,8 @@ impl Permit<'_> {
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: queue::Receiver,
-    pub peeked_packet: Option<PacketBuf>,
+    /// Boxed: only polling uses it, and inline it would take ~170 bytes of every socket.
+    pub peeked_packet: Option<Box<PacketBuf>>,
 }
 
 impl InternalRx {
@@ -389,6 +390,13 @@ where
                 .try_send(smallvec![Packet::Pong])
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
+    }
+
+    /// Cancels the session's transports: the cancellation token, and a wake-up of the
+    /// websocket connection's task, which watches the token at its queue's wake-ups.
+    pub(crate) fn cancel(&self) {
+        self.cancellation_token.cancel();
+        self.internal_tx.wake_receiver();
     }
 
     /// Marks the heartbeat job as started; there must be only one per socket.

@@ -124,8 +124,8 @@ where
 
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
-        let rx_stream =
-            stream::iter(peeked_packet.take()).chain(rx_stream::ReceiverStream::new(buffered_rx));
+        let rx_stream = stream::iter(peeked_packet.take().map(|p| *p))
+            .chain(rx_stream::ReceiverStream::new(buffered_rx));
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
@@ -147,7 +147,7 @@ where
 
     // set back the peeked packet so it can be read again
     // on the next polling request
-    rx.peeked_packet = peeked;
+    rx.peeked_packet = peeked.map(Box::new);
 
     #[cfg(feature = "tracing")]
     tracing::trace!(%sid, %protocol, supports_binary = socket.supports_binary, "sending data: {:?}", data);
