@@ -40,6 +40,9 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
+    /// Set by [`Sender::cancel`]: the session is closing (a copy of its cancellation token's
+    /// state, cheaper to read at every wake-up of the connection's task).
+    cancelled: AtomicBool,
     cap: usize,
     /// Woken when the queue is closed ([`Sender::closed`]).
     closed: Notify,
@@ -64,6 +67,7 @@ pub(crate) fn channel(cap: usize) -> (Sender, Receiver) {
         }),
         cap: cap.max(1),
         closed: Notify::new(),
+        cancelled: AtomicBool::new(false),
     });
     (
         Sender {
@@ -136,9 +140,13 @@ impl Sender {
         true
     }
 
-    /// Wakes the receiver's task (the session is closing).
-    pub(crate) fn wake_receiver(&self) {
-        let waker = self.inner.lock().rx_waker.take();
+    /// Marks the session as closing and wakes the receiver's task.
+    pub(crate) fn cancel(&self) {
+        let waker = {
+            let mut st = self.inner.lock();
+            self.inner.cancelled.store(true, Ordering::Release);
+            st.rx_waker.take()
+        };
         if let Some(w) = waker {
             w.wake();
         }
@@ -218,13 +226,18 @@ impl Receiver {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Wakes `waker` at the next packet, volatile packet, close or [`Sender::wake_receiver`].
+    /// Wakes `waker` at the next packet, volatile packet, close or [`Sender::cancel`].
     pub(crate) fn register(&mut self, waker: &Waker) {
         let mut st = self.inner.lock();
         match &mut st.rx_waker {
             Some(w) if w.will_wake(waker) => {}
             w => *w = Some(waker.clone()),
         }
+    }
+
+    /// Whether [`Sender::cancel`] was called.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::Acquire)
     }
 
     /// The next packet buffer if one is waiting.

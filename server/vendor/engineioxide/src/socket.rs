@@ -392,11 +392,11 @@ where
         }
     }
 
-    /// Cancels the session's transports: the cancellation token, and a wake-up of the
-    /// websocket connection's task, which watches the token at its queue's wake-ups.
+    /// Cancels the session's transports: the cancellation token, and the queue's flag, which
+    /// the websocket connection's task reads at each wake-up (and is woken for).
     pub(crate) fn cancel(&self) {
         self.cancellation_token.cancel();
-        self.internal_tx.wake_receiver();
+        self.internal_tx.cancel();
     }
 
     /// Marks the heartbeat job as started; there must be only one per socket.

@@ -278,7 +278,7 @@ where
             // One hand-written poll instead of a `select!` with a cancellation future: the
             // close of the session wakes this task through the queue ([`Socket::cancel`]).
             let event = poll_fn(|cx| {
-                if socket.cancellation_token.is_cancelled() {
+                if buffered_rx.is_cancelled() {
                     return Poll::Ready(Event::Cancelled);
                 }
                 if let Poll::Ready(ev) = io.poll(cx, &mut ws, buffered_rx) {
@@ -292,7 +292,7 @@ where
                     buffered_rx.register(cx.waker());
                 }
                 // Checked again after the waker is registered: a close in between is not missed.
-                if socket.cancellation_token.is_cancelled() {
+                if buffered_rx.is_cancelled() {
                     return Poll::Ready(Event::Cancelled);
                 }
                 Poll::Pending
