@@ -278,7 +278,9 @@ mod tests {
         req.extensions_mut().insert(as_received);
         let range = buffer.as_ptr_range();
         let inside = |p: *const u8| range.contains(&p);
-        assert!(inside(req.headers()[header::SEC_WEBSOCKET_KEY].as_bytes().as_ptr()));
+        assert!(inside(
+            req.headers()[header::SEC_WEBSOCKET_KEY].as_bytes().as_ptr()
+        ));
 
         detach_parts(&mut req);
         assert_eq!(req.headers().len(), 1);

@@ -230,6 +230,7 @@ enum Ended {
 ///
 /// (A plain function returning an `async move` block: the arguments of an `async fn` are
 /// stored twice in its future, and this future lives as long as the connection.)
+#[allow(clippy::manual_async_fn)]
 fn run<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
@@ -561,10 +562,7 @@ fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
         // In the case that the packet was not poll in time it will remain in the buffer and therefore
         // it should be discarded here
         Packet::Noop => None,
-        packet => {
-            let packet: String = packet.try_into().expect("a text packet");
-            Some(Message::Text(packet.into()))
-        }
+        packet => Some(Message::Text(String::from(packet).into())),
     }
 }
 
