@@ -3,6 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt as _;
 use socketioxide::{
     SocketIo, SocketIoBuilder, TransportType, adapter::Adapter, handler::ConnectHandler,
     layer::SocketIoLayer,
@@ -165,6 +166,14 @@ where
     info!(%local, "listening (socket.io on /socket.io/, probes on /healthz /readyz, metrics on /metrics)");
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    // TCP_NODELAY on every accepted connection: without it Nagle's algorithm and the peer's
+    // delayed ACK hold small frames (a private message, an ack) for up to ~40 ms. Node's
+    // http server sets it too.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         let _ = accepting_stopped.await;
     });
