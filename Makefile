@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build lint unit crds cluster control-plane e2e-kind bench clean-cache
+.PHONY: run test deps build lint vendor-test unit crds cluster control-plane e2e-kind bench clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter
 run:
@@ -11,6 +11,11 @@ run:
 ## test: every test tier that runs on this machine (installs its parts first)
 test: deps build lint
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) vendor-test
+
+## vendor-test: the tests of the patched engineioxide (server/vendor, its own workspace)
+vendor-test:
+	cd server/vendor/engineioxide && $(CARGO) test --locked --features tracing,__test_harness
 
 ## lint: formatting and clippy, warnings are errors
 lint:
