@@ -33,7 +33,9 @@ pub fn find_program(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
 /// target folder as the running test (`target/<profile>/deps/<test>` -> `target/<profile>/NAME`).
 pub fn workspace_bin(name: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(format!("RT_BIN_{}", name.to_uppercase().replace('-', "_"))) {
-        return Some(PathBuf::from(p));
+        // An override naming a missing file is a missing part too, under the same policy.
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let exe = std::env::current_exe().ok()?;
     let profile_dir = exe.parent()?.parent()?;
