@@ -242,6 +242,20 @@ fn run_kubectl(mut cmd: Command) -> String {
     text
 }
 
+/// Binds the shared control plane (the test returns when it is missing outside CI; under CI=true
+/// `shared` fails it), prints its logs if the test fails, and binds an admin client and a fresh
+/// namespace whose name starts with `$prefix`.
+macro_rules! setup {
+    ($cp:ident, $client:ident, $ns:ident, $prefix:expr) => {
+        let Some($cp) = control_plane::shared().await else {
+            return;
+        };
+        let _logs = $cp.logs_on_failure();
+        let $client = $cp.client().await.unwrap();
+        let $ns = $cp.create_namespace($prefix).await.unwrap();
+    };
+}
+
 #[tokio::test]
 async fn crd_is_structural_and_explained() {
     let Some(cp) = control_plane::shared().await else {
@@ -310,12 +324,7 @@ async fn crd_is_structural_and_explained() {
 
 #[tokio::test]
 async fn invalid_specs_are_rejected_with_readable_messages() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-invalid").await.unwrap();
+    setup!(cp, client, ns, "op-invalid");
     let api = dyn_api(&client, &ns);
     let cases: Vec<(&str, &str, Value, &str)> = vec![
         (
@@ -425,12 +434,7 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
 
 #[tokio::test]
 async fn full_example_creates_every_child_with_owner_refs() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-full").await.unwrap();
+    setup!(cp, client, ns, "op-full");
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
 
     let doc = yaml_documents(
@@ -656,12 +660,7 @@ async fn full_example_creates_every_child_with_owner_refs() {
 
 #[tokio::test]
 async fn spec_changes_update_or_remove_the_right_children() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-update").await.unwrap();
+    setup!(cp, client, ns, "op-update");
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(
         &client,
@@ -778,12 +777,7 @@ async fn spec_changes_update_or_remove_the_right_children() {
 
 #[tokio::test]
 async fn deleted_and_hand_edited_children_are_restored() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-drift").await.unwrap();
+    setup!(cp, client, ns, "op-drift");
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(&client, &ns, "chat", json!({"replicas": 2})).await;
     let svc = eventually(&cp, "the Service", || async {
@@ -878,12 +872,7 @@ async fn deleted_and_hand_edited_children_are_restored() {
 
 #[tokio::test]
 async fn simulated_readiness_makes_the_cluster_ready() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-ready").await.unwrap();
+    setup!(cp, client, ns, "op-ready");
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(&client, &ns, "chat", json!({"replicas": 3})).await;
     eventually(&cp, "the children", || async {
@@ -1006,12 +995,7 @@ async fn kubectl_scale_and_printer_columns() {
 
 #[tokio::test]
 async fn impossible_spec_gets_a_condition_and_an_event_without_a_hot_loop() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-impossible").await.unwrap();
+    setup!(cp, client, ns, "op-impossible");
     let operator = Operator::start(&client, &ns, Duration::from_secs(1));
     // Passes the CRD (annotations are free-form) but the operator owns this annotation.
     create(
@@ -1098,12 +1082,7 @@ async fn impossible_spec_gets_a_condition_and_an_event_without_a_hot_loop() {
 
 #[tokio::test]
 async fn paused_stops_all_changes() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-paused").await.unwrap();
+    setup!(cp, client, ns, "op-paused");
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(
         &client,
@@ -1166,12 +1145,7 @@ async fn paused_stops_all_changes() {
 
 #[tokio::test]
 async fn restart_and_resync_write_nothing_when_nothing_changed() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-steady").await.unwrap();
+    setup!(cp, client, ns, "op-steady");
     let operator = Operator::start(&client, &ns, Duration::from_secs(300));
     create(
         &client,
@@ -1588,12 +1562,7 @@ async fn least_privilege_rules_suffice_for_every_operation() {
 
 #[tokio::test]
 async fn a_precreated_password_secret_is_used_and_a_broken_one_reported() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-secret").await.unwrap();
+    setup!(cp, client, ns, "op-secret");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
     // Bring your own password: the operator adopts it instead of generating one.
