@@ -362,6 +362,19 @@ mod tests {
         condition(Some(s), type_).unwrap()
     }
 
+    /// The status from an observed Deployment alone (external Redis), with no previous status.
+    fn with_deployment(m: &Model, d: &Deployment) -> RealtimeClusterStatus {
+        compute(
+            m,
+            Observed {
+                deployment: Some(d),
+                statefulset: None,
+            },
+            None,
+            t(1),
+        )
+    }
+
     #[test]
     fn all_ready() {
         let m = model(json!({"replicas": 2}));
@@ -413,15 +426,7 @@ mod tests {
     fn rolling_out_and_partially_ready() {
         let m = model(json!({"replicas": 3, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(5, 5, 4, 2, 1, 2);
-        let s = compute(
-            &m,
-            Observed {
-                deployment: Some(&d),
-                statefulset: None,
-            },
-            None,
-            t(1),
-        );
+        let s = with_deployment(&m, &d);
         assert_eq!(cond(&s, READY).reason, "ReplicasNotReady");
         assert_eq!(cond(&s, READY).message, "2/3 server pods ready");
         assert_eq!(cond(&s, PROGRESSING).reason, "RollingOut");
@@ -433,15 +438,7 @@ mod tests {
     fn stale_deployment_status_is_not_ready() {
         let m = model(json!({"replicas": 2, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(6, 5, 2, 2, 2, 2);
-        let s = compute(
-            &m,
-            Observed {
-                deployment: Some(&d),
-                statefulset: None,
-            },
-            None,
-            t(1),
-        );
+        let s = with_deployment(&m, &d);
         assert_eq!(cond(&s, READY).status, "False");
         assert_eq!(cond(&s, PROGRESSING).status, "True");
     }
@@ -457,15 +454,7 @@ mod tests {
             message: Some("ReplicaSet has timed out progressing.".into()),
             ..Default::default()
         }]);
-        let s = compute(
-            &m,
-            Observed {
-                deployment: Some(&d),
-                statefulset: None,
-            },
-            None,
-            t(1),
-        );
+        let s = with_deployment(&m, &d);
         assert_eq!(cond(&s, DEGRADED).status, "True");
         assert_eq!(cond(&s, DEGRADED).reason, "ProgressDeadlineExceeded");
         assert!(cond(&s, DEGRADED).message.contains("timed out"));
@@ -476,15 +465,7 @@ mod tests {
         let m =
             model(json!({"replicas": 0, "paused": true, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(1, 1, 0, 0, 0, 0);
-        let s = compute(
-            &m,
-            Observed {
-                deployment: Some(&d),
-                statefulset: None,
-            },
-            None,
-            t(1),
-        );
+        let s = with_deployment(&m, &d);
         assert_eq!(cond(&s, READY).reason, "ScaledToZero");
         assert_eq!(cond(&s, PROGRESSING).reason, "Paused");
     }

@@ -173,6 +173,7 @@ fn annotations(
 mod tests {
     use super::test_support::model;
     use super::*;
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
     use serde_json::json;
 
     #[test]
@@ -182,36 +183,13 @@ mod tests {
         let redis = d.redis.as_ref().expect("managed redis children");
         assert!(d.ingress.is_none());
         let hash = redis::auth_hash("pw");
-        let pod_ann = |a: &Option<BTreeMap<String, String>>| {
-            a.as_ref().unwrap()[REDIS_AUTH_HASH_ANNOTATION].clone()
+        let pod_ann = |t: &PodTemplateSpec| {
+            t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[REDIS_AUTH_HASH_ANNOTATION]
+                .clone()
         };
+        assert_eq!(pod_ann(&d.deployment.spec.as_ref().unwrap().template), hash);
         assert_eq!(
-            pod_ann(
-                &d.deployment
-                    .spec
-                    .as_ref()
-                    .unwrap()
-                    .template
-                    .metadata
-                    .as_ref()
-                    .unwrap()
-                    .annotations
-            ),
-            hash
-        );
-        assert_eq!(
-            pod_ann(
-                &redis
-                    .statefulset
-                    .spec
-                    .as_ref()
-                    .unwrap()
-                    .template
-                    .metadata
-                    .as_ref()
-                    .unwrap()
-                    .annotations
-            ),
+            pod_ann(&redis.statefulset.spec.as_ref().unwrap().template),
             hash
         );
 
