@@ -798,13 +798,16 @@ impl LocalOperator {
         Ok(())
     }
 
-    /// Lines of the operator's log that report an authorization failure.
+    /// Lines of the operator's log that report an authorization failure: an RBAC denial is a
+    /// 403 whose message says `... is forbidden: User "..." cannot ...`. A 422 that merely says
+    /// "Forbidden: field is immutable" (e.g. two operators racing to create the immutable Redis
+    /// Secret, which the loser's retry resolves) is not one.
     fn forbidden_lines(&self) -> Vec<String> {
         self.log_text()
             .lines()
             .filter(|l| {
                 let l = l.to_ascii_lowercase();
-                l.contains("forbidden") || l.contains("\"code\":403") || l.contains("code: 403")
+                l.contains("is forbidden:") || l.contains("\"code\":403") || l.contains("code: 403")
             })
             .map(str::to_string)
             .collect()
