@@ -2,16 +2,21 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build lint vendor-test unit crds cluster control-plane e2e-kind bench clean-cache
+.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind bench clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter
 run:
 	$(CARGO) run -p realtime-server
 
-## test: every test tier that runs on this machine (installs its parts first)
-test: deps build lint
-	$(CARGO) test --workspace --no-fail-fast
-	$(MAKE) vendor-test
+## test: every test tier that runs on this machine (installs its parts first; the real-node
+## tier needs root). Prints how long each part took.
+test:
+	@scripts/timed.sh deps $(MAKE) --no-print-directory deps
+	@scripts/timed.sh build $(MAKE) --no-print-directory build release
+	@scripts/timed.sh lint $(MAKE) --no-print-directory lint
+	@scripts/timed.sh tests $(CARGO) test --workspace --no-fail-fast
+	@scripts/timed.sh vendor-test $(MAKE) --no-print-directory vendor-test
+	@scripts/timed.sh --summary
 
 ## vendor-test: the tests of the patched engineioxide (server/vendor, its own workspace)
 vendor-test:
@@ -28,6 +33,10 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
+## release: the release binaries the real node's images are made of
+release:
+	$(CARGO) build --release -p realtime-server -p realtime-operator --bins
+
 ## unit: the fast tests only, no external parts
 unit:
 	$(CARGO) test --workspace --lib --bins
@@ -36,6 +45,12 @@ unit:
 crds:
 	$(CARGO) run -q -p realtime-operator -- crd > crds/realtimecluster.yaml
 	cp crds/realtimecluster.yaml charts/realtime-operator/crds/realtimecluster.yaml
+
+## cluster: a real single-node cluster on this machine (root): kubelet on containerd, kube-proxy,
+## CoreDNS, Traefik as the nginx ingress class, the project's images imported; prints KUBECONFIG,
+## RT_INGRESS_URL and the image references, Ctrl-C tears it all down
+cluster: deps release
+	$(CARGO) run -q -p realtime-e2e --bin rt-cluster
 
 ## control-plane: a local kube-apiserver (+ etcd, kube-controller-manager) with the CRDs, until Ctrl-C
 control-plane:

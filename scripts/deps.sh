@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # Installs what the tests need and the project does not build itself:
-#   redis-server and nginx (Debian packages), socket.io-client (npm, pinned by e2e/client's
-#   package-lock.json), and the local control plane's binaries (e2e/tools/install.sh, cached).
+#   Debian packages: redis-server and nginx (tier 1); containerd, runc, CNI plugins, iptables,
+#   conntrack, iproute2, mmdebstrap and jq (the real node and its locally built images);
+#   socket.io-client (npm, pinned by e2e/client's package-lock.json);
+#   the control plane's and the node's binaries (e2e/tools/install.sh, built from Go modules,
+#   cached under ~/.cache/realtime-operator).
 # Safe to run again: each step is skipped when its part is already there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+have() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
+have redis-server || missing+=(redis-server)
+have nginx || missing+=(nginx)
+have containerd || missing+=(containerd)
+have runc || missing+=(runc)
+[[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
+have iptables || missing+=(iptables)
+have conntrack || missing+=(conntrack)
+have ip || missing+=(iproute2)
+have mmdebstrap || missing+=(mmdebstrap)
+have jq || missing+=(jq)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "deps: installing ${missing[*]} (Debian packages)"

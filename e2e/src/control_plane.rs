@@ -18,9 +18,9 @@
 
 mod config;
 mod pki;
-mod process;
+pub(crate) mod process;
 
-pub use config::{CONTROLLERS, Versions, json_contains};
+pub use config::{CONTROLLERS, Options, Versions, json_contains};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -146,16 +146,21 @@ impl ControlPlane {
     /// is ready and the controllers run. The data lives in a temp dir (on /dev/shm when there
     /// is one). A port taken between choosing and binding it causes one retry.
     pub async fn start(tools: &Tools) -> anyhow::Result<Self> {
-        match Self::start_once(tools).await {
+        Self::start_with(tools, &Options::default()).await
+    }
+
+    /// [`Self::start`] for another kind of cluster (e.g. [`Options::for_node`]).
+    pub async fn start_with(tools: &Tools, opts: &Options) -> anyhow::Result<Self> {
+        match Self::start_once(tools, opts).await {
             Err(e) if format!("{e:#}").contains("address already in use") => {
                 eprintln!("control plane: a chosen port was taken meanwhile; retrying once");
-                Self::start_once(tools).await
+                Self::start_once(tools, opts).await
             }
             other => other,
         }
     }
 
-    async fn start_once(tools: &Tools) -> anyhow::Result<Self> {
+    async fn start_once(tools: &Tools, opts: &Options) -> anyhow::Result<Self> {
         remove_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{STATE_DIR_PREFIX}{}-", std::process::id()))
@@ -174,7 +179,10 @@ impl ControlPlane {
 
         // Certificates: CA, serving, admin (system:masters), controller-manager, SA keys.
         let ca = Ca::generate()?;
-        let serving = ca.issue_serving()?;
+        let sans: Vec<std::net::Ipv4Addr> = std::iter::once(opts.address)
+            .chain(opts.kubernetes_service_ip())
+            .collect();
+        let serving = ca.issue_serving(&sans)?;
         let admin = ca.issue_client("realtime-e2e-admin", Some("system:masters"))?;
         // Without per-controller ServiceAccount credentials the controller manager acts for
         // every controller (the garbage collector deletes any kind), which its bootstrap role
@@ -191,13 +199,18 @@ impl ControlPlane {
         write_private(&layout.pki("kcm.key"), &kcm.key_pem)?;
         write_private(&layout.pki("sa.key"), &sa.key_pem)?;
         write_private(&layout.pki("sa.pub"), &sa.cert_pem)?;
+        if opts.kubelet_client {
+            let kc = ca.issue_client("kube-apiserver-kubelet-client", Some("system:masters"))?;
+            write_private(&layout.pki("kubelet-client.crt"), &kc.cert_pem)?;
+            write_private(&layout.pki("kubelet-client.key"), &kc.key_pem)?;
+        }
 
         let ports = Ports {
             etcd_client: free_port()?,
             etcd_peer: free_port()?,
-            apiserver: free_port()?,
+            apiserver: free_port_on(opts.address)?,
         };
-        let server = format!("https://127.0.0.1:{}", ports.apiserver);
+        let server = format!("https://{}:{}", opts.address, ports.apiserver);
         let ca_file = layout.pki("ca.crt");
         write_kubeconfig(
             &layout.admin_kubeconfig(),
@@ -239,7 +252,7 @@ impl ControlPlane {
             counter: AtomicU64::new(0),
         };
         // On error `cp` is dropped here, which stops whatever was started.
-        let timings = cp.boot(tools, &layout, ports).await?;
+        let timings = cp.boot(tools, &layout, ports, opts).await?;
         cp.timings = Some(timings);
         Ok(cp)
     }
@@ -251,6 +264,7 @@ impl ControlPlane {
         tools: &Tools,
         layout: &Layout,
         ports: Ports,
+        opts: &Options,
     ) -> anyhow::Result<StartTimings> {
         let t0 = Instant::now();
         let bin = |name: &str| tools.bin_dir.join(name);
@@ -272,7 +286,7 @@ impl ControlPlane {
         self.spawn(
             "kube-apiserver",
             &bin("kube-apiserver"),
-            &config::apiserver_args(layout, ports),
+            &config::apiserver_args(layout, ports, opts),
             layout,
         )?;
         let client = self.client().await?;
@@ -292,7 +306,7 @@ impl ControlPlane {
         self.spawn(
             "kube-controller-manager",
             &bin("kube-controller-manager"),
-            &config::controller_manager_args(layout),
+            &config::controller_manager_args(layout, opts),
             layout,
         )?;
         // The serviceaccount controller makes `default` in every namespace: seeing it proves
@@ -322,6 +336,14 @@ impl ControlPlane {
         let p = Proc::start(name, program, args, log)?;
         self.procs().push(p);
         Ok(())
+    }
+
+    /// The folder of this control plane's files (`pki/`, `logs/`, kubeconfigs); `None` for
+    /// an external one.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        let owned = self.owned.as_ref()?;
+        let dir = owned.dir.lock().unwrap_or_else(|e| e.into_inner());
+        dir.as_ref().map(|d| d.path().to_path_buf())
     }
 
     fn procs(&self) -> std::sync::MutexGuard<'_, Vec<Proc>> {
@@ -784,10 +806,13 @@ async fn etcd_healthy(port: u16) -> bool {
 
 /// A free loopback port (the OS picks it; another process could take it before our child
 /// binds it, which [`ControlPlane::start`] retries once).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+pub fn free_port() -> std::io::Result<u16> {
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A free port on the local address `ip`.
+pub fn free_port_on(ip: std::net::Ipv4Addr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 const STATE_DIR_PREFIX: &str = "rt-control-plane-";

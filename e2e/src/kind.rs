@@ -1,5 +1,5 @@
-//! Path A: the scenarios against a real cluster (kind, made by `e2e/kind/run.sh`), through its
-//! ingress. Everything goes through kubectl, as a user would: `kubectl scale rtc`,
+//! The scenarios against a real cluster, through its ingress: kind (Path A, made by
+//! `e2e/kind/run.sh`) or the real node of this machine ([`crate::node`]). Everything goes through kubectl, as a user would: `kubectl scale rtc`,
 //! `kubectl rollout restart`, `kubectl delete pod`, `kubectl apply`.
 
 use std::path::PathBuf;
@@ -30,6 +30,8 @@ pub struct KindConfig {
     pub url: String,
     /// Cookie affinity at the ingress (the RealtimeCluster's default): clients keep a cookie jar.
     pub cookie_affinity: bool,
+    /// `KUBECONFIG` for kubectl; `None`: kubectl's own default.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A RealtimeCluster running in a real cluster, reached through its ingress.
@@ -106,7 +108,12 @@ impl KindTarget {
             .iter()
             .flat_map(|c| ["--context".to_string(), c.clone()])
             .collect();
-        let kubectl = Kubectl::new(cfg.kubectl.clone(), vec![], global, &cfg.namespace);
+        let env = cfg
+            .kubeconfig
+            .iter()
+            .map(|k| ("KUBECONFIG".into(), k.clone().into_os_string()))
+            .collect();
+        let kubectl = Kubectl::new(cfg.kubectl.clone(), env, global, &cfg.namespace);
         KindTarget {
             cfg,
             kubectl,

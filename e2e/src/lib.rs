@@ -10,6 +10,7 @@
 pub mod control_plane;
 pub mod data_plane;
 pub mod kind;
+pub mod node;
 pub mod require;
 pub mod scenarios;
 pub mod sio;

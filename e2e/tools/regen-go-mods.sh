@@ -24,6 +24,9 @@ k8s() {
     && go get -tool k8s.io/kubernetes/cmd/kube-apiserver@"$K8S_VERSION" \
     && go get -tool k8s.io/kubernetes/cmd/kube-controller-manager@"$K8S_VERSION" \
     && go get -tool k8s.io/kubernetes/cmd/kubectl@"$K8S_VERSION" \
+    && go get -tool k8s.io/kubernetes/cmd/kube-scheduler@"$K8S_VERSION" \
+    && go get -tool k8s.io/kubernetes/cmd/kubelet@"$K8S_VERSION" \
+    && go get -tool k8s.io/kubernetes/cmd/kube-proxy@"$K8S_VERSION" \
     && go mod tidy)
 }
 
@@ -41,4 +44,43 @@ helm() {
     && go get -tool "helm.sh/helm/$major/cmd/helm@$HELM_VERSION" && go mod tidy)
 }
 
-for what in "${@:-k8s etcd helm}"; do $what; done
+# CoreDNS with only the plugins the test node needs: main.go names them; tidy keeps just their deps.
+coredns() {
+  local d="$HERE/go/coredns"
+  rm -f "$d/go.mod" "$d/go.sum"
+  (cd "$d" && go mod init realtime-operator/e2e/tools/coredns >/dev/null 2>&1 \
+    && go get "github.com/coredns/coredns@$COREDNS_VERSION" && go mod tidy)
+}
+
+# Traefik needs three modules the Go module proxy does not serve (see README.md): local
+# replacements ./ext (committed stub), ./go-http-auth (committed), ./lego (laid out by
+# prepare-lego.sh); Traefik's own gorilla/mux replace and excludes are carried over from its go.mod.
+traefik() {
+  local d="$HERE/go/traefik" tmod lego mux excludes
+  tmod=$(go mod download -json "github.com/traefik/traefik/v3@$TRAEFIK_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  lego=$(awk '$1 == "github.com/go-acme/lego/v5" && $2 ~ /^v/ {print $2; exit}' "$tmod")
+  mux=$(awk '$1 == "github.com/gorilla/mux" && $2 == "=>" {print $3, $4; exit}' "$tmod")
+  excludes=$(grep '^exclude ' "$tmod" || true)
+  [[ -n "$lego" && -n "$mux" ]] || { echo "regen-go-mods.sh: unexpected $tmod" >&2; return 1; }
+  rm -f "$d/go.mod" "$d/go.sum"
+  (cd "$d" && go mod init realtime-operator/e2e/tools/traefik >/dev/null 2>&1)
+  cat >> "$d/go.mod" <<EOF
+
+require github.com/go-acme/lego/v5 $lego
+
+replace (
+	github.com/abbot/go-http-auth => ./go-http-auth
+	github.com/go-acme/lego/v5 => ./lego
+	github.com/gorilla/mux => $mux
+	github.com/traefik/traefik/dynamic/ext => ./ext
+)
+
+$excludes
+EOF
+  "$d/prepare-lego.sh"
+  (cd "$d" && go get -tool "github.com/traefik/traefik/v3/cmd/traefik@$TRAEFIK_VERSION" && go mod tidy)
+}
+
+# No argument: all of them.
+if [[ $# -eq 0 ]]; then set -- k8s etcd helm coredns traefik; fi
+for what in "$@"; do $what; done

@@ -92,6 +92,7 @@ async fn run(args: Args) -> Result<Vec<String>> {
         name: args.name.clone(),
         url: args.url.clone(),
         cookie_affinity: true,
+        kubeconfig: None,
     };
     // All clients come from one address here: only cookie affinity spreads them over pods.
     let probe = KindTarget::new(cfg.clone());

@@ -65,6 +65,51 @@ impl Versions {
     }
 }
 
+/// What kind of cluster the control plane serves. The default is the envtest-like one (loopback
+/// only, no nodes); [`Options::for_node`] is the one a real kubelet joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The address the API server binds to and advertises (the `kubernetes` Service's endpoint).
+    pub address: std::net::Ipv4Addr,
+    /// `--service-cluster-ip-range`; its first address is the `kubernetes` Service's ClusterIP.
+    pub service_cidr: String,
+    /// Run every controller (`*`): Deployments, ReplicaSets, StatefulSets, EndpointSlices...
+    pub all_controllers: bool,
+    /// Give the API server a client certificate for kubelets (logs, exec, port-forward) and
+    /// reach them by their InternalIP.
+    pub kubelet_client: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            address: std::net::Ipv4Addr::LOCALHOST,
+            service_cidr: "10.0.0.0/24".into(),
+            all_controllers: false,
+            kubelet_client: false,
+        }
+    }
+}
+
+impl Options {
+    /// The control plane of a real node whose pods reach the API server at `address` (a bridge
+    /// address of the host, never a public one).
+    pub fn for_node(address: std::net::Ipv4Addr, service_cidr: &str) -> Self {
+        Self {
+            address,
+            service_cidr: service_cidr.into(),
+            all_controllers: true,
+            kubelet_client: true,
+        }
+    }
+
+    /// The `kubernetes` Service's ClusterIP: the first host address of the service range.
+    pub fn kubernetes_service_ip(&self) -> Option<std::net::Ipv4Addr> {
+        let base: std::net::Ipv4Addr = self.service_cidr.split('/').next()?.parse().ok()?;
+        Some(std::net::Ipv4Addr::from(u32::from(base) + 1))
+    }
+}
+
 /// Loopback ports chosen for one start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
@@ -126,20 +171,25 @@ pub fn etcd_args(layout: &Layout, ports: Ports) -> Vec<String> {
 
 /// kube-apiserver: RBAC on, client certificates from our CA, ServiceAccount tokens signed
 /// with our key; everything else at its defaults so the tests see a stock API server.
-pub fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
-    vec![
+pub fn apiserver_args(layout: &Layout, ports: Ports, opts: &Options) -> Vec<String> {
+    let mut args = vec![
         format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
-        "--bind-address=127.0.0.1".into(),
+        format!("--bind-address={}", opts.address),
         format!("--secure-port={}", ports.apiserver),
-        "--advertise-address=127.0.0.1".into(),
+        format!("--advertise-address={}", opts.address),
         format!("--tls-cert-file={}", s(&layout.pki("apiserver.crt"))),
         format!("--tls-private-key-file={}", s(&layout.pki("apiserver.key"))),
         format!("--client-ca-file={}", s(&layout.pki("ca.crt"))),
-        "--authorization-mode=RBAC".into(),
-        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        // Node: a kubelet may read only what its own pods need (the Node authorizer).
+        if opts.kubelet_client {
+            "--authorization-mode=Node,RBAC".into()
+        } else {
+            "--authorization-mode=RBAC".into()
+        },
+        format!("--service-cluster-ip-range={}", opts.service_cidr),
         format!(
-            "--service-account-issuer=https://127.0.0.1:{}",
-            ports.apiserver
+            "--service-account-issuer=https://{}:{}",
+            opts.address, ports.apiserver
         ),
         format!("--service-account-key-file={}", s(&layout.pki("sa.pub"))),
         format!(
@@ -147,19 +197,41 @@ pub fn apiserver_args(layout: &Layout, ports: Ports) -> Vec<String> {
             s(&layout.pki("sa.key"))
         ),
         "--allow-privileged=true".into(),
-        // The `kubernetes` Endpoints may not hold a loopback address (rejected every 10 s).
-        "--endpoint-reconciler-type=none".into(),
         "--profiling=false".into(),
-    ]
+    ];
+    if opts.address.is_loopback() {
+        // The `kubernetes` Endpoints may not hold a loopback address (rejected every 10 s).
+        args.push("--endpoint-reconciler-type=none".into());
+    }
+    if opts.kubelet_client {
+        args.extend([
+            format!(
+                "--kubelet-client-certificate={}",
+                s(&layout.pki("kubelet-client.crt"))
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                s(&layout.pki("kubelet-client.key"))
+            ),
+            // The node's name does not resolve; its InternalIP is the bridge address.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]);
+    }
+    args
 }
 
 /// kube-controller-manager: its own kubeconfig, no serving port, no leader election (it is
 /// alone), and the controllers in [`CONTROLLERS`] under its own identity.
-pub fn controller_manager_args(layout: &Layout) -> Vec<String> {
+pub fn controller_manager_args(layout: &Layout, opts: &Options) -> Vec<String> {
     let kubeconfig = s(&layout.controller_manager_kubeconfig());
+    let controllers = if opts.all_controllers {
+        "*".to_string()
+    } else {
+        CONTROLLERS.join(",")
+    };
     vec![
         format!("--kubeconfig={kubeconfig}"),
-        format!("--controllers={}", CONTROLLERS.join(",")),
+        format!("--controllers={controllers}"),
         "--leader-elect=false".into(),
         "--use-service-account-credentials=false".into(),
         "--secure-port=0".into(),
@@ -300,17 +372,49 @@ mod tests {
         let etcd = etcd_args(&layout, ports);
         assert!(etcd.contains(&"--listen-client-urls=http://127.0.0.1:1001".to_string()));
         assert!(etcd.contains(&"--initial-cluster=realtime-e2e=http://127.0.0.1:1002".to_string()));
-        let api = apiserver_args(&layout, ports);
+        let api = apiserver_args(&layout, ports, &Options::default());
         assert!(api.contains(&"--etcd-servers=http://127.0.0.1:1001".to_string()));
         assert!(api.contains(&"--secure-port=1003".to_string()));
         assert!(api.contains(&"--authorization-mode=RBAC".to_string()));
         assert!(api.contains(&"--client-ca-file=/t/pki/ca.crt".to_string()));
-        let kcm = controller_manager_args(&layout);
+        let kcm = controller_manager_args(&layout, &Options::default());
         assert!(kcm.iter().any(|a| a.starts_with("--controllers=")
             && a.contains("garbage-collector-controller")
             && a.contains("namespace-controller")));
         assert!(kcm.contains(&"--use-service-account-credentials=false".to_string()));
         assert!(kcm.contains(&"--leader-elect=false".to_string()));
+        assert!(api.contains(&"--endpoint-reconciler-type=none".to_string()));
+        assert!(!api.iter().any(|a| a.starts_with("--kubelet-client")));
+    }
+
+    #[test]
+    fn a_node_control_plane_serves_kubelets_on_the_bridge_address() {
+        let layout = Layout {
+            root: PathBuf::from("/t"),
+        };
+        let ports = Ports {
+            etcd_client: 1,
+            etcd_peer: 2,
+            apiserver: 3,
+        };
+        let opts = Options::for_node("10.244.0.1".parse().unwrap(), "10.96.0.0/24");
+        assert_eq!(
+            opts.kubernetes_service_ip(),
+            Some("10.96.0.1".parse().unwrap())
+        );
+        let api = apiserver_args(&layout, ports, &opts);
+        assert!(api.contains(&"--bind-address=10.244.0.1".to_string()));
+        assert!(api.contains(&"--advertise-address=10.244.0.1".to_string()));
+        assert!(api.contains(&"--service-cluster-ip-range=10.96.0.0/24".to_string()));
+        assert!(api.contains(&"--authorization-mode=Node,RBAC".to_string()));
+        assert!(api.contains(&"--kubelet-client-key=/t/pki/kubelet-client.key".to_string()));
+        // The endpoint reconciler must run: pods reach the API server through its Service.
+        assert!(
+            !api.iter()
+                .any(|a| a.starts_with("--endpoint-reconciler-type"))
+        );
+        let kcm = controller_manager_args(&layout, &opts);
+        assert!(kcm.contains(&"--controllers=*".to_string()));
     }
 
     #[test]

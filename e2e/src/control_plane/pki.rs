@@ -69,16 +69,24 @@ impl Ca {
         })
     }
 
-    /// The API server's serving certificate: valid for loopback and the in-cluster names.
-    pub fn issue_serving(&self) -> Result<Issued, rcgen::Error> {
-        let mut p = CertificateParams::new(vec![
+    /// The API server's serving certificate: valid for loopback, the in-cluster names and
+    /// `ips` (its bind address and the `kubernetes` Service's ClusterIP).
+    pub fn issue_serving(&self, ips: &[std::net::Ipv4Addr]) -> Result<Issued, rcgen::Error> {
+        let mut names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "kubernetes".to_string(),
             "kubernetes.default".to_string(),
             "kubernetes.default.svc".to_string(),
-            "10.0.0.1".to_string(),
-        ])?;
+            "kubernetes.default.svc.cluster.local".to_string(),
+        ];
+        for ip in ips {
+            let ip = ip.to_string();
+            if !names.contains(&ip) {
+                names.push(ip);
+            }
+        }
+        let mut p = CertificateParams::new(names)?;
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
@@ -120,7 +128,7 @@ mod tests {
     fn issues_pem_certificates_and_keys() {
         let ca = Ca::generate().unwrap();
         assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
-        let serving = ca.issue_serving().unwrap();
+        let serving = ca.issue_serving(&["10.0.0.1".parse().unwrap()]).unwrap();
         assert!(serving.cert_pem.contains("BEGIN CERTIFICATE"));
         assert!(serving.key_pem.contains("BEGIN PRIVATE KEY"));
         let client = ca.issue_client("alice", Some("team-a")).unwrap();

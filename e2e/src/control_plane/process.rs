@@ -58,10 +58,25 @@ impl Proc {
         args: &[String],
         log: PathBuf,
     ) -> io::Result<Self> {
+        Self::start_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    pub fn start_with_env(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+        log: PathBuf,
+    ) -> io::Result<Self> {
         let out = File::create(&log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         let parent = unsafe { libc::getpid() };
         unsafe {

@@ -124,6 +124,14 @@ impl Kubectl {
             .with_context(|| format!("kubectl get {}: not JSON", args.join(" ")))
     }
 
+    /// `kubectl apply -f -` of `manifest`, which must be accepted.
+    pub async fn apply_ok(&self, manifest: &str) -> Result<String> {
+        match self.apply(manifest).await? {
+            Applied::Accepted(out) => Ok(out),
+            Applied::Rejected(why) => bail!("kubectl apply was refused: {why}"),
+        }
+    }
+
     /// `kubectl apply -f -` of `manifest`: accepted, or rejected with kubectl's message.
     pub async fn apply(&self, manifest: &str) -> Result<Applied> {
         let out = self.run(&["apply", "-f", "-"], Some(manifest)).await?;

@@ -289,7 +289,7 @@ async fn fence(senders: &[&Client], receivers: &[&Client], tag: &str) -> Result<
 }
 
 /// The latest `hello` node of a client (its node now, if it is connected).
-fn last_node(c: &Client) -> Option<String> {
+pub fn last_node(c: &Client) -> Option<String> {
     c.events("hello")
         .last()
         .and_then(|r| r.data()["node"].as_str().map(String::from))
@@ -808,7 +808,7 @@ async fn rolling_restart<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
 
 /// Publishes from `a` until `b` receives one (each attempt with a new id), until `deadline`.
 /// Returns the number of attempts.
-async fn deliver_until(a: &Client, b: &Client, ev: &str, deadline: Instant) -> Result<u32> {
+pub async fn deliver_until(a: &Client, b: &Client, ev: &str, deadline: Instant) -> Result<u32> {
     let mut k = 0u32;
     loop {
         k += 1;

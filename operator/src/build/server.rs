@@ -4,9 +4,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    ClientIPConfig, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Probe, SecretKeySelector, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
+    SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -184,11 +185,33 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
 }
 
 /// The ClusterIP Service in front of the server pods (port 80 -> the pods' `http` port).
+///
+/// With long-polling on, every request of an Engine.IO session must reach the pod that holds
+/// it ("Session ID unknown" otherwise); in-cluster clients come through this Service, not the
+/// Ingress, so the Service keeps each client address on one pod (`ClientIP`) for longer than
+/// a polling client can stay silent (ping interval + ping timeout), twice over.
 pub fn service(model: &Model) -> Service {
+    let s = &model.server;
+    let polling = s.transports.split(',').any(|t| t == "polling");
+    let (affinity, affinity_config) = if polling {
+        let silent = s.ping_interval_seconds + s.ping_timeout_seconds;
+        (
+            "ClientIP",
+            Some(SessionAffinityConfig {
+                client_ip: Some(ClientIPConfig {
+                    timeout_seconds: Some((2 * silent).clamp(60, 86_400)),
+                }),
+            }),
+        )
+    } else {
+        ("None", None)
+    };
     Service {
         metadata: meta(model, model.server_name(), "server"),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
+            session_affinity: Some(affinity.into()),
+            session_affinity_config: affinity_config,
             selector: Some(labels::server_selector(&model.name)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
@@ -474,6 +497,19 @@ mod tests {
         assert_eq!(port.port, 80);
         assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
         assert!(svc.metadata.owner_references.is_some());
+        // Polling is on by default: one client address stays on one pod, past a silent poll.
+        assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
+        let timeout = spec
+            .session_affinity_config
+            .and_then(|c| c.client_ip)
+            .and_then(|c| c.timeout_seconds)
+            .unwrap();
+        assert!(timeout > 25 + 20, "{timeout}");
+        let ws_only = service(&model(json!({"transports": ["websocket"]})))
+            .spec
+            .unwrap();
+        assert_eq!(ws_only.session_affinity.as_deref(), Some("None"));
+        assert!(ws_only.session_affinity_config.is_none());
 
         let pdb = pod_disruption_budget(&m);
         let spec = pdb.spec.unwrap();

@@ -1,0 +1,578 @@
+//! Tier 3 on this machine: the end-to-end scenarios on real pods.
+//!
+//! One real node per test binary ([`realtime_e2e::node::shared`]): kubelet on containerd,
+//! kube-proxy, CoreDNS and Traefik's ingress-nginx provider, the project's images built locally.
+//! The operator is installed once by `helm install` of charts/realtime-operator (a pod with the
+//! chart's ServiceAccount and RBAC); each test applies its RealtimeCluster with kubectl in a
+//! namespace labelled `pod-security.kubernetes.io/enforce=restricted` and drives the official
+//! socket.io-client through Traefik. Tests take turns (one RealtimeCluster on the node at a time:
+//! two cores, and the Ingress host `localhost` is one).
+//!
+//! Needs root; under CI=true a missing part fails every test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use realtime_e2e::kind::{KindConfig, KindTarget};
+use realtime_e2e::node::{self, RealNode};
+use realtime_e2e::require::{require, workspace_root};
+use realtime_e2e::scenarios::kubectl::Kubectl;
+use realtime_e2e::scenarios::{self, Scenario, Target};
+use realtime_e2e::sio::{self, Driver};
+use serde_json::Value;
+
+/// The RealtimeCluster both end-to-end paths apply (2 replicas, managed Redis, Ingress on
+/// `localhost` with cookie affinity).
+const CLUSTER: &str = include_str!("../kind/realtimecluster.yaml");
+/// Namespace of the operator installed by helm.
+const OPERATOR_NS: &str = "realtime-system";
+/// Bound for a RealtimeCluster to become Ready after `kubectl apply`.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Tests take turns on the node.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static OPERATOR: tokio::sync::OnceCell<Result<(), String>> = tokio::sync::OnceCell::const_new();
+
+/// The node, with the operator installed by helm; `None`: skip (not in CI).
+async fn node_with_operator() -> Option<Arc<RealNode>> {
+    let node = node::shared().await?;
+    let installed = OPERATOR
+        .get_or_init(|| async {
+            let t0 = Instant::now();
+            let r = install_operator(&node).await;
+            eprintln!("helm install of the operator: {:.1?}", t0.elapsed());
+            r.map_err(|e| format!("{:#}", node.with_logs(e)))
+        })
+        .await;
+    if let Err(e) = installed {
+        panic!("installing the operator with helm failed: {e}");
+    }
+    Some(node)
+}
+
+/// `kubectl` of the node as admin, in `ns`.
+fn kubectl(node: &RealNode, ns: &str) -> Kubectl {
+    Kubectl::new(
+        node.bin_dir().join("kubectl"),
+        vec![(
+            "KUBECONFIG".into(),
+            node.control_plane()
+                .kubeconfig_path()
+                .as_os_str()
+                .to_owned(),
+        )],
+        vec![],
+        ns,
+    )
+}
+
+/// `repository:tag` -> (repository, tag).
+fn split_image(reference: &str) -> (&str, &str) {
+    reference.rsplit_once(':').unwrap_or((reference, "latest"))
+}
+
+async fn install_operator(node: &RealNode) -> Result<()> {
+    let k = kubectl(node, OPERATOR_NS);
+    k.ok(&["create", "namespace", OPERATOR_NS]).await?;
+    restrict(&k, OPERATOR_NS).await?;
+    let images = node.images();
+    let (op_repo, op_tag) = split_image(&images.operator);
+    let (srv_repo, srv_tag) = split_image(&images.server);
+    let chart = workspace_root().join("charts/realtime-operator");
+    let mut helm = tokio::process::Command::from(node.control_plane().helm().expect("helm"));
+    let out = helm
+        .args(["install", "realtime-operator"])
+        .arg(&chart)
+        .args(["-n", OPERATOR_NS, "--wait", "--timeout", "180s"])
+        .args(["--set", &format!("image.repository={op_repo}")])
+        .args(["--set", &format!("image.tag={op_tag}")])
+        .args(["--set", &format!("serverImage.repository={srv_repo}")])
+        .args(["--set", &format!("serverImage.tag={srv_tag}")])
+        .args(["--set", &format!("defaultRedisImage={}", images.redis)])
+        .output()
+        .await?;
+    if !out.status.success() {
+        let pods = k.run(&["get", "pods", "-o", "wide"], None).await?;
+        let events = k.run(&["get", "events"], None).await?;
+        bail!(
+            "helm install failed: {}{}\npods:\n{}\nevents:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            pods.stdout,
+            events.stdout
+        );
+    }
+    Ok(())
+}
+
+/// Labels `ns` to enforce the "restricted" Pod Security Standard.
+async fn restrict(k: &Kubectl, ns: &str) -> Result<()> {
+    k.ok(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "--overwrite",
+    ])
+    .await?;
+    Ok(())
+}
+
+/// A restricted namespace with `manifest` applied and Ready; returns its kubectl and the time
+/// from apply to Ready.
+async fn apply_ready(
+    node: &RealNode,
+    prefix: &str,
+    manifest: &str,
+    name: &str,
+) -> Result<(Kubectl, Duration)> {
+    let ns = node.control_plane().create_namespace(prefix).await?;
+    let k = kubectl(node, &ns);
+    restrict(&k, &ns).await?;
+    let t0 = Instant::now();
+    k.apply_ok(manifest).await?;
+    let deadline = t0 + READY_TIMEOUT;
+    loop {
+        let rtc = k.get_json(&["rtc", name]).await?;
+        let ready = rtc["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if ready {
+            return Ok((k, t0.elapsed()));
+        }
+        if Instant::now() > deadline {
+            let pods = k.run(&["get", "pods", "-o", "wide"], None).await?;
+            let events = k.run(&["get", "events"], None).await?;
+            bail!(
+                "rtc/{name} not Ready within {READY_TIMEOUT:?}: {}\npods:\n{}\nevents:\n{}",
+                rtc["status"],
+                pods.stdout,
+                events.stdout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes the namespace's RealtimeClusters and waits until their pods are gone (the next test
+/// reuses the Ingress host).
+async fn clean_up(k: &Kubectl) {
+    let _ = k
+        .run(
+            &["delete", "rtc", "--all", "--wait=true", "--timeout=90s"],
+            None,
+        )
+        .await;
+    let _ = k
+        .run(
+            &["delete", "namespace", k.namespace(), "--wait=false"],
+            None,
+        )
+        .await;
+}
+
+fn target(node: &RealNode, k: &Kubectl, name: &str) -> KindTarget {
+    KindTarget::new(KindConfig {
+        kubectl: node.bin_dir().join("kubectl"),
+        context: None,
+        namespace: k.namespace().to_string(),
+        name: name.to_string(),
+        url: node.ingress_url(),
+        cookie_affinity: true,
+        kubeconfig: Some(node.control_plane().kubeconfig_path().to_path_buf()),
+    })
+}
+
+fn driver_paths() -> Option<sio::DriverPaths> {
+    require(
+        "node and socket.io-client",
+        sio::DRIVER_HOW_TO,
+        sio::find_driver(),
+    )
+}
+
+/// The eight scenarios of e2e/src/scenarios, in order, on one RealtimeCluster of real pods
+/// behind Traefik, in a restricted namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenarios_on_real_pods() {
+    let _turn = TURN.lock().await;
+    let Some(paths) = driver_paths() else { return };
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let (k, ready) = apply_ready(&node, "rt-e2e", CLUSTER, "chat")
+        .await
+        .unwrap_or_else(|e| panic!("{:#}", node.with_logs(e)));
+    eprintln!("rtc/chat: apply to Ready on real pods in {ready:.1?}");
+    let mut t = target(&node, &k, "chat");
+    t.check().await.expect("rtc Ready");
+    let driver = Driver::start(&paths).await.expect("driver");
+    let mut failed = Vec::new();
+    for s in Scenario::ALL {
+        let t0 = Instant::now();
+        match scenarios::run(s, &mut t, &driver).await {
+            Ok(()) => eprintln!("scenario {}: passed in {:.1?}", s.name(), t0.elapsed()),
+            Err(e) => {
+                eprintln!(
+                    "scenario {}: FAILED in {:.1?}: {e:#}",
+                    s.name(),
+                    t0.elapsed()
+                );
+                failed.push(s.name());
+            }
+        }
+    }
+    drop(driver);
+    if !failed.is_empty() {
+        let pods = k.run(&["get", "pods", "-o", "wide"], None).await;
+        eprintln!("{:?}", pods.map(|o| o.stdout));
+    }
+    clean_up(&k).await;
+    assert!(
+        failed.is_empty(),
+        "scenarios failed on real pods: {failed:?}"
+    );
+}
+
+/// A pod of the server image answers /readyz only once its Redis answers; until then the
+/// kubelet keeps it out of the Service: pods become Ready only when /readyz says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_ready_only_when_readyz_says_so() {
+    let _turn = TURN.lock().await;
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let run = async {
+        let ns = node.control_plane().create_namespace("rt-ready").await?;
+        let k = kubectl(&node, &ns);
+        restrict(&k, &ns).await?;
+        // External Redis that is not there (yet): the servers run but are not ready.
+        let manifest = r#"
+apiVersion: realtime.dev/v1alpha1
+kind: RealtimeCluster
+metadata:
+  name: late
+spec:
+  replicas: 2
+  redis:
+    external:
+      host: late-redis
+      port: 6379
+"#;
+        k.apply_ok(manifest).await?;
+        // Both server containers running, neither Ready, for a while.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let pods = server_pods(&k, "late").await?;
+            let running = pods.iter().filter(|p| p.running).count();
+            if running == 2 {
+                ensure!(
+                    pods.iter().all(|p| !p.ready),
+                    "a server pod is Ready without Redis: {pods:?}"
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "server pods not running: {pods:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let pods = server_pods(&k, "late").await?;
+        ensure!(
+            pods.iter().all(|p| !p.ready),
+            "a server pod became Ready without Redis: {pods:?}"
+        );
+        let eps = k
+            .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
+            .await?;
+        let ready_eps = ready_endpoints(&eps);
+        ensure!(
+            ready_eps == 0,
+            "the Service has ready endpoints without Redis: {eps}"
+        );
+
+        // Redis appears under that name (a plain pod + Service of the Redis image): the pods
+        // turn Ready by themselves, and only then the Service lists them.
+        let redis = format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: late-redis
+  labels: {{app: late-redis}}
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 999
+    runAsGroup: 999
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+    - name: redis
+      image: {image}
+      imagePullPolicy: Never
+      args: ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+      ports: [{{containerPort: 6379, name: redis}}]
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: late-redis
+spec:
+  selector: {{app: late-redis}}
+  ports: [{{port: 6379, targetPort: redis}}]
+"#,
+            image = node.images().redis
+        );
+        let t0 = Instant::now();
+        k.apply_ok(&redis).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pods = server_pods(&k, "late").await?;
+            if pods.len() == 2 && pods.iter().all(|p| p.ready) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "server pods not Ready after Redis appeared: {pods:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "server pods Ready {:.1?} after Redis appeared",
+            t0.elapsed()
+        );
+        let eps = k
+            .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
+            .await?;
+        ensure!(ready_endpoints(&eps) == 2, "the Service lists: {eps}");
+        clean_up(&k).await;
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = run.await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}
+
+#[derive(Debug)]
+struct PodView {
+    name: String,
+    running: bool,
+    ready: bool,
+    restarts: u64,
+    uid: String,
+    ip: String,
+}
+
+async fn server_pods(k: &Kubectl, cluster: &str) -> Result<Vec<PodView>> {
+    let list = k
+        .get_json(&[
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/name=realtime-server"),
+        ])
+        .await?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let cs = &p["status"]["containerStatuses"][0];
+            PodView {
+                name: p["metadata"]["name"].as_str().unwrap_or_default().into(),
+                running: !cs["state"]["running"].is_null(),
+                ready: cs["ready"] == true,
+                restarts: cs["restartCount"].as_u64().unwrap_or(0),
+                uid: p["metadata"]["uid"].as_str().unwrap_or_default().into(),
+                ip: p["status"]["podIP"].as_str().unwrap_or_default().into(),
+            }
+        })
+        .collect())
+}
+
+fn ready_endpoints(slices: &Value) -> usize {
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .count()
+}
+
+/// A long-polling-only client running in a pod reaches the cluster through its Service (no
+/// Ingress): every session completes on 3 replicas (the Service keeps a client on one pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_client_in_a_pod_through_the_service() {
+    let _turn = TURN.lock().await;
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let run = async {
+        let manifest = r#"
+apiVersion: realtime.dev/v1alpha1
+kind: RealtimeCluster
+metadata:
+  name: poll
+spec:
+  replicas: 3
+  redis:
+    managed: {}
+"#;
+        let (k, ready) = apply_ready(&node, "rt-poll", manifest, "poll").await?;
+        eprintln!("rtc/poll (3 replicas): apply to Ready in {ready:.1?}");
+        let url = format!("http://poll.{}.svc.cluster.local", k.namespace());
+        let pod = format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: polling-client
+spec:
+  restartPolicy: Never
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+    - name: client
+      image: {image}
+      imagePullPolicy: Never
+      args: ["/client/polling-check.js", "{url}", "6", "4"]
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: [ALL]}}
+"#,
+            image = node.images().client
+        );
+        k.apply_ok(&pod).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let phase = loop {
+            let p = k.get_json(&["pod", "polling-client"]).await?;
+            let phase = p["status"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if phase == "Succeeded" || phase == "Failed" {
+                break phase;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "polling client still {phase}: {}",
+                p["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let logs = k.run(&["logs", "polling-client"], None).await?;
+        eprintln!("polling client in a pod: {phase}: {}", logs.stdout.trim());
+        ensure!(
+            phase == "Succeeded",
+            "the polling client failed: {}{}",
+            logs.stdout,
+            logs.stderr
+        );
+        let report: Value = serde_json::from_str(logs.stdout.trim().lines().last().unwrap_or("{}"))
+            .context("the client's report")?;
+        ensure!(report["ok"] == true && report["errors"].as_array().is_some_and(|e| e.is_empty()));
+        clean_up(&k).await;
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = run.await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}
+
+/// `kill -9` of a server container's process: the kubelet restarts it, its clients reconnect
+/// (through the ingress) and delivery across nodes continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_server_process() {
+    let _turn = TURN.lock().await;
+    let Some(paths) = driver_paths() else { return };
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let run = async {
+        let (k, _) = apply_ready(&node, "rt-kill", CLUSTER, "chat").await?;
+        let t = target(&node, &k, "chat");
+        let driver = Driver::start(&paths).await?;
+        let nodes = t.nodes().await?;
+        ensure!(nodes.len() == 2, "two ready pods expected: {nodes:?}");
+        let mut placed = scenarios::cover(&t, &driver, &nodes, 1).await?;
+        let a = placed.remove(&nodes[0]).unwrap().remove(0);
+        let b = placed.remove(&nodes[1]).unwrap().remove(0);
+        let ev = format!("kill9-{}", scenarios::nonce());
+        let before = Instant::now() + Duration::from_secs(20);
+        scenarios::deliver_until(&a.client, &b.client, &ev, before).await?;
+
+        let victim = server_pods(&k, "chat")
+            .await?
+            .into_iter()
+            .find(|p| p.name == nodes[0])
+            .context("the victim pod")?;
+        let pid = container_pid(&victim.uid, "realtime-server")
+            .with_context(|| format!("the realtime-server process of pod {}", victim.name))?;
+        eprintln!(
+            "kill -9 {pid} (realtime-server of {} at {})",
+            victim.name, victim.ip
+        );
+        // SAFETY: plain kill(2) of the process found above.
+        ensure!(unsafe { libc::kill(pid, libc::SIGKILL) } == 0);
+        let killed = Instant::now();
+
+        // The kubelet restarts the container; the killed node's client reconnects.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let p = server_pods(&k, "chat").await?;
+            if p.iter()
+                .any(|x| x.name == victim.name && x.restarts > victim.restarts && x.ready)
+            {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "container not restarted: {p:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let restarted = killed.elapsed();
+        let h = scenarios::current(&a.client, Duration::from_secs(60)).await?;
+        let reconnected = killed.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        scenarios::deliver_until(&a.client, &b.client, &ev, deadline).await?;
+        scenarios::deliver_until(&b.client, &a.client, &ev, deadline).await?;
+        eprintln!(
+            "kill -9: container Ready again after {restarted:.1?}, its client reconnected to {} after {reconnected:.1?}, delivery both ways after {:.1?}",
+            h.node,
+            killed.elapsed()
+        );
+        drop(driver);
+        clean_up(&k).await;
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = run.await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}
+
+/// The host pid of the process named `comm` in the pod with `uid` (its cgroup path carries the
+/// pod's uid).
+fn container_pid(uid: &str, comm: &str) -> Option<i32> {
+    let needle = uid.replace('-', "_");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|pid| {
+            let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let g = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            c.trim() == comm && (g.contains(uid) || g.contains(&needle))
+        })
+}
