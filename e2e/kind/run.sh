@@ -73,7 +73,7 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "make e2e-kind cannot run; nothing was created. Missing:" >&2
     for m in "${missing[@]}"; do echo "  - $m" >&2; done
-    echo "Without Docker, the same scenarios run on local parts: make test (e2e/tests/e2e_local.rs)." >&2
+    echo "Without Docker, the same scenarios run on local parts: make test (e2e/tests/real_node.rs, a real node on this machine, as root)." >&2
     exit 2
 fi
 

@@ -221,6 +221,10 @@ struct Record {
     pid: u32,
     /// sysctl (as a /proc/sys path) -> its value before the node changed it.
     sysctls: BTreeMap<String, String>,
+    /// containerd 1.6 keeps shim sockets and runc state under /run/containerd whatever its own
+    /// state folder: removed at teardown when the node made it.
+    #[serde(default)]
+    made_run_containerd: bool,
 }
 
 /// Start timings, each measured from the start of [`RealNode::start`].
@@ -266,6 +270,7 @@ impl RealNode {
         std::fs::create_dir_all(&layout.run)?;
         let mut record = Record {
             pid: std::process::id(),
+            made_run_containerd: !Path::new("/run/containerd").exists(),
             ..Default::default()
         };
         for (key, _) in config::SYSCTLS {
@@ -800,9 +805,10 @@ fn teardown_machine(layout: &NodeLayout, parts: &NodeParts) {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    // 3. The cgroups themselves, deepest first.
+    // 3. The cgroups themselves, deepest first (and containerd's per-namespace ones, if empty).
     let mut dirs: Vec<PathBuf> = pod_cgroups
         .iter()
+        .chain(&namespace_cgroups())
         .flat_map(|root| walk_dirs(root))
         .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -866,6 +872,9 @@ fn teardown_machine(layout: &NodeLayout, parts: &NodeParts) {
     if let Ok(text) = std::fs::read(layout.record()) {
         match serde_json::from_slice::<Record>(&text) {
             Ok(rec) => {
+                if rec.made_run_containerd {
+                    let _ = std::fs::remove_dir_all("/run/containerd");
+                }
                 for (key, old) in rec.sysctls {
                     let path = Path::new("/proc/sys").join(&key);
                     if let Err(e) = std::fs::write(&path, &old) {
@@ -913,6 +922,17 @@ fn kubepods_cgroups() -> Vec<PathBuf> {
         }
     }
     v
+}
+
+/// The cgroups containerd makes for its `k8s.io` namespace in every hierarchy.
+fn namespace_cgroups() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("k8s.io"))
+        .filter(|p| p.is_dir())
+        .collect()
 }
 
 fn walk_dirs(root: &Path) -> Vec<PathBuf> {

@@ -119,17 +119,59 @@ async fn restrict(k: &Kubectl, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// A restricted namespace with `manifest` applied and Ready; returns its kubectl and the time
-/// from apply to Ready.
+/// Deletes a test's namespace when dropped, also when the test fails: its Ingress first and
+/// waiting for that (the next test's Ingress may use the same host), the rest in the background.
+struct Namespace {
+    kubectl: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            let _ = std::process::Command::new(&self.kubectl)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        run(&[
+            "-n",
+            &self.name,
+            "delete",
+            "ingress",
+            "--all",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        run(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// A new restricted namespace `prefix-<unique>`, deleted when the guard drops.
+async fn namespace(node: &RealNode, prefix: &str) -> Result<(Kubectl, Namespace)> {
+    let ns = node.control_plane().create_namespace(prefix).await?;
+    let guard = Namespace {
+        kubectl: node.bin_dir().join("kubectl"),
+        kubeconfig: node.control_plane().kubeconfig_path().to_path_buf(),
+        name: ns.clone(),
+    };
+    let k = kubectl(node, &ns);
+    restrict(&k, &ns).await?;
+    Ok((k, guard))
+}
+
+/// A restricted namespace with `manifest` applied and Ready; returns its kubectl, its guard and
+/// the time from apply to Ready.
 async fn apply_ready(
     node: &RealNode,
     prefix: &str,
     manifest: &str,
     name: &str,
-) -> Result<(Kubectl, Duration)> {
-    let ns = node.control_plane().create_namespace(prefix).await?;
-    let k = kubectl(node, &ns);
-    restrict(&k, &ns).await?;
+) -> Result<(Kubectl, Namespace, Duration)> {
+    let (k, guard) = namespace(node, prefix).await?;
     let t0 = Instant::now();
     k.apply_ok(manifest).await?;
     let deadline = t0 + READY_TIMEOUT;
@@ -141,7 +183,7 @@ async fn apply_ready(
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         if ready {
-            return Ok((k, t0.elapsed()));
+            return Ok((k, guard, t0.elapsed()));
         }
         if Instant::now() > deadline {
             let pods = k.run(&["get", "pods", "-o", "wide"], None).await?;
@@ -155,23 +197,6 @@ async fn apply_ready(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Deletes the namespace's RealtimeClusters and waits until their pods are gone (the next test
-/// reuses the Ingress host).
-async fn clean_up(k: &Kubectl) {
-    let _ = k
-        .run(
-            &["delete", "rtc", "--all", "--wait=true", "--timeout=90s"],
-            None,
-        )
-        .await;
-    let _ = k
-        .run(
-            &["delete", "namespace", k.namespace(), "--wait=false"],
-            None,
-        )
-        .await;
 }
 
 fn target(node: &RealNode, k: &Kubectl, name: &str) -> KindTarget {
@@ -203,7 +228,7 @@ async fn the_scenarios_on_real_pods() {
     let Some(node) = node_with_operator().await else {
         return;
     };
-    let (k, ready) = apply_ready(&node, "rt-e2e", CLUSTER, "chat")
+    let (k, _ns, ready) = apply_ready(&node, "rt-e2e", CLUSTER, "chat")
         .await
         .unwrap_or_else(|e| panic!("{:#}", node.with_logs(e)));
     eprintln!("rtc/chat: apply to Ready on real pods in {ready:.1?}");
@@ -230,7 +255,6 @@ async fn the_scenarios_on_real_pods() {
         let pods = k.run(&["get", "pods", "-o", "wide"], None).await;
         eprintln!("{:?}", pods.map(|o| o.stdout));
     }
-    clean_up(&k).await;
     assert!(
         failed.is_empty(),
         "scenarios failed on real pods: {failed:?}"
@@ -246,9 +270,7 @@ async fn pods_are_ready_only_when_readyz_says_so() {
         return;
     };
     let run = async {
-        let ns = node.control_plane().create_namespace("rt-ready").await?;
-        let k = kubectl(&node, &ns);
-        restrict(&k, &ns).await?;
+        let (k, _ns) = namespace(&node, "rt-ready").await?;
         // External Redis that is not there (yet): the servers run but are not ready.
         let manifest = r#"
 apiVersion: realtime.dev/v1alpha1
@@ -354,7 +376,6 @@ spec:
             .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
             .await?;
         ensure!(ready_endpoints(&eps) == 2, "the Service lists: {eps}");
-        clean_up(&k).await;
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = run.await {
@@ -428,7 +449,7 @@ spec:
   redis:
     managed: {}
 "#;
-        let (k, ready) = apply_ready(&node, "rt-poll", manifest, "poll").await?;
+        let (k, _ns, ready) = apply_ready(&node, "rt-poll", manifest, "poll").await?;
         eprintln!("rtc/poll (3 replicas): apply to Ready in {ready:.1?}");
         let url = format!("http://poll.{}.svc.cluster.local", k.namespace());
         let pod = format!(
@@ -485,7 +506,6 @@ spec:
         let report: Value = serde_json::from_str(logs.stdout.trim().lines().last().unwrap_or("{}"))
             .context("the client's report")?;
         ensure!(report["ok"] == true && report["errors"].as_array().is_some_and(|e| e.is_empty()));
-        clean_up(&k).await;
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = run.await {
@@ -503,7 +523,7 @@ async fn kill_9_of_a_server_process() {
         return;
     };
     let run = async {
-        let (k, _) = apply_ready(&node, "rt-kill", CLUSTER, "chat").await?;
+        let (k, _ns, _) = apply_ready(&node, "rt-kill", CLUSTER, "chat").await?;
         let t = target(&node, &k, "chat");
         let driver = Driver::start(&paths).await?;
         let nodes = t.nodes().await?;
@@ -554,7 +574,6 @@ async fn kill_9_of_a_server_process() {
             killed.elapsed()
         );
         drop(driver);
-        clean_up(&k).await;
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = run.await {

@@ -11,16 +11,13 @@
 //! 7. `redis-deleted`: delivery resumes once Redis is back;
 //! 8. `invalid-rejected`: an invalid RealtimeCluster is rejected with a readable message.
 //!
-//! Two targets implement [`Target`]: the kind cluster ([`crate::kind::KindTarget`], Path A) and
-//! the local parts ([`local::LocalTarget`], Path B: a real API server and operator, processes
-//! started from the operator's objects). Scenarios make no assumption about which node a client
+//! One target implements [`Target`]: a real cluster reached through kubectl and its ingress
+//! ([`crate::kind::KindTarget`]): the real node of this machine (`e2e/tests/real_node.rs`, in
+//! `make test`) or a kind cluster (`make e2e-kind`). Scenarios make no assumption about which node a client
 //! lands on: they connect clients until every node they need is covered, and they follow
 //! reconnections through each client's latest `hello`.
 
-pub mod ingress;
 pub mod kubectl;
-pub mod kubelet;
-pub mod local;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -35,6 +32,8 @@ use kubectl::{Applied, Kubectl};
 
 /// Bound for a connection's `hello` and for an expected event.
 pub const WAIT: Duration = Duration::from_secs(20);
+/// Bound for [`cover`] to reach every node it needs through the ingress.
+pub const COVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running RealtimeCluster that scenarios can connect to and act on.
 #[allow(async_fn_in_trait)]
@@ -205,7 +204,8 @@ pub async fn connect<T: Target>(t: &T, d: &Driver) -> Result<Placed> {
 
 /// Connects clients until each node of `nodes` has `per_node` of them (clients landing on a
 /// covered node are dropped). The node a client lands on is the ingress's choice, so this takes
-/// a bounded number of attempts.
+/// a bounded number of attempts; once the quick attempts are spent it paces itself, because a
+/// real ingress controller learns of new or newly ready pods a few seconds late.
 pub async fn cover<T: Target>(
     t: &T,
     d: &Driver,
@@ -215,11 +215,22 @@ pub async fn cover<T: Target>(
     let mut got: BTreeMap<String, Vec<Placed>> =
         nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    let attempts = 30 + 12 * nodes.len() * per_node;
-    for _ in 0..attempts {
+    let quick = 30 + 12 * nodes.len() * per_node;
+    let deadline = Instant::now() + COVER_TIMEOUT;
+    let mut attempts = 0;
+    loop {
         if got.values().all(|v| v.len() >= per_node) {
             return Ok(got);
         }
+        if attempts >= quick && Instant::now() > deadline {
+            bail!(
+                "{attempts} connections in {COVER_TIMEOUT:?} did not put {per_node} client(s) on each of {nodes:?}; they landed on {seen:?}"
+            );
+        }
+        if attempts >= quick {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        attempts += 1;
         let p = connect(t, d).await?;
         *seen.entry(p.hello.node.clone()).or_default() += 1;
         if let Some(v) = got.get_mut(&p.hello.node)
@@ -228,9 +239,6 @@ pub async fn cover<T: Target>(
             v.push(p);
         }
     }
-    bail!(
-        "{attempts} connections did not put {per_node} client(s) on each of {nodes:?}; they landed on {seen:?}"
-    )
 }
 
 /// The `hello` of the client's live connection: waits until its latest socket.io connection is
