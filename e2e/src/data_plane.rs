@@ -1146,9 +1146,11 @@ impl Cluster {
     }
 
     /// Whether node `i` answers 200 on its readiness path (`false` on any error).
+    /// Ready and not degraded: realtime-server stays ready through a Redis outage and says
+    /// `degraded` in its `/readyz` body meanwhile; cross-node delivery works only without it.
     pub async fn is_ready(&self, i: usize) -> bool {
         let p = self.cfg.server.readiness_path.clone();
-        matches!(self.node_get(i, &p).await, Ok(r) if r.status == 200)
+        matches!(self.node_get(i, &p).await, Ok(r) if r.status == 200 && !r.body.contains("\"degraded\""))
     }
 
     /// GET /readyz of node `i`: its status code, or `None` when nothing answers.

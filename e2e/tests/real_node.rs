@@ -20,7 +20,7 @@ use realtime_e2e::require::{require, workspace_root};
 use realtime_e2e::scenarios::kubectl::Kubectl;
 use realtime_e2e::scenarios::{self, Scenario, Target};
 use realtime_e2e::sio::{self, Driver};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The RealtimeCluster both end-to-end paths apply (2 replicas, managed Redis, Ingress on
 /// `localhost` with cookie affinity).
@@ -261,8 +261,10 @@ async fn the_scenarios_on_real_pods() {
     );
 }
 
-/// A pod of the server image answers /readyz only once its Redis answers; until then the
-/// kubelet keeps it out of the Service: pods become Ready only when /readyz says so.
+/// Pods are Ready only while /readyz says so, both ways: the servers' Redis (external, a plain
+/// pod) refuses SUBSCRIBE to its default user, so each server is deaf while Redis answers it,
+/// /readyz turns 503 and the kubelet takes the pods out of the Service; once Redis lets them
+/// subscribe (`kubectl exec ... ACL SETUSER`), they turn Ready by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_ready_only_when_readyz_says_so() {
     let _turn = TURN.lock().await;
@@ -271,62 +273,13 @@ async fn pods_are_ready_only_when_readyz_says_so() {
     };
     let run = async {
         let (k, _ns) = namespace(&node, "rt-ready").await?;
-        // External Redis that is not there (yet): the servers run but are not ready.
-        let manifest = r#"
-apiVersion: realtime.dev/v1alpha1
-kind: RealtimeCluster
-metadata:
-  name: late
-spec:
-  replicas: 2
-  redis:
-    external:
-      host: late-redis
-      port: 6379
-"#;
-        k.apply_ok(manifest).await?;
-        // Both server containers running, neither Ready, for a while.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let pods = server_pods(&k, "late").await?;
-            let running = pods.iter().filter(|p| p.running).count();
-            if running == 2 {
-                ensure!(
-                    pods.iter().all(|p| !p.ready),
-                    "a server pod is Ready without Redis: {pods:?}"
-                );
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "server pods not running: {pods:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        let pods = server_pods(&k, "late").await?;
-        ensure!(
-            pods.iter().all(|p| !p.ready),
-            "a server pod became Ready without Redis: {pods:?}"
-        );
-        let eps = k
-            .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
-            .await?;
-        let ready_eps = ready_endpoints(&eps);
-        ensure!(
-            ready_eps == 0,
-            "the Service has ready endpoints without Redis: {eps}"
-        );
-
-        // Redis appears under that name (a plain pod + Service of the Redis image): the pods
-        // turn Ready by themselves, and only then the Service lists them.
         let redis = format!(
             r#"
 apiVersion: v1
 kind: Pod
 metadata:
-  name: late-redis
-  labels: {{app: late-redis}}
+  name: deaf-redis
+  labels: {{app: deaf-redis}}
 spec:
   securityContext:
     runAsNonRoot: true
@@ -337,8 +290,12 @@ spec:
     - name: redis
       image: {image}
       imagePullPolicy: Never
-      args: ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+      args: ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no",
+             "--user", "default", "on", "nopass", "~*", "&*", "+@all", "-subscribe", "-psubscribe", "-ssubscribe"]
       ports: [{{containerPort: 6379, name: redis}}]
+      readinessProbe:
+        tcpSocket: {{port: redis}}
+        periodSeconds: 1
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
@@ -347,35 +304,95 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: late-redis
+  name: deaf-redis
 spec:
-  selector: {{app: late-redis}}
+  selector: {{app: deaf-redis}}
   ports: [{{port: 6379, targetPort: redis}}]
 "#,
             image = node.images().redis
         );
-        let t0 = Instant::now();
         k.apply_ok(&redis).await?;
+        k.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/deaf-redis",
+            "--timeout=60s",
+        ])
+        .await?;
+        let manifest = r#"
+apiVersion: realtime.dev/v1alpha1
+kind: RealtimeCluster
+metadata:
+  name: late
+spec:
+  replicas: 2
+  redis:
+    external:
+      host: deaf-redis
+      port: 6379
+"#;
+        let t0 = Instant::now();
+        k.apply_ok(manifest).await?;
+        // Running, then out of rotation once /readyz says deaf.
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let pods = server_pods(&k, "late").await?;
-            if pods.len() == 2 && pods.iter().all(|p| p.ready) {
+            if pods.len() == 2 && pods.iter().all(|p| p.running && !p.ready) {
+                let eps = k
+                    .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
+                    .await?;
+                if ready_endpoints(&eps) == 0 {
+                    break;
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "server pods not taken out of rotation while deaf: {pods:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let out = t0.elapsed();
+        // They stay out while nothing changes.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let pods = server_pods(&k, "late").await?;
+        ensure!(
+            pods.iter().all(|p| p.running && !p.ready),
+            "a deaf server pod came back without a cause: {pods:?}"
+        );
+
+        let t1 = Instant::now();
+        k.ok(&[
+            "exec",
+            "deaf-redis",
+            "--",
+            "redis-cli",
+            "ACL",
+            "SETUSER",
+            "default",
+            "+subscribe",
+            "+psubscribe",
+            "+ssubscribe",
+        ])
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let pods = server_pods(&k, "late").await?;
+            let eps = k
+                .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
+                .await?;
+            if pods.len() == 2 && pods.iter().all(|p| p.ready) && ready_endpoints(&eps) == 2 {
                 break;
             }
             ensure!(
                 Instant::now() < deadline,
-                "server pods not Ready after Redis appeared: {pods:?}"
+                "server pods not Ready after Redis let them listen: {pods:?}"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         eprintln!(
-            "server pods Ready {:.1?} after Redis appeared",
-            t0.elapsed()
+            "readiness on real pods: deaf servers out of the Service {out:.1?} after apply; Ready again {:.1?} after Redis let them subscribe",
+            t1.elapsed()
         );
-        let eps = k
-            .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=late"])
-            .await?;
-        ensure!(ready_endpoints(&eps) == 2, "the Service lists: {eps}");
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = run.await {
@@ -594,4 +611,147 @@ fn container_pid(uid: &str, comm: &str) -> Option<i32> {
             let g = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
             c.trim() == comm && (g.contains(uid) || g.contains(&needle))
         })
+}
+
+/// A Redis outage must not black out the service: Redis crashes over and over (`kill -9` of
+/// its process each time the kubelet restarts it, so the restart back-off keeps it down for
+/// tens of seconds) while clients connect through the ingress. The server pods stay Ready, new
+/// clients get `hello`, a client's own room still works, the RealtimeCluster says
+/// Degraded=RedisUnavailable (and Ready) with a Warning Event, the servers' /metrics say Redis
+/// is down; when Redis is left alone, delivery across nodes resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_degrades_without_blacking_out() {
+    let _turn = TURN.lock().await;
+    let Some(paths) = driver_paths() else { return };
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let run = async {
+        let (k, _ns, _) = apply_ready(&node, "rt-outage", CLUSTER, "chat").await?;
+        let t = target(&node, &k, "chat");
+        let driver = Driver::start(&paths).await?;
+        let nodes = t.nodes().await?;
+        let mut placed = scenarios::cover(&t, &driver, &nodes, 1).await?;
+        let a = placed.remove(&nodes[0]).unwrap().remove(0);
+        let b = placed.remove(&nodes[1]).unwrap().remove(0);
+        let ev = format!("outage-{}", scenarios::nonce());
+        scenarios::deliver_until(
+            &a.client,
+            &b.client,
+            &ev,
+            Instant::now() + Duration::from_secs(20),
+        )
+        .await?;
+        a.client.join("mine").await?;
+
+        let redis = k.get_json(&["pod", "chat-redis-0"]).await?;
+        let uid = redis["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let start = Instant::now();
+        let (mut kills, mut last_pid) = (0, None);
+        let (mut hellos, mut degraded_at, mut metrics_down) = (0, None, false);
+        while start.elapsed() < Duration::from_secs(120) {
+            if kills < 3
+                && let Some(pid) = container_pid(&uid, "redis-server")
+                && Some(pid) != last_pid
+            {
+                // SAFETY: plain kill(2) of the process found above.
+                ensure!(unsafe { libc::kill(pid, libc::SIGKILL) } == 0);
+                kills += 1;
+                last_pid = Some(pid);
+            }
+            let pods = server_pods(&k, "chat").await?;
+            ensure!(
+                pods.len() == 2 && pods.iter().all(|p| p.ready),
+                "a server pod left rotation during the Redis outage: {pods:?}"
+            );
+            let c = scenarios::connect(&t, &driver).await?;
+            hellos += 1;
+            drop(c);
+            if !metrics_down && kills > 0 {
+                let m = pod_metrics(&pods[0].ip).await.unwrap_or_default();
+                metrics_down = m.contains("realtime_redis_connected 0")
+                    || m.contains("realtime_redis_subscribed 0");
+            }
+            let rtc = k.get_json(&["rtc", "chat"]).await?;
+            let conds = rtc["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let is = |t: &str| {
+                conds
+                    .iter()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            if degraded_at.is_none() && is("Degraded") {
+                let deg = conds.iter().find(|c| c["type"] == "Degraded").unwrap();
+                ensure!(deg["reason"] == "RedisUnavailable", "{deg}");
+                ensure!(
+                    rtc["status"]["redis"]["phase"] == "Unavailable",
+                    "{}",
+                    rtc["status"]
+                );
+                ensure!(
+                    is("Ready"),
+                    "rtc not Ready during the outage: {}",
+                    rtc["status"]
+                );
+                degraded_at = Some(start.elapsed());
+            }
+            if kills >= 3 && degraded_at.is_some() && metrics_down {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let degraded_at = degraded_at.context("the RealtimeCluster never reported the outage")?;
+        ensure!(
+            metrics_down,
+            "the servers' /metrics never showed Redis down"
+        );
+        // The client's own room still works on its node, with or without Redis.
+        a.client.publish(Some("mine"), &ev, json!("local")).await?;
+        a.client
+            .wait_event_where(&ev, Duration::from_secs(5), |d| d == &json!("local"))
+            .await?;
+        let events = k
+            .get_json(&["events", "--field-selector", "reason=Degraded"])
+            .await?;
+        ensure!(
+            events["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("RedisUnavailable"))),
+            "no Degraded Event naming RedisUnavailable: {events}"
+        );
+        let outage_seen = start.elapsed();
+        // Left alone, Redis comes back after the back-off; delivery resumes by itself.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        scenarios::deliver_until(&a.client, &b.client, &ev, deadline).await?;
+        scenarios::deliver_until(&b.client, &a.client, &ev, deadline).await?;
+        eprintln!(
+            "redis outage ({kills} crashes): Degraded=RedisUnavailable after {degraded_at:.1?}; {hellos} new clients got hello in {outage_seen:.1?}, server pods stayed Ready; cross-node delivery back {:.1?} after the last crash",
+            start.elapsed() - outage_seen
+        );
+        drop(driver);
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = run.await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}
+
+/// GET /metrics of a server pod, from the host through the pod network.
+async fn pod_metrics(ip: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, 3000)).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    Ok(buf)
 }

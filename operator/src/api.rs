@@ -448,11 +448,14 @@ pub struct RedisStatus {
     pub endpoint: String,
 }
 
-/// Phase of the Redis the servers use.
+/// Phase of the Redis the servers use: Pending (managed, never ready yet), Ready, Unavailable
+/// (managed, was ready and has no ready pod now: the servers serve their own clients and
+/// cross-node delivery waits for it), External (not observed by the operator).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedisPhase {
     Pending,
     Ready,
+    Unavailable,
     External,
 }
 
@@ -461,6 +464,7 @@ impl RedisPhase {
         match self {
             RedisPhase::Pending => "Pending",
             RedisPhase::Ready => "Ready",
+            RedisPhase::Unavailable => "Unavailable",
             RedisPhase::External => "External",
         }
     }

@@ -75,9 +75,20 @@ pub fn compute(
         {
             RedisPhase::Ready
         }
+        // Ready once and not now: an outage, not a start.
+        (RedisModel::Managed { .. }, _)
+            if previous.and_then(|p| p.redis.as_ref()).is_some_and(|r| {
+                matches!(r.phase, RedisPhase::Ready | RedisPhase::Unavailable)
+            }) =>
+        {
+            RedisPhase::Unavailable
+        }
         (RedisModel::Managed { .. }, _) => RedisPhase::Pending,
     };
+    // During an outage the servers stay ready and serve their own clients: the cluster is
+    // Ready and Degraded, not NotReady (which would read as "nothing works").
     let redis_ok = redis_phase != RedisPhase::Pending;
+    let redis_down = redis_phase == RedisPhase::Unavailable;
 
     let ready = if desired == 0 {
         Cond::new(
@@ -144,6 +155,12 @@ pub fn compute(
 
     let degraded = match d.failure {
         Some((reason, message)) => Cond::new(DEGRADED, true, reason, message),
+        None if redis_down => Cond::new(
+            DEGRADED,
+            true,
+            "RedisUnavailable",
+            "the managed Redis has no ready pod: each server serves its own clients, cross-node delivery resumes when Redis is back",
+        ),
         None => Cond::new(DEGRADED, false, "AsExpected", "no failures observed"),
     };
 
@@ -409,6 +426,57 @@ mod tests {
             Some("app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server")
         );
         assert_eq!(cond(&s, READY).last_transition_time, t(100));
+    }
+
+    #[test]
+    fn a_redis_outage_after_ready_is_degraded_not_unready() {
+        let m = model(json!({"replicas": 2}));
+        let d = deployment(4, 4, 2, 2, 2, 2);
+        let up = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: Some(&sts(1)),
+            },
+            None,
+            t(1),
+        );
+        assert_eq!(up.redis.as_ref().unwrap().phase, RedisPhase::Ready);
+        let down = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: Some(&sts(0)),
+            },
+            Some(&up),
+            t(2),
+        );
+        assert_eq!(down.redis.as_ref().unwrap().phase, RedisPhase::Unavailable);
+        assert_eq!(cond(&down, READY).status, "True");
+        assert_eq!(cond(&down, DEGRADED).status, "True");
+        assert_eq!(cond(&down, DEGRADED).reason, "RedisUnavailable");
+        // Still down at the next reconcile; back to Ready and not degraded when it returns.
+        let still = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: Some(&sts(0)),
+            },
+            Some(&down),
+            t(3),
+        );
+        assert_eq!(still.redis.as_ref().unwrap().phase, RedisPhase::Unavailable);
+        let back = compute(
+            &m,
+            Observed {
+                deployment: Some(&d),
+                statefulset: Some(&sts(1)),
+            },
+            Some(&still),
+            t(4),
+        );
+        assert_eq!(back.redis.clone().unwrap().phase, RedisPhase::Ready);
+        assert_eq!(cond(&back, DEGRADED).status, "False");
     }
 
     #[test]

@@ -66,8 +66,11 @@ const DOWN_LOG_EVERY: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(200);
 /// How often a probe message is sent to this node's own probe channel.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a probe may take before the node counts as deaf.
+/// How long a probe may take before the node resubscribes.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long Redis may answer this node while the node hears nothing before it counts as deaf
+/// (and leaves rotation): longer than a resubscription and a probe round trip.
+pub const DEAF_GRACE: Duration = Duration::from_secs(10);
 
 /// An error of the driver.
 #[derive(Debug, thiserror::Error)]
@@ -301,8 +304,12 @@ struct Monitor {
     /// Wait before retrying a failed resubscription.
     resubscribe_after: Instant,
     probe_seq: u64,
-    /// The probe in flight: its sequence number and when it was sent.
-    probe_sent: Option<(u64, Instant)>,
+    /// The probe in flight: its sequence number, when it was sent, and whether Redis
+    /// acknowledged its PUBLISH (then losing it means this node cannot hear, not an outage).
+    probe_sent: Option<(u64, Instant, bool)>,
+    /// Since when Redis answers this node while the node cannot hear (a SUBSCRIBE refused by
+    /// Redis, or an acknowledged probe lost); cleared by a probe heard or a lost connection.
+    deaf_since: Option<Instant>,
     next_probe: Instant,
     dropped_seen: u64,
     connects: u64,
@@ -325,6 +332,7 @@ impl Monitor {
             resubscribe_after: now,
             probe_seq: 0,
             probe_sent: None,
+            deaf_since: None,
             next_probe: now,
             dropped_seen: 0,
             connects: 0,
@@ -423,7 +431,7 @@ impl Monitor {
         {
             warn!(
                 last_error = self.last_error.as_deref().unwrap_or("none yet"),
-                "redis unreachable; retrying (not ready, local delivery only)"
+                "redis unreachable; retrying (still ready: local delivery only)"
             );
             self.last_down_log = Some(Instant::now());
         }
@@ -439,7 +447,14 @@ impl Monitor {
                     self.probe_sent = None;
                     self.next_probe = Instant::now();
                 }
-                Ok(Err(e)) => self.subscribe_failed(&e.to_string()),
+                Ok(Err(e)) => {
+                    // Refused by Redis (e.g. NOPERM): this node cannot listen while its peers
+                    // may. A timeout or an I/O error would be an outage.
+                    if redis_answered(&e) {
+                        self.deaf_since.get_or_insert_with(Instant::now);
+                    }
+                    self.subscribe_failed(&e.to_string())
+                }
                 Err(_) => self.subscribe_failed("timed out"),
             }
         }
@@ -452,6 +467,22 @@ impl Monitor {
         if connected && self.subscribed {
             self.probe().await;
         }
+        if !connected {
+            // An outage, not deafness: every node is in the same boat.
+            self.deaf_since = None;
+        }
+        let deaf = self.deaf_since.is_some_and(|t| t.elapsed() >= DEAF_GRACE);
+        if deaf != health.snapshot().deaf {
+            if deaf {
+                warn!(
+                    "redis answers this node but the node hears nothing for {DEAF_GRACE:?}: deaf, leaving rotation until it hears again"
+                );
+            } else {
+                info!("node hears redis again; back in rotation");
+            }
+        }
+        health.set_deaf(deaf);
+        metrics.redis_deaf.set(i64::from(deaf));
 
         let dropped = metrics_dropped(metrics);
         if dropped > self.dropped_seen {
@@ -481,12 +512,16 @@ impl Monitor {
     async fn probe(&mut self) {
         let inner = self.driver.inner.clone();
         let now = Instant::now();
-        if let Some((seq, sent)) = self.probe_sent {
+        if let Some((seq, sent, acked)) = self.probe_sent {
             if now.duration_since(sent) > PROBE_TIMEOUT {
                 warn!(
                     seq,
+                    acked,
                     "redis probe did not come back within {PROBE_TIMEOUT:?}: the node cannot hear Redis; resubscribing"
                 );
+                if acked {
+                    self.deaf_since.get_or_insert(sent);
+                }
                 inner.metrics.redis_probe_failures.inc();
                 inner.health.set_probe_ok(false);
                 self.probe_sent = None;
@@ -500,14 +535,32 @@ impl Monitor {
         }
         self.probe_seq += 1;
         let seq = self.probe_seq;
-        self.probe_sent = Some((seq, now));
+        self.probe_sent = Some((seq, now, false));
         self.next_probe = now + PROBE_INTERVAL;
         let publish = inner
             .client
             .publish::<i64, _, _>(self.probe_chan.as_str(), seq.to_string());
-        if let Err(e) = publish.await {
-            // Counted as a probe failure when the timeout passes.
-            debug!("redis probe publish failed: {e}");
+        match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
+            Ok(Ok(_receivers)) => {
+                if let Some((s, _, acked)) = self.probe_sent.as_mut()
+                    && *s == seq
+                {
+                    *acked = true;
+                }
+            }
+            // Counted as a probe failure when the timeout passes. An error reply is Redis
+            // answering (fred may hand a refused SUBSCRIBE's reply to the next command on the
+            // connection, this PUBLISH); a timeout or I/O error is an outage, not deafness.
+            Ok(Err(e)) => {
+                debug!("redis probe publish failed: {e}");
+                if redis_answered(&e)
+                    && let Some((s, _, acked)) = self.probe_sent.as_mut()
+                    && *s == seq
+                {
+                    *acked = true;
+                }
+            }
+            Err(_) => debug!("redis probe publish timed out"),
         }
     }
 
@@ -516,9 +569,10 @@ impl Monitor {
         let seq = std::str::from_utf8(data)
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
-        if let (Some(seq), Some((want, sent))) = (seq, self.probe_sent)
+        if let (Some(seq), Some((want, sent, _))) = (seq, self.probe_sent)
             && seq == want
         {
+            self.deaf_since = None;
             let rtt = sent.elapsed();
             inner.metrics.redis_probe_seconds.set(rtt.as_secs_f64());
             if !inner.health.snapshot().probe_ok {
@@ -528,6 +582,16 @@ impl Monitor {
             self.probe_sent = None;
         }
     }
+}
+
+/// Whether `e` is a reply from Redis (it is up and refused something), as opposed to a
+/// timeout, an I/O error or a cancelled command (it may be down).
+fn redis_answered(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::Auth | K::Unknown | K::InvalidCommand | K::InvalidArgument
+    )
 }
 
 fn metrics_dropped(m: &Metrics) -> u64 {

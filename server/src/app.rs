@@ -62,7 +62,7 @@ where
             Mode::Redis => "redis",
         },
     ));
-    let health = Arc::new(Health::new(mode));
+    let health = Arc::new(Health::new(mode).with_startup_grace(settings.redis_startup_grace));
     let app = Arc::new(App {
         node: settings.node_name.clone(),
         metrics: metrics.clone(),

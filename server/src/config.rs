@@ -65,6 +65,12 @@ pub struct Cli {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s")]
     pub shutdown_grace: humantime::Duration,
 
+    /// How long a new node waits to hear Redis before it turns ready without it (degraded). A
+    /// node that joins while Redis works is ready only once subscribed, so it never takes
+    /// clients it cannot reach; one that starts during an outage still serves after this.
+    #[arg(long, env = "REDIS_STARTUP_GRACE", default_value = "10s")]
+    pub redis_startup_grace: humantime::Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -134,6 +140,7 @@ pub struct Settings {
     pub auth_secret: Option<String>,
     pub api_key: Option<String>,
     pub shutdown_grace: Duration,
+    pub redis_startup_grace: Duration,
     pub log_format: LogFormat,
 }
 
@@ -264,6 +271,7 @@ impl Cli {
             auth_secret,
             api_key,
             shutdown_grace,
+            redis_startup_grace: self.redis_startup_grace.into(),
             log_format: self.log_format,
         })
     }

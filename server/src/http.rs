@@ -18,7 +18,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use crate::{
     config::Cors,
     handlers::{App, Dest, NAMESPACE, client_room, deliver},
-    health::readiness,
+    health::{degradation, readiness},
     metrics::{self, OutKind},
     protocol,
 };
@@ -144,11 +144,15 @@ async fn readyz<A: Adapter>(State(st): State<HttpState<A>>) -> Response {
     let result = readiness(&snap);
     st.app.metrics.ready.set(i64::from(result.is_ok()));
     match result {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"ready": true, "node": st.app.node})),
-        )
-            .into_response(),
+        Ok(()) => {
+            let degraded = degradation(&snap);
+            let body = if degraded.is_empty() {
+                json!({"ready": true, "node": st.app.node})
+            } else {
+                json!({"ready": true, "node": st.app.node, "degraded": degraded})
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
         Err(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "node": st.app.node, "reasons": reasons})),

@@ -145,6 +145,7 @@ pub struct Metrics {
     redis_dropped: [Counter; DropReason::ALL.len()],
     pub redis_pump_restarts: Counter,
     pub redis_probe_failures: Counter,
+    pub redis_deaf: Gauge,
     pub redis_probe_seconds: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub draining: Gauge,
@@ -270,6 +271,12 @@ impl Metrics {
             "Self-addressed pub/sub probes that did not come back in time",
             redis_probe_failures.clone(),
         );
+        let redis_deaf = Gauge::default();
+        r.register(
+            "redis_deaf",
+            "1 while Redis answers this node but the node does not hear its subscriptions (not ready)",
+            redis_deaf.clone(),
+        );
         let redis_probe_seconds = Gauge::<f64, AtomicU64>::default();
         r.register(
             "redis_probe_rtt_seconds",
@@ -298,6 +305,7 @@ impl Metrics {
             redis_dropped,
             redis_pump_restarts,
             redis_probe_failures,
+            redis_deaf,
             redis_probe_seconds,
             ready,
             draining,

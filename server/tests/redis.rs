@@ -17,14 +17,13 @@ async fn two_nodes(redis: &Redis, extra: &[&str]) -> (Server, Server) {
     let mut b: Vec<&str> = vec![&url, "--name=n2"];
     b.extend_from_slice(extra);
     let (n1, n2) = (Server::start(&a).await, Server::start(&b).await);
-    assert!(
-        n1.wait_ready(200, Duration::from_secs(10)).await,
-        "n1 ready"
-    );
-    assert!(
-        n2.wait_ready(200, Duration::from_secs(10)).await,
-        "n2 ready"
-    );
+    // Ready comes at once; cross-node delivery once Redis is subscribed and heard.
+    for n in [&n1, &n2] {
+        let (ok, body) = n
+            .wait_readyz_body(Duration::from_secs(10), fully_ready)
+            .await;
+        assert!(ok, "{body}");
+    }
     (n1, n2)
 }
 
@@ -137,8 +136,18 @@ async fn delivery_resumes(a: &mut Client, b: &mut Client, within: Duration) -> O
     None
 }
 
+/// Ready and degraded because Redis is unreachable.
+fn degraded_ready(status: u16, body: &str) -> bool {
+    status == 200 && body.contains("redis: not connected")
+}
+
+/// Ready and not degraded.
+fn fully_ready(status: u16, body: &str) -> bool {
+    status == 200 && !body.contains("degraded")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_flips_readiness_and_delivery_resumes() {
+async fn a_redis_outage_keeps_nodes_ready_and_delivery_resumes() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
@@ -149,16 +158,16 @@ async fn redis_restart_flips_readiness_and_delivery_resumes() {
     a.emit_ack("join", json!("r")).await;
 
     redis.stop();
-    assert!(
-        n1.wait_ready(503, Duration::from_secs(5)).await,
-        "n1 not ready without Redis"
-    );
-    assert!(
-        n2.wait_ready(503, Duration::from_secs(5)).await,
-        "n2 not ready without Redis"
-    );
-    let (_, body) = n1.get("/readyz").await;
-    assert!(body.contains("redis: not connected"), "{body}");
+    // Every node loses Redis at once: they stay in rotation, saying they are degraded.
+    for n in [&n1, &n2] {
+        let (ok, body) = n
+            .wait_readyz_body(Duration::from_secs(5), degraded_ready)
+            .await;
+        assert!(ok, "ready and degraded without Redis: {body}");
+    }
+    let (_, metrics) = n1.get("/metrics").await;
+    assert!(metrics.contains("realtime_redis_connected 0"), "{metrics}");
+    assert!(metrics.contains("realtime_ready 1"), "{metrics}");
     // local clients are still served; the ack says the delivery was local only
     let ack = a
         .emit_ack("publish", json!({"room": "r", "event": "local", "data": 1}))
@@ -171,19 +180,17 @@ async fn redis_restart_flips_readiness_and_delivery_resumes() {
 
     let restarted = std::time::Instant::now();
     redis.restart();
-    assert!(
-        n1.wait_ready(200, Duration::from_secs(10)).await,
-        "n1 ready again"
-    );
-    assert!(
-        n2.wait_ready(200, Duration::from_secs(10)).await,
-        "n2 ready again"
-    );
+    for n in [&n1, &n2] {
+        let (ok, body) = n
+            .wait_readyz_body(Duration::from_secs(10), fully_ready)
+            .await;
+        assert!(ok, "no longer degraded once Redis is back: {body}");
+    }
     let ready_after = restarted.elapsed();
     let resumed = delivery_resumes(&mut a, &mut b, Duration::from_secs(10)).await;
     assert!(resumed.is_some(), "cross-node delivery resumes");
     eprintln!(
-        "redis restart: ready after {ready_after:?}, delivery {:?} later",
+        "redis restart: healthy after {ready_after:?}, delivery {:?} later",
         resumed.unwrap()
     );
     // nodes are still running
@@ -197,31 +204,36 @@ async fn redis_restart_flips_readiness_and_delivery_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_started_before_redis_waits_not_ready_then_joins() {
+async fn a_node_started_before_redis_serves_locally_then_joins() {
     let Some(bin) = common::require_program("redis-server", "apt-get install redis-server") else {
         return;
     };
     drop(bin);
     let port = common::free_port();
     let url = format!("--redis-url=redis://127.0.0.1:{port}");
-    let n1 = Server::start(&[&url, "--name=early"]).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let n1 = Server::start(&[&url, "--name=early", "--redis-startup-grace=2s"]).await;
+    // Not ready while it may still hear Redis any moment (a rollout's new pod must not take
+    // clients it cannot reach across nodes)...
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, body) = n1.get("/readyz").await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(
-        n1.get("/healthz").await.0,
-        200,
-        "alive while Redis is missing"
+    assert!(
+        status == 503 && body.contains("redis: starting"),
+        "{status} {body}"
     );
+    // ...then ready without it, degraded: a node started during an outage still serves.
+    let (ok, body) = n1
+        .wait_readyz_body(Duration::from_secs(5), degraded_ready)
+        .await;
+    assert!(ok, "ready and degraded after the startup grace: {body}");
     // clients are served locally meanwhile
     let (mut a, _) = Client::hello(n1.addr, None).await;
     assert_eq!(a.emit_ack("join", json!("r")).await, json!({"ok": true}));
 
     let redis = Redis::start_on(port);
-    assert!(
-        n1.wait_ready(200, Duration::from_secs(10)).await,
-        "ready once Redis is up"
-    );
+    let (ok, body) = n1
+        .wait_readyz_body(Duration::from_secs(10), fully_ready)
+        .await;
+    assert!(ok, "healthy once Redis is up: {body}");
     let n2 = Server::start(&[&format!("--redis-url={}", redis.url()), "--name=late"]).await;
     assert!(n2.wait_ready(200, Duration::from_secs(10)).await);
     let (mut b, _) = Client::hello(n2.addr, None).await;
@@ -235,20 +247,30 @@ async fn a_node_started_before_redis_waits_not_ready_then_joins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_redis_makes_the_node_not_ready_instead_of_silently_deaf() {
+async fn a_frozen_redis_degrades_the_nodes_without_taking_them_out() {
     let Some(redis) = Redis::start() else { return };
-    let (n1, _n2) = two_nodes(&redis, &[]).await;
+    let (n1, n2) = two_nodes(&redis, &[]).await;
     redis.signal("-STOP");
-    let went_unready = n1.wait_ready(503, Duration::from_secs(10)).await;
+    // A Redis that stops answering is an outage for every node, not deafness of one: the
+    // nodes report it and stay in rotation, past the deafness grace.
+    let (degraded, body) = n1
+        .wait_readyz_body(Duration::from_secs(10), |s, b| {
+            s == 200 && b.contains("degraded")
+        })
+        .await;
+    let mut still_ready = true;
+    let until = tokio::time::Instant::now() + Duration::from_secs(13);
+    while tokio::time::Instant::now() < until {
+        still_ready &= n1.get("/readyz").await.0 == 200 && n2.get("/readyz").await.0 == 200;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     redis.signal("-CONT");
-    assert!(
-        went_unready,
-        "a Redis that stops answering turns readiness false"
-    );
-    assert!(
-        n1.wait_ready(200, Duration::from_secs(15)).await,
-        "ready again after it resumes"
-    );
+    assert!(degraded, "a frozen Redis shows as degraded: {body}");
+    assert!(still_ready, "no node left rotation because Redis froze");
+    let (ok, body) = n1
+        .wait_readyz_body(Duration::from_secs(15), fully_ready)
+        .await;
+    assert!(ok, "healthy again after it resumes: {body}");
     let (_, body) = n1.get("/metrics").await;
     let value = |name: &str| -> u64 {
         body.lines()
@@ -266,4 +288,57 @@ async fn a_frozen_redis_makes_the_node_not_ready_instead_of_silently_deaf() {
         probes + reconnects >= 1,
         "the outage shows in the metrics:\n{body}"
     );
+}
+
+/// A node that Redis answers but that cannot listen (here: its Redis user may not SUBSCRIBE,
+/// as a broken ACL would do) is deaf: it alone leaves rotation, its peer stays ready, and it
+/// comes back once it can listen again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deaf_node_leaves_rotation_alone() {
+    let Some(redis) = Redis::start() else { return };
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "deaf",
+        "on",
+        ">deaf-pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-subscribe",
+        "-psubscribe",
+        "-ssubscribe",
+    ]);
+    let ok_url = format!("--redis-url={}", redis.url());
+    let deaf_url = format!("--redis-url=redis://deaf:deaf-pw@127.0.0.1:{}", redis.port);
+    let ok = Server::start(&[&ok_url, "--name=ok"]).await;
+    let deaf = Server::start(&[&deaf_url, "--name=deaf"]).await;
+    assert!(
+        ok.wait_ready(200, Duration::from_secs(10)).await,
+        "peer ready"
+    );
+    let (went, body) = deaf
+        .wait_readyz_body(Duration::from_secs(20), |s, b| {
+            s == 503 && b.contains("deaf")
+        })
+        .await;
+    assert!(went, "the deaf node leaves rotation: {body}");
+    let (_, metrics) = deaf.get("/metrics").await;
+    assert!(metrics.contains("realtime_redis_deaf 1"), "{metrics}");
+    assert!(metrics.contains("realtime_redis_connected 1"), "{metrics}");
+    let (status, body) = ok.get("/readyz").await;
+    assert!(fully_ready(status, &body), "the peer stays ready: {body}");
+
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "deaf",
+        "+subscribe",
+        "+psubscribe",
+        "+ssubscribe",
+    ]);
+    let (back, body) = deaf
+        .wait_readyz_body(Duration::from_secs(15), fully_ready)
+        .await;
+    assert!(back, "back in rotation once it can listen: {body}");
 }

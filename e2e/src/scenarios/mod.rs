@@ -641,15 +641,28 @@ async fn scale<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
     );
     let mut moved = 0;
     for (i, c) in all.iter().enumerate() {
-        let h = current(c, WAIT * 2)
-            .await
-            .with_context(|| format!("client {} after scale-down", c.name()))?;
-        ensure!(
-            survivors.contains(&h.node),
-            "client {} is on {} after scale-down to {survivors:?}",
-            c.name(),
-            h.node
-        );
+        // The removed pods are gone from the API, but their clients may not have seen the
+        // close yet (it is in flight, or the connection died silently with the pod's network
+        // namespace: then only the socket.io heartbeat, ping interval + timeout = 45 s by
+        // default, tells the client). Wait for a connection to a survivor, within that bound.
+        let deadline = Instant::now() + WAIT * 3;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let h = current(c, left)
+                .await
+                .with_context(|| format!("client {} after scale-down", c.name()))?;
+            if survivors.contains(&h.node) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "client {} is still on {} {:?} after scale-down to {survivors:?}",
+                c.name(),
+                h.node,
+                WAIT * 3
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let was = nodes_before_down[i].clone().unwrap_or_default();
         if !survivors.contains(&was) {
             ensure!(

@@ -237,8 +237,10 @@ pub fn pod_disruption_budget(model: &Model) -> PodDisruptionBudget {
                 match_labels: Some(labels::server_selector(&model.name)),
                 ..Default::default()
             }),
-            // Pods that are not ready serve nobody: let drains evict them.
-            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            // A server is unready only when draining or deaf (a Redis outage keeps every pod
+            // ready), so an unready pod counts against the budget like any other: a drain can
+            // never evict them all at once.
+            unhealthy_pod_eviction_policy: Some("IfHealthyBudget".into()),
             ..Default::default()
         }),
         status: None,

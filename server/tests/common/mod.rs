@@ -70,6 +70,25 @@ impl Server {
         (status, r.text().await.unwrap())
     }
 
+    /// Polls `/readyz` until its body satisfies `f` (the last body is returned either way).
+    pub async fn wait_readyz_body(
+        &self,
+        within: Duration,
+        f: impl Fn(u16, &str) -> bool,
+    ) -> (bool, String) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            if f(status, &body) {
+                return (true, body);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return (false, body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls `/readyz` until it answers `want` (200 or 503).
     pub async fn wait_ready(&self, want: u16, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
@@ -353,6 +372,18 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli -p PORT ARGS...` (Debian's redis-tools, a dependency of redis-server)
+    /// and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Sends a signal (`-STOP`, `-CONT`) to the redis-server process.
