@@ -1335,22 +1335,25 @@ async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
         .holder_identity
 }
 
+/// [`setup!`], then the built `realtime-operator` binary (the test returns when it is missing
+/// outside CI) and a temp dir for the processes' logs.
+macro_rules! setup_binary {
+    ($cp:ident, $client:ident, $ns:ident, $bin:ident, $dir:ident, $prefix:expr) => {
+        setup!($cp, $client, $ns, $prefix);
+        let Some($bin) = realtime_e2e::require::require(
+            "the realtime-operator binary",
+            "build it with `cargo build --workspace --bins` (make build)",
+            realtime_e2e::require::workspace_bin("realtime-operator"),
+        ) else {
+            return;
+        };
+        let $dir = tempfile::tempdir().unwrap();
+    };
+}
+
 #[tokio::test]
 async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoints() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let Some(bin) = realtime_e2e::require::require(
-        "the realtime-operator binary",
-        "build it with `cargo build --workspace --bins` (make build)",
-        realtime_e2e::require::workspace_bin("realtime-operator"),
-    ) else {
-        return;
-    };
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-leader").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    setup_binary!(cp, client, ns, bin, dir, "op-leader");
 
     let mut a = OperatorProcess::spawn(&bin, &cp, &ns, "replica-a", dir.path(), &[]);
     eventually(&cp, "replica-a to lead", || async {
@@ -1459,20 +1462,7 @@ async fn a_hung_leader_is_replaced_and_writes_nothing_once_resumed() {
     const LEASE: Duration = Duration::from_secs(5);
     const DEADLINE: Duration = Duration::from_secs(3);
     const RETRY: Duration = Duration::from_secs(1);
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let Some(bin) = realtime_e2e::require::require(
-        "the realtime-operator binary",
-        "build it with `cargo build --workspace --bins` (make build)",
-        realtime_e2e::require::workspace_bin("realtime-operator"),
-    ) else {
-        return;
-    };
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-hung").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    setup_binary!(cp, client, ns, bin, dir, "op-hung");
     let image = |replica: &str| format!("example.org/realtime-server:{replica}");
     let args = |replica: &str| {
         vec![

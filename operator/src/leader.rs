@@ -488,6 +488,11 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// Candidate "a" reads `lease` `after` seconds past `t0`.
+    fn seen(o: &mut Observer, lease: &Lease, t0: Instant, after: f64) -> Decision {
+        o.observe(Some(lease), "a", LEASE, t0 + secs(after))
+    }
+
     fn wait(holder: &str, expires_in: f64) -> Decision {
         Decision::Wait {
             holder: holder.into(),
@@ -501,14 +506,11 @@ mod tests {
         let mut o = Observer::default();
         assert_eq!(o.observe(None, "a", LEASE, t0), Decision::Create);
         let released = lease(None, "5", None);
-        assert_eq!(
-            o.observe(Some(&released), "a", LEASE, t0),
-            Decision::TakeOver
-        );
+        assert_eq!(seen(&mut o, &released, t0, 0.0), Decision::TakeOver);
         let mut empty = lease(Some(""), "6", None);
-        assert_eq!(o.observe(Some(&empty), "a", LEASE, t0), Decision::TakeOver);
+        assert_eq!(seen(&mut o, &empty, t0, 0.0), Decision::TakeOver);
         empty.spec = None;
-        assert_eq!(o.observe(Some(&empty), "a", LEASE, t0), Decision::TakeOver);
+        assert_eq!(seen(&mut o, &empty, t0, 0.0), Decision::TakeOver);
     }
 
     #[test]
@@ -516,11 +518,8 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Observer::default();
         let ours = lease(Some("a"), "1", Some(1));
-        assert_eq!(o.observe(Some(&ours), "a", LEASE, t0), Decision::Renew);
-        assert_eq!(
-            o.observe(Some(&ours), "a", LEASE, t0 + secs(3600.0)),
-            Decision::Renew
-        );
+        assert_eq!(seen(&mut o, &ours, t0, 0.0), Decision::Renew);
+        assert_eq!(seen(&mut o, &ours, t0, 3600.0), Decision::Renew);
     }
 
     #[test]
@@ -529,15 +528,9 @@ mod tests {
         let mut o = Observer::default();
         let held = lease(Some("b"), "1", Some(1_000));
         // A fresh candidate trusts no timestamp: the whole duration counts from its first read.
-        assert_eq!(o.observe(Some(&held), "a", LEASE, t0), wait("b", 15.0));
-        assert_eq!(
-            o.observe(Some(&held), "a", LEASE, t0 + secs(14.5)),
-            wait("b", 0.5)
-        );
-        assert_eq!(
-            o.observe(Some(&held), "a", LEASE, t0 + secs(15.0)),
-            Decision::TakeOver
-        );
+        assert_eq!(seen(&mut o, &held, t0, 0.0), wait("b", 15.0));
+        assert_eq!(seen(&mut o, &held, t0, 14.5), wait("b", 0.5));
+        assert_eq!(seen(&mut o, &held, t0, 15.0), Decision::TakeOver);
     }
 
     #[test]
@@ -547,24 +540,12 @@ mod tests {
         o.observe(Some(&lease(Some("b"), "1", Some(1_000))), "a", LEASE, t0);
         // Renewed (new resourceVersion) at t0+10: the holder is alive.
         let renewed = lease(Some("b"), "2", Some(1_010));
-        assert_eq!(
-            o.observe(Some(&renewed), "a", LEASE, t0 + secs(10.0)),
-            wait("b", 15.0)
-        );
-        assert_eq!(
-            o.observe(Some(&renewed), "a", LEASE, t0 + secs(20.0)),
-            wait("b", 5.0)
-        );
-        assert_eq!(
-            o.observe(Some(&renewed), "a", LEASE, t0 + secs(25.0)),
-            Decision::TakeOver
-        );
+        assert_eq!(seen(&mut o, &renewed, t0, 10.0), wait("b", 15.0));
+        assert_eq!(seen(&mut o, &renewed, t0, 20.0), wait("b", 5.0));
+        assert_eq!(seen(&mut o, &renewed, t0, 25.0), Decision::TakeOver);
         // A new holder is a change too.
         let other = lease(Some("c"), "3", Some(1_010));
-        assert_eq!(
-            o.observe(Some(&other), "a", LEASE, t0 + secs(26.0)),
-            wait("c", 15.0)
-        );
+        assert_eq!(seen(&mut o, &other, t0, 26.0), wait("c", 15.0));
     }
 
     #[test]
@@ -585,11 +566,8 @@ mod tests {
         // hour, but it has not changed for a lease duration.
         let mut o = Observer::default();
         let l = lease(Some("b"), "1", Some(now_wall + 3600));
-        assert_eq!(o.observe(Some(&l), "a", LEASE, t0), wait("b", 15.0));
-        assert_eq!(
-            o.observe(Some(&l), "a", LEASE, t0 + secs(15.0)),
-            Decision::TakeOver
-        );
+        assert_eq!(seen(&mut o, &l, t0, 0.0), wait("b", 15.0));
+        assert_eq!(seen(&mut o, &l, t0, 15.0), Decision::TakeOver);
     }
 
     #[test]
@@ -598,14 +576,11 @@ mod tests {
         let mut o = Observer::default();
         let mut l = lease(Some("b"), "1", None);
         l.spec.as_mut().unwrap().lease_duration_seconds = Some(4);
-        assert_eq!(o.observe(Some(&l), "a", LEASE, t0), wait("b", 4.0));
-        assert_eq!(
-            o.observe(Some(&l), "a", LEASE, t0 + secs(4.0)),
-            Decision::TakeOver
-        );
+        assert_eq!(seen(&mut o, &l, t0, 0.0), wait("b", 4.0));
+        assert_eq!(seen(&mut o, &l, t0, 4.0), Decision::TakeOver);
         l.spec.as_mut().unwrap().lease_duration_seconds = None;
         l.metadata.resource_version = Some("2".into());
-        assert_eq!(o.observe(Some(&l), "a", LEASE, t0), wait("b", 15.0));
+        assert_eq!(seen(&mut o, &l, t0, 0.0), wait("b", 15.0));
     }
 
     #[test]
