@@ -1243,6 +1243,7 @@ impl OperatorProcess {
         ns: &str,
         identity: &str,
         dir: &std::path::Path,
+        extra: &[String],
     ) -> Self {
         use realtime_e2e::data_plane::{die_with_parent, free_port};
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
@@ -1259,6 +1260,7 @@ impl OperatorProcess {
         .arg(format!("--namespace={ns}"))
         .arg(format!("--identity={identity}"))
         .arg(format!("--admin-addr={admin}"))
+        .args(extra)
         .env("KUBECONFIG", cp.kubeconfig_path())
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&log).unwrap())
@@ -1284,25 +1286,34 @@ impl OperatorProcess {
 
     /// SIGTERM, then the exit status (within 20 s).
     async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "operator did not exit after SIGTERM:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        self.signal(libc::SIGTERM);
+        match self.exited_within(Duration::from_secs(20)).await {
+            Some(status) => status,
+            None => panic!("operator did not exit after SIGTERM:\n{}", self.log_text()),
         }
     }
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// The exit status, once the process exited within `within`.
+    async fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if started.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -1324,29 +1335,32 @@ async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
         .holder_identity
 }
 
+/// [`setup!`], then the built `realtime-operator` binary (the test returns when it is missing
+/// outside CI) and a temp dir for the processes' logs.
+macro_rules! setup_binary {
+    ($cp:ident, $client:ident, $ns:ident, $bin:ident, $dir:ident, $prefix:expr) => {
+        setup!($cp, $client, $ns, $prefix);
+        let Some($bin) = realtime_e2e::require::require(
+            "the realtime-operator binary",
+            "build it with `cargo build --workspace --bins` (make build)",
+            realtime_e2e::require::workspace_bin("realtime-operator"),
+        ) else {
+            return;
+        };
+        let $dir = tempfile::tempdir().unwrap();
+    };
+}
+
 #[tokio::test]
 async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoints() {
-    let Some(cp) = control_plane::shared().await else {
-        return;
-    };
-    let _logs = cp.logs_on_failure();
-    let Some(bin) = realtime_e2e::require::require(
-        "the realtime-operator binary",
-        "build it with `cargo build --workspace --bins` (make build)",
-        realtime_e2e::require::workspace_bin("realtime-operator"),
-    ) else {
-        return;
-    };
-    let client = cp.client().await.unwrap();
-    let ns = cp.create_namespace("op-leader").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    setup_binary!(cp, client, ns, bin, dir, "op-leader");
 
-    let mut a = OperatorProcess::spawn(&bin, &cp, &ns, "replica-a", dir.path());
+    let mut a = OperatorProcess::spawn(&bin, &cp, &ns, "replica-a", dir.path(), &[]);
     eventually(&cp, "replica-a to lead", || async {
         Ok((a.metric("realtime_operator_leader").await == Some(1.0)).then_some(()))
     })
     .await;
-    let mut b = OperatorProcess::spawn(&bin, &cp, &ns, "replica-b", dir.path());
+    let mut b = OperatorProcess::spawn(&bin, &cp, &ns, "replica-b", dir.path(), &[]);
     eventually(&cp, "replica-b to be ready as a standby", || async {
         Ok((b.status("/readyz").await == Some(200)).then_some(()))
     })
@@ -1429,6 +1443,144 @@ async fn binary_elects_one_leader_hands_over_on_sigterm_and_serves_admin_endpoin
         None,
         "the Lease was not released"
     );
+}
+
+/// The Lease of the leader tests.
+async fn leader_lease(client: &Client, ns: &str) -> k8s_openapi::api::coordination::v1::Lease {
+    Api::namespaced(client.clone(), ns)
+        .get("e2e-leader")
+        .await
+        .unwrap()
+}
+
+/// A leader that hangs (SIGSTOP) is replaced within its lease duration, and once resumed
+/// (SIGCONT) it writes nothing: each replica has its own default server image, so any reconcile
+/// by the old leader would change the Deployment; instead it finds its leadership lapsed,
+/// logs that it steps down and exits 1 (the pod would restart as a candidate).
+#[tokio::test]
+async fn a_hung_leader_is_replaced_and_writes_nothing_once_resumed() {
+    const LEASE: Duration = Duration::from_secs(5);
+    const DEADLINE: Duration = Duration::from_secs(3);
+    const RETRY: Duration = Duration::from_secs(1);
+    setup_binary!(cp, client, ns, bin, dir, "op-hung");
+    let image = |replica: &str| format!("example.org/realtime-server:{replica}");
+    let args = |replica: &str| {
+        vec![
+            format!("--lease-duration={}s", LEASE.as_secs()),
+            format!("--renew-deadline={}s", DEADLINE.as_secs()),
+            format!("--retry-period={}s", RETRY.as_secs()),
+            format!("--default-server-image={}", image(replica)),
+        ]
+    };
+    let deployment_image = |d: Deployment| {
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
+
+    let mut a = OperatorProcess::spawn(&bin, &cp, &ns, "replica-a", dir.path(), &args("replica-a"));
+    eventually(&cp, "replica-a to lead", || async {
+        Ok((a.metric("realtime_operator_leader").await == Some(1.0)).then_some(()))
+    })
+    .await;
+    let b = OperatorProcess::spawn(&bin, &cp, &ns, "replica-b", dir.path(), &args("replica-b"));
+    eventually(&cp, "replica-b to be ready as a standby", || async {
+        Ok((b.status("/readyz").await == Some(200)).then_some(()))
+    })
+    .await;
+    create(
+        &client,
+        &ns,
+        "chat",
+        json!({"replicas": 2, "redis": {"external": {"host": "cache"}}}),
+    )
+    .await;
+    eventually(&cp, "replica-a to create the Deployment", || async {
+        let d = get_opt::<Deployment>(&client, &ns, "chat").await;
+        Ok(d.filter(|d| deployment_image(d.clone()) == image("replica-a")))
+    })
+    .await;
+    assert_eq!(b.metric("realtime_operator_leader").await, Some(0.0));
+    let transitions = leader_lease(&client, &ns)
+        .await
+        .spec
+        .unwrap()
+        .lease_transitions;
+
+    // SIGSTOP: the leader stops renewing; the standby takes over once the Lease has not changed
+    // for a lease duration, measured from its own last observation.
+    a.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let takeover = loop {
+        if lease_holder(&client, &ns).await.as_deref() == Some("replica-b") {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < LEASE + 4 * RETRY,
+            "replica-b did not take over:\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "MEASURE takeover after SIGSTOP of the leader: {takeover:?} (lease duration {LEASE:?})"
+    );
+    // The last renewal was at most one retry period before the stop; the standby saw it no
+    // earlier and waits a full lease duration from then; it polls every retry period.
+    assert!(
+        takeover + RETRY + Duration::from_millis(200) >= LEASE,
+        "took over too early: {takeover:?}"
+    );
+    assert!(
+        takeover <= LEASE + 2 * RETRY + Duration::from_secs(1),
+        "took over too late: {takeover:?}"
+    );
+    let lease = leader_lease(&client, &ns).await.spec.unwrap();
+    assert_eq!(lease.lease_transitions, transitions.map(|t| t + 1));
+    eventually(&cp, "replica-b to lead and reconcile", || async {
+        let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
+        let leads = b.metric("realtime_operator_leader").await == Some(1.0);
+        Ok((leads && deployment_image(d) == image("replica-b")).then_some(()))
+    })
+    .await;
+    // replica-b at rest (its steady-state resync writes nothing): any change from here on
+    // would be replica-a's.
+    let settled = eventually(&cp, "replica-b to settle", || async {
+        let before = versions(&client, &ns, "chat").await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok((versions(&client, &ns, "chat").await == before).then_some(before))
+    })
+    .await;
+
+    // SIGCONT: replica-a's requeues (resync 2 s) are long due; it must not act on them.
+    a.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    let status = a.exited_within(Duration::from_secs(5)).await;
+    let log = a.log_text();
+    let status = status.unwrap_or_else(|| panic!("replica-a did not exit after SIGCONT:\n{log}"));
+    println!(
+        "MEASURE old leader exit after SIGCONT: {:?} ({status})",
+        resumed.elapsed()
+    );
+    assert!(!status.success(), "replica-a exited with {status}:\n{log}");
+    assert!(log.contains("lost leadership: stepping down"), "{log}");
+    println!(
+        "writes refused by replica-a's fence after SIGCONT: {}",
+        log.matches("not the leader").count()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        versions(&client, &ns, "chat").await,
+        settled,
+        "an object changed after the old leader resumed:\n{log}"
+    );
+    let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
+    assert_eq!(deployment_image(d), image("replica-b"));
+    let lease = leader_lease(&client, &ns).await.spec.unwrap();
+    assert_eq!(lease.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(lease.lease_transitions, transitions.map(|t| t + 1));
+    assert_eq!(b.metric("realtime_operator_leader").await, Some(1.0));
 }
 
 /// The rules the operator needs (namespaced here; the chart's ClusterRole has the same rules).

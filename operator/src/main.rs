@@ -11,7 +11,7 @@ async fn main() -> std::process::ExitCode {
             print!("{}", realtime_operator::crd_yaml());
             return std::process::ExitCode::SUCCESS;
         }
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         None => cli.run,
     };
     init_logging(args.log_format);

@@ -4,8 +4,8 @@
 //!   (`applied`, `paused`, `invalid_spec`, `error`);
 //! - `realtime_operator_reconcile_errors_total{error}`: failed reconciles, by error kind;
 //! - `realtime_operator_reconcile_duration_seconds`: reconcile latency histogram;
-//! - `realtime_operator_leader`: 1 while this replica holds the leader Lease (or runs without
-//!   leader election), else 0.
+//! - `realtime_operator_leader`: 1 while this replica acts as the leader (from acquiring the
+//!   Lease until it steps down or shuts down; always without leader election), else 0.
 
 use std::time::Instant;
 

@@ -3,15 +3,18 @@
 //! `realtime-operator [run] [FLAGS]` runs the controller; `realtime-operator crd` prints the
 //! CRD. Every flag has an environment variable (shown by `--help`).
 //!
-//! Shutdown: SIGTERM or SIGINT stops the controller (in-flight reconciles finish), releases the
-//! Lease so a standby takes over at once, and exits 0. Losing the Lease (renewals failing for
-//! longer than its duration) stops the controller and exits 1, so the pod restarts as a
-//! candidate instead of acting without leadership.
+//! Shutdown: SIGTERM or SIGINT stops the controller (in-flight reconciles finish, the Lease is
+//! renewed meanwhile), releases the Lease so a standby takes over at once, and exits 0.
+//!
+//! Stepping down: when no renewal succeeded within the renew deadline (or another replica holds
+//! the Lease), the controller's client already refuses writes (see [`crate::leader`]); the run
+//! ends at once, without waiting for in-flight reconciles, and the process exits 1 so that the
+//! pod restarts as a candidate. All of this happens before a standby may take the Lease over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -21,10 +24,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::Client;
+use kube::client::ClientBuilder;
 use tokio::sync::watch;
 
 use crate::controller;
-use crate::leader::{LeaderElector, LeaseConfig};
+use crate::leader::{FenceLayer, LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::validate::Defaults;
 
@@ -53,7 +57,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the RealtimeCluster CustomResourceDefinition (YAML) to stdout.
     Crd,
 }
@@ -84,6 +88,17 @@ pub struct RunArgs {
     /// Namespace of the leader Lease; the pod's namespace when unset.
     #[arg(long, env = "LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// How long a standby waits after it last saw the Lease change before taking it over
+    /// (whole seconds).
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal; less than the lease
+    /// duration.
+    #[arg(long, env = "RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Duration,
+    /// How often the leader renews and standbys retry; less than the renew deadline.
+    #[arg(long, env = "RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_period: Duration,
     /// Identity in the Lease and in Events; the hostname when unset.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -178,6 +193,24 @@ fn when_set(
 
 /// Runs the operator until a termination signal (Ok) or the loss of leadership (Err).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let lease_config = args.leader_election.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(pod_namespace)
+            .unwrap_or_else(|| "default".into());
+        LeaseConfig::new(namespace, args.lease_name.clone(), identity.clone()).with_timings(
+            args.lease_duration,
+            args.renew_deadline,
+            args.retry_period,
+        )
+    });
+    if let Some(cfg) = &lease_config {
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
+    }
+
     let metrics = Arc::new(Metrics::default());
     let admin = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -197,8 +230,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let client = Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
+        .context("building the Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let client = Client::try_from(kube_config.clone())
         .context("building the Kubernetes client (in-cluster or KUBECONFIG)")?;
     let version = client
         .apiserver_version()
@@ -207,39 +242,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(server = %version.git_version, "connected to the API server");
     admin.ready.store(true, Ordering::Relaxed);
 
-    let identity = args.identity.clone().unwrap_or_else(hostname);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_on_signal = stop_tx.clone();
     tokio::spawn(async move {
         termination_signal().await;
-        let _ = stop_on_signal.send(true);
+        let _ = stop_tx.send(true);
     });
 
-    let elector = if args.leader_election {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .or_else(pod_namespace)
-            .unwrap_or_else(|| "default".into());
-        let cfg = LeaseConfig::new(namespace, args.lease_name.clone(), identity.clone());
-        tracing::info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), %identity, "waiting for leadership");
-        let elector = LeaderElector::new(client.clone(), cfg);
-        if !acquire(&elector, &stop_rx).await {
-            admin.ready.store(false, Ordering::Relaxed);
-            return Ok(());
+    // With leader election the controller writes through a client fenced by the leadership;
+    // the elector keeps the plain one.
+    let (elector, controller_client) = match lease_config {
+        Some(cfg) => {
+            tracing::info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), %identity,
+                lease_duration = ?cfg.lease_duration, renew_deadline = ?cfg.renew_deadline,
+                retry_period = ?cfg.retry_period, "waiting for leadership");
+            let elector = Arc::new(LeaderElector::new(client.clone(), cfg));
+            let fenced = ClientBuilder::try_from(kube_config)
+                .context("building the Kubernetes client (in-cluster or KUBECONFIG)")?
+                .with_layer(&FenceLayer::new(elector.leadership()))
+                .build();
+            if !acquire(&elector, &stop_rx).await {
+                admin.ready.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            tracing::info!(%identity, "became leader");
+            (Some(elector), fenced)
         }
-        tracing::info!(%identity, "became leader");
-        Some(Arc::new(elector))
-    } else {
-        None
+        None => (None, client),
     };
     metrics.leader.set(1);
-
-    let lost = Arc::new(AtomicBool::new(false));
-    let renewer = elector.clone().map(|elector| {
-        let (lost, stop_tx, stop_rx) = (lost.clone(), stop_tx.clone(), stop_rx.clone());
-        tokio::spawn(async move { renew_until_lost(&elector, stop_rx, lost, stop_tx).await })
-    });
 
     let config = controller::Config {
         defaults: Defaults {
@@ -251,25 +281,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         instance: Some(identity),
     };
     tracing::info!(namespace = ?config.namespace, server_image = %config.defaults.server_image, "starting the controller");
-    controller::run(client, config, metrics.clone(), when_set(&stop_rx)).await;
+    let controller = controller::run(
+        controller_client,
+        config,
+        metrics.clone(),
+        when_set(&stop_rx),
+    );
+    let Some(elector) = elector else {
+        controller.await;
+        admin.ready.store(false, Ordering::Relaxed);
+        metrics.leader.set(0);
+        tracing::info!("stopped");
+        return Ok(());
+    };
 
+    let mut renewer = tokio::spawn({
+        let elector = elector.clone();
+        async move { renew_until_lost(&elector).await }
+    });
+    tokio::select! {
+        () = controller => {}
+        lost = &mut renewer => {
+            // Writes are already refused; drop the controller (in-flight reconciles included)
+            // and exit, so that the pod restarts as a candidate.
+            metrics.leader.set(0);
+            admin.ready.store(false, Ordering::Relaxed);
+            let why = lost.unwrap_or_else(|e| format!("the renewal task failed: {e}"));
+            tracing::error!(reason = %why, "lost leadership: stepping down");
+            anyhow::bail!("lost leadership ({why}): exiting so that this replica restarts as a candidate");
+        }
+    }
+    renewer.abort();
+    let _ = renewer.await;
     admin.ready.store(false, Ordering::Relaxed);
     metrics.leader.set(0);
-    let _ = stop_tx.send(true);
-    if let Some(task) = renewer {
-        let _ = task.await;
-    }
-    if lost.load(Ordering::Relaxed) {
-        anyhow::bail!(
-            "lost the leader Lease: exiting so that this replica restarts as a candidate"
-        );
-    }
-    if let Some(elector) = elector {
-        match elector.release().await {
-            Ok(()) => tracing::info!("released the leader Lease"),
-            Err(e) => {
-                tracing::warn!(error = %e, "releasing the leader Lease failed; it expires on its own")
-            }
+    match elector.release().await {
+        Ok(()) => tracing::info!("released the leader Lease"),
+        Err(e) => {
+            tracing::warn!(error = %e, "releasing the leader Lease failed; it expires on its own")
         }
     }
     tracing::info!("stopped");
@@ -286,46 +335,37 @@ async fn acquire(elector: &LeaderElector, stop: &watch::Receiver<bool>) -> bool 
             Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(elector.config().renew_interval) => {}
+            _ = tokio::time::sleep(elector.config().retry_period) => {}
             _ = stop.wait_for(|s| *s) => return false,
         }
     }
 }
 
-/// Renews every interval until shutdown; when no renewal succeeded for a whole lease duration
-/// (minus one interval of margin), marks the leadership lost and requests shutdown.
-async fn renew_until_lost(
-    elector: &LeaderElector,
-    mut stop: watch::Receiver<bool>,
-    lost: Arc<AtomicBool>,
-    stop_tx: watch::Sender<bool>,
-) {
-    let cfg = elector.config().clone();
-    let deadline = cfg.lease_duration.saturating_sub(cfg.renew_interval);
-    let mut last_ok = Instant::now();
+/// Renews every retry period; returns why leadership ended: the renew deadline passed without
+/// a successful renewal, or another replica holds the Lease.
+async fn renew_until_lost(elector: &LeaderElector) -> String {
+    let leadership = elector.leadership();
+    let retry = elector.config().retry_period;
+    let mut next = tokio::time::Instant::now() + retry;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(cfg.renew_interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let Some(until) = leadership.valid_until() else {
+            return "another replica holds the Lease".into();
+        };
+        // Wake at the next attempt, or at the deadline if that comes first.
+        tokio::time::sleep_until(next.min(until.into())).await;
+        if !leadership.is_leading() {
+            return format!(
+                "no renewal succeeded within the renew deadline ({:?})",
+                elector.config().renew_deadline
+            );
         }
+        next = tokio::time::Instant::now() + retry;
         match elector.try_acquire_or_renew().await {
-            Ok(true) => last_ok = Instant::now(),
-            Ok(false) => {
-                tracing::error!("another replica took the leader Lease");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "renewing the leader Lease failed");
-                if last_ok.elapsed() < deadline {
-                    continue;
-                }
-                tracing::error!("could not renew the leader Lease in time");
-                break;
-            }
+            Ok(true) => {}
+            Ok(false) => return "another replica holds the Lease".into(),
+            Err(e) => tracing::warn!(error = %e, "renewing the leader Lease failed"),
         }
     }
-    lost.store(true, Ordering::Relaxed);
-    let _ = stop_tx.send(true);
 }
 
 /// An error and its causes on one line, skipping causes whose text the message already holds
@@ -408,6 +448,23 @@ mod tests {
         };
         assert_eq!(args.namespace.as_deref(), Some("apps"));
         assert!(!args.leader_election);
+        assert_eq!(args.lease_duration, Duration::from_secs(15));
+        assert_eq!(args.renew_deadline, Duration::from_secs(10));
+        assert_eq!(args.retry_period, Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn inconsistent_lease_timings_are_refused_before_anything_starts() {
+        let cli = Cli::try_parse_from([
+            "realtime-operator",
+            "--leader-election",
+            "--lease-duration=5s",
+            "--renew-deadline=5s",
+            "--retry-period=1s",
+        ])
+        .unwrap();
+        let e = run(cli.run).await.unwrap_err();
+        assert!(e.to_string().contains("renew deadline"), "{e}");
     }
 
     #[test]
