@@ -597,7 +597,8 @@ fn container_pid(uid: &str, comm: &str) -> Option<i32> {
 }
 
 /// The managed Redis' password is on no command line: not in any pod spec, not in the OCI spec
-/// containerd hands to runc, not in `/proc/<pid>/cmdline` of redis-server on this host. Redis
+/// containerd hands to runc for Redis (args or environment), not in `/proc/<pid>/cmdline` of
+/// redis-server on this host. Redis
 /// still requires it (read from the mounted config file), and the servers, which authenticate
 /// with it, are Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,7 +648,8 @@ spec:
             "the password is on redis-server's command line"
         );
 
-        // The process arguments as the kubelet expanded them, in the runtime's bundle.
+        // The container as the kubelet made it (args and environment expanded), in the
+        // runtime's bundle: nothing of the password, not even in the environment.
         let id = redis["status"]["containerStatuses"][0]["containerID"]
             .as_str()
             .and_then(|c| c.strip_prefix("containerd://"))
@@ -662,13 +664,14 @@ spec:
             })
             .find(|p| p.exists())
             .context("the redis container's OCI config.json")?;
-        let oci: Value = serde_json::from_slice(&std::fs::read(&bundle)?)?;
+        let spec = std::fs::read_to_string(&bundle)?;
+        let oci: Value = serde_json::from_str(&spec)?;
         let args = oci["process"]["args"].to_string();
         eprintln!("OCI process.args {args}");
         ensure!(args.contains("/etc/realtime-redis/redis.conf"));
         ensure!(
-            !args.contains(&password),
-            "the password is in the OCI process args"
+            !spec.contains(&password),
+            "the password is in the redis container's OCI spec"
         );
 
         // Redis does require the password (from the config file): without it, NOAUTH.

@@ -7,10 +7,12 @@
 //! `--requirepass` in its arguments: the kubelet expands `$(VAR)` in args, so the password would
 //! sit in the container's OCI spec (`crictl inspect`) and in `/proc/<pid>/cmdline`, readable by
 //! every process on the node that may read `/proc`. The generated Secret therefore holds two
-//! keys: `password` (what the servers and `redis-cli` read) and `redis.conf`
-//! (`requirepass "<password>"`), mounted read-only as the file Redis is started with. Both keys
-//! are written together by the operator, so they can never disagree, and no init container or
-//! shell is needed. The alternatives were worse: an init container writing the file needs a
+//! keys: `password` (what the servers read, through `secretKeyRef`) and `redis.conf`
+//! (`requirepass "<password>"`), both mounted read-only in the Redis container: `redis.conf` is
+//! the file Redis is started with, `password` is what the readiness probe's shell hands to
+//! `redis-cli` as `REDISCLI_AUTH`, so the Redis container's environment holds no password
+//! either. Both keys are written together by the operator, so they can never disagree, and no
+//! init container is needed. The alternatives were worse: an init container writing the file needs a
 //! shell and a writable volume holding the password; a second Secret would keep a second copy
 //! that can drift from the first. A Secret made before this layout lacks `redis.conf`; being
 //! immutable, it is replaced by one with the same password and both keys (see
@@ -21,10 +23,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, KeyToPath,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -41,7 +43,7 @@ pub const REDIS_UID: i64 = 999;
 
 /// Key of the Redis config file in the generated Secret.
 pub const REDIS_CONF_KEY: &str = "redis.conf";
-/// Where the Secret's `redis.conf` is mounted in the Redis container (read-only).
+/// Where the Secret's `redis.conf` and `password` are mounted in the Redis container (read-only).
 pub const REDIS_CONF_DIR: &str = "/etc/realtime-redis";
 
 /// The config file Redis starts with: only `requirepass`, the password as a double-quoted
@@ -122,19 +124,6 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
     else {
         return None;
     };
-    // redis-cli reads REDISCLI_AUTH, so the readiness probe authenticates without argv.
-    let cli_auth = EnvVar {
-        name: "REDISCLI_AUTH".into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: model.redis_secret_name(),
-                key: REDIS_PASSWORD_KEY.into(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let persistent = storage.is_some();
     let args = vec![
         "redis-server".to_string(),
@@ -151,7 +140,6 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
         name: "redis".into(),
         image: Some(image.clone()),
         args: Some(args),
-        env: Some(vec![cli_auth]),
         ports: Some(vec![ContainerPort {
             name: Some("redis".into()),
             container_port: REDIS_PORT,
@@ -163,7 +151,13 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
                 command: Some(vec![
                     "sh".into(),
                     "-c".into(),
-                    "test \"$(redis-cli ping)\" = PONG".into(),
+                    // redis-cli reads REDISCLI_AUTH: the password is set in the probe's
+                    // shell from the mounted file, so it is in no argv and not in the
+                    // container's environment (nor in the OCI spec that would record it).
+                    format!(
+                        "export REDISCLI_AUTH=\"$(cat {REDIS_CONF_DIR}/{REDIS_PASSWORD_KEY})\"; \
+                         test \"$(redis-cli ping)\" = PONG"
+                    ),
                 ]),
             }),
             period_seconds: Some(5),
@@ -199,16 +193,18 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
         ..Default::default()
     };
 
-    // Only the config file is mounted, readable by the redis group (fsGroup) and no one else.
+    // The config file, and the password for the readiness probe's redis-cli; readable by the
+    // redis group (fsGroup) and no one else.
+    let item = |key: &str| KeyToPath {
+        key: key.into(),
+        path: key.into(),
+        ..Default::default()
+    };
     let mut volumes = vec![Volume {
         name: "config".into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(model.redis_secret_name()),
-            items: Some(vec![KeyToPath {
-                key: REDIS_CONF_KEY.into(),
-                path: REDIS_CONF_KEY.into(),
-                ..Default::default()
-            }]),
+            items: Some(vec![item(REDIS_CONF_KEY), item(REDIS_PASSWORD_KEY)]),
             default_mode: Some(0o440),
             optional: Some(false),
         }),
@@ -366,27 +362,22 @@ mod tests {
             .unwrap();
         let sv = vol.secret.as_ref().unwrap();
         assert_eq!(sv.secret_name.as_deref(), Some("chat-redis-auth"));
-        let items = sv.items.as_ref().unwrap();
+        let items: Vec<(&str, &str)> = sv
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
         assert_eq!(
-            (items.len(), items[0].key.as_str(), items[0].path.as_str()),
-            (1, "redis.conf", "redis.conf")
+            items,
+            [("redis.conf", "redis.conf"), ("password", "password")]
         );
         assert_eq!(sv.default_mode, Some(0o440));
-        // redis-cli authenticates from the environment, through secretKeyRef.
-        let env = c.env.as_ref().unwrap();
-        assert_eq!(env.len(), 1);
-        let pw = env[0]
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
-        assert_eq!(
-            (env[0].name.as_str(), pw.name.as_str(), pw.key.as_str()),
-            ("REDISCLI_AUTH", "chat-redis-auth", "password")
-        );
-        assert!(env[0].value.is_none());
+        // The probe's redis-cli reads the password from the file into its own environment:
+        // the container's environment holds nothing of it.
+        assert!(c.env.is_none());
+        let script = &probe.exec.as_ref().unwrap().command.as_ref().unwrap()[2];
+        assert!(script.contains("REDISCLI_AUTH=\"$(cat /etc/realtime-redis/password)\""));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.run_as_non_root, Some(true));
