@@ -1760,7 +1760,12 @@ async fn a_precreated_password_secret_is_used_and_a_broken_one_reported() {
     );
     let adopted = secrets.get("mine-redis-auth").await.unwrap();
     assert_owned_by(&adopted.metadata, &mine);
-    assert_eq!(adopted.data.unwrap()["password"].0, b"chosen-by-the-user");
+    let data = adopted.data.unwrap();
+    assert_eq!(data["password"].0, b"chosen-by-the-user");
+    assert_eq!(
+        data["redis.conf"].0,
+        b"requirepass \"chosen-by-the-user\"\n"
+    );
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let failed = eventually(
@@ -1791,5 +1796,151 @@ async fn a_precreated_password_secret_is_used_and_a_broken_one_reported() {
         untouched.metadata.owner_references.is_none(),
         "the broken Secret was modified"
     );
+    operator.stop().await;
+}
+
+/// The digest on the server pod template (`realtime.dev/redis-auth-hash`), if any.
+fn pod_auth_hash(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("realtime.dev/redis-auth-hash")
+        .cloned()
+}
+
+/// An edited external-Redis password Secret rolls the servers: its change alone (no spec change,
+/// resync far away) triggers a reconcile that puts the new digest on the pod template.
+#[tokio::test]
+async fn an_edited_external_password_secret_rolls_the_servers() {
+    use realtime_operator::build::redis::auth_hash;
+    setup!(cp, client, ns, "op-extpw");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = |pw: &str| -> Secret {
+        serde_json::from_value(
+            json!({"metadata": {"name": "creds"}, "stringData": {"password": pw}}),
+        )
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret("pw-alpha-7f3"))
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns, Duration::from_secs(300));
+    create(
+        &client,
+        &ns,
+        "ext",
+        json!({"redis": {"external": {"host": "cache",
+            "passwordSecretRef": {"name": "creds", "key": "password"}}}}),
+    )
+    .await;
+    let digest = |want: String| {
+        let (client, ns) = (client.clone(), ns.clone());
+        move || {
+            let (client, ns, want) = (client.clone(), ns.clone(), want.clone());
+            async move {
+                let d = get_opt::<Deployment>(&client, &ns, "ext").await;
+                Ok(d.filter(|d| pod_auth_hash(d).as_deref() == Some(want.as_str())))
+            }
+        }
+    };
+    let before = eventually(
+        &cp,
+        "the first password's digest",
+        digest(auth_hash("pw-alpha-7f3")),
+    )
+    .await;
+
+    let t0 = Instant::now();
+    secrets
+        .replace("creds", &PostParams::default(), &secret("pw-bravo-9c1"))
+        .await
+        .unwrap();
+    let after = eventually(
+        &cp,
+        "the second password's digest after editing the Secret",
+        digest(auth_hash("pw-bravo-9c1")),
+    )
+    .await;
+    eprintln!(
+        "external password Secret edited -> new pod template digest in {:.1?}",
+        t0.elapsed()
+    );
+    assert_ne!(
+        before.metadata.generation, after.metadata.generation,
+        "a new pod template (a rollout)"
+    );
+    let json = serde_json::to_string(&after).unwrap();
+    assert!(
+        !json.contains("pw-bravo-9c1") && !json.contains("pw-alpha-7f3"),
+        "the password leaked"
+    );
+    // An unrelated Secret changing does not touch the Deployment.
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "other"}, "stringData": {"x": "y"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let same = get_opt::<Deployment>(&client, &ns, "ext").await.unwrap();
+    assert_eq!(same.resource_version(), after.resource_version());
+    operator.stop().await;
+}
+
+/// A managed-Redis Secret from before `redis.conf` (immutable, `password` only) is replaced by
+/// one with both keys and the same password: no pod sees a new password.
+#[tokio::test]
+async fn an_old_immutable_password_secret_gains_redis_conf_with_the_same_password() {
+    setup!(cp, client, ns, "op-oldsecret");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let old = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "old-redis-auth"},
+                "immutable": true, "stringData": {"password": "kept-password"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let operator = Operator::start(&client, &ns, Duration::from_secs(300));
+    let rc = create(&client, &ns, "old", json!({})).await;
+    let new = eventually(&cp, "the Secret with redis.conf", || async {
+        Ok(get_opt::<Secret>(&client, &ns, "old-redis-auth")
+            .await
+            .filter(|s| {
+                s.data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key("redis.conf"))
+            }))
+    })
+    .await;
+    let data = new.data.as_ref().unwrap();
+    assert_eq!(data["password"].0, b"kept-password");
+    assert_eq!(data["redis.conf"].0, b"requirepass \"kept-password\"\n");
+    assert_eq!(new.immutable, Some(true));
+    assert_ne!(
+        new.uid(),
+        old.uid(),
+        "replaced, not updated (it is immutable)"
+    );
+    assert_owned_by(&new.metadata, &rc);
+    let d = eventually(&cp, "the Deployment", || async {
+        Ok(get_opt::<Deployment>(&client, &ns, "old").await)
+    })
+    .await;
+    assert_eq!(
+        pod_auth_hash(&d),
+        Some(realtime_operator::build::redis::auth_hash("kept-password"))
+    );
+    assert_eq!(operator.count("error"), 0);
     operator.stop().await;
 }

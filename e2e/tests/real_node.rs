@@ -755,3 +755,110 @@ async fn pod_metrics(ip: &str) -> Result<String> {
     s.read_to_string(&mut buf).await?;
     Ok(buf)
 }
+
+/// The managed Redis' password is on no command line: not in any pod spec, not in the OCI spec
+/// containerd hands to runc for Redis (args or environment), not in `/proc/<pid>/cmdline` of
+/// redis-server on this host. Redis
+/// still requires it (read from the mounted config file), and the servers, which authenticate
+/// with it, are Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_password_is_on_no_command_line() {
+    let _turn = TURN.lock().await;
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let run = async {
+        let manifest = r#"
+apiVersion: realtime.dev/v1alpha1
+kind: RealtimeCluster
+metadata:
+  name: pw
+spec:
+  replicas: 1
+  redis:
+    managed: {}
+"#;
+        // Ready: the server's adapter authenticated to Redis with the password.
+        let (k, _ns, ready) = apply_ready(&node, "rt-pw", manifest, "pw").await?;
+        eprintln!("rtc/pw: apply to Ready in {ready:.1?}");
+        let password = k
+            .ok(&[
+                "get",
+                "secret",
+                "pw-redis-auth",
+                "-o",
+                "go-template={{.data.password | base64decode}}",
+            ])
+            .await?;
+        ensure!(password.len() >= 32, "a generated password");
+
+        let pods = k.get_json(&["pods"]).await?;
+        ensure!(
+            !pods.to_string().contains(&password),
+            "the password is in a pod's JSON"
+        );
+        let redis = k.get_json(&["pod", "pw-redis-0"]).await?;
+        let uid = redis["metadata"]["uid"].as_str().context("pod uid")?;
+        let pid = container_pid(uid, "redis-server").context("the redis-server process")?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        eprintln!("redis-server pid {pid}: cmdline {shown:?}");
+        ensure!(
+            !shown.contains(&password),
+            "the password is on redis-server's command line"
+        );
+
+        // The container as the kubelet made it (args and environment expanded), in the
+        // runtime's bundle: nothing of the password, not even in the environment.
+        let id = redis["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("containerd://"))
+            .context("the redis container id")?;
+        let state = node::config::NodeLayout::default().containerd_state();
+        let bundle = [state.as_path(), std::path::Path::new("/run/containerd")]
+            .iter()
+            .map(|d| {
+                d.join(format!(
+                    "io.containerd.runtime.v2.task/k8s.io/{id}/config.json"
+                ))
+            })
+            .find(|p| p.exists())
+            .context("the redis container's OCI config.json")?;
+        let spec = std::fs::read_to_string(&bundle)?;
+        let oci: Value = serde_json::from_str(&spec)?;
+        let args = oci["process"]["args"].to_string();
+        eprintln!("OCI process.args {args}");
+        ensure!(args.contains("/etc/realtime-redis/redis.conf"));
+        ensure!(
+            !spec.contains(&password),
+            "the password is in the redis container's OCI spec"
+        );
+
+        // Redis does require the password (from the config file): without it, NOAUTH.
+        let anonymous = k
+            .run(
+                &[
+                    "exec",
+                    "pw-redis-0",
+                    "--",
+                    "env",
+                    "-u",
+                    "REDISCLI_AUTH",
+                    "redis-cli",
+                    "ping",
+                ],
+                None,
+            )
+            .await?;
+        let said = format!("{}{}", anonymous.stdout, anonymous.stderr);
+        eprintln!("redis-cli ping without the password: {}", said.trim());
+        ensure!(
+            said.contains("NOAUTH"),
+            "Redis answered without a password: {said}"
+        );
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = run.await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{Desired, labels};
-use crate::validate::{Model, REDIS_PASSWORD_KEY};
+use crate::validate::{Model, REDIS_PASSWORD_KEY, RedisModel};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "realtime-operator";
@@ -96,12 +96,39 @@ pub async fn existing_redis_password(
         })
 }
 
+/// The value of an external Redis' `passwordSecretRef` (`None` without one, or when the
+/// Secret or its key does not exist yet: the server pods then wait for it, and its creation
+/// triggers a reconcile). Only ever hashed for the servers' rollout annotation; never logged.
+pub async fn external_redis_password(
+    client: &Client,
+    model: &Model,
+) -> Result<Option<String>, Error> {
+    let RedisModel::External {
+        password: Some(r), ..
+    } = &model.redis
+    else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &model.namespace);
+    let secret = api
+        .get_opt(&r.name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            name: r.name.clone(),
+            source,
+        })?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(&r.key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+}
+
 /// Applies every desired child. Order: the Secret before the pods that read it, Redis before
 /// the servers that connect to it, the Service before the Ingress that routes to it.
 pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
     let mut statefulset = None;
     if let Some(r) = &desired.redis {
-        apply(client, &r.secret).await?;
+        apply_secret(client, &r.secret).await?;
         apply(client, &r.service).await?;
         statefulset = Some(apply_statefulset(client, &r.statefulset).await?);
     }
@@ -216,6 +243,63 @@ where
         name,
         source,
     })
+}
+
+/// Like [`apply`], for the managed-Redis Secret. The Secret is immutable, so one written before
+/// it carried `redis.conf` (only the `password` key) cannot gain that key by an update: it is
+/// replaced by the desired one, which was built from the stored password, so the password does
+/// not change. The delete is conditional on the uid and resourceVersion read just before, and
+/// happens only when that stored Secret is immutable and holds the same password; any other
+/// failure is returned as it was.
+async fn apply_secret(client: &Client, secret: &Secret) -> Result<Secret, Error> {
+    let err = match apply(client, secret).await {
+        Ok(applied) => return Ok(applied),
+        Err(e) => e,
+    };
+    let name = match &err {
+        Error::Apply {
+            source: kube::Error::Api(s),
+            name,
+            ..
+        } if s.is_invalid() => name.clone(),
+        _ => return Err(err),
+    };
+    let (api, _) = api_for(client, secret);
+    let Some(stored) = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            name: name.clone(),
+            source,
+        })?
+    else {
+        return Err(err);
+    };
+    let password = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(REDIS_PASSWORD_KEY))
+            .cloned()
+    };
+    if stored.immutable != Some(true) || password(&stored) != password(secret) {
+        return Err(err);
+    }
+    tracing::info!(secret = %name, "immutable Redis Secret lacks a key: replacing it, same password");
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: stored.uid(),
+            resource_version: stored.resource_version(),
+        }),
+        ..DeleteParams::background()
+    };
+    api.delete(&name, &dp)
+        .await
+        .map_err(|source| Error::Delete {
+            kind: "Secret".into(),
+            name: name.clone(),
+            source,
+        })?;
+    apply(client, secret).await
 }
 
 /// Like [`apply`], but a StatefulSet whose immutable fields changed (storage added, removed or

@@ -2,6 +2,11 @@
 //!
 //! - Children are watched (`owns`), so a deleted or hand-edited child triggers a reconcile
 //!   that restores it; a periodic resync (default 5 min) catches anything missed.
+//! - An external Redis' password Secret is not a child: Secrets are watched metadata-only (no
+//!   Secret data is listed or cached; every change bumps the resourceVersion, which is enough)
+//!   and mapped to the RealtimeClusters in their namespace whose `passwordSecretRef` names
+//!   them. The reconcile reads the referenced key and puts its digest on the server pod
+//!   template, so an edited password rolls the servers without a manual restart.
 //! - An invalid spec is reported (Degraded=InvalidSpec condition + Warning Event) and then
 //!   waits for the next spec change: no requeue, no hot loop.
 //! - Transient errors requeue with per-object exponential backoff (1 s doubling to 5 min).
@@ -19,9 +24,10 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
@@ -111,7 +117,15 @@ pub async fn run(
         metrics,
         failures: Mutex::default(),
     });
-    Controller::new(clusters, watcher::Config::default().any_semantic())
+    let controller = Controller::new(clusters, watcher::Config::default().any_semantic());
+    let referenced_by = referencing_clusters(controller.store());
+    controller
+        // `PartialObjectMeta`: metadata-only list and watch requests.
+        .watches(
+            api::<PartialObjectMeta<Secret>>(&client, &ns),
+            watcher::Config::default(),
+            referenced_by,
+        )
         .owns(api::<Deployment>(&client, &ns), children.clone())
         .owns(api::<Service>(&client, &ns), children.clone())
         .owns(api::<PodDisruptionBudget>(&client, &ns), children.clone())
@@ -135,6 +149,32 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Maps a Secret (its metadata) to the RealtimeClusters in its namespace whose external Redis
+/// `passwordSecretRef` names it.
+fn referencing_clusters(
+    clusters: Store<RealtimeCluster>,
+) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<RealtimeCluster>> + Send + Sync + 'static {
+    move |secret| {
+        let (ns, name) = (secret.namespace(), secret.name_any());
+        clusters
+            .state()
+            .iter()
+            .filter(|rc| rc.namespace() == ns && references_secret(rc, &name))
+            .map(|rc| ObjectRef::from_obj(&**rc))
+            .collect()
+    }
+}
+
+/// Whether `rc` uses an external Redis whose password comes from the Secret `name`.
+fn references_secret(rc: &RealtimeCluster, name: &str) -> bool {
+    rc.spec
+        .redis
+        .external
+        .as_ref()
+        .and_then(|x| x.password_secret_ref.as_ref())
+        .is_some_and(|r| r.name == name)
 }
 
 /// One reconcile of one RealtimeCluster.
@@ -201,7 +241,10 @@ async fn reconcile_inner(
                     None => (Some(new_password()), true),
                 }
             }
-            RedisModel::External { .. } => (None, false),
+            RedisModel::External { .. } => (
+                apply::external_redis_password(&ctx.client, &model).await?,
+                false,
+            ),
         };
         let desired = build::desired(&model, password.as_deref());
         let applied = apply::apply_all(&ctx.client, &desired).await?;
@@ -404,6 +447,47 @@ mod tests {
         assert_eq!(backoff(9), Duration::from_secs(256));
         assert_eq!(backoff(10), Duration::from_secs(300));
         assert_eq!(backoff(1000), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_clusters_that_reference_it() {
+        let rc = |ns: &str, name: &str, redis: serde_json::Value| -> RealtimeCluster {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "realtime.dev/v1alpha1", "kind": "RealtimeCluster",
+                "metadata": {"name": name, "namespace": ns}, "spec": {"redis": redis}}))
+            .unwrap()
+        };
+        let ext = |secret: &str| {
+            serde_json::json!({"external": {"host": "cache",
+                "passwordSecretRef": {"name": secret, "key": "password"}}})
+        };
+        let (reader, mut writer) = kube::runtime::reflector::store::<RealtimeCluster>();
+        for obj in [
+            rc("a", "uses", ext("creds")),
+            rc("a", "other", ext("elsewhere")),
+            rc("b", "same-name-other-ns", ext("creds")),
+            rc("a", "managed", serde_json::json!({"managed": {}})),
+            rc("a", "also", ext("creds")),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let secret = |ns: &str, name: &str| PartialObjectMeta::<Secret> {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let map = referencing_clusters(reader);
+        let mut hit: Vec<String> = map(secret("a", "creds"))
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        hit.sort();
+        assert_eq!(hit, ["also", "uses"]);
+        assert!(map(secret("a", "unrelated")).is_empty());
+        assert!(map(secret("c", "creds")).is_empty());
     }
 
     #[test]

@@ -29,8 +29,9 @@ pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + SHUTDOWN_GRA
 /// Non-root uid/gid of the server (distroless "nonroot").
 pub const SERVER_UID: i64 = 65532;
 
-/// The server Deployment. `redis_auth_hash` is the digest of the managed Redis password
-/// (None for an external Redis), recorded on the pod template so a new password rolls the pods.
+/// The server Deployment. `redis_auth_hash` is the digest of the Redis password (the managed
+/// one, or the external one's `passwordSecretRef` value; None without a password), recorded on
+/// the pod template so a new password rolls the pods.
 pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     let s = &model.server;
     let selector = labels::server_selector(&model.name);
