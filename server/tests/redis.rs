@@ -157,7 +157,7 @@ async fn redis_restart_flips_readiness_and_delivery_resumes() {
         n2.wait_ready(503, Duration::from_secs(5)).await,
         "n2 not ready without Redis"
     );
-    let (_, body) = n1.get("/readyz").await;
+    let (_, body) = n1.admin_get("/readyz").await;
     assert!(body.contains("redis: not connected"), "{body}");
     // local clients are still served; the ack says the delivery was local only
     let ack = a
@@ -188,7 +188,7 @@ async fn redis_restart_flips_readiness_and_delivery_resumes() {
     );
     // nodes are still running
     assert!(!n1.task.is_finished() && !n2.task.is_finished());
-    let (_, metrics) = n1.get("/metrics").await;
+    let (_, metrics) = n1.admin_get("/metrics").await;
     assert!(
         metrics.contains("realtime_redis_reconnects_total 1"),
         "{metrics}"
@@ -206,10 +206,10 @@ async fn a_node_started_before_redis_waits_not_ready_then_joins() {
     let url = format!("--redis-url=redis://127.0.0.1:{port}");
     let n1 = Server::start(&[&url, "--name=early"]).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (status, body) = n1.get("/readyz").await;
+    let (status, body) = n1.admin_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
-        n1.get("/healthz").await.0,
+        n1.admin_get("/healthz").await.0,
         200,
         "alive while Redis is missing"
     );
@@ -249,7 +249,7 @@ async fn a_frozen_redis_makes_the_node_not_ready_instead_of_silently_deaf() {
         n1.wait_ready(200, Duration::from_secs(15)).await,
         "ready again after it resumes"
     );
-    let (_, body) = n1.get("/metrics").await;
+    let (_, body) = n1.admin_get("/metrics").await;
     let value = |name: &str| -> u64 {
         body.lines()
             .find(|l| l.starts_with(name))
