@@ -4,9 +4,10 @@ CARGO ?= cargo
 
 .PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind bench clean-cache
 
-## run: one realtime-server node on :3000 with the in-memory adapter
+## run: one realtime-server node on :3000 with the in-memory adapter and the demo page
+## (probes and metrics on the admin port :9090)
 run:
-	$(CARGO) run -p realtime-server
+	$(CARGO) run -p realtime-server -- --demo-page
 
 ## test: every test tier that runs on this machine (installs its parts first; the real-node
 ## tier needs root). Prints how long each part took.

@@ -4,7 +4,8 @@
 # commands, interleaved (reference, ours, reference, ours) so that drift hits both.
 #
 # Loopback only. Uses the fixed ports of ../shared/bench/anchor-node/run-anchor.sh
-# (Redis 6379, nodes 3001/3002, nginx 8080) and fails if one of them is taken.
+# (Redis 6379, nodes 3001/3002, nginx 8080), plus our nodes' admin ports 9001/9002 (PORT + 6000),
+# and fails if one of them is taken.
 # Raw outputs go to ~/.cache/realtime-operator/bench/results/<timestamp>/; the summary table
 # (bench/summarize.py) is printed at the end and saved there as summary.md.
 #
@@ -32,7 +33,8 @@ A="$ANCHOR/run-anchor.sh"
 RB_TARGET="$BENCH_CACHE/target"
 RB="$RB_TARGET/release/rtbench"
 SERVER_BIN="$CARGO_TARGET_DIR/release/realtime-server"
-PORTS=(6379 3001 3002 8080)
+PORTS=(6379 3001 3002 8080 9001 9002)
+ADMIN_OFFSET=6000   # our node on PORT serves /readyz on PORT + ADMIN_OFFSET (ADMIN_PORT)
 
 die() { echo "bench: $*" >&2; exit 1; }
 say() { echo "bench: $*" >&2; }
@@ -64,7 +66,7 @@ ports_busy() {
 check_ports() {
   local busy; busy="$(ports_busy)"
   [[ -z "$busy" ]] && return 0
-  say "port(s) $busy on 127.0.0.1 are in use; run-anchor.sh needs 6379, 3001, 3002 and 8080 free"
+  say "port(s) $busy on 127.0.0.1 are in use; run-anchor.sh needs 6379, 3001, 3002 and 8080 free, and our nodes 9001 and 9002"
   command -v ss >/dev/null && ss -ltnp 2>/dev/null | grep -E ":($(echo "$busy" | tr ' ' '|'))\b" >&2 || true
   die "stop those processes (e.g. 'systemctl stop redis-server nginx') and retry"
 }
@@ -140,7 +142,8 @@ start_cluster() {
   check_ports
   CUR_RUN="$OUT/run-$tag"
   mkdir -p "$CUR_RUN"
-  [[ $sys == ours ]] && cmd=(SERVER_CMD="$SERVER_BIN --bind 127.0.0.1")
+  # run-anchor.sh runs SERVER_CMD through bash with PORT set, which expands the $((PORT + ...)).
+  [[ $sys == ours ]] && cmd=(SERVER_CMD="$SERVER_BIN --bind 127.0.0.1 --admin-port \$((PORT + $ADMIN_OFFSET))")
   env RUN="$CUR_RUN" "${cmd[@]}" "$A" start >/dev/null ||
     { tail -n 20 "$CUR_RUN"/*.log >&2; die "$sys cluster did not start (logs in $CUR_RUN)"; }
   if [[ $sys == ours ]]; then   # ready = Redis connected and subscribed
@@ -148,10 +151,10 @@ start_cluster() {
     for p in 3001 3002; do
       ready=0
       for i in $(seq 1 100); do
-        [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/readyz")" == 200 ]] && { ready=1; break; }
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((p + ADMIN_OFFSET))/readyz")" == 200 ]] && { ready=1; break; }
         sleep 0.1
       done
-      (( ready )) || die "node on :$p not ready after 10 s (logs in $CUR_RUN)"
+      (( ready )) || die "node on :$p not ready after 10 s (admin :$((p + ADMIN_OFFSET))/readyz; logs in $CUR_RUN)"
     done
   fi
   sleep 2

@@ -30,7 +30,8 @@ LABEL org.opencontainers.image.title="realtime-server" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/realtime-server /usr/local/bin/realtime-server
 USER 65532:65532
-EXPOSE 3000
+# 3000: socket.io (public); 9090: /healthz /readyz /metrics and the publish API (admin, in-cluster).
+EXPOSE 3000 9090
 # Listen on all interfaces inside the pod; every flag has an env equivalent (see --help).
-ENV BIND=0.0.0.0 PORT=3000
+ENV BIND=0.0.0.0 PORT=3000 ADMIN_PORT=9090
 ENTRYPOINT ["/usr/local/bin/realtime-server"]

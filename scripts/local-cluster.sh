@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local 3-node cluster in the foreground, the classic socket.io topology without Docker:
 # redis-server + 3 realtime-server nodes + nginx (ip_hash) on 127.0.0.1, clients on
-# http://127.0.0.1:8080. Ctrl-C stops everything it started.
+# http://127.0.0.1:8080, where the nodes serve the demo page (DEMO_PAGE=true; their probes and
+# metrics are on their admin ports, printed at start). Ctrl-C stops everything it started.
 #
 #   scripts/local-cluster.sh                         # defaults
 #   scripts/local-cluster.sh --nodes 2 --port 9000 --affinity cookie -e AUTH_SECRET=s3cret

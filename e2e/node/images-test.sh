@@ -8,8 +8,9 @@
 #             fsGroup); the readiness probe's exact command through `ctr task exec`
 #             (sh -c 'test "$(redis-cli ping)" = PONG', authenticated by REDISCLI_AUTH); SAVE
 #             writes /data/dump.rdb as uid 999
-#   server    its Entrypoint with BIND/PORT overridden, connected to that Redis: /healthz and
-#             /readyz answer 200; runs as 65532; writing to / fails
+#   server    its Entrypoint with BIND/PORT/ADMIN_PORT overridden, connected to that Redis:
+#             /healthz and /readyz answer 200 on the admin port, 404 on the public one; runs as
+#             65532; writing to / fails
 #   operator  `realtime-operator --help` (binary and libraries load) as 65532
 #   pause     runs until SIGTERM, then exits 0
 # Host networking (ports on 127.0.0.1 only). Everything it made is removed at the end, also on
@@ -160,7 +161,8 @@ for name in "${!TAR[@]}"; do
 	[[ ${REF[$name]##*:} == "${digest:7:12}" ]] || die "$name: tag is not the manifest digest prefix"
 done
 expect_config server '.config.User == "65532:65532" and .config.Entrypoint == ["/usr/local/bin/realtime-server"]
-	and (.config.Env | index("BIND=0.0.0.0") and index("PORT=3000")) and .config.ExposedPorts["3000/tcp"] == {}'
+	and (.config.Env | index("BIND=0.0.0.0") and index("PORT=3000") and index("ADMIN_PORT=9090"))
+	and .config.ExposedPorts["3000/tcp"] == {} and .config.ExposedPorts["9090/tcp"] == {}'
 expect_config operator '.config.User == "65532:65532" and .config.Entrypoint == ["/usr/local/bin/realtime-operator"]'
 expect_config redis '.config.User == "999:999" and .config.Entrypoint == null and .config.Cmd == ["redis-server"]'
 [[ -n $PAUSE_BIN ]] && expect_config pause '.config.Entrypoint == ["/pause"]'
@@ -265,21 +267,24 @@ wait_run "$REDIS_RUN" 20 "${EXEC[@]}" --exec-id probe "$ID-redis" sh -c "$probe"
 [[ $(stat -c %u "$T/data/dump.rdb" 2>/dev/null) == 999 ]] || die "SAVE did not write /data/dump.rdb as 999"
 log "redis: probe passed, PONG, SAVE wrote /data/dump.rdb as uid 999 (port $RPORT)"
 
-# server: its Entrypoint, BIND/PORT overridden, on that Redis.
+# server: its Entrypoint, BIND/PORT/ADMIN_PORT overridden, on that Redis.
 SPORT=$(free_port)
-"${RUN[@]}" --env BIND=127.0.0.1 --env "PORT=$SPORT" --env SHUTDOWN_GRACE=1s \
+APORT=$(free_port)
+"${RUN[@]}" --env BIND=127.0.0.1 --env "PORT=$SPORT" --env "ADMIN_PORT=$APORT" --env SHUTDOWN_GRACE=1s \
 	--env "REDIS_URL=redis://127.0.0.1:$RPORT" --env REDIS_PASSWORD=pw \
 	"${REF[server]}" "$ID-server" >"$T/server.log" 2>&1 &
 SERVER_RUN=$!
-wait_run "$SERVER_RUN" 30 curl -fsS "http://127.0.0.1:$SPORT/healthz" ||
-	die "server /healthz did not answer; log: $(tail -20 "$T/server.log")"
-wait_run "$SERVER_RUN" 30 curl -fsS "http://127.0.0.1:$SPORT/readyz" ||
-	die "server /readyz not 200 (Redis?); log: $(tail -20 "$T/server.log")"
+wait_run "$SERVER_RUN" 30 curl -fsS "http://127.0.0.1:$APORT/healthz" ||
+	die "server /healthz (admin port) did not answer; log: $(tail -20 "$T/server.log")"
+wait_run "$SERVER_RUN" 30 curl -fsS "http://127.0.0.1:$APORT/readyz" ||
+	die "server /readyz (admin port) not 200 (Redis?); log: $(tail -20 "$T/server.log")"
+[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$SPORT/readyz") == 404 ]] ||
+	die "server /readyz is on the public port too"
 [[ $("${EXEC[@]}" --exec-id uid "$ID-server" id -u) == 65532 ]] || die "server does not run as 65532"
 rw=$("${EXEC[@]}" --exec-id rw "$ID-server" sh -c ': >/rw-test' 2>&1) && die "server root filesystem is writable"
 [[ $rw == *"Read-only file system"* ]] || die "writing to the server's root failed, not as read-only: $rw"
 stop_run "$ID-server" "$SERVER_RUN" || die "server exited with $? on SIGTERM; log: $(tail -20 "$T/server.log")"
-log "server: /healthz and /readyz 200 on 127.0.0.1:$SPORT, uid 65532, read-only root, clean SIGTERM exit"
+log "server: /healthz and /readyz 200 on the admin port 127.0.0.1:$APORT (404 on $SPORT), uid 65532, read-only root, clean SIGTERM exit"
 stop_run "$ID-redis" "$REDIS_RUN" || die "redis exited with $? on SIGTERM; log: $(tail -20 "$T/redis.log")"
 
 # operator: the binary and its libraries load in the image.

@@ -15,8 +15,8 @@
 #
 # Images (one Debian bookworm `mmdebstrap --variant=minbase` root filesystem; the binaries are
 # built on this Debian 12 machine, so its glibc is the one they need):
-#   server    base layer + /usr/local/bin/realtime-server, user 65532:65532, BIND/PORT env,
-#             3000/tcp (the contract of docker/realtime-server.Dockerfile)
+#   server    base layer + /usr/local/bin/realtime-server, user 65532:65532, BIND/PORT/ADMIN_PORT
+#             env, 3000/tcp and 9090/tcp (the contract of docker/realtime-server.Dockerfile)
 #   operator  base layer + /usr/local/bin/realtime-operator, user 65532:65532
 #   redis     one layer: the base root filesystem + Debian's redis-server and redis-tools (apt
 #             inside it); user 999:999, Cmd ["redis-server"] and no Entrypoint, so the
@@ -381,8 +381,8 @@ binary_image() { # NAME REPO BINARY PATH_IN_IMAGE CONFIG_JSON
 
 SERVER_CFG=$(jq -cn --arg path "$PATH_ENV" --argjson labels "$(labels_json realtime-server \
 	'Horizontally scaled socket.io gateway (socketioxide + Redis adapter)')" '{
-	User: "65532:65532", Env: [$path, "BIND=0.0.0.0", "PORT=3000"],
-	Entrypoint: ["/usr/local/bin/realtime-server"], ExposedPorts: {"3000/tcp": {}},
+	User: "65532:65532", Env: [$path, "BIND=0.0.0.0", "PORT=3000", "ADMIN_PORT=9090"],
+	Entrypoint: ["/usr/local/bin/realtime-server"], ExposedPorts: {"3000/tcp": {}, "9090/tcp": {}},
 	WorkingDir: "/", Labels: $labels}')
 OPERATOR_CFG=$(jq -cn --arg path "$PATH_ENV" --argjson labels "$(labels_json realtime-operator \
 	'Kubernetes operator for RealtimeCluster (horizontally scaled socket.io)')" '{

@@ -1,8 +1,10 @@
 //! The data plane on loopback: a real `redis-server`, N server processes and a real `nginx` in
 //! front, each on a free 127.0.0.1 port, in a temporary folder.
 //!
-//! The nodes get the environment the operator's Deployment gives them (`PORT`, `BIND`, `NAME`,
-//! `REDIS_URL`, plus [`ClusterConfig::env`]). nginx balances them with [`Affinity::IpHash`] (the
+//! The nodes get the environment the operator's Deployment gives them (`PORT`, `ADMIN_PORT`,
+//! `BIND`, `NAME`, `REDIS_URL`, plus [`ClusterConfig::env`]); nginx routes to their public port
+//! only, and the harness reads readiness and metrics on their admin port, as the kubelet and
+//! Prometheus do. nginx balances them with [`Affinity::IpHash`] (the
 //! classic socket.io cluster, the seed's topology), [`Affinity::ClientAddress`] or
 //! [`Affinity::Cookie`] (a consistent hash over a cookie's value, so that browsers on one machine
 //! spread over the nodes of `scripts/local-cluster.sh`). The real ingress controller's behaviour
@@ -100,13 +102,33 @@ pub async fn http_get_with(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<HttpResponse> {
+    let host = addr.to_string();
+    http_request(addr, "GET", &host, path, headers, "", timeout).await
+}
+
+/// A plain HTTP/1.0 request to `addr` for virtual host `host` (e.g. an Ingress host), with
+/// extra headers and a body (sent with its `Content-Length` when not empty).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<HttpResponse> {
+    let what = format!("{method} http://{host}{path} (at {addr})");
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
-        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
@@ -114,9 +136,9 @@ pub async fn http_get_with(
     };
     let buf = tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| anyhow!("GET http://{addr}{path}: no response within {timeout:?}"))?
-        .with_context(|| format!("GET http://{addr}{path}"))?;
-    parse_http_response(&buf).with_context(|| format!("GET http://{addr}{path}"))
+        .map_err(|_| anyhow!("{what}: no response within {timeout:?}"))?
+        .with_context(|| what.clone())?;
+    parse_http_response(&buf).with_context(|| what.clone())
 }
 
 /// Parses a complete HTTP/1.x response with an identity body (pure).
@@ -478,20 +500,23 @@ http {{
 /// Which server implementation runs on the nodes: decides what a test may expect of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
-    /// Our `realtime-server`: the whole contract, /readyz, /metrics, auth, MAX_PAYLOAD.
+    /// Our `realtime-server`: the whole contract, /readyz and /metrics on the admin port, auth,
+    /// MAX_PAYLOAD.
     Realtime,
-    /// `shared/bench/anchor-node`: the client contract only (no auth, no /readyz or /metrics).
+    /// `shared/bench/anchor-node`: the client contract only (no auth, no /readyz or /metrics,
+    /// one port).
     NodeReference,
 }
 
-/// How to start one node. Each node also gets `PORT`, `BIND`, `NAME` and `REDIS_URL`.
+/// How to start one node. Each node also gets `PORT`, `ADMIN_PORT`, `BIND`, `NAME` and
+/// `REDIS_URL`.
 #[derive(Debug, Clone)]
 pub struct ServerCommand {
     pub kind: ServerKind,
     pub program: PathBuf,
     pub args: Vec<String>,
     pub cwd: Option<PathBuf>,
-    /// GET path that answers 200 once the node can serve.
+    /// GET path that answers 200 once the node can serve (on [`Cluster::probe_addr`]).
     pub readiness_path: String,
 }
 
@@ -884,7 +909,10 @@ impl Nginx {
 /// One node of the cluster.
 pub struct Node {
     pub name: String,
+    /// The public port (socket.io), the one nginx routes to.
     pub port: u16,
+    /// The admin port (probes, metrics, the publish API); nginx never routes to it.
+    pub admin_port: u16,
     /// Still in nginx's upstream list.
     pub in_upstream: bool,
     proc_: Option<Proc>,
@@ -893,6 +921,9 @@ pub struct Node {
 impl Node {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin_port))
     }
     pub fn proc_(&self) -> Option<&Proc> {
         self.proc_.as_ref()
@@ -951,6 +982,7 @@ impl Cluster {
             nodes.push(Node {
                 name: format!("n{}", i + 1),
                 port,
+                admin_port: free_port()?,
                 in_upstream: true,
                 proc_: None,
             });
@@ -1119,6 +1151,7 @@ impl Cluster {
         let mut cmd = Command::new(&s.program);
         cmd.args(&s.args)
             .env("PORT", node.port.to_string())
+            .env("ADMIN_PORT", node.admin_port.to_string())
             .env("BIND", "127.0.0.1")
             .env("NAME", &node.name)
             .env(
@@ -1140,9 +1173,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// GET `path` on node `i`.
+    /// GET `path` on node `i`'s public port.
     pub async fn node_get(&self, i: usize, path: &str) -> Result<HttpResponse> {
         http_get(self.nodes[i].addr(), path, Duration::from_secs(5)).await
+    }
+
+    /// Where node `i` answers its readiness path and /metrics: realtime-server's admin port;
+    /// the Node reference has one port.
+    pub fn probe_addr(&self, i: usize) -> SocketAddr {
+        match self.kind() {
+            ServerKind::Realtime => self.nodes[i].admin_addr(),
+            ServerKind::NodeReference => self.nodes[i].addr(),
+        }
+    }
+
+    /// GET `path` on node `i`'s [probe address](Cluster::probe_addr).
+    pub async fn probe_get(&self, i: usize, path: &str) -> Result<HttpResponse> {
+        http_get(self.probe_addr(i), path, Duration::from_secs(5)).await
     }
 
     /// Whether node `i` answers 200 on its readiness path (`false` on any error).
@@ -1150,12 +1197,12 @@ impl Cluster {
     /// `degraded` in its `/readyz` body meanwhile; cross-node delivery works only without it.
     pub async fn is_ready(&self, i: usize) -> bool {
         let p = self.cfg.server.readiness_path.clone();
-        matches!(self.node_get(i, &p).await, Ok(r) if r.status == 200 && !r.body.contains("\"degraded\""))
+        matches!(self.probe_get(i, &p).await, Ok(r) if r.status == 200 && !r.body.contains("\"degraded\""))
     }
 
-    /// GET /readyz of node `i`: its status code, or `None` when nothing answers.
+    /// GET /readyz of node `i` (admin port): its status code, or `None` when nothing answers.
     pub async fn readyz(&self, i: usize) -> Option<u16> {
-        self.node_get(i, "/readyz").await.ok().map(|r| r.status)
+        self.probe_get(i, "/readyz").await.ok().map(|r| r.status)
     }
 
     /// Waits until node `i` is ready; fails early (with its log) if it exits.
@@ -1194,7 +1241,7 @@ impl Cluster {
 
     /// GET /metrics of node `i` (Prometheus text).
     pub async fn metrics(&self, i: usize) -> Result<String> {
-        let r = self.node_get(i, "/metrics").await?;
+        let r = self.probe_get(i, "/metrics").await?;
         if r.status != 200 {
             bail!("node {} /metrics: HTTP {}", self.nodes[i].name, r.status);
         }
@@ -1222,7 +1269,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Starts node `i` again on the same port and name once its process has exited (a pod
+    /// Starts node `i` again on the same ports and name once its process has exited (a pod
     /// restarted behind a stable Service), and waits until it is ready.
     pub async fn restart_node(&mut self, i: usize) -> Result<()> {
         if let Some(p) = &self.nodes[i].proc_
@@ -1245,6 +1292,7 @@ impl Cluster {
         self.nodes.push(Node {
             name,
             port: free_port()?,
+            admin_port: free_port()?,
             in_upstream: true,
             proc_: None,
         });

@@ -969,12 +969,14 @@ async fn children(client: &Client, ns: &str, name: &str, uid: &str) -> Result<Ve
 }
 
 /// The children a managed-Redis, ingress-less RealtimeCluster has (issue 4): the server
-/// Deployment, Service and PDB, and Redis' StatefulSet, headless Service and password Secret.
+/// Deployment, Service, admin Service and PDB, and Redis' StatefulSet, headless Service and
+/// password Secret.
 fn expected_child_kinds() -> Vec<&'static str> {
     let mut k = vec![
         "Deployment",
         "PodDisruptionBudget",
         "Secret",
+        "Service",
         "Service",
         "Service",
         "StatefulSet",

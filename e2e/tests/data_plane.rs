@@ -373,6 +373,13 @@ async fn presence_lists_members_of_every_node_once() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // ... read on the admin ports: through nginx (the public ports) the internals and the
+        // demo page are not there
+        let nginx = std::net::SocketAddr::from(([127, 0, 0, 1], s.cluster.nginx_port()));
+        for path in ["/metrics", "/readyz", "/healthz", "/"] {
+            let r = http_get_with(nginx, path, &[], T).await.unwrap();
+            assert_eq!(r.status, 404, "GET {path} through nginx: {r:?}");
+        }
     }
 }
 
@@ -833,7 +840,7 @@ async fn sigterm_moves_clients_to_another_node_through_nginx() {
     let t = Instant::now();
     s.cluster.signal_node(0, libc::SIGTERM).unwrap();
     if s.cluster.kind() == ServerKind::Realtime {
-        // not ready at once (503 while draining, or nothing listening any more)
+        // not ready at once (the admin port answers 503 while draining, nothing once exited)
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match s.cluster.readyz(0).await {

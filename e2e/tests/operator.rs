@@ -361,7 +361,13 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "reserved-env",
             "overriding a managed variable",
             json!({"env": [{"name": "REDIS_URL", "value": "redis://x"}]}),
-            "env must not set PORT, BIND, NAME, REDIS_URL",
+            "env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL",
+        ),
+        (
+            "keyless-api",
+            "the publish API exposed without a key",
+            json!({"expose": {"publishApi": true}}),
+            "expose.publishApi needs API_KEY in env",
         ),
         (
             "url-password",
@@ -466,9 +472,11 @@ async fn full_example_creates_every_child_with_owner_refs() {
         .unwrap();
     let redis = format!("{name}-redis");
     let secret_name = format!("{name}-redis-auth");
+    let admin = format!("{name}-admin");
     loop {
         let all = get_opt::<Deployment>(&client, &ns, &name).await.is_some()
             && get_opt::<Service>(&client, &ns, &name).await.is_some()
+            && get_opt::<Service>(&client, &ns, &admin).await.is_some()
             && get_opt::<PodDisruptionBudget>(&client, &ns, &name)
                 .await
                 .is_some()
@@ -488,13 +496,14 @@ async fn full_example_creates_every_child_with_owner_refs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "MEASURE apply -> all 7 children exist: {:?}",
+        "MEASURE apply -> all 8 children exist: {:?}",
         started.elapsed()
     );
 
     let rc = rc_api(&client, &ns).get(&name).await.unwrap();
     let d: Deployment = get_opt(&client, &ns, &name).await.unwrap();
     let svc: Service = get_opt(&client, &ns, &name).await.unwrap();
+    let admin_svc: Service = get_opt(&client, &ns, &admin).await.unwrap();
     let pdb: PodDisruptionBudget = get_opt(&client, &ns, &name).await.unwrap();
     let ing: Ingress = get_opt(&client, &ns, &name).await.unwrap();
     let sts: StatefulSet = get_opt(&client, &ns, &redis).await.unwrap();
@@ -503,6 +512,7 @@ async fn full_example_creates_every_child_with_owner_refs() {
     for meta in [
         &d.metadata,
         &svc.metadata,
+        &admin_svc.metadata,
         &pdb.metadata,
         &ing.metadata,
         &sts.metadata,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use realtime_e2e::data_plane::http_request;
 use realtime_e2e::kind::{KindConfig, KindTarget};
 use realtime_e2e::node::{self, RealNode};
 use realtime_e2e::require::{require, workspace_root};
@@ -745,10 +746,10 @@ async fn a_redis_outage_degrades_without_blacking_out() {
     }
 }
 
-/// GET /metrics of a server pod, from the host through the pod network.
+/// GET /metrics of a server pod (its admin port), from the host through the pod network.
 async fn pod_metrics(ip: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((ip, 3000)).await?;
+    let mut s = tokio::net::TcpStream::connect((ip, 9090)).await?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .await?;
     let mut buf = String::new();
@@ -856,6 +857,113 @@ spec:
             said.contains("NOAUTH"),
             "Redis answered without a password: {said}"
         );
+        Ok::<_, anyhow::Error>(())
+    };
+    if let Err(e) = run.await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}
+
+/// Internals stay inside: through the ingress, the probes, the metrics, the publish API and the
+/// demo page answer 404 (the Ingress' Service has the socket.io port only, and that port serves
+/// socket.io only unless `spec.expose` asks for more), while a socket.io client gets `hello`.
+/// The probes keep the pods Ready on the admin port, which the `<name>-admin` Service exposes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internals_are_not_reachable_through_the_ingress() {
+    let _turn = TURN.lock().await;
+    let Some(paths) = driver_paths() else { return };
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    let run = async {
+        // The CLUSTER with an API key: with a key the publish API answers wherever it is served,
+        // so its 404 below means "not routed", not "disabled".
+        let key = "e2e-publish-key-0123456789";
+        let manifest = CLUSTER.replace(
+            "\n  replicas: 2\n",
+            &format!("\n  replicas: 2\n  env:\n    - name: API_KEY\n      value: {key}\n"),
+        );
+        ensure!(manifest != CLUSTER, "the CLUSTER manifest changed shape");
+        let (k, _ns, _) = apply_ready(&node, "rt-inside", &manifest, "chat").await?;
+
+        // In the cluster: the Ingress' Service has the socket.io port only; the admin Service
+        // lists both ready pods on the admin port (their probes pass there).
+        let svc = k.get_json(&["service", "chat"]).await?;
+        let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            ports.len() == 1 && ports[0]["name"] == "http",
+            "Service chat ports: {ports:?}"
+        );
+        // (EndpointSlices follow pod readiness a moment late.)
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let eps = k
+                .get_json(&[
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=chat-admin",
+                ])
+                .await?;
+            if ready_endpoints(&eps) == 2 {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "the admin Service lists: {eps}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+
+        // Through the ingress (Traefik listens on 127.0.0.1, the Ingress host is localhost).
+        let url = node.ingress_url();
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("the port of {url}"))?;
+        let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let within = Duration::from_secs(10);
+        let auth = format!("Bearer {key}");
+        let body = r#"{"event":"inside","data":1}"#;
+        let mut answers = Vec::new();
+        for (method, path) in [
+            ("GET", "/metrics"),
+            ("GET", "/readyz"),
+            ("GET", "/healthz"),
+            ("POST", "/api/v1/publish"),
+            ("GET", "/"),
+        ] {
+            let (headers, body) = match method {
+                "POST" => (vec![("Authorization", auth.as_str())], body),
+                _ => (vec![], ""),
+            };
+            let r =
+                http_request(ingress, method, "localhost", path, &headers, body, within).await?;
+            answers.push((
+                method,
+                path,
+                r.status,
+                r.body.chars().take(80).collect::<String>(),
+            ));
+        }
+        eprintln!("through the ingress: {answers:?}");
+        ensure!(
+            answers.iter().all(|(_, _, status, _)| *status == 404),
+            "internals answer through the ingress: {answers:?}"
+        );
+
+        // ... while socket.io is there.
+        let driver = Driver::start(&paths).await?;
+        let t = target(&node, &k, "chat");
+        let placed = scenarios::connect(&t, &driver).await?;
+        eprintln!(
+            "socket.io through the ingress: hello from {} as {}",
+            placed.hello.node, placed.hello.id
+        );
+        ensure!(
+            placed.hello.node.starts_with("chat-"),
+            "{:?}",
+            placed.hello.node
+        );
+        drop(placed);
+        drop(driver);
         Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = run.await {

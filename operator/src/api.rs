@@ -37,6 +37,7 @@ pub const VERSION: &str = "v1alpha1";
 /// override them (they carry the Redis wiring, the pod identity and the drain timing).
 pub const RESERVED_ENV: &[&str] = &[
     "PORT",
+    "ADMIN_PORT",
     "BIND",
     "NAME",
     "REDIS_URL",
@@ -45,6 +46,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "PING_INTERVAL",
     "PING_TIMEOUT",
     "SHUTDOWN_GRACE",
+    "DEMO_PAGE",
+    "PUBLIC_PUBLISH_API",
 ];
 
 /// Longest `metadata.name` accepted: child names append up to 11 characters (`-redis-auth`)
@@ -84,6 +87,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("ingress.timeouts.readSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
 #[x_kube(validation = Rule::new("!has(self.ingress) || !self.ingress.enabled || self.ingress.timeouts.sendSeconds > self.pingIntervalSeconds + self.pingTimeoutSeconds")
     .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
+#[x_kube(validation = Rule::new("!has(self.expose) || !self.expose.publishApi || (has(self.env) && self.env.exists(e, e.name == 'API_KEY'))")
+    .message("expose.publishApi needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key"))]
 pub struct RealtimeClusterSpec {
     /// Number of realtime-server pods. The scale subresource (kubectl scale, HPA) writes this field.
     #[serde(default = "default_replicas")]
@@ -108,12 +113,16 @@ pub struct RealtimeClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE) are rejected.
+    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_PASSWORD', 'TRANSPORTS', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE']))")
-        .message("env must not set PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT or SHUTDOWN_GRACE: the operator manages them"))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_PASSWORD', 'TRANSPORTS', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
+        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
     pub env: Vec<EnvVar>,
+
+    /// What the public port (the Service <name> and the Ingress) serves besides socket.io; both off by default. Probes, metrics and the publish API are always served on the admin port, which only the ClusterIP Service <name>-admin exposes.
+    #[serde(default)]
+    pub expose: Expose,
 
     /// socket.io transports the server accepts: [polling, websocket] (default; long-polling needs session affinity at the ingress) or [websocket] (websocket-only).
     #[serde(default = "default_transports")]
@@ -157,6 +166,19 @@ pub struct RealtimeClusterSpec {
     /// When true the operator makes no changes to the children (no creates, updates or deletes) and only reports status.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// Optional routes of the public port.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Expose {
+    /// Serve the demo chat page at / (server DEMO_PAGE).
+    #[serde(default)]
+    pub demo_page: bool,
+
+    /// Serve POST /api/v1/publish on the public port too, so that backends outside the cluster can publish through the Ingress (server PUBLIC_PUBLISH_API). Needs API_KEY in env. In-cluster backends use http://<name>-admin.<namespace>.svc:9090/api/v1/publish without it.
+    #[serde(default)]
+    pub publish_api: bool,
 }
 
 /// Image pull policy.

@@ -134,6 +134,7 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     }
     let deployment = apply(client, &desired.deployment).await?;
     apply(client, &desired.service).await?;
+    apply(client, &desired.admin_service).await?;
     apply(client, &desired.pdb).await?;
     if let Some(i) = &desired.ingress {
         apply(client, i).await?;
@@ -158,7 +159,7 @@ pub async fn prune(
         .map(|r| r.statefulset.name_any())
         .collect();
     let want_secret: Vec<String> = keep_redis.iter().map(|r| r.secret.name_any()).collect();
-    let mut want_svc = vec![desired.service.name_any()];
+    let mut want_svc = vec![desired.service.name_any(), desired.admin_service.name_any()];
     want_svc.extend(keep_redis.iter().map(|r| r.service.name_any()));
     let want_ing: Vec<String> = desired.ingress.iter().map(|i| i.name_any()).collect();
     // Deployment and PodDisruptionBudget always exist under the cluster's own name: only the

@@ -17,7 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::Resource;
 
 use crate::api::{
-    Affinity, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RedisStorage, SecretKeyRef, Transport,
+    Affinity, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RedisStorage, SecretKeyRef,
+    Transport,
 };
 use crate::build::labels;
 
@@ -55,8 +56,11 @@ impl fmt::Display for SpecErrors {
 
 impl std::error::Error for SpecErrors {}
 
-/// The server container's port (the server's PORT).
+/// The server container's public port (the server's PORT): socket.io.
 pub const SERVER_PORT: i32 = 3000;
+/// The server container's admin port (the server's ADMIN_PORT): probes, metrics, the publish
+/// API. Exposed only by the `<name>-admin` Service, on the same number.
+pub const ADMIN_PORT: i32 = 9090;
 /// The port the server Service exposes.
 pub const SERVICE_PORT: i32 = 80;
 /// Redis' port.
@@ -104,6 +108,8 @@ pub struct ServerModel {
     pub env: Vec<EnvVar>,
     /// Value of TRANSPORTS, e.g. `polling,websocket`.
     pub transports: String,
+    /// Optional routes of the public port (DEMO_PAGE, PUBLIC_PUBLISH_API).
+    pub expose: Expose,
     pub ping_interval_seconds: i32,
     pub ping_timeout_seconds: i32,
     pub node_selector: BTreeMap<String, String>,
@@ -148,6 +154,10 @@ impl Model {
     /// Name of the server Deployment, Service, PodDisruptionBudget and Ingress.
     pub fn server_name(&self) -> &str {
         &self.name
+    }
+    /// Name of the ClusterIP Service of the admin port (probes, metrics, the publish API).
+    pub fn admin_service_name(&self) -> String {
+        format!("{}-admin", self.name)
     }
     /// Name of the Redis StatefulSet and its headless Service.
     pub fn redis_name(&self) -> String {
@@ -262,6 +272,12 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
     }
     if spec.env.len() > 64 {
         err("spec.env", "at most 64 variables".into());
+    }
+    if spec.expose.publish_api && !spec.env.iter().any(|e| e.name == "API_KEY") {
+        err(
+            "spec.expose.publishApi",
+            "needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key".into(),
+        );
     }
 
     let mut transports = spec.transports.clone();
@@ -561,6 +577,7 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             resources,
             env,
             transports,
+            expose: spec.expose,
             ping_interval_seconds: spec.ping_interval_seconds,
             ping_timeout_seconds: spec.ping_timeout_seconds,
             node_selector: spec.node_selector.clone(),
@@ -735,6 +752,8 @@ mod tests {
             "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server"
         );
         assert_eq!(m.server.env[0].name, "LOG_FORMAT");
+        assert_eq!(m.server.expose, Expose::default());
+        assert_eq!(m.admin_service_name(), "chat-admin");
         assert_eq!(m.owner.uid, "u-1");
         assert_eq!(m.owner.controller, Some(true));
         assert_eq!(m.generation, Some(3));
@@ -858,6 +877,21 @@ mod tests {
                 "missing {field}: {needle} in {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn exposing_the_publish_api_needs_a_key() {
+        let errs = errors(serde_json::json!({"expose": {"publishApi": true}}));
+        assert!(has_error(&errs, "spec.expose.publishApi", "needs API_KEY"));
+        let m = validate(
+            &cluster(serde_json::json!({"expose": {"publishApi": true, "demoPage": true},
+                "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]})),
+            &defaults(),
+        )
+        .unwrap();
+        assert!(m.server.expose.publish_api && m.server.expose.demo_page);
+        let errs = errors(serde_json::json!({"env": [{"name": "DEMO_PAGE", "value": "true"}]}));
+        assert!(has_error(&errs, "spec.env[0].name", "DEMO_PAGE is managed"));
     }
 
     #[test]

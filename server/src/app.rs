@@ -1,4 +1,9 @@
 //! Wiring: settings -> socket.io (memory or Redis adapter) + HTTP routes -> serve -> drain.
+//!
+//! Two listeners: the public port (socket.io, plus the demo page and the publish API when
+//! enabled) and the admin port (probes, metrics, the publish API), which no Ingress routes to.
+//! On shutdown the public listener stops accepting at once, while the admin listener keeps
+//! answering (`/readyz` 503, metrics) until the process exits.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -35,18 +40,31 @@ pub const SOCKET_BUFFER: usize = 4096;
 /// 1 µs each (a 1 MB `MAX_PAYLOAD` frame: a few ms of CPU, instead of ~0.2 ms with 4 KiB).
 pub const WS_READ_BUFFER: usize = 256;
 
-/// Binds the listener and runs until SIGTERM/SIGINT, then drains.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let addr = (settings.bind, settings.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", settings.bind, settings.port))?;
-    serve(settings, listener, shutdown::signal()).await
+/// The two listeners of a node.
+pub struct Listeners {
+    /// socket.io (PORT).
+    pub public: TcpListener,
+    /// Probes, metrics and the publish API (ADMIN_PORT).
+    pub admin: TcpListener,
 }
 
-/// Serves on `listener` until `stop` resolves, then shuts down within the grace period.
-/// (Tests pass their own `stop` and a listener on port 0.)
-pub async fn serve<S>(settings: Settings, listener: TcpListener, stop: S) -> anyhow::Result<()>
+/// Binds both listeners and runs until SIGTERM/SIGINT, then drains.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let bind = |port: u16, var: &'static str| async move {
+        TcpListener::bind((settings.bind, port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{port} ({var})", settings.bind))
+    };
+    let listeners = Listeners {
+        public: bind(settings.port, "PORT").await?,
+        admin: bind(settings.admin_port, "ADMIN_PORT").await?,
+    };
+    serve(settings, listeners, shutdown::signal()).await
+}
+
+/// Serves on `listeners` until `stop` resolves, then shuts down within the grace period.
+/// (Tests pass their own `stop` and listeners on port 0.)
+pub async fn serve<S>(settings: Settings, listeners: Listeners, stop: S) -> anyhow::Result<()>
 where
     S: Future<Output = &'static str> + Send + 'static,
 {
@@ -86,7 +104,7 @@ where
                 node = %settings.node_name,
                 "in-memory adapter (no REDIS_URL): this node runs alone"
             );
-            run_http(&settings, app, io, layer, listener, stop, None).await
+            run_http(&settings, app, io, layer, listeners, stop, None).await
         }
         Some(redis) => {
             let driver = RedisDriver::connect(redis, health.clone(), metrics.clone())?;
@@ -110,7 +128,7 @@ where
                 redis = %redact_url(&redis.url),
                 "redis adapter; ready once Redis is connected and subscribed"
             );
-            let res = run_http(&settings, app, io, layer, listener, stop, Some(&driver)).await;
+            let res = run_http(&settings, app, io, layer, listeners, stop, Some(&driver)).await;
             monitor.abort();
             res
         }
@@ -142,7 +160,7 @@ async fn run_http<A: Adapter, S>(
     app: Arc<App>,
     io: SocketIo<A>,
     layer: SocketIoLayer<A>,
-    listener: TcpListener,
+    listeners: Listeners,
     stop: S,
     driver: Option<&RedisDriver>,
 ) -> anyhow::Result<()>
@@ -155,15 +173,28 @@ where
         api_key: settings.api_key.clone(),
     };
     let max_body = usize::try_from(settings.max_payload).unwrap_or(usize::MAX);
-    let mut router = http::router(state, max_body)
+    let routes = http::PublicRoutes {
+        demo_page: settings.demo_page,
+        publish_api: settings.public_publish_api,
+    };
+    let mut router = http::public_router(state.clone(), routes, max_body)
         .layer(layer)
         .layer(axum::middleware::from_fn(http::detach_session_request));
     if let Some(cors) = http::cors_layer(&settings.cors) {
         router = router.layer(cors);
     }
+    let admin_router = http::admin_router(state, max_body);
 
+    let listener = listeners.public;
     let local = listener.local_addr()?;
-    info!(%local, "listening (socket.io on /socket.io/, probes on /healthz /readyz, metrics on /metrics)");
+    let admin_local = listeners.admin.local_addr()?;
+    info!(
+        %local,
+        demo_page = routes.demo_page,
+        public_publish_api = routes.publish_api,
+        "listening: socket.io on /socket.io/"
+    );
+    info!(%admin_local, "admin listening: /healthz /readyz /metrics POST /api/v1/publish");
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     // TCP_NODELAY on every accepted connection: without it Nagle's algorithm and the peer's
@@ -178,16 +209,24 @@ where
         let _ = accepting_stopped.await;
     });
     let mut server = tokio::spawn(server.into_future());
+    // The admin listener outlives the public one: the kubelet reads `/readyz` (503) while
+    // the node drains.
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_server =
+        axum::serve(listeners.admin, admin_router).with_graceful_shutdown(async move {
+            let _ = admin_stopped.await;
+        });
+    let mut admin_server = tokio::spawn(admin_server.into_future());
 
     let signal = tokio::select! {
         s = stop => s,
         res = &mut server => {
-            // The server ended on its own: an accept loop failure.
-            return match res {
-                Ok(Ok(())) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
-                Ok(Err(e)) => Err(e).context("HTTP server failed"),
-                Err(e) => Err(e).context("HTTP server task failed"),
-            };
+            admin_server.abort();
+            return Err(ended("HTTP server", res));
+        }
+        res = &mut admin_server => {
+            server.abort();
+            return Err(ended("admin HTTP server", res));
         }
     };
 
@@ -225,8 +264,27 @@ where
             server.abort();
         }
     }
+    let _ = stop_admin.send(());
+    let admin_deadline = deadlines
+        .exit
+        .max(tokio::time::Instant::now() + Duration::from_millis(100));
+    if tokio::time::timeout_at(admin_deadline, &mut admin_server)
+        .await
+        .is_err()
+    {
+        admin_server.abort();
+    }
     info!(took = ?start.elapsed(), "shutdown complete");
     // Give the last log lines a moment to reach stderr.
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// The error for a server task that ended before the shutdown signal: an accept loop failure.
+fn ended(what: &str, res: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match res {
+        Ok(Ok(())) => anyhow::anyhow!("{what} stopped unexpectedly"),
+        Ok(Err(e)) => anyhow::Error::new(e).context(format!("{what} failed")),
+        Err(e) => anyhow::Error::new(e).context(format!("{what} task failed")),
+    }
 }

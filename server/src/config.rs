@@ -13,13 +13,26 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "realtime-server", version, about, long_about = None)]
 pub struct Cli {
-    /// Listen port (HTTP, socket.io, health and metrics share it).
+    /// Public listen port: socket.io (plus the demo page and the publish API when enabled).
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Listen address.
+    /// Admin listen port: /healthz, /readyz, /metrics and POST /api/v1/publish. Keep it off
+    /// the public path (no Ingress or load balancer routes to it).
+    #[arg(long, env = "ADMIN_PORT", default_value_t = 9090)]
+    pub admin_port: u16,
+
+    /// Listen address of both ports.
     #[arg(long, env = "BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
+
+    /// Serve the demo chat page at `/` on the public port.
+    #[arg(long, env = "DEMO_PAGE", value_parser = parse_switch, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub demo_page: bool,
+
+    /// Also serve `POST /api/v1/publish` on the public port (it is always on the admin port).
+    #[arg(long, env = "PUBLIC_PUBLISH_API", value_parser = parse_switch, default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    pub public_publish_api: bool,
 
     /// Node name announced to clients in `hello` [default: the hostname].
     #[arg(long, env = "NAME")]
@@ -130,6 +143,11 @@ impl std::fmt::Debug for RedisSettings {
 pub struct Settings {
     pub bind: IpAddr,
     pub port: u16,
+    pub admin_port: u16,
+    /// The demo page at `/` on the public port.
+    pub demo_page: bool,
+    /// `POST /api/v1/publish` on the public port too.
+    pub public_publish_api: bool,
     pub node_name: String,
     pub redis: Option<RedisSettings>,
     pub transports: Transports,
@@ -147,6 +165,8 @@ pub struct Settings {
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("ADMIN_PORT must differ from PORT (both {0})")]
+    AdminPort(u16),
     #[error("REDIS_URL must start with redis:// or rediss:// (got {0:?})")]
     RedisScheme(String),
     #[error("REDIS_URL has no host")]
@@ -201,6 +221,11 @@ impl Cli {
                 .any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(ConfigError::Name(node_name));
+        }
+
+        // Port 0 (an ephemeral port, for tests) may be given to both.
+        if self.admin_port == self.port && self.port != 0 {
+            return Err(ConfigError::AdminPort(self.port));
         }
 
         let redis = match non_empty(self.redis_url) {
@@ -261,6 +286,9 @@ impl Cli {
         Ok(Settings {
             bind: self.bind,
             port: self.port,
+            admin_port: self.admin_port,
+            demo_page: self.demo_page,
+            public_publish_api: self.public_publish_api,
             node_name,
             redis,
             transports,
@@ -274,6 +302,16 @@ impl Cli {
             redis_startup_grace: self.redis_startup_grace.into(),
             log_format: self.log_format,
         })
+    }
+}
+
+/// A boolean switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case); empty counts
+/// as unset, i.e. off.
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
     }
 }
 
@@ -386,6 +424,8 @@ mod tests {
         // are not set by cargo, and a CI that sets them would be misconfigured anyway.
         let s = settings(&[]).unwrap();
         assert_eq!(s.port, 3000);
+        assert_eq!(s.admin_port, 9090);
+        assert!(!s.demo_page && !s.public_publish_api);
         assert_eq!(s.bind.to_string(), "0.0.0.0");
         assert_eq!(s.node_name, "host-1");
         assert!(s.redis.is_none());
@@ -403,6 +443,9 @@ mod tests {
     fn every_flag_parses() {
         let s = settings(&[
             "--port=4001",
+            "--admin-port=4002",
+            "--demo-page",
+            "--public-publish-api=true",
             "--bind=127.0.0.1",
             "--name=n1",
             "--redis-url=rediss://user:pw@redis.example:6380/0",
@@ -419,6 +462,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.port, 4001);
+        assert_eq!(s.admin_port, 4002);
+        assert!(s.demo_page && s.public_publish_api);
         assert_eq!(s.bind.to_string(), "127.0.0.1");
         assert_eq!(s.node_name, "n1");
         let r = s.redis.unwrap();
@@ -453,6 +498,38 @@ mod tests {
         assert!(s.redis.is_none());
         assert_eq!(s.cors, Cors::SameOrigin);
         assert!(s.auth_secret.is_none() && s.api_key.is_none());
+    }
+
+    #[test]
+    fn admin_port_is_its_own() {
+        assert_eq!(
+            settings(&["--port=4000", "--admin-port=4000"]).unwrap_err(),
+            ConfigError::AdminPort(4000)
+        );
+        assert_eq!(
+            settings(&["--admin-port=3000"]).unwrap_err(),
+            ConfigError::AdminPort(3000)
+        );
+        // tests pass 0 (ephemeral) for both
+        assert!(settings(&["--port=0", "--admin-port=0"]).is_ok());
+    }
+
+    #[test]
+    fn switches_take_the_usual_boolean_spellings() {
+        for (arg, want) in [
+            ("--demo-page", true),
+            ("--demo-page=true", true),
+            ("--demo-page=1", true),
+            ("--demo-page=yes", true),
+            ("--demo-page=false", false),
+            ("--demo-page=0", false),
+            ("--demo-page=off", false),
+            ("--demo-page=", false),
+            ("--demo-page=TRUE", true),
+        ] {
+            assert_eq!(settings(&[arg]).unwrap().demo_page, want, "{arg}");
+        }
+        assert!(Cli::try_parse_from(["realtime-server", "--demo-page=maybe"]).is_err());
     }
 
     #[test]

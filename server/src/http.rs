@@ -1,4 +1,9 @@
-//! Plain HTTP routes on the socket.io port: probes, metrics, the publish API, the demo page.
+//! Plain HTTP routes of the two listeners.
+//!
+//! Internals stay inside: the public port (the one a Service, an Ingress or a load balancer
+//! exposes) serves socket.io and, only when enabled, the demo page and the publish API. The
+//! admin port serves the probes, the metrics and the publish API for in-cluster backends; no
+//! Ingress routes to it.
 
 use std::sync::Arc;
 
@@ -43,18 +48,47 @@ impl<A: Adapter> Clone for HttpState<A> {
     }
 }
 
-/// The routes (the socket.io layer and CORS are added by the caller).
-pub fn router<A: Adapter>(state: HttpState<A>, max_body: usize) -> Router {
+/// What the public port serves besides socket.io.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublicRoutes {
+    /// `GET /`: the demo chat page.
+    pub demo_page: bool,
+    /// `POST /api/v1/publish`.
+    pub publish_api: bool,
+}
+
+/// Path of the publish API (on the admin port, and on the public port when enabled).
+pub const PUBLISH_PATH: &str = "/api/v1/publish";
+
+/// The public port's plain routes: none unless enabled (the socket.io layer and CORS are added
+/// by the caller; everything else answers 404).
+pub fn public_router<A: Adapter>(
+    state: HttpState<A>,
+    routes: PublicRoutes,
+    max_body: usize,
+) -> Router {
+    let mut r = Router::new();
+    if routes.demo_page {
+        r = r.route("/", get(index));
+    }
+    if routes.publish_api {
+        r = r.route(PUBLISH_PATH, publish_route::<A>(max_body));
+    }
+    r.with_state(state)
+}
+
+/// The admin port's routes: probes, metrics and the publish API.
+pub fn admin_router<A: Adapter>(state: HttpState<A>, max_body: usize) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<A>))
         .route("/metrics", get(metrics::<A>))
-        .route(
-            "/api/v1/publish",
-            post(api_publish::<A>).layer(DefaultBodyLimit::max(max_body)),
-        )
+        .route(PUBLISH_PATH, publish_route::<A>(max_body))
         .with_state(state)
+}
+
+fn publish_route<A: Adapter>(max_body: usize) -> axum::routing::MethodRouter<HttpState<A>> {
+    post(api_publish::<A>).layer(DefaultBodyLimit::max(max_body))
 }
 
 /// The CORS layer for the configured policy; `None` for same-origin only.
@@ -301,6 +335,81 @@ mod tests {
         assert!(cors_layer(&Cors::SameOrigin).is_none());
         assert!(cors_layer(&Cors::Any).is_some());
         assert!(cors_layer(&Cors::List(vec!["https://a.example".into()])).is_some());
+    }
+
+    mod routes {
+        use super::super::*;
+        use crate::{
+            health::{Health, Mode},
+            metrics::Metrics,
+        };
+        use axum::body::Body;
+        use tower::ServiceExt as _;
+
+        const KEY: &str = "0123456789abcdef-key";
+
+        fn state() -> HttpState<socketioxide::adapter::LocalAdapter> {
+            let (_layer, io) = SocketIo::new_layer();
+            HttpState {
+                app: Arc::new(App {
+                    node: "n1".into(),
+                    metrics: Arc::new(Metrics::new("n1", "memory")),
+                    health: Arc::new(Health::new(Mode::Memory)),
+                    verifier: None,
+                }),
+                io,
+                api_key: Some(KEY.into()),
+            }
+        }
+
+        /// Status of `method path` on `router` (a publish without the bearer key: 401 means
+        /// the route exists).
+        async fn status(router: &Router, method: Method, path: &str) -> u16 {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::from(r#"{"event":"e","data":1}"#))
+                .unwrap();
+            router.clone().oneshot(req).await.unwrap().status().as_u16()
+        }
+
+        async fn statuses(router: &Router) -> [u16; 5] {
+            [
+                status(router, Method::GET, "/").await,
+                status(router, Method::GET, "/healthz").await,
+                status(router, Method::GET, "/readyz").await,
+                status(router, Method::GET, "/metrics").await,
+                status(router, Method::POST, PUBLISH_PATH).await,
+            ]
+        }
+
+        #[tokio::test]
+        async fn the_public_port_serves_nothing_but_socketio_by_default() {
+            let r = public_router(state(), PublicRoutes::default(), 1 << 20);
+            assert_eq!(statuses(&r).await, [404; 5]);
+        }
+
+        #[tokio::test]
+        async fn the_public_port_serves_what_is_enabled() {
+            let demo = PublicRoutes {
+                demo_page: true,
+                publish_api: false,
+            };
+            let r = public_router(state(), demo, 1 << 20);
+            assert_eq!(statuses(&r).await, [200, 404, 404, 404, 404]);
+            let api = PublicRoutes {
+                demo_page: false,
+                publish_api: true,
+            };
+            let r = public_router(state(), api, 1 << 20);
+            assert_eq!(statuses(&r).await, [404, 404, 404, 404, 401]);
+        }
+
+        #[tokio::test]
+        async fn the_admin_port_serves_probes_metrics_and_the_publish_api() {
+            let r = admin_router(state(), 1 << 20);
+            assert_eq!(statuses(&r).await, [404, 200, 200, 200, 401]);
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ async fn malformed_input_gets_an_error_ack_and_the_connection_stays_up() {
         json!({"ok": true})
     );
 
-    let (_, metrics) = srv.get("/metrics").await;
+    let (_, metrics) = srv.admin_get("/metrics").await;
     assert!(
         metrics.contains("realtime_events_in_total{event=\"unknown\",result=\"error\"} 1"),
         "{metrics}"
@@ -271,15 +271,15 @@ async fn oversized_packet_is_refused_without_disturbing_others() {
 #[tokio::test]
 async fn http_probes_and_metrics() {
     let srv = Server::start(&["--name=probe-node"]).await;
-    assert_eq!(srv.get("/healthz").await, (200, "ok\n".into()));
-    let (status, body) = srv.get("/readyz").await;
+    assert_eq!(srv.admin_get("/healthz").await, (200, "ok\n".into()));
+    let (status, body) = srv.admin_get("/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["ready"],
         json!(true)
     );
     let (_c, _) = Client::hello(srv.addr, None).await;
-    let (status, metrics) = srv.get("/metrics").await;
+    let (status, metrics) = srv.admin_get("/metrics").await;
     assert_eq!(status, 200);
     assert!(
         metrics.contains("realtime_connected_sockets 1"),
@@ -287,9 +287,64 @@ async fn http_probes_and_metrics() {
     );
     assert!(metrics.contains("realtime_events_out_total{kind=\"hello\"} 1"));
     assert!(metrics.contains("realtime_node_info{node=\"probe-node\",adapter=\"memory\""));
+}
+
+async fn post_publish(url: String, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .body(r#"{"event":"e","data":1}"#)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_public_port_serves_socketio_only_unless_asked() {
+    let key = "0123456789abcdef-key";
+    let srv = Server::start(&[&format!("--api-key={key}")]).await;
+    for path in ["/", "/healthz", "/readyz", "/metrics", "/api/v1/publish"] {
+        assert_eq!(srv.get(path).await.0, 404, "GET {path} on the public port");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            srv.admin_get(path).await.0,
+            200,
+            "GET {path} on the admin port"
+        );
+    }
+    assert_eq!(srv.admin_get("/").await.0, 404, "no demo page by default");
+    assert_eq!(post_publish(srv.url("/api/v1/publish"), key).await, 404);
+    assert_eq!(
+        post_publish(srv.admin_url("/api/v1/publish"), key).await,
+        200
+    );
+    // socket.io itself is there
+    let (_c, hello) = Client::hello(srv.addr, None).await;
+    assert_eq!(hello["node"], json!("test-host"));
+
+    let srv = Server::start(&[
+        &format!("--api-key={key}"),
+        "--demo-page",
+        "--public-publish-api",
+    ])
+    .await;
     let (status, page) = srv.get("/").await;
     assert_eq!(status, 200);
     assert!(page.contains("realtime-server demo chat"));
+    assert_eq!(
+        srv.admin_get("/").await.0,
+        404,
+        "no demo page on the admin port"
+    );
+    assert_eq!(post_publish(srv.url("/api/v1/publish"), key).await, 200);
+    assert_eq!(
+        post_publish(srv.admin_url("/api/v1/publish"), key).await,
+        200
+    );
+    assert_eq!(srv.get("/metrics").await.0, 404);
 }
 
 #[tokio::test]
@@ -300,7 +355,9 @@ async fn publish_api_needs_the_bearer_key() {
     a.emit_ack("join", json!("ops")).await;
     let http = reqwest::Client::new();
     let post = |body: &str, auth: Option<&str>| {
-        let mut r = http.post(srv.url("/api/v1/publish")).body(body.to_owned());
+        let mut r = http
+            .post(srv.admin_url("/api/v1/publish"))
+            .body(body.to_owned());
         if let Some(a) = auth {
             r = r.header("authorization", a);
         }
@@ -343,7 +400,7 @@ async fn publish_api_needs_the_bearer_key() {
 async fn publish_api_is_disabled_without_a_key() {
     let srv = Server::start(&[]).await;
     let r = reqwest::Client::new()
-        .post(srv.url("/api/v1/publish"))
+        .post(srv.admin_url("/api/v1/publish"))
         .body(r#"{"event":"e","data":1}"#)
         .send()
         .await
@@ -420,7 +477,7 @@ async fn auth_refuses_missing_and_invalid_tokens_with_a_clear_message() {
         .err()
         .expect("refused");
     assert_eq!(err, "invalid token: it has expired");
-    let (_, metrics) = srv.get("/metrics").await;
+    let (_, metrics) = srv.admin_get("/metrics").await;
     assert!(
         metrics.contains("realtime_auth_failures_total 4"),
         "{metrics}"

@@ -165,7 +165,7 @@ async fn a_redis_outage_keeps_nodes_ready_and_delivery_resumes() {
             .await;
         assert!(ok, "ready and degraded without Redis: {body}");
     }
-    let (_, metrics) = n1.get("/metrics").await;
+    let (_, metrics) = n1.admin_get("/metrics").await;
     assert!(metrics.contains("realtime_redis_connected 0"), "{metrics}");
     assert!(metrics.contains("realtime_ready 1"), "{metrics}");
     // local clients are still served; the ack says the delivery was local only
@@ -195,7 +195,7 @@ async fn a_redis_outage_keeps_nodes_ready_and_delivery_resumes() {
     );
     // nodes are still running
     assert!(!n1.task.is_finished() && !n2.task.is_finished());
-    let (_, metrics) = n1.get("/metrics").await;
+    let (_, metrics) = n1.admin_get("/metrics").await;
     assert!(
         metrics.contains("realtime_redis_reconnects_total 1"),
         "{metrics}"
@@ -215,7 +215,7 @@ async fn a_node_started_before_redis_serves_locally_then_joins() {
     // Not ready while it may still hear Redis any moment (a rollout's new pod must not take
     // clients it cannot reach across nodes)...
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, body) = n1.get("/readyz").await;
+    let (status, body) = n1.admin_get("/readyz").await;
     assert!(
         status == 503 && body.contains("redis: starting"),
         "{status} {body}"
@@ -261,7 +261,8 @@ async fn a_frozen_redis_degrades_the_nodes_without_taking_them_out() {
     let mut still_ready = true;
     let until = tokio::time::Instant::now() + Duration::from_secs(13);
     while tokio::time::Instant::now() < until {
-        still_ready &= n1.get("/readyz").await.0 == 200 && n2.get("/readyz").await.0 == 200;
+        still_ready &=
+            n1.admin_get("/readyz").await.0 == 200 && n2.admin_get("/readyz").await.0 == 200;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     redis.signal("-CONT");
@@ -271,7 +272,7 @@ async fn a_frozen_redis_degrades_the_nodes_without_taking_them_out() {
         .wait_readyz_body(Duration::from_secs(15), fully_ready)
         .await;
     assert!(ok, "healthy again after it resumes: {body}");
-    let (_, body) = n1.get("/metrics").await;
+    let (_, body) = n1.admin_get("/metrics").await;
     let value = |name: &str| -> u64 {
         body.lines()
             .find(|l| l.starts_with(name))
@@ -323,10 +324,10 @@ async fn a_deaf_node_leaves_rotation_alone() {
         })
         .await;
     assert!(went, "the deaf node leaves rotation: {body}");
-    let (_, metrics) = deaf.get("/metrics").await;
+    let (_, metrics) = deaf.admin_get("/metrics").await;
     assert!(metrics.contains("realtime_redis_deaf 1"), "{metrics}");
     assert!(metrics.contains("realtime_redis_connected 1"), "{metrics}");
-    let (status, body) = ok.get("/readyz").await;
+    let (status, body) = ok.admin_get("/readyz").await;
     assert!(fully_ready(status, &body), "the peer stays ready: {body}");
 
     redis.cli(&[

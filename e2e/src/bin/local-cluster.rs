@@ -68,6 +68,9 @@ async fn main() -> Result<()> {
     cfg.node_base_port = (args.base_port != 0).then_some(args.base_port);
     cfg.redis_port = (args.redis_port != 0).then_some(args.redis_port);
     cfg.nginx_workers = 2;
+    // The page the README sends newcomers to (nodes serve socket.io only by default); a later
+    // `-e DEMO_PAGE=false` wins.
+    cfg = cfg.env("DEMO_PAGE", "true");
     for kv in &args.env {
         let (k, v) = kv
             .split_once('=')
@@ -89,9 +92,10 @@ async fn main() -> Result<()> {
     );
     for n in cluster.nodes() {
         println!(
-            "  node   {} on http://{} (/healthz /readyz /metrics)",
+            "  node   {} on http://{} (socket.io), admin http://{} (/healthz /readyz /metrics, POST /api/v1/publish)",
             n.name,
-            n.addr()
+            n.addr(),
+            n.admin_addr()
         );
     }
     println!("  redis  {}", cluster.redis_url());

@@ -72,7 +72,10 @@ pub mod labels {
 #[derive(Clone, Debug)]
 pub struct Desired {
     pub deployment: Deployment,
+    /// The Service the Ingress routes to (socket.io port only).
     pub service: Service,
+    /// The ClusterIP Service of the admin port (`<name>-admin`).
+    pub admin_service: Service,
     pub pdb: PodDisruptionBudget,
     /// Present for a managed Redis.
     pub redis: Option<RedisChildren>,
@@ -108,6 +111,7 @@ pub fn desired(model: &Model, redis_password: Option<&str>) -> Desired {
     Desired {
         deployment: server::deployment(model, hash.as_deref()),
         service: server::service(model),
+        admin_service: server::admin_service(model),
         pdb: server::pod_disruption_budget(model),
         redis,
         ingress: ingress::ingress(model),
@@ -223,6 +227,7 @@ mod tests {
         let metas = [
             &d.deployment.metadata,
             &d.service.metadata,
+            &d.admin_service.metadata,
             &d.pdb.metadata,
             &d.ingress.as_ref().unwrap().metadata,
             &r.secret.metadata,

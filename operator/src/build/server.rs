@@ -1,4 +1,12 @@
-//! The realtime-server Deployment, its Service and its PodDisruptionBudget.
+//! The realtime-server Deployment, its Services and its PodDisruptionBudget.
+//!
+//! The container has two ports: `http` (socket.io, plus what `spec.expose` enables) and
+//! `admin` (probes, metrics, the publish API). The Service `<name>`, which the Ingress routes
+//! to, exposes only `http`; the ClusterIP Service `<name>-admin` exposes only `admin`, for
+//! Prometheus and in-cluster backends. Two Services rather than two ports on one: an Ingress
+//! (ours or one a user writes) can only reach what the Service it names exposes, so the
+//! internals cannot be published by choosing the wrong port, and the admin Service is a stable
+//! scrape and publish target of its own.
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -17,7 +25,9 @@ use super::{
     REDIS_AUTH_HASH_ANNOTATION, annotations, labels, meta, restricted_container_security,
     restricted_pod_security,
 };
-use crate::validate::{Model, REDIS_PASSWORD_KEY, RedisModel, SERVER_PORT, SERVICE_PORT};
+use crate::validate::{
+    ADMIN_PORT, Model, REDIS_PASSWORD_KEY, RedisModel, SERVER_PORT, SERVICE_PORT,
+};
 
 /// Seconds the preStop hook waits before SIGTERM, so endpoints and ingress stop sending new
 /// connections to a pod before it starts draining.
@@ -38,6 +48,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
 
     let mut env = vec![
         env_value("PORT", &SERVER_PORT.to_string()),
+        env_value("ADMIN_PORT", &ADMIN_PORT.to_string()),
         EnvVar {
             name: "NAME".into(),
             value_from: Some(EnvVarSource {
@@ -78,13 +89,15 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         env_value("PING_INTERVAL", &format!("{}s", s.ping_interval_seconds)),
         env_value("PING_TIMEOUT", &format!("{}s", s.ping_timeout_seconds)),
         env_value("SHUTDOWN_GRACE", &format!("{SHUTDOWN_GRACE_SECONDS}s")),
+        env_value("DEMO_PAGE", &s.expose.demo_page.to_string()),
+        env_value("PUBLIC_PUBLISH_API", &s.expose.publish_api.to_string()),
     ]);
     env.extend(s.env.iter().cloned());
 
     let http_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String("admin".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -97,12 +110,20 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         name: "server".into(),
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: SERVER_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: SERVER_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
         env: Some(env),
         resources: Some(s.resources.clone()),
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
@@ -185,7 +206,8 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     }
 }
 
-/// The ClusterIP Service in front of the server pods (port 80 -> the pods' `http` port).
+/// The ClusterIP Service in front of the server pods (port 80 -> the pods' `http` port only:
+/// the Ingress routes here, so the admin port is not on it).
 ///
 /// With long-polling on, every request of an Engine.IO session must reach the pod that holds
 /// it ("Session ID unknown" otherwise); in-cluster clients come through this Service, not the
@@ -218,6 +240,28 @@ pub fn service(model: &Model) -> Service {
                 name: Some("http".into()),
                 port: SERVICE_PORT,
                 target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ClusterIP Service of the admin port (9090 -> the pods' `admin` port): `/metrics` for
+/// Prometheus, `POST /api/v1/publish` for in-cluster backends, the probes for debugging. No
+/// Ingress routes to it. Only ready pods get published requests (default endpoints).
+pub fn admin_service(model: &Model) -> Service {
+    Service {
+        metadata: meta(model, &model.admin_service_name(), "server"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(labels::server_selector(&model.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("admin".into()),
+                port: ADMIN_PORT,
+                target_port: Some(IntOrString::String("admin".into())),
                 protocol: Some("TCP".into()),
                 ..Default::default()
             }]),
@@ -293,6 +337,12 @@ mod tests {
         assert_eq!(d.metadata.namespace.as_deref(), Some("apps"));
         let env = env_of(&d);
         assert_eq!(find(&env, "PORT").value.as_deref(), Some("3000"));
+        assert_eq!(find(&env, "ADMIN_PORT").value.as_deref(), Some("9090"));
+        assert_eq!(find(&env, "DEMO_PAGE").value.as_deref(), Some("false"));
+        assert_eq!(
+            find(&env, "PUBLIC_PUBLISH_API").value.as_deref(),
+            Some("false")
+        );
         assert_eq!(
             find(&env, "NAME")
                 .value_from
@@ -359,6 +409,7 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(ready.port, IntOrString::String("admin".into()));
         let live = c
             .liveness_probe
             .as_ref()
@@ -367,7 +418,15 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
-        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 3000);
+        assert_eq!(live.port, IntOrString::String("admin".into()));
+        let ports: Vec<_> = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(ports, [("http", 3000), ("admin", 9090)]);
         let sleep = c
             .lifecycle
             .as_ref()
@@ -482,6 +541,18 @@ mod tests {
     }
 
     #[test]
+    fn expose_switches_the_public_routes() {
+        let m = model(json!({"expose": {"demoPage": true, "publishApi": true},
+            "env": [{"name": "API_KEY", "value": "0123456789abcdef"}]}));
+        let env = env_of(&deployment(&m, None));
+        assert_eq!(find(&env, "DEMO_PAGE").value.as_deref(), Some("true"));
+        assert_eq!(
+            find(&env, "PUBLIC_PUBLISH_API").value.as_deref(),
+            Some("true")
+        );
+    }
+
+    #[test]
     fn user_env_comes_after_the_managed_variables() {
         let m = model(
             json!({"env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
@@ -496,9 +567,17 @@ mod tests {
         let svc = service(&m);
         let spec = svc.spec.unwrap();
         assert_eq!(spec.selector.unwrap(), labels::server_selector("chat"));
-        let port = &spec.ports.unwrap()[0];
-        assert_eq!(port.port, 80);
-        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+        let ports = spec.ports.unwrap();
+        assert_eq!(
+            ports.len(),
+            1,
+            "the Ingress' Service exposes socket.io only"
+        );
+        assert_eq!(ports[0].port, 80);
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
         assert!(svc.metadata.owner_references.is_some());
         // Polling is on by default: one client address stays on one pod, past a silent poll.
         assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
@@ -524,6 +603,27 @@ mod tests {
         assert_eq!(
             pdb.metadata.labels.unwrap()[labels::MANAGED_BY],
             "realtime-operator"
+        );
+    }
+
+    #[test]
+    fn admin_service_exposes_only_the_admin_port() {
+        let m = model(json!({}));
+        let svc = admin_service(&m);
+        assert_eq!(svc.metadata.name.as_deref(), Some("chat-admin"));
+        assert!(svc.metadata.owner_references.is_some());
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector.unwrap(), labels::server_selector("chat"));
+        let ports = spec.ports.unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].port),
+            (Some("admin"), 9090)
+        );
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("admin".into()))
         );
     }
 }

@@ -12,7 +12,10 @@ use std::{
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use realtime_server::config::{Cli, Settings};
+use realtime_server::{
+    app::Listeners,
+    config::{Cli, Settings},
+};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::timeout};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
@@ -21,7 +24,12 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Settings from command-line style flags (tests never rely on the environment).
 pub fn settings(args: &[&str]) -> Settings {
-    let mut all = vec!["realtime-server", "--bind=127.0.0.1", "--port=0"];
+    let mut all = vec![
+        "realtime-server",
+        "--bind=127.0.0.1",
+        "--port=0",
+        "--admin-port=0",
+    ];
     all.extend_from_slice(args);
     Cli::try_parse_from(all)
         .expect("test flags parse")
@@ -31,7 +39,10 @@ pub fn settings(args: &[&str]) -> Settings {
 
 /// A server running in this process.
 pub struct Server {
+    /// The public port (socket.io).
     pub addr: SocketAddr,
+    /// The admin port (probes, metrics, the publish API).
+    pub admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -39,22 +50,33 @@ pub struct Server {
 impl Server {
     pub async fn start(args: &[&str]) -> Server {
         let s = settings(args);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listeners = Listeners {
+            public: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listeners.public.local_addr().unwrap();
+        let admin_addr = listeners.admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(realtime_server::app::serve(s, listener, async move {
+        let task = tokio::spawn(realtime_server::app::serve(s, listeners, async move {
             let _ = stopped.await;
             "test stop"
         }));
         Server {
             addr,
+            admin_addr,
             stop: Some(stop),
             task,
         }
     }
 
+    /// A URL on the public port.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the admin port.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
     }
 
     /// Sends the shutdown signal (like SIGTERM).
@@ -64,10 +86,14 @@ impl Server {
         }
     }
 
+    /// GET on the public port.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(self.url(path)).await.expect("GET");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap())
+        get(self.url(path)).await
+    }
+
+    /// GET on the admin port.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        get(self.admin_url(path)).await
     }
 
     /// Polls `/readyz` until its body satisfies `f` (the last body is returned either way).
@@ -78,7 +104,7 @@ impl Server {
     ) -> (bool, String) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let (status, body) = self.get("/readyz").await;
+            let (status, body) = self.admin_get("/readyz").await;
             if f(status, &body) {
                 return (true, body);
             }
@@ -93,7 +119,7 @@ impl Server {
     pub async fn wait_ready(&self, want: u16, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(r) = reqwest::get(self.url("/readyz")).await
+            if let Ok(r) = reqwest::get(self.admin_url("/readyz")).await
                 && r.status().as_u16() == want
             {
                 return true;
@@ -104,6 +130,12 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+async fn get(url: String) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
 }
 
 impl Drop for Server {
