@@ -626,7 +626,8 @@ async fn full_example_creates_every_child_with_owner_refs() {
     })
     .await;
     let st = rc.status.as_ref().unwrap();
-    assert_eq!(st.endpoint.as_deref(), Some("https://chat.example.com/"));
+    assert_eq!(st.endpoint.as_deref(), Some("https://chat.example.com"));
+    assert_eq!(st.socketio_path.as_deref(), Some("/socket.io/"));
     assert_eq!(st.redis.as_ref().unwrap().phase, RedisPhase::Pending);
     assert_eq!(status::condition(Some(st), READY).unwrap().status, "False");
     assert!(

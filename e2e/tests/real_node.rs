@@ -52,6 +52,23 @@ async fn node_with_operator() -> Option<Arc<RealNode>> {
     Some(node)
 }
 
+/// Runs a test's `body` on the node (operator installed), holding the node's turn; an error
+/// fails the test with the last lines of every process's log. Returns at once (skip) when the
+/// node cannot start outside CI.
+async fn on_node<F, Fut>(body: F)
+where
+    F: FnOnce(Arc<RealNode>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let _turn = TURN.lock().await;
+    let Some(node) = node_with_operator().await else {
+        return;
+    };
+    if let Err(e) = body(node.clone()).await {
+        panic!("{:#}", node.with_logs(e));
+    }
+}
+
 /// `kubectl` of the node as admin, in `ns`.
 fn kubectl(node: &RealNode, ns: &str) -> Kubectl {
     Kubectl::new(
@@ -268,11 +285,7 @@ async fn the_scenarios_on_real_pods() {
 /// subscribe (`kubectl exec ... ACL SETUSER`), they turn Ready by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_ready_only_when_readyz_says_so() {
-    let _turn = TURN.lock().await;
-    let Some(node) = node_with_operator().await else {
-        return;
-    };
-    let run = async {
+    on_node(|node| async move {
         let (k, _ns) = namespace(&node, "rt-ready").await?;
         let redis = format!(
             r#"
@@ -394,11 +407,9 @@ spec:
             "readiness on real pods: deaf servers out of the Service {out:.1?} after apply; Ready again {:.1?} after Redis let them subscribe",
             t1.elapsed()
         );
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = run.await {
-        panic!("{:#}", node.with_logs(e));
-    }
+        Ok(())
+    })
+    .await;
 }
 
 #[derive(Debug)]
@@ -452,11 +463,7 @@ fn ready_endpoints(slices: &Value) -> usize {
 /// Ingress): every session completes on 3 replicas (the Service keeps a client on one pod).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_client_in_a_pod_through_the_service() {
-    let _turn = TURN.lock().await;
-    let Some(node) = node_with_operator().await else {
-        return;
-    };
-    let run = async {
+    on_node(|node| async move {
         let manifest = r#"
 apiVersion: realtime.dev/v1alpha1
 kind: RealtimeCluster
@@ -524,23 +531,17 @@ spec:
         let report: Value = serde_json::from_str(logs.stdout.trim().lines().last().unwrap_or("{}"))
             .context("the client's report")?;
         ensure!(report["ok"] == true && report["errors"].as_array().is_some_and(|e| e.is_empty()));
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = run.await {
-        panic!("{:#}", node.with_logs(e));
-    }
+        Ok(())
+    })
+    .await;
 }
 
 /// `kill -9` of a server container's process: the kubelet restarts it, its clients reconnect
 /// (through the ingress) and delivery across nodes continues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_server_process() {
-    let _turn = TURN.lock().await;
     let Some(paths) = driver_paths() else { return };
-    let Some(node) = node_with_operator().await else {
-        return;
-    };
-    let run = async {
+    on_node(|node| async move {
         let (k, _ns, _) = apply_ready(&node, "rt-kill", CLUSTER, "chat").await?;
         let t = target(&node, &k, "chat");
         let driver = Driver::start(&paths).await?;
@@ -592,11 +593,9 @@ async fn kill_9_of_a_server_process() {
             killed.elapsed()
         );
         drop(driver);
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = run.await {
-        panic!("{:#}", node.with_logs(e));
-    }
+        Ok(())
+    })
+    .await;
 }
 
 /// The host pid of the process named `comm` in the pod with `uid` (its cgroup path carries the
@@ -622,12 +621,8 @@ fn container_pid(uid: &str, comm: &str) -> Option<i32> {
 /// is down; when Redis is left alone, delivery across nodes resumes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_degrades_without_blacking_out() {
-    let _turn = TURN.lock().await;
     let Some(paths) = driver_paths() else { return };
-    let Some(node) = node_with_operator().await else {
-        return;
-    };
-    let run = async {
+    on_node(|node| async move {
         let (k, _ns, _) = apply_ready(&node, "rt-outage", CLUSTER, "chat").await?;
         let t = target(&node, &k, "chat");
         let driver = Driver::start(&paths).await?;
@@ -739,11 +734,9 @@ async fn a_redis_outage_degrades_without_blacking_out() {
             start.elapsed() - outage_seen
         );
         drop(driver);
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = run.await {
-        panic!("{:#}", node.with_logs(e));
-    }
+        Ok(())
+    })
+    .await;
 }
 
 /// GET /metrics of a server pod (its admin port), from the host through the pod network.
@@ -764,11 +757,7 @@ async fn pod_metrics(ip: &str) -> Result<String> {
 /// with it, are Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_password_is_on_no_command_line() {
-    let _turn = TURN.lock().await;
-    let Some(node) = node_with_operator().await else {
-        return;
-    };
-    let run = async {
+    on_node(|node| async move {
         let manifest = r#"
 apiVersion: realtime.dev/v1alpha1
 kind: RealtimeCluster
@@ -857,11 +846,9 @@ spec:
             said.contains("NOAUTH"),
             "Redis answered without a password: {said}"
         );
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = run.await {
-        panic!("{:#}", node.with_logs(e));
-    }
+        Ok(())
+    })
+    .await;
 }
 
 /// Internals stay inside: through the ingress, the probes, the metrics, the publish API and the
@@ -870,12 +857,8 @@ spec:
 /// The probes keep the pods Ready on the admin port, which the `<name>-admin` Service exposes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internals_are_not_reachable_through_the_ingress() {
-    let _turn = TURN.lock().await;
     let Some(paths) = driver_paths() else { return };
-    let Some(node) = node_with_operator().await else {
-        return;
-    };
-    let run = async {
+    on_node(|node| async move {
         // The CLUSTER with an API key: with a key the publish API answers wherever it is served,
         // so its 404 below means "not routed", not "disabled".
         let key = "e2e-publish-key-0123456789";
@@ -964,9 +947,73 @@ async fn internals_are_not_reachable_through_the_ingress() {
         );
         drop(placed);
         drop(driver);
-        Ok::<_, anyhow::Error>(())
-    };
-    if let Err(e) = run.await {
-        panic!("{:#}", node.with_logs(e));
-    }
+        Ok(())
+    })
+    .await;
+}
+
+/// An Ingress path other than `/`: the Ingress routes the prefix `/chat`, the operator tells the
+/// servers to answer socket.io under it, and the status gives the URL and the client's `path`
+/// separately. A client with that `path` option gets `hello` through the ingress (polling, then
+/// websocket); one using the default path finds nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_path_prefix_reaches_socketio() {
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let manifest = r#"
+apiVersion: realtime.dev/v1alpha1
+kind: RealtimeCluster
+metadata:
+  name: prefixed
+spec:
+  replicas: 2
+  redis:
+    managed: {}
+  ingress:
+    enabled: true
+    className: nginx
+    host: localhost
+    path: /chat
+"#;
+        let (k, _ns, _) = apply_ready(&node, "rt-path", manifest, "prefixed").await?;
+        let rtc = k.get_json(&["rtc", "prefixed"]).await?;
+        ensure!(
+            rtc["status"]["endpoint"] == "http://localhost"
+                && rtc["status"]["socketioPath"] == "/chat/socket.io/",
+            "status: {}",
+            rtc["status"]
+        );
+        let driver = Driver::start(&paths).await?;
+        let opts = sio::ConnectOptions::default()
+            .with_credentials(true)
+            .option("path", json!("/chat/socket.io/"));
+        let (c, h) = driver
+            .connect_hello(&node.ingress_url(), opts, Duration::from_secs(30))
+            .await?;
+        ensure!(h.node.starts_with("prefixed-"), "hello from {}", h.node);
+        drop(c);
+        // The default path is not routed (and would not be served).
+        let addr: std::net::SocketAddr = node
+            .ingress_url()
+            .trim_start_matches("http://localhost:")
+            .parse::<u16>()
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))?;
+        let r = http_request(
+            addr,
+            "GET",
+            "localhost",
+            "/socket.io/?EIO=4&transport=polling",
+            &[],
+            "",
+            Duration::from_secs(5),
+        )
+        .await?;
+        ensure!(r.status == 404, "the default path answered {}", r.status);
+        eprintln!(
+            "ingress path /chat: hello from {} with path /chat/socket.io/",
+            h.node
+        );
+        Ok(())
+    })
+    .await;
 }

@@ -43,6 +43,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "REDIS_URL",
     "REDIS_PASSWORD",
     "TRANSPORTS",
+    "SOCKETIO_PATH",
     "PING_INTERVAL",
     "PING_TIMEOUT",
     "SHUTDOWN_GRACE",
@@ -117,7 +118,7 @@ pub struct RealtimeClusterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_PASSWORD', 'TRANSPORTS', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
-        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
+        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
     pub env: Vec<EnvVar>,
 
     /// What the public port (the Service <name> and the Ingress) serves besides socket.io; both off by default. Probes, metrics and the publish API are always served on the admin port, which only the ClusterIP Service <name>-admin exposes.
@@ -323,10 +324,11 @@ pub struct IngressSpec {
     #[x_kube(validation = Rule::new("self.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("ingress.host must be a lower-case DNS name such as chat.example.com"))]
     pub host: Option<String>,
 
-    /// URL path prefix routed to the servers.
+    /// URL path prefix routed to the servers; the servers then answer socket.io at
+    /// `<path>/socket.io/` (status.socketioPath, the client's `path` option).
     #[serde(default = "default_path")]
-    #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("ingress.path must start with /"))]
+    #[schemars(length(min = 1, max = 180))]
+    #[x_kube(validation = Rule::new("self == '/' || self.matches('^(/[A-Za-z0-9._~-]+)+$')").message("ingress.path must be / or /segment[/segment...] of letters, digits and -._~ without a trailing slash, such as /chat"))]
     pub path: String,
 
     /// Secret (type kubernetes.io/tls) with the certificate for host. Unset: plain HTTP.
@@ -450,9 +452,15 @@ pub struct RealtimeClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisStatus>,
 
-    /// URL clients connect to: the Ingress when enabled, else the in-cluster Service.
+    /// URL clients connect to (scheme and host): the Ingress when enabled, else the in-cluster
+    /// Service. The socket.io path goes separately in socketioPath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+
+    /// The socket.io path on that endpoint, the client's `path` option (`/socket.io/` unless
+    /// ingress.path moves it): `io(endpoint, { path: socketioPath })`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socketio_path: Option<String>,
 
     /// Label selector of the server pods, used by the scale subresource (HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]

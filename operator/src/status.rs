@@ -182,6 +182,7 @@ pub fn compute(
             endpoint: model.redis_endpoint(),
         }),
         endpoint: Some(model.endpoint()),
+        socketio_path: Some(format!("{}/", model.socketio_path())),
         selector: Some(model.selector_string()),
     }
 }

@@ -151,6 +151,15 @@ pub struct IngressModel {
 }
 
 impl Model {
+    /// The servers' socket.io path (`SOCKETIO_PATH`, no trailing slash): `/socket.io` under
+    /// the Ingress's path prefix, so that a prefix other than `/` reaches them.
+    pub fn socketio_path(&self) -> String {
+        match &self.ingress {
+            Some(i) if i.path != "/" => format!("{}/socket.io", i.path.trim_end_matches('/')),
+            _ => "/socket.io".into(),
+        }
+    }
+
     /// Name of the server Deployment, Service, PodDisruptionBudget and Ingress.
     pub fn server_name(&self) -> &str {
         &self.name
@@ -193,7 +202,7 @@ impl Model {
                 } else {
                     "http"
                 };
-                format!("{scheme}://{}{}", i.host, i.path)
+                format!("{scheme}://{}", i.host)
             }
             None => format!("http://{}.{}.svc", self.server_name(), self.namespace),
         }
@@ -458,8 +467,22 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             if i.class_name.is_empty() {
                 err("spec.ingress.className", "must not be empty".into());
             }
-            if !i.path.starts_with('/') {
-                err("spec.ingress.path", "must start with /".into());
+            // The same rule as the CEL one: the servers serve <path>/socket.io, which must be
+            // a plain prefix a proxy matches and a URL carries unchanged.
+            let plain_prefix = i.path == "/"
+                || (i.path.len() <= 180
+                    && i.path.starts_with('/')
+                    && i.path[1..].split('/').all(|seg| {
+                        !seg.is_empty()
+                            && seg
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+                    }));
+            if !plain_prefix {
+                err(
+                    "spec.ingress.path",
+                    "must be / or /segment[/segment...] of letters, digits and -._~ without a trailing slash, such as /chat".into(),
+                );
             }
             if i.cookie.name.is_empty()
                 || !i
@@ -796,6 +819,32 @@ mod tests {
     }
 
     #[test]
+    fn an_ingress_path_moves_the_socketio_path_under_it() {
+        let m = validate(
+            &cluster(
+                serde_json::json!({"ingress": {"enabled": true, "host": "chat.example.com",
+                "path": "/chat/v1"}}),
+            ),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.endpoint(), "http://chat.example.com");
+        assert_eq!(m.socketio_path(), "/chat/v1/socket.io");
+        for bad in ["/chat/", "chat", "/a//b", "/a b", "/a?b"] {
+            let e = validate(
+                &cluster(serde_json::json!({"ingress": {"enabled": true,
+                    "host": "chat.example.com", "path": bad}})),
+                &defaults(),
+            )
+            .unwrap_err();
+            assert!(
+                format!("{e:?}").contains("spec.ingress.path"),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn ingress_endpoint_uses_https_with_tls() {
         let m = validate(
             &cluster(
@@ -805,7 +854,8 @@ mod tests {
             &defaults(),
         )
         .unwrap();
-        assert_eq!(m.endpoint(), "https://chat.example.com/");
+        assert_eq!(m.endpoint(), "https://chat.example.com");
+        assert_eq!(m.socketio_path(), "/socket.io");
         let i = m.ingress.unwrap();
         assert_eq!(i.class_name, "nginx");
         assert_eq!(i.affinity, Affinity::Cookie);

@@ -138,6 +138,7 @@ where
 fn socketio_builder(s: &Settings) -> SocketIoBuilder {
     let max = usize::try_from(s.max_payload).unwrap_or(usize::MAX);
     let b = SocketIo::builder()
+        .req_path(s.socketio_path.clone())
         .ping_interval(s.ping_interval)
         .ping_timeout(s.ping_timeout)
         // polling: per HTTP request body; websocket: per message and per frame
@@ -192,7 +193,8 @@ where
         %local,
         demo_page = routes.demo_page,
         public_publish_api = routes.publish_api,
-        "listening: socket.io on /socket.io/"
+        "listening: socket.io on {}/",
+        settings.socketio_path
     );
     info!(%admin_local, "admin listening: /healthz /readyz /metrics POST /api/v1/publish");
 

@@ -74,6 +74,11 @@ pub struct Cli {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// URL path of socket.io on the public port (the client's `path` option), e.g.
+    /// `/chat/socket.io` behind an Ingress that routes the prefix `/chat`.
+    #[arg(long, env = "SOCKETIO_PATH", default_value = "/socket.io")]
+    pub socketio_path: String,
+
     /// Longest time from SIGTERM to exit.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s")]
     pub shutdown_grace: humantime::Duration,
@@ -160,6 +165,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub redis_startup_grace: Duration,
     pub log_format: LogFormat,
+    /// socket.io's request path on the public port (no trailing slash).
+    pub socketio_path: String,
 }
 
 /// A configuration value that cannot be used.
@@ -193,6 +200,23 @@ pub enum ConfigError {
     ApiKey(usize),
     #[error("SHUTDOWN_GRACE must be between 1s and 1h (got {0:?})")]
     ShutdownGrace(Duration),
+    #[error(
+        "SOCKETIO_PATH must be / followed by segments of letters, digits and -._~ separated by single slashes, without a trailing slash (got {0:?})"
+    )]
+    SocketioPath(String),
+}
+
+/// Whether `p` is a socket.io path the server can serve and a proxy prefix can match: `/a/b`,
+/// no empty segment, no trailing slash, URL-safe characters only.
+pub fn valid_socketio_path(p: &str) -> bool {
+    p.len() <= 200
+        && p.starts_with('/')
+        && p[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        })
 }
 
 /// Upper bound for MAX_PAYLOAD: larger packets would let one client pin that much memory per
@@ -283,7 +307,13 @@ impl Cli {
             return Err(ConfigError::ShutdownGrace(shutdown_grace));
         }
 
+        let socketio_path = self.socketio_path.trim().to_string();
+        if !valid_socketio_path(&socketio_path) {
+            return Err(ConfigError::SocketioPath(socketio_path));
+        }
+
         Ok(Settings {
+            socketio_path,
             bind: self.bind,
             port: self.port,
             admin_port: self.admin_port,
@@ -416,6 +446,22 @@ mod tests {
 
     fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
         cli(args).validate_with_hostname(|| "host-1".to_owned())
+    }
+
+    #[test]
+    fn the_socketio_path_is_a_plain_prefix() {
+        assert_eq!(settings(&[]).unwrap().socketio_path, "/socket.io");
+        let s = settings(&["--socketio-path", "/chat/socket.io"]).unwrap();
+        assert_eq!(s.socketio_path, "/chat/socket.io");
+        for bad in ["socket.io", "/chat/", "/a//b", "/a b", "/a?x", "/"] {
+            assert!(
+                matches!(
+                    settings(&["--socketio-path", bad]),
+                    Err(ConfigError::SocketioPath(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -76,8 +76,15 @@ async fn acks_are_optional() {
     let srv = Server::start(&[]).await;
     let (mut a, _) = Client::hello(srv.addr, None).await;
     let (mut b, _) = Client::hello(srv.addr, None).await;
-    // no ack id: same effect, no reply
+    // no ack id: same effect, no reply. b's next event, with an ack, is handled after the join
+    // (one socket's events take effect in order): once it answers, b is in the room.
     b.emit("join", json!("r")).await;
+    let members = b.emit_ack("presence", json!({"room": "r"})).await;
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(1),
+        "{members}"
+    );
     a.emit("publish", json!({"room": "r", "event": "e", "data": 1}))
         .await;
     assert_eq!(b.expect_event("e").await, json!(1));

@@ -934,6 +934,11 @@ pub fn invalid_cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             vec!["spec.ingress", "ingress.host is required"],
         ),
         (
+            "ingress-path-slash",
+            json!({"ingress": {"enabled": true, "host": "chat.example.com", "path": "/chat/"}}),
+            vec!["spec.ingress.path", "ingress.path must be / or /segment"],
+        ),
+        (
             "short-timeouts",
             json!({"pingIntervalSeconds": 25, "pingTimeoutSeconds": 20,
                    "ingress": {"enabled": true, "host": "chat.example.com", "timeouts": {"readSeconds": 30}}}),

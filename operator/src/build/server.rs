@@ -86,6 +86,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     }
     env.extend([
         env_value("TRANSPORTS", &s.transports),
+        env_value("SOCKETIO_PATH", &model.socketio_path()),
         env_value("PING_INTERVAL", &format!("{}s", s.ping_interval_seconds)),
         env_value("PING_TIMEOUT", &format!("{}s", s.ping_timeout_seconds)),
         env_value("SHUTDOWN_GRACE", &format!("{SHUTDOWN_GRACE_SECONDS}s")),
