@@ -21,6 +21,9 @@ have conntrack || missing+=(conntrack)
 have ip || missing+=(iproute2)
 have mmdebstrap || missing+=(mmdebstrap)
 have jq || missing+=(jq)
+# gcc with a static libc builds the pause binary (e2e/tools/install.sh).
+have gcc || missing+=(gcc)
+[[ -n "$(gcc -print-file-name=libc.a 2>/dev/null | grep /)" ]] || missing+=(libc6-dev)
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "deps: installing ${missing[*]} (Debian packages)"
