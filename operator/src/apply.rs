@@ -152,22 +152,22 @@ pub async fn prune(
     model: &Model,
     desired: &Desired,
 ) -> Result<Vec<ObjectReference>, Error> {
-    let keep_redis = desired.redis.as_ref();
+    // Exhaustive: a new kind in `Keep` (hence in `Desired`) must be decided on here.
+    let crate::build::Keep {
+        // Always exactly one, under the cluster's own name: nothing to prune, and the
+        // operator holds no delete right on them (least privilege, see the chart's RBAC).
+        deployments: _,
+        pdbs: _,
+        statefulsets,
+        services,
+        secrets,
+        ingresses,
+    } = desired.keep();
     let mut deleted = Vec::new();
-    let want_sts: Vec<String> = keep_redis
-        .iter()
-        .map(|r| r.statefulset.name_any())
-        .collect();
-    let want_secret: Vec<String> = keep_redis.iter().map(|r| r.secret.name_any()).collect();
-    let mut want_svc = vec![desired.service.name_any(), desired.admin_service.name_any()];
-    want_svc.extend(keep_redis.iter().map(|r| r.service.name_any()));
-    let want_ing: Vec<String> = desired.ingress.iter().map(|i| i.name_any()).collect();
-    // Deployment and PodDisruptionBudget always exist under the cluster's own name: only the
-    // optional kinds can hold leftovers.
-    prune_kind::<StatefulSet>(client, model, &want_sts, &mut deleted).await?;
-    prune_kind::<Service>(client, model, &want_svc, &mut deleted).await?;
-    prune_kind::<Secret>(client, model, &want_secret, &mut deleted).await?;
-    prune_kind::<Ingress>(client, model, &want_ing, &mut deleted).await?;
+    prune_kind::<StatefulSet>(client, model, &statefulsets, &mut deleted).await?;
+    prune_kind::<Service>(client, model, &services, &mut deleted).await?;
+    prune_kind::<Secret>(client, model, &secrets, &mut deleted).await?;
+    prune_kind::<Ingress>(client, model, &ingresses, &mut deleted).await?;
     Ok(deleted)
 }
 

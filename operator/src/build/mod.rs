@@ -83,6 +83,51 @@ pub struct Desired {
     pub ingress: Option<Ingress>,
 }
 
+/// The names of every desired child, by kind: what pruning keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub deployments: Vec<String>,
+    pub services: Vec<String>,
+    pub pdbs: Vec<String>,
+    pub statefulsets: Vec<String>,
+    pub secrets: Vec<String>,
+    pub ingresses: Vec<String>,
+}
+
+impl Desired {
+    /// The names to keep when pruning. The destructuring names every field, so a new child
+    /// kind added to [`Desired`] does not compile until it is listed here (and then pruned).
+    pub fn keep(&self) -> Keep {
+        use kube::ResourceExt as _;
+        let Desired {
+            deployment,
+            service,
+            admin_service,
+            pdb,
+            redis,
+            ingress,
+        } = self;
+        let mut k = Keep {
+            deployments: vec![deployment.name_any()],
+            services: vec![service.name_any(), admin_service.name_any()],
+            pdbs: vec![pdb.name_any()],
+            ingresses: ingress.iter().map(|i| i.name_any()).collect(),
+            ..Keep::default()
+        };
+        if let Some(RedisChildren {
+            secret,
+            service,
+            statefulset,
+        }) = redis
+        {
+            k.secrets.push(secret.name_any());
+            k.services.push(service.name_any());
+            k.statefulsets.push(statefulset.name_any());
+        }
+        k
+    }
+}
+
 /// The managed Redis' children.
 #[derive(Clone, Debug)]
 pub struct RedisChildren {
@@ -181,6 +226,31 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
     use serde_json::json;
+
+    #[test]
+    fn pruning_keeps_every_desired_child_and_only_those() {
+        let managed = desired(&model(json!({})), Some("pw")).keep();
+        assert_eq!(
+            managed,
+            Keep {
+                deployments: vec!["chat".into()],
+                services: vec!["chat".into(), "chat-admin".into(), "chat-redis".into()],
+                pdbs: vec!["chat".into()],
+                statefulsets: vec!["chat-redis".into()],
+                secrets: vec!["chat-redis-auth".into()],
+                ingresses: vec![],
+            }
+        );
+        let external = desired(
+            &model(json!({"redis": {"external": {"host": "cache"}},
+                "ingress": {"enabled": true, "host": "a.example"}})),
+            None,
+        )
+        .keep();
+        assert!(external.statefulsets.is_empty() && external.secrets.is_empty());
+        assert_eq!(external.services, vec!["chat", "chat-admin"]);
+        assert_eq!(external.ingresses, vec!["chat"]);
+    }
 
     #[test]
     fn desired_children_follow_the_spec() {
