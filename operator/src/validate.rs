@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::Resource;
 
 use crate::api::{
-    Affinity, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RedisStorage, SecretKeyRef,
-    Transport,
+    Affinity, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RealtimeClusterSpec, RedisSpec,
+    RedisStorage, SecretKeyRef, Transport,
 };
 use crate::build::labels;
 
@@ -217,7 +217,8 @@ impl Model {
     }
 }
 
-/// Validates `rc` and resolves its defaults. Returns every problem found.
+/// Validates the spec and fills in the defaults: every error is collected (one pass per spec
+/// section, each its own function), so the status lists them all at once.
 pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, SpecErrors> {
     let mut errs = Vec::new();
     let mut err = |field: &str, message: String| {
@@ -227,7 +228,87 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         })
     };
     let spec = &rc.spec;
+    let (name, namespace, owner) = check_metadata(rc, &mut err);
+    let server = check_server(spec, defaults, &mut err);
+    let redis = check_redis(&spec.redis, defaults, &mut err);
+    let ingress = check_ingress(spec, &mut err);
+    let selector = LabelSelector {
+        match_labels: Some(labels::server_selector(&name)),
+        ..Default::default()
+    };
+    let topology_spread = match &spec.topology_spread_constraints {
+        None => default_topology_spread(&selector),
+        Some(list) => list
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                if c.label_selector.is_none() {
+                    c.label_selector = Some(selector.clone());
+                }
+                c
+            })
+            .collect(),
+    };
 
+    if !errs.is_empty() {
+        return Err(SpecErrors(errs));
+    }
+
+    // LOG_FORMAT=json suits log collectors; the user's own LOG_FORMAT replaces it.
+    let mut env = Vec::new();
+    if !spec.env.iter().any(|e| e.name == "LOG_FORMAT") {
+        env.push(EnvVar {
+            name: "LOG_FORMAT".into(),
+            value: Some("json".into()),
+            ..Default::default()
+        });
+    }
+    env.extend(spec.env.iter().cloned());
+
+    let ServerParts {
+        image,
+        resources,
+        transports,
+    } = server;
+    Ok(Model {
+        name,
+        namespace,
+        owner: owner.expect("checked above"),
+        generation: rc.metadata.generation,
+        paused: spec.paused,
+        server: ServerModel {
+            replicas: spec.replicas,
+            image,
+            image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+            image_pull_secrets: spec.image_pull_secrets.clone(),
+            resources,
+            env,
+            transports,
+            expose: spec.expose,
+            ping_interval_seconds: spec.ping_interval_seconds,
+            ping_timeout_seconds: spec.ping_timeout_seconds,
+            node_selector: spec.node_selector.clone(),
+            tolerations: spec.tolerations.clone(),
+            topology_spread,
+        },
+        redis,
+        ingress,
+    })
+}
+
+/// What [`check_server`] derives from the server part of the spec.
+struct ServerParts {
+    image: String,
+    resources: ResourceRequirements,
+    transports: String,
+}
+
+/// `metadata`: the name (a DNS label short enough for every child's name), the namespace and
+/// the owner reference children get.
+fn check_metadata(
+    rc: &RealtimeCluster,
+    err: &mut impl FnMut(&str, String),
+) -> (String, String, Option<OwnerReference>) {
     let name = rc.metadata.name.clone().unwrap_or_default();
     if name.len() > MAX_NAME_LEN || !is_dns_label(&name) {
         err(
@@ -250,6 +331,15 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         );
     }
 
+    (name, namespace, owner)
+}
+
+/// The server: replicas, image, env, exposure, transports, timings, resources.
+fn check_server(
+    spec: &RealtimeClusterSpec,
+    defaults: &Defaults,
+    err: &mut impl FnMut(&str, String),
+) -> ServerParts {
     if !(0..=100).contains(&spec.replicas) {
         err(
             "spec.replicas",
@@ -323,9 +413,22 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         .resources
         .clone()
         .unwrap_or_else(|| default_resources(("100m", "128Mi"), "512Mi"));
-    check_resources(&resources, "spec.resources", &mut err);
+    check_resources(&resources, "spec.resources", err);
 
-    let redis = match (&spec.redis.managed, &spec.redis.external) {
+    ServerParts {
+        image,
+        resources,
+        transports,
+    }
+}
+
+/// `spec.redis`: exactly one of managed or external, each checked and defaulted.
+fn check_redis(
+    r: &RedisSpec,
+    defaults: &Defaults,
+    err: &mut impl FnMut(&str, String),
+) -> RedisModel {
+    match (&r.managed, &r.external) {
         (Some(m), None) => {
             let image = match &m.image {
                 Some(i) if i.trim().is_empty() => {
@@ -347,7 +450,7 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                 .resources
                 .clone()
                 .unwrap_or_else(|| default_resources(("50m", "64Mi"), "256Mi"));
-            check_resources(&resources, "spec.redis.managed.resources", &mut err);
+            check_resources(&resources, "spec.redis.managed.resources", err);
             RedisModel::Managed {
                 image,
                 storage: m.storage.clone(),
@@ -448,9 +551,15 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
                 password: None,
             }
         }
-    };
+    }
+}
 
-    let ingress = match &spec.ingress {
+/// `spec.ingress`: host, path, cookie, timeouts (against the ping timings), annotations.
+fn check_ingress(
+    spec: &RealtimeClusterSpec,
+    err: &mut impl FnMut(&str, String),
+) -> Option<IngressModel> {
+    match &spec.ingress {
         Some(i) if i.enabled => {
             let host = i.host.clone().unwrap_or_default();
             if i.host.is_none() {
@@ -551,65 +660,7 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             })
         }
         _ => None,
-    };
-
-    let selector = LabelSelector {
-        match_labels: Some(labels::server_selector(&name)),
-        ..Default::default()
-    };
-    let topology_spread = match &spec.topology_spread_constraints {
-        None => default_topology_spread(&selector),
-        Some(list) => list
-            .iter()
-            .cloned()
-            .map(|mut c| {
-                if c.label_selector.is_none() {
-                    c.label_selector = Some(selector.clone());
-                }
-                c
-            })
-            .collect(),
-    };
-
-    if !errs.is_empty() {
-        return Err(SpecErrors(errs));
     }
-
-    // LOG_FORMAT=json suits log collectors; the user's own LOG_FORMAT replaces it.
-    let mut env = Vec::new();
-    if !spec.env.iter().any(|e| e.name == "LOG_FORMAT") {
-        env.push(EnvVar {
-            name: "LOG_FORMAT".into(),
-            value: Some("json".into()),
-            ..Default::default()
-        });
-    }
-    env.extend(spec.env.iter().cloned());
-
-    Ok(Model {
-        name,
-        namespace,
-        owner: owner.expect("checked above"),
-        generation: rc.metadata.generation,
-        paused: spec.paused,
-        server: ServerModel {
-            replicas: spec.replicas,
-            image,
-            image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
-            image_pull_secrets: spec.image_pull_secrets.clone(),
-            resources,
-            env,
-            transports,
-            expose: spec.expose,
-            ping_interval_seconds: spec.ping_interval_seconds,
-            ping_timeout_seconds: spec.ping_timeout_seconds,
-            node_selector: spec.node_selector.clone(),
-            tolerations: spec.tolerations.clone(),
-            topology_spread,
-        },
-        redis,
-        ingress,
-    })
 }
 
 /// Soft spreading over nodes and zones: never blocks scheduling, evens out when it can.
