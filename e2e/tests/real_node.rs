@@ -903,6 +903,32 @@ async fn internals_are_not_reachable_through_the_ingress() {
             .with_context(|| format!("the port of {url}"))?;
         let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let within = Duration::from_secs(10);
+        // The ingress controller learns of the ready pods a few seconds after the Service
+        // does ("no available server" meanwhile): wait until it routes socket.io, so that a
+        // 404 below means "not routed", not "no backend yet".
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = http_request(
+                ingress,
+                "GET",
+                "localhost",
+                "/socket.io/?EIO=4&transport=polling",
+                &[],
+                "",
+                within,
+            )
+            .await?;
+            if r.status == 200 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the ingress does not route socket.io: {} {}",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let auth = format!("Bearer {key}");
         let body = r#"{"event":"inside","data":1}"#;
         let mut answers = Vec::new();
