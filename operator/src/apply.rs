@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{Desired, labels};
-use crate::validate::{Model, REDIS_PASSWORD_KEY, RedisModel};
+use crate::validate::{Model, REDIS_PASSWORD_KEY};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "realtime-operator";
@@ -64,63 +64,6 @@ pub enum Error {
 pub struct Applied {
     pub deployment: Deployment,
     pub statefulset: Option<StatefulSet>,
-}
-
-/// The password in the existing managed-Redis Secret (`None` when there is no Secret yet).
-/// The value is only ever passed to the Secret builder and hashed; never logged.
-pub async fn existing_redis_password(
-    client: &Client,
-    model: &Model,
-) -> Result<Option<String>, Error> {
-    let name = model.redis_secret_name();
-    let api: Api<Secret> = Api::namespaced(client.clone(), &model.namespace);
-    let secret = api
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: name.clone(),
-            source,
-        })?;
-    let Some(secret) = secret else {
-        return Ok(None);
-    };
-    secret
-        .data
-        .and_then(|mut d| d.remove(REDIS_PASSWORD_KEY))
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .filter(|p| !p.is_empty())
-        .map(Some)
-        .ok_or(Error::UnusableSecret {
-            name,
-            key: REDIS_PASSWORD_KEY,
-        })
-}
-
-/// The value of an external Redis' `passwordSecretRef` (`None` without one, or when the
-/// Secret or its key does not exist yet: the server pods then wait for it, and its creation
-/// triggers a reconcile). Only ever hashed for the servers' rollout annotation; never logged.
-pub async fn external_redis_password(
-    client: &Client,
-    model: &Model,
-) -> Result<Option<String>, Error> {
-    let RedisModel::External {
-        password: Some(r), ..
-    } = &model.redis
-    else {
-        return Ok(None);
-    };
-    let api: Api<Secret> = Api::namespaced(client.clone(), &model.namespace);
-    let secret = api
-        .get_opt(&r.name)
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: r.name.clone(),
-            source,
-        })?;
-    Ok(secret
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(&r.key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
 }
 
 /// Applies every desired child. Order: the Secret before the pods that read it, Redis before
@@ -342,28 +285,4 @@ where
         .clone()
         .expect("builders always set the name");
     (Api::namespaced(client.clone(), ns), name)
-}
-
-/// Reads the children the status is computed from, without writing (used while paused).
-pub async fn observe(
-    client: &Client,
-    model: &Model,
-) -> Result<(Option<Deployment>, Option<StatefulSet>), Error> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &model.namespace);
-    let deployment = deployments
-        .get_opt(model.server_name())
-        .await
-        .map_err(|source| Error::List {
-            kind: "Deployment".into(),
-            source,
-        })?;
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &model.namespace);
-    let statefulset = statefulsets
-        .get_opt(&model.redis_name())
-        .await
-        .map_err(|source| Error::List {
-            kind: "StatefulSet".into(),
-            source,
-        })?;
-    Ok((deployment, statefulset))
 }

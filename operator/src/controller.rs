@@ -34,9 +34,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::api::{RealtimeCluster, RealtimeClusterStatus};
 use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{self, labels};
+use crate::fetch;
 use crate::metrics::Metrics;
 use crate::status::{self, DEGRADED, Observed, READY};
-use crate::validate::{self, Defaults, RedisModel};
+use crate::validate::{self, Defaults};
 
 /// Settings of a controller run.
 #[derive(Clone, Debug)]
@@ -231,22 +232,15 @@ async fn reconcile_inner(
     };
 
     let (deployment, statefulset, outcome) = if model.paused {
-        let (d, s) = apply::observe(&ctx.client, &model).await?;
+        let (d, s) = fetch::observe(&ctx.client, &model).await?;
         (d, s, "paused")
     } else {
-        let (password, generated) = match &model.redis {
-            RedisModel::Managed { .. } => {
-                match apply::existing_redis_password(&ctx.client, &model).await? {
-                    Some(p) => (Some(p), false),
-                    None => (Some(new_password()), true),
-                }
-            }
-            RedisModel::External { .. } => (
-                apply::external_redis_password(&ctx.client, &model).await?,
-                false,
-            ),
-        };
-        let desired = build::desired(&model, password.as_deref());
+        // fetch (reads) -> build (pure) -> apply (writes) -> prune (deletes).
+        let fetch::Inputs {
+            redis_password,
+            generated,
+        } = fetch::inputs(&ctx.client, &model, new_password).await?;
+        let desired = build::desired(&model, redis_password.as_deref());
         let applied = apply::apply_all(&ctx.client, &desired).await?;
         if generated {
             let msg = format!(

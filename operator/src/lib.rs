@@ -16,6 +16,7 @@ pub mod api;
 pub mod apply;
 pub mod build;
 pub mod controller;
+pub mod fetch;
 pub mod leader;
 pub mod metrics;
 pub mod runtime;
