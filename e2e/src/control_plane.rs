@@ -83,6 +83,21 @@ impl Tools {
         Ok(Self { bin_dir, versions })
     }
 
+    /// The first of the installed binaries (etcd, kube-apiserver, kube-controller-manager,
+    /// kubectl, helm) that is missing, if any.
+    pub fn first_missing(&self) -> Option<PathBuf> {
+        [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+            "helm",
+        ]
+        .iter()
+        .map(|b| self.bin_dir.join(b))
+        .find(|p| !p.is_file())
+    }
+
     /// The control-plane binaries, under the `require` policy: `None` (skip) or a panic
     /// under CI when any is missing.
     pub fn require_control_plane() -> Option<Self> {

@@ -34,6 +34,7 @@ use serde_json::json;
 
 use crate::control_plane::process::Proc;
 use crate::control_plane::{ControlPlane, Options, Tools, free_port};
+use crate::data_plane::http_get;
 use crate::require::{find_program, in_ci, require, workspace_root};
 use config::{NODE_IP, NODE_NAME, NodeLayout, NodePorts, SERVICE_CIDR};
 
@@ -97,19 +98,8 @@ impl NodeParts {
             return Err("root (the node makes a bridge, iptables rules and mounts)".into());
         }
         let control_plane = Tools::pinned().map_err(|e| format!("the tool pins: {e:#}"))?;
-        for b in [
-            "etcd",
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kubectl",
-            "helm",
-        ] {
-            if !control_plane.bin_dir.join(b).is_file() {
-                return Err(format!(
-                    "{} (run e2e/tools/install.sh)",
-                    control_plane.bin_dir.join(b).display()
-                ));
-            }
+        if let Some(missing) = control_plane.first_missing() {
+            return Err(format!("{} (run e2e/tools/install.sh)", missing.display()));
         }
         let node_bin = node_bin_dir().map_err(|e| format!("the node tools folder: {e:#}"))?;
         for b in NODE_BINARIES {
@@ -458,8 +448,10 @@ impl RealNode {
             ("CoreDNS to be ready", self.ports.coredns_ready, "/ready"),
             ("Traefik to answer", self.ports.ingress_admin, "/ping"),
         ] {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             self.wait(what, Duration::from_secs(60), || async move {
-                Ok((http_status(port, path).await == Some(200)).then_some(()))
+                let r = http_get(addr, path, Duration::from_secs(2)).await;
+                Ok(r.is_ok_and(|r| r.status == 200).then_some(()))
             })
             .await?;
         }
@@ -505,28 +497,23 @@ impl RealNode {
         Ok(())
     }
 
+    /// The control plane's [`ControlPlane::poll_until`], failing fast also when one of the
+    /// node's own processes dies.
     async fn wait<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            self.check_alive()?;
-            match probe().await {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last = Some(e),
-            }
-            if Instant::now() > deadline {
-                let why = last
-                    .map(|e| format!(" (last error: {e:#})"))
-                    .unwrap_or_default();
-                bail!("timed out after {timeout:?} waiting for {what}{why}");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        self.cp
+            .poll_until(what, timeout, || {
+                let alive = self.check_alive();
+                let fut = probe();
+                async move {
+                    alive?;
+                    fut.await
+                }
+            })
+            .await
     }
 
     /// The control plane (kubectl, helm, clients, namespaces).
@@ -1010,25 +997,6 @@ pub fn unescape_mount(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The HTTP status of `GET path` on 127.0.0.1:port (None when it does not answer).
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        std::io::Result::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(2), probe)
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------

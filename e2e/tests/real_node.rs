@@ -741,13 +741,12 @@ async fn a_redis_outage_degrades_without_blacking_out() {
 
 /// GET /metrics of a server pod (its admin port), from the host through the pod network.
 async fn pod_metrics(ip: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((ip, 9090)).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    Ok(buf)
+    let addr = std::net::SocketAddr::new(ip.parse()?, 9090);
+    Ok(
+        realtime_e2e::data_plane::http_get(addr, "/metrics", Duration::from_secs(5))
+            .await?
+            .body,
+    )
 }
 
 /// The managed Redis' password is on no command line: not in any pod spec, not in the OCI spec

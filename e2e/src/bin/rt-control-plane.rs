@@ -41,19 +41,11 @@ async fn run() -> anyhow::Result<ExitCode> {
     };
 
     let tools = Tools::pinned()?;
-    for b in [
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kubectl",
-        "helm",
-    ] {
-        if !tools.bin_dir.join(b).is_file() {
-            bail!(
-                "{} is missing: run e2e/tools/install.sh first (or `make control-plane`)",
-                tools.bin_dir.join(b).display()
-            );
-        }
+    if let Some(missing) = tools.first_missing() {
+        bail!(
+            "{} is missing: run e2e/tools/install.sh first (or `make control-plane`)",
+            missing.display()
+        );
     }
     let t0 = Instant::now();
     let cp = ControlPlane::start(&tools).await?;
