@@ -1268,10 +1268,11 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
         Some(403),
         "update deployments"
     );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(sa.clone(), &ns);
     assert_eq!(
-        api_code(&deployments.delete("chat", &DeleteParams::default()).await),
+        api_code(&pdbs.delete("chat", &DeleteParams::default()).await),
         Some(403),
-        "delete deployments"
+        "delete poddisruptionbudgets"
     );
     let rtcs = dynamic_api(&sa, &ns);
     assert_eq!(

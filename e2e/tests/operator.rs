@@ -581,16 +581,9 @@ async fn full_example_creates_every_child_with_owner_refs() {
             "the password leaked into a pod spec"
         );
     }
-    let claim = &sts
-        .spec
-        .as_ref()
-        .unwrap()
-        .volume_claim_templates
-        .as_ref()
-        .unwrap()[0];
-    assert_eq!(
-        claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
-        Some("standard")
+    assert!(
+        sts.spec.as_ref().unwrap().volume_claim_templates.is_none(),
+        "Redis keeps nothing on disk"
     );
     let annotations = ing.metadata.annotations.clone().unwrap();
     assert_eq!(
@@ -973,7 +966,7 @@ async fn kubectl_scale_and_printer_columns() {
     assert_eq!(scale["spec"]["replicas"], 5);
     assert_eq!(
         scale["status"]["selector"],
-        "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server"
+        "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server,realtime.dev/cluster=chat"
     );
 
     simulate_ready(&client, &ns, "chat", 5).await;
@@ -1163,7 +1156,7 @@ async fn restart_and_resync_write_nothing_when_nothing_changed() {
         &ns,
         "chat",
         json!({"replicas": 2, "ingress": {"enabled": true, "host": "a.example"},
-        "redis": {"managed": {"storage": {"size": "1Gi"}}}}),
+        "redis": {"managed": {"resources": {"limits": {"memory": "300Mi"}}}}}),
     )
     .await;
     eventually(&cp, "all children", || async {
@@ -1600,7 +1593,8 @@ fn operator_rules() -> Value {
     json!([
         {"apiGroups": ["realtime.dev"], "resources": ["realtimeclusters"], "verbs": ["list", "watch"]},
         {"apiGroups": ["realtime.dev"], "resources": ["realtimeclusters/status"], "verbs": ["patch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["list", "delete"]},
         {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
@@ -1953,5 +1947,207 @@ async fn an_old_immutable_password_secret_gains_redis_conf_with_the_same_passwor
         Some(realtime_operator::build::redis::auth_hash("kept-password"))
     );
     assert_eq!(operator.count("error"), 0);
+    operator.stop().await;
+}
+
+/// The selector a previous version gave both workloads (without `realtime.dev/cluster`).
+fn previous_selector(name: &str, cluster: &str) -> Value {
+    json!({"matchLabels": {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": cluster}})
+}
+
+/// Children made by the previous version (selectors without `realtime.dev/cluster`, a Redis
+/// with a `data` claim template) are replaced by orphaning deletes: their dependents
+/// (ReplicaSet, ControllerRevision) survive, free to be adopted, and the stale claim is
+/// deleted. This tier has no workload controllers, so adoption itself (no pod restarted) is
+/// shown on the real node (`real_node::previous_version_children_are_adopted_without_restarts`).
+#[tokio::test]
+async fn previous_version_children_are_replaced_keeping_their_dependents() {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    setup!(cp, client, ns, "op-migrate");
+    // Paused: the operator writes nothing while the "previous version's" objects are made.
+    let rc = create(&client, &ns, "chat", json!({"paused": true})).await;
+    let model = realtime_operator::validate::validate(
+        &rc,
+        &Defaults {
+            server_image: SERVER_IMAGE.into(),
+            redis_image: "redis:7.4-alpine".into(),
+        },
+    )
+    .unwrap();
+    let desired = realtime_operator::build::desired(&model, Some("old-password"));
+    let mut old_d = serde_json::to_value(&desired.deployment).unwrap();
+    old_d["spec"]["selector"] = previous_selector("realtime-server", "chat");
+    let mut old_s = serde_json::to_value(&desired.redis.as_ref().unwrap().statefulset).unwrap();
+    old_s["spec"]["selector"] = previous_selector("redis", "chat");
+    old_s["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data",
+        "labels": realtime_operator::build::labels::child("chat", "redis")},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]);
+    let pp = PostParams::default();
+    let old_d: Deployment = Api::namespaced(client.clone(), &ns)
+        .create(&pp, &serde_json::from_value(old_d).unwrap())
+        .await
+        .unwrap();
+    let old_s: StatefulSet = Api::namespaced(client.clone(), &ns)
+        .create(&pp, &serde_json::from_value(old_s).unwrap())
+        .await
+        .unwrap();
+    // What the workload controllers made for them.
+    let dep_owner = |kind: &str, name: &str, uid: Option<String>| {
+        json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid,
+            "controller": true, "blockOwnerDeletion": true}])
+    };
+    let mut rs_labels = realtime_operator::build::labels::child("chat", "server");
+    rs_labels.insert("pod-template-hash".into(), "abc123".into());
+    let mut rs_template =
+        serde_json::to_value(&desired.deployment.spec.as_ref().unwrap().template).unwrap();
+    rs_template["metadata"]["labels"] = json!(rs_labels);
+    let rs: ReplicaSet = Api::namespaced(client.clone(), &ns)
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "chat-abc123", "labels": rs_labels,
+                    "ownerReferences": dep_owner("Deployment", "chat", old_d.uid())},
+                "spec": {"replicas": 0, "selector": {"matchLabels": rs_labels},
+                    "template": rs_template}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let rev: ControllerRevision = Api::namespaced(client.clone(), &ns)
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "chat-redis-5d8f", "labels":
+                    realtime_operator::build::labels::child("chat", "redis"),
+                    "ownerReferences": dep_owner("StatefulSet", "chat-redis", old_s.uid())},
+                "revision": 1, "data": {}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    claims
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "data-chat-redis-0",
+                    "labels": realtime_operator::build::labels::child("chat", "redis")},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // A user's own claim in the same namespace is not touched.
+    claims
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "data-chat-redis-0-backup"},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let operator = Operator::start(&client, &ns, Duration::from_secs(300));
+    merge_spec(&client, &ns, "chat", json!({"paused": false})).await;
+    let (d, s) = eventually(&cp, "both workloads replaced", || async {
+        let d = get_opt::<Deployment>(&client, &ns, "chat").await;
+        let s = get_opt::<StatefulSet>(&client, &ns, "chat-redis").await;
+        Ok(match (d, s) {
+            (Some(d), Some(s)) if d.uid() != old_d.uid() && s.uid() != old_s.uid() => Some((d, s)),
+            _ => None,
+        })
+    })
+    .await;
+    let selector = |v: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+        v.match_labels.clone().unwrap()
+    };
+    assert_eq!(
+        selector(&d.spec.as_ref().unwrap().selector),
+        realtime_operator::build::labels::server_selector("chat")
+    );
+    assert_eq!(
+        selector(&s.spec.as_ref().unwrap().selector),
+        realtime_operator::build::labels::redis_selector("chat")
+    );
+    assert!(s.spec.as_ref().unwrap().volume_claim_templates.is_none());
+    assert_owned_by(&d.metadata, &rc);
+    // The dependents were orphaned, not deleted: the new objects can adopt them.
+    eventually(&cp, "the dependents orphaned and kept", || async {
+        let rs = get_opt::<ReplicaSet>(&client, &ns, "chat-abc123").await;
+        let rev = get_opt::<ControllerRevision>(&client, &ns, "chat-redis-5d8f").await;
+        Ok(match (rs, rev) {
+            (Some(a), Some(b))
+                if a.owner_references().is_empty() && b.owner_references().is_empty() =>
+            {
+                Some((a, b))
+            }
+            _ => None,
+        })
+    })
+    .await;
+    assert_eq!(
+        get_opt::<ReplicaSet>(&client, &ns, "chat-abc123")
+            .await
+            .unwrap()
+            .uid(),
+        rs.uid()
+    );
+    assert_eq!(
+        get_opt::<ControllerRevision>(&client, &ns, "chat-redis-5d8f")
+            .await
+            .unwrap()
+            .uid(),
+        rev.uid()
+    );
+    eventually(&cp, "the stale claim deleted", || async {
+        Ok(
+            get_opt::<PersistentVolumeClaim>(&client, &ns, "data-chat-redis-0")
+                .await
+                .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+                .then_some(()),
+        )
+    })
+    .await;
+    assert!(
+        get_opt::<PersistentVolumeClaim>(&client, &ns, "data-chat-redis-0-backup")
+            .await
+            .is_some_and(|c| c.metadata.deletion_timestamp.is_none()),
+        "a claim the operator did not make is kept"
+    );
+    let reasons: Vec<String> = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Replaced"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        reasons.iter().any(|n| n.contains("Deployment/chat"))
+            && reasons.iter().any(|n| n.contains("StatefulSet/chat-redis")),
+        "one Replaced Event per workload: {reasons:?}"
+    );
+    assert_eq!(operator.count("error"), 0);
+    // Settled: nothing is replaced again.
+    let uids = (d.uid(), s.uid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (
+            get_opt::<Deployment>(&client, &ns, "chat")
+                .await
+                .unwrap()
+                .uid(),
+            get_opt::<StatefulSet>(&client, &ns, "chat-redis")
+                .await
+                .unwrap()
+                .uid()
+        ),
+        uids
+    );
     operator.stop().await;
 }

@@ -10,6 +10,7 @@
 //!
 //! Needs root; under CI=true a missing part fails every test.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,16 @@ where
         return;
     };
     if let Err(e) = body(node.clone()).await {
-        panic!("{:#}", node.with_logs(e));
+        // The operator's own log says what it decided (it runs in a pod, not in the harness).
+        let logs = kubectl(&node, OPERATOR_NS)
+            .run(&["logs", "deploy/realtime-operator", "--tail=60"], None)
+            .await
+            .map(|o| o.stdout)
+            .unwrap_or_else(|e| format!("(no operator log: {e:#})"));
+        panic!(
+            "{:#}\n--- operator log (last 60 lines):\n{logs}",
+            node.with_logs(e)
+        );
     }
 }
 
@@ -423,13 +433,16 @@ struct PodView {
 }
 
 async fn server_pods(k: &Kubectl, cluster: &str) -> Result<Vec<PodView>> {
-    let list = k
-        .get_json(&[
-            "pods",
-            "-l",
-            &format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/name=realtime-server"),
-        ])
-        .await?;
+    pods(
+        k,
+        &format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/name=realtime-server"),
+    )
+    .await
+}
+
+/// The pods of the namespace matching the label `selector` ("" for all), not terminating.
+async fn pods(k: &Kubectl, selector: &str) -> Result<Vec<PodView>> {
+    let list = k.get_json(&["pods", "-l", selector]).await?;
     Ok(list["items"]
         .as_array()
         .into_iter()
@@ -1037,6 +1050,150 @@ spec:
         eprintln!(
             "ingress path /chat: hello from {} with path /chat/socket.io/",
             h.node
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// Every pod of the namespace: name -> (uid, restarts of its first container).
+async fn pod_identities(k: &Kubectl) -> Result<BTreeMap<String, (String, u64)>> {
+    Ok(pods(k, "")
+        .await?
+        .into_iter()
+        .map(|p| (p.name, (p.uid, p.restarts)))
+        .collect())
+}
+
+/// Polls `probe` every 500 ms until it yields a value, at most `within`.
+async fn until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Children made by the previous version, whose selectors lack `realtime.dev/cluster`, are
+/// replaced without restarting a pod: the operator deletes them with their dependents
+/// orphaned, and the new Deployment and StatefulSet adopt the running ReplicaSet and pods.
+/// The previous version's state is made the same way in reverse: the operator paused, each
+/// workload deleted with `--cascade=orphan` and created again with the old selector, which
+/// adopts the same pods.
+#[tokio::test]
+async fn previous_version_children_are_adopted_without_restarts() {
+    on_node(|node| async move {
+        let (k, _ns, _) = apply_ready(&node, "rt-migrate", CLUSTER, "chat").await?;
+        let pods = pod_identities(&k).await?;
+        ensure!(pods.len() == 3, "2 server pods and 1 Redis pod: {pods:?}");
+        let paused = |on: bool| format!(r#"{{"spec":{{"paused":{on}}}}}"#);
+        k.ok(&["patch", "rtc", "chat", "--type=merge", "-p", &paused(true)])
+            .await?;
+        until("the operator to see paused", Duration::from_secs(30), || async {
+            let rtc = k.get_json(&["rtc", "chat"]).await?;
+            Ok(rtc["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Progressing" && c["reason"] == "Paused")
+                .then_some(()))
+        })
+        .await?;
+        let workloads = [
+            ("deployment", "chat", "realtime-server"),
+            ("statefulset", "chat-redis", "redis"),
+        ];
+        let mut old_uids = Vec::new();
+        for (kind, name, app) in workloads {
+            let mut obj = k.get_json(&[kind, name]).await?;
+            k.ok(&["delete", kind, name, "--cascade=orphan", "--timeout=60s"])
+                .await?;
+            let meta = obj["metadata"].as_object_mut().context("metadata")?;
+            for field in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "generation",
+                "managedFields",
+            ] {
+                meta.remove(field);
+            }
+            obj.as_object_mut().context("object")?.remove("status");
+            obj["spec"]["selector"] = json!({"matchLabels": {
+                "app.kubernetes.io/name": app, "app.kubernetes.io/instance": "chat"}});
+            let out = k.run(&["create", "-f", "-"], Some(&obj.to_string())).await?;
+            ensure!(out.success, "create the old {kind}: {}", out.stderr);
+            old_uids.push(k.get_json(&[kind, name]).await?["metadata"]["uid"].clone());
+        }
+        // The "previous version" runs the same pods: its Deployment adopted the ReplicaSet.
+        let ready = |kind: &'static str, name: &'static str, want: u64| {
+            let k = &k;
+            async move {
+                let o = k.get_json(&[kind, name]).await?;
+                let done = o["status"]["observedGeneration"] == o["metadata"]["generation"]
+                    && o["status"]["readyReplicas"].as_u64() == Some(want);
+                Ok::<_, anyhow::Error>(done.then_some(o))
+            }
+        };
+        until("the old Deployment owns the pods", READY_TIMEOUT, || {
+            ready("deployment", "chat", 2)
+        })
+        .await?;
+        until("the old StatefulSet owns its pod", READY_TIMEOUT, || {
+            ready("statefulset", "chat-redis", 1)
+        })
+        .await?;
+        ensure!(pod_identities(&k).await? == pods, "no pod changed yet");
+
+        let t0 = Instant::now();
+        k.ok(&["patch", "rtc", "chat", "--type=merge", "-p", &paused(false)])
+            .await?;
+        for ((kind, name, _), old_uid) in workloads.into_iter().zip(&old_uids) {
+            let want = if kind == "deployment" { 2 } else { 1 };
+            let o = until(&format!("{kind}/{name} replaced"), READY_TIMEOUT, || async {
+                Ok(ready(kind, name, want)
+                    .await?
+                    .filter(|o| &o["metadata"]["uid"] != old_uid))
+            })
+            .await?;
+            ensure!(
+                o["spec"]["selector"]["matchLabels"]["realtime.dev/cluster"] == "chat",
+                "{kind}/{name} has the new selector: {}",
+                o["spec"]["selector"]
+            );
+        }
+        let replaced = t0.elapsed();
+        let rs = k.get_json(&["replicasets"]).await?;
+        let new_uid = k.get_json(&["deployment", "chat"]).await?["metadata"]["uid"].clone();
+        ensure!(
+            rs["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|r| r["metadata"]["ownerReferences"][0]["uid"] == new_uid),
+            "every ReplicaSet adopted by the new Deployment"
+        );
+        // Settled, nothing restarted: the same pods (uids) with the same restart counts.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = pod_identities(&k).await?;
+        ensure!(
+            after == pods,
+            "pods changed by the replacement:\nbefore {pods:?}\nafter  {after:?}"
+        );
+        let events = k.run(&["get", "events"], None).await?.stdout;
+        ensure!(
+            events.matches("Replaced").count() >= 2,
+            "a Replaced Event per workload:\n{events}"
+        );
+        eprintln!(
+            "previous version's Deployment and StatefulSet replaced and their 3 pods adopted in {replaced:.1?}, no pod restarted"
         );
         Ok(())
     })

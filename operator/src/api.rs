@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 // Referenced by the CEL rules inside the derive macros (rustc cannot see that use).
 #[allow(unused_imports)]
@@ -225,7 +224,8 @@ pub struct RedisSpec {
     pub external: Option<ExternalRedis>,
 }
 
-/// Settings of the operator-run Redis.
+/// Settings of the operator-run Redis. It only carries the adapter's live pub/sub traffic, so it
+/// keeps nothing on disk (an emptyDir, no persistence): a restart loses no message at rest.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
@@ -234,26 +234,9 @@ pub struct ManagedRedis {
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
-    /// Persistent storage for Redis data. Unset: an emptyDir (Redis only carries pub/sub traffic for the adapter, so losing it on restart loses no messages at rest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<RedisStorage>,
-
     /// CPU and memory of the Redis pod. Defaults to requests of 50m CPU / 64Mi and a 256Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-}
-
-/// A PersistentVolumeClaim template for the managed Redis.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RedisStorage {
-    /// Requested volume size, for example 1Gi.
-    pub size: Quantity,
-
-    /// StorageClass of the claim; the cluster default when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub storage_class_name: Option<String>,
 }
 
 /// Connection to an externally run Redis: url, or host and port.

@@ -8,17 +8,20 @@
 //! so a steady-state resync writes nothing.
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::core::PartialObjectMeta;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build::{Desired, labels};
+use crate::plan::{self, Replacement};
 use crate::validate::{Model, REDIS_PASSWORD_KEY};
 
 /// Field manager of every write the operator makes.
@@ -52,6 +55,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A replaced child (orphaning delete) was still there after the timeout; retried.
+    #[error("{kind} {name} is still being deleted (replaced to change an immutable field)")]
+    StillTerminating { kind: String, name: String },
     /// The password Secret exists but holds no usable password; it is immutable, so the
     /// operator will not overwrite it (that would silently change the password).
     #[error(
@@ -73,7 +79,7 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     if let Some(r) = &desired.redis {
         apply_secret(client, &r.secret).await?;
         apply(client, &r.service).await?;
-        statefulset = Some(apply_statefulset(client, &r.statefulset).await?);
+        statefulset = Some(apply(client, &r.statefulset).await?);
     }
     let deployment = apply(client, &desired.deployment).await?;
     apply(client, &desired.service).await?;
@@ -86,6 +92,65 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
         deployment,
         statefulset,
     })
+}
+
+/// How long a replaced child may take to disappear (the garbage collector first removes the
+/// owner references of its dependents, for the `Orphan` propagation).
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deletes a child whose immutable fields must change (see [`crate::plan`]) with its
+/// dependents orphaned, and waits until it is gone, so that [`apply_all`] creates it anew and
+/// the new object adopts the running ReplicaSets or pods.
+pub async fn replace(client: &Client, namespace: &str, r: &Replacement) -> Result<(), Error> {
+    match r.kind {
+        "Deployment" => replace_kind::<Deployment>(client, namespace, r).await,
+        _ => replace_kind::<StatefulSet>(client, namespace, r).await,
+    }
+}
+
+async fn replace_kind<K>(client: &Client, namespace: &str, r: &Replacement) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        preconditions: Some(Preconditions {
+            uid: Some(r.uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let delete_error = |source| Error::Delete {
+        kind: r.kind.into(),
+        name: r.name.clone(),
+        source,
+    };
+    match api.delete(&r.name, &dp).await {
+        Ok(_) => {}
+        // Already gone, or replaced by someone else meanwhile: nothing of ours to delete.
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => return Ok(()),
+        Err(e) => return Err(delete_error(e)),
+    }
+    let deadline = tokio::time::Instant::now() + REPLACE_TIMEOUT;
+    loop {
+        match api.get_metadata_opt(&r.name).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(m)) if m.uid() != Some(r.uid.clone()) => return Ok(()),
+            Ok(Some(_)) => {}
+            Err(e) => return Err(delete_error(e)),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::StillTerminating {
+                kind: r.kind.into(),
+                name: r.name.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Deletes this cluster's children that `desired` no longer contains (found by label, and only
@@ -111,14 +176,56 @@ pub async fn prune(
     prune_kind::<Service>(client, model, &services, &mut deleted).await?;
     prune_kind::<Secret>(client, model, &secrets, &mut deleted).await?;
     prune_kind::<Ingress>(client, model, &ingresses, &mut deleted).await?;
+    prune_legacy_claims(client, model, &mut deleted).await?;
     Ok(deleted)
 }
 
+/// Deletes the PersistentVolumeClaims an older version's Redis `storage` left behind. They
+/// have no owner reference (StatefulSet claims never had one), so they are recognised by the
+/// labels the claim template gave them and by their name (see
+/// [`plan::is_legacy_redis_claim`]). A claim still mounted by the old Redis pod stays until
+/// that pod is gone (the `kubernetes.io/pvc-protection` finalizer).
+async fn prune_legacy_claims(
+    client: &Client,
+    model: &Model,
+    deleted: &mut Vec<ObjectReference>,
+) -> Result<(), Error> {
+    delete_children_where::<PersistentVolumeClaim>(client, model, deleted, |claim| {
+        plan::is_legacy_redis_claim(model, &claim.name_any())
+    })
+    .await
+}
+
+/// Deletes the children of kind `K` not in `keep` that this cluster controls.
 async fn prune_kind<K>(
     client: &Client,
     model: &Model,
     keep: &[String],
     deleted: &mut Vec<ObjectReference>,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    delete_children_where::<K>(client, model, deleted, |obj| {
+        let ours = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == model.owner.uid && o.controller == Some(true));
+        ours && !keep.contains(&obj.name_any())
+    })
+    .await
+}
+
+/// Deletes every object of kind `K` labelled as a child of this cluster for which `unwanted`
+/// holds (and not already being deleted), recording each in `deleted`.
+async fn delete_children_where<K>(
+    client: &Client,
+    model: &Model,
+    deleted: &mut Vec<ObjectReference>,
+    unwanted: impl Fn(&PartialObjectMeta<K>) -> bool,
 ) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -134,14 +241,10 @@ where
         source,
     })?;
     for obj in list.items {
-        let name = obj.name_any();
-        let ours = obj
-            .owner_references()
-            .iter()
-            .any(|o| o.uid == model.owner.uid && o.controller == Some(true));
-        if keep.contains(&name) || !ours || obj.metadata.deletion_timestamp.is_some() {
+        if obj.metadata.deletion_timestamp.is_some() || !unwanted(&obj) {
             continue;
         }
+        let name = obj.name_any();
         let dp = DeleteParams {
             // Never delete a same-named object created after we listed.
             preconditions: Some(Preconditions {
@@ -244,30 +347,6 @@ async fn apply_secret(client: &Client, secret: &Secret) -> Result<Secret, Error>
             source,
         })?;
     apply(client, secret).await
-}
-
-/// Like [`apply`], but a StatefulSet whose immutable fields changed (storage added, removed or
-/// resized) is deleted and created anew: Redis only carries live pub/sub traffic.
-async fn apply_statefulset(client: &Client, sts: &StatefulSet) -> Result<StatefulSet, Error> {
-    match apply(client, sts).await {
-        Err(Error::Apply {
-            source: kube::Error::Api(s),
-            name,
-            ..
-        }) if s.is_invalid() && s.message.contains("Forbidden: updates to statefulset spec") => {
-            tracing::info!(statefulset = %name, "immutable StatefulSet fields changed: recreating it");
-            let (api, _) = api_for(client, sts);
-            api.delete(&name, &DeleteParams::background())
-                .await
-                .map_err(|source| Error::Delete {
-                    kind: "StatefulSet".into(),
-                    name: name.clone(),
-                    source,
-                })?;
-            apply(client, sts).await
-        }
-        other => other,
-    }
 }
 
 fn api_for<K>(client: &Client, obj: &K) -> (Api<K>, String)

@@ -1,4 +1,5 @@
-//! The kube-runtime Controller: reconcile = validate -> build -> apply -> status.
+//! The kube-runtime Controller: reconcile = validate -> fetch -> build -> plan -> apply ->
+//! prune -> status.
 //!
 //! - Children are watched (`owns`), so a deleted or hand-edited child triggers a reconcile
 //!   that restores it; a periodic resync (default 5 min) catches anything missed.
@@ -36,6 +37,7 @@ use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{self, labels};
 use crate::fetch;
 use crate::metrics::Metrics;
+use crate::plan;
 use crate::status::{self, DEGRADED, Observed, READY};
 use crate::validate::{self, Defaults};
 
@@ -75,6 +77,7 @@ impl Error {
         match self {
             Error::Apply(apply::Error::Apply { .. }) => "apply",
             Error::Apply(apply::Error::Delete { .. }) => "delete",
+            Error::Apply(apply::Error::StillTerminating { .. }) => "delete",
             Error::Apply(apply::Error::List { .. }) => "read",
             Error::Apply(apply::Error::ReadSecret { .. }) => "read",
             Error::Apply(apply::Error::UnusableSecret { .. }) => "secret",
@@ -232,15 +235,44 @@ async fn reconcile_inner(
     };
 
     let (deployment, statefulset, outcome) = if model.paused {
-        let (d, s) = fetch::observe(&ctx.client, &model).await?;
-        (d, s, "paused")
+        let existing = fetch::observe(&ctx.client, &model).await?;
+        (existing.deployment, existing.statefulset, "paused")
     } else {
-        // fetch (reads) -> build (pure) -> apply (writes) -> prune (deletes).
+        // fetch (reads) -> build, plan (pure) -> replace, apply (writes) -> prune (deletes).
         let fetch::Inputs {
             redis_password,
             generated,
         } = fetch::inputs(&ctx.client, &model, new_password).await?;
+        let existing = fetch::observe(&ctx.client, &model).await?;
         let desired = build::desired(&model, redis_password.as_deref());
+        for r in plan::replacements(&model, &desired, &existing) {
+            tracing::info!(cluster = %ObjectRef::from_obj(rc), kind = r.kind, name = %r.name, changed = %r.reason,
+                "immutable fields differ: replacing the child, its pods kept and adopted");
+            apply::replace(&ctx.client, &model.namespace, &r).await?;
+            let note = format!(
+                "replaced {}/{} to change {} (its pods were kept and adopted)",
+                r.kind, r.name, r.reason
+            );
+            let related = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: Some(r.kind.into()),
+                name: Some(r.name.clone()),
+                namespace: Some(model.namespace.clone()),
+                uid: Some(r.uid.clone()),
+                ..Default::default()
+            };
+            // `related` keeps one Event per replaced object (not one merged series).
+            publish_related(
+                ctx,
+                rc,
+                EventType::Normal,
+                "Replaced",
+                "Replace",
+                note,
+                Some(related),
+            )
+            .await;
+        }
         let applied = apply::apply_all(&ctx.client, &desired).await?;
         if generated {
             let msg = format!(

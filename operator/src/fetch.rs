@@ -1,6 +1,7 @@
 //! The reads a reconcile needs before it builds anything: the managed Redis' existing
 //! password (kept, or a new one generated once), the external Redis' password (hashed into the
-//! servers' rollout annotation), and, while paused, the children the status is computed from.
+//! servers' rollout annotation), and the existing Deployment and StatefulSet (compared with the
+//! desired ones by `plan`, and the source of the status while paused).
 //! Kept apart from `apply`, which only writes, so that every read of the API is in one place.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -8,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use crate::apply::Error;
+use crate::plan::Existing;
 use crate::validate::{Model, REDIS_PASSWORD_KEY, RedisModel};
 
 /// What the builders need from the API besides the spec.
@@ -100,11 +102,9 @@ pub async fn external_redis_password(
         .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
 }
 
-/// Reads the children the status is computed from, without writing (used while paused).
-pub async fn observe(
-    client: &Client,
-    model: &Model,
-) -> Result<(Option<Deployment>, Option<StatefulSet>), Error> {
+/// Reads the existing workload children: what `plan` compares with the desired ones before
+/// applying, and what the status is computed from while paused.
+pub async fn observe(client: &Client, model: &Model) -> Result<Existing, Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &model.namespace);
     let deployment = deployments
         .get_opt(model.server_name())
@@ -121,5 +121,8 @@ pub async fn observe(
             kind: "StatefulSet".into(),
             source,
         })?;
-    Ok((deployment, statefulset))
+    Ok(Existing {
+        deployment,
+        statefulset,
+    })
 }

@@ -6,6 +6,10 @@
 //!   found here, so later stages cannot fail on user input);
 //! - [`build`]: one pure function per child object (Deployment, Services, Redis StatefulSet and
 //!   Secret, Ingress, PodDisruptionBudget);
+//! - [`fetch`]: every read of the API a reconcile needs before building (passwords, the
+//!   existing workloads);
+//! - [`plan`]: existing children whose immutable fields differ from the desired ones, to be
+//!   replaced without restarting their pods (pure);
 //! - [`apply`]: server-side apply of the desired children and pruning of the unwanted ones, the
 //!   only code that writes children;
 //! - [`status`]: conditions and counts computed from the observed children (pure);
@@ -19,6 +23,7 @@ pub mod controller;
 pub mod fetch;
 pub mod leader;
 pub mod metrics;
+pub mod plan;
 pub mod runtime;
 pub mod status;
 pub mod validate;

@@ -424,7 +424,9 @@ mod tests {
         assert_eq!(s.endpoint.as_deref(), Some("http://chat.apps.svc"));
         assert_eq!(
             s.selector.as_deref(),
-            Some("app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server")
+            Some(
+                "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server,realtime.dev/cluster=chat"
+            )
         );
         assert_eq!(cond(&s, READY).last_transition_time, t(100));
     }

@@ -18,7 +18,7 @@ use kube::Resource;
 
 use crate::api::{
     Affinity, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RealtimeClusterSpec, RedisSpec,
-    RedisStorage, SecretKeyRef, Transport,
+    SecretKeyRef, Transport,
 };
 use crate::build::labels;
 
@@ -122,7 +122,6 @@ pub struct ServerModel {
 pub enum RedisModel {
     Managed {
         image: String,
-        storage: Option<RedisStorage>,
         resources: ResourceRequirements,
     },
     External {
@@ -438,24 +437,12 @@ fn check_redis(
                 Some(i) => i.clone(),
                 None => defaults.redis_image.clone(),
             };
-            if let Some(s) = &m.storage
-                && !is_positive_quantity(&s.size.0)
-            {
-                err(
-                    "spec.redis.managed.storage.size",
-                    format!("{:?} is not a positive quantity such as 1Gi", s.size.0),
-                );
-            }
             let resources = m
                 .resources
                 .clone()
                 .unwrap_or_else(|| default_resources(("50m", "64Mi"), "256Mi"));
             check_resources(&resources, "spec.redis.managed.resources", err);
-            RedisModel::Managed {
-                image,
-                storage: m.storage.clone(),
-                resources,
-            }
+            RedisModel::Managed { image, resources }
         }
         (None, Some(x)) => {
             let (url, endpoint) = match (&x.url, &x.host) {
@@ -724,10 +711,6 @@ fn is_quantity(s: &str) -> bool {
     num_ok && suffix_ok
 }
 
-fn is_positive_quantity(s: &str) -> bool {
-    is_quantity(s) && !s.starts_with('-') && s.chars().any(|c| ('1'..='9').contains(&c))
-}
-
 /// RFC 1035 label: lower-case letters, digits and '-', starting with a letter.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -814,7 +797,7 @@ mod tests {
         assert_eq!(m.server.transports, "polling,websocket");
         assert_eq!(m.server.ping_interval_seconds, 25);
         assert!(
-            matches!(&m.redis, RedisModel::Managed { image, storage: None, .. } if image == "redis:7.4-alpine")
+            matches!(&m.redis, RedisModel::Managed { image, .. } if image == "redis:7.4-alpine")
         );
         assert_eq!(m.redis_url(), "redis://chat-redis.apps.svc:6379");
         assert_eq!(m.redis_endpoint(), "chat-redis.apps.svc:6379");
@@ -823,7 +806,7 @@ mod tests {
         assert_eq!(m.server.topology_spread.len(), 2);
         assert_eq!(
             m.selector_string(),
-            "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server"
+            "app.kubernetes.io/instance=chat,app.kubernetes.io/name=realtime-server,realtime.dev/cluster=chat"
         );
         assert_eq!(m.server.env[0].name, "LOG_FORMAT");
         assert_eq!(m.server.expose, Expose::default());
@@ -958,7 +941,7 @@ mod tests {
             "env": [{"name": "REDIS_URL", "value": "x"}],
             "transports": ["polling"],
             "pingIntervalSeconds": 0,
-            "redis": {"managed": {"storage": {"size": "lots"}}, "external": {"host": "h"}},
+            "redis": {"managed": {}, "external": {"host": "h"}},
             "ingress": {"enabled": true, "timeouts": {"readSeconds": 10},
                 "annotations": {"nginx.ingress.kubernetes.io/affinity": "none"}},
         }));
@@ -1065,9 +1048,6 @@ mod tests {
         for bad in ["", "fast", "1GB", "1..2", "Mi", "1e"] {
             assert!(!is_quantity(bad), "{bad}");
         }
-        assert!(is_positive_quantity("1Gi"));
-        assert!(!is_positive_quantity("0Gi"));
-        assert!(!is_positive_quantity("-1Gi"));
     }
 
     #[test]

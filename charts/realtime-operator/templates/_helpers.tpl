@@ -67,9 +67,12 @@ realtime.dev
 What the controller does in the namespaces it watches, and nothing more (operator/src/controller.rs
 and apply.rs). Every child kind is watched (list, watch) to correct drift and written with
 server-side apply (patch; create when the child is new). Deleted only where the operator prunes:
-StatefulSets (also recreated when immutable fields change), Services, Secrets and Ingresses.
-`get`: the Deployment and StatefulSet are read while paused, the Redis password Secret before
-generating one. Status is written by server-side apply on the status subresource.
+StatefulSets, Services, Secrets, Ingresses, and the PersistentVolumeClaims an older version's
+Redis storage left behind (list, delete: never read, never created). Deployments and
+StatefulSets are also deleted, with their pods orphaned and adopted again, when an immutable
+field (the selector) differs from what this version builds (operator/src/plan.rs).
+`get`: the Deployment and StatefulSet are read before every apply (immutable fields) and while
+paused, the Redis password Secret before generating one. Status is written by server-side apply on the status subresource.
 The OwnerReferencesPermissionEnforcement admission plugin (OpenShift, some hardened clusters)
 lets only holders of `delete` set ownerReferences: `rbac.ownerReferencesPermissionEnforcement`
 adds it for the kinds that are otherwise never deleted.
@@ -85,10 +88,13 @@ Kept in one place so the cluster-wide and the namespaced mode grant exactly the 
   verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"{{ if $orpe }}, "delete"{{ end }}]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch", "delete"]

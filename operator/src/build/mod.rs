@@ -33,19 +33,24 @@ pub mod labels {
     /// Value of [`MANAGED_BY`] on every child.
     pub const MANAGER: &str = "realtime-operator";
 
-    /// Selector of the server pods (immutable once the Deployment exists: never change it).
+    /// Selector of the server pods. It carries [`CLUSTER`] so that it can never match the pods
+    /// of another release that happens to use the same instance label. Selectors of
+    /// Deployments and StatefulSets are immutable: a child made with an older selector is
+    /// replaced without restarting its pods (see `plan::replacements`).
     pub fn server_selector(cluster: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (NAME.to_string(), "realtime-server".to_string()),
-            (INSTANCE.to_string(), cluster.to_string()),
-        ])
+        selector("realtime-server", cluster)
     }
 
-    /// Selector of the managed Redis pod (immutable once the StatefulSet exists).
+    /// Selector of the managed Redis pod (see [`server_selector`]).
     pub fn redis_selector(cluster: &str) -> BTreeMap<String, String> {
+        selector("redis", cluster)
+    }
+
+    fn selector(name: &str, cluster: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
-            (NAME.to_string(), "redis".to_string()),
+            (NAME.to_string(), name.to_string()),
             (INSTANCE.to_string(), cluster.to_string()),
+            (CLUSTER.to_string(), cluster.to_string()),
         ])
     }
 

@@ -23,10 +23,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -116,15 +115,9 @@ pub fn service(model: &Model) -> Service {
 
 /// The Redis StatefulSet. Returns `None` for an external Redis.
 pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
-    let RedisModel::Managed {
-        image,
-        storage,
-        resources,
-    } = &model.redis
-    else {
+    let RedisModel::Managed { image, resources } = &model.redis else {
         return None;
     };
-    let persistent = storage.is_some();
     let args = vec![
         "redis-server".to_string(),
         // The config file first (holding only `requirepass`), then the other settings.
@@ -132,7 +125,7 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
         "--dir".into(),
         "/data".into(),
         "--appendonly".into(),
-        if persistent { "yes" } else { "no" }.into(),
+        "no".into(),
         "--save".into(),
         String::new(),
     ];
@@ -210,33 +203,12 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
         }),
         ..Default::default()
     }];
-    let claims = match storage {
-        None => {
-            volumes.push(Volume {
-                name: "data".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Default::default()
-            });
-            None
-        }
-        Some(st) => Some(vec![PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".into()),
-                labels: Some(labels::child(&model.name, "redis")),
-                ..Default::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                storage_class_name: st.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_string(), st.size.clone())])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            status: None,
-        }]),
-    };
+    // Nothing worth keeping: pub/sub traffic is live only.
+    volumes.push(Volume {
+        name: "data".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
 
     Some(StatefulSet {
         metadata: meta(model, &model.redis_name(), "redis"),
@@ -268,7 +240,6 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
                     ..Default::default()
                 }),
             },
-            volume_claim_templates: claims,
             ..Default::default()
         }),
         status: None,
@@ -407,33 +378,6 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ann[REDIS_AUTH_HASH_ANNOTATION], auth_hash("pw"));
-    }
-
-    #[test]
-    fn statefulset_with_storage_claims_a_volume() {
-        let m = model(
-            json!({"redis": {"managed": {"image": "redis:8", "storage": {"size": "2Gi", "storageClassName": "fast"}}}}),
-        );
-        let sts = statefulset(&m, "h").unwrap();
-        let spec = sts.spec.unwrap();
-        let claim = &spec.volume_claim_templates.unwrap()[0];
-        let cs = claim.spec.as_ref().unwrap();
-        assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(
-            cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
-            "2Gi"
-        );
-        let pod = spec.template.spec.unwrap();
-        let volumes: Vec<_> = pod
-            .volumes
-            .iter()
-            .flatten()
-            .map(|v| v.name.as_str())
-            .collect();
-        assert_eq!(volumes, ["config"], "data comes from the claim");
-        let args = pod.containers[0].args.clone().unwrap();
-        let i = args.iter().position(|a| a == "--appendonly").unwrap();
-        assert_eq!(args[i + 1], "yes");
     }
 
     #[test]
