@@ -5,6 +5,7 @@
 //! fields other controllers set (e.g. an HPA's) are never fought over.
 
 pub mod ingress;
+pub mod parts;
 pub mod redis;
 pub mod server;
 

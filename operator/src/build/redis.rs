@@ -23,14 +23,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount,
+    Container, ExecAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
+    Service, TCPSocketAction, Volume,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
+use super::parts::{self, container_port, empty_dir, match_labels, mount, probe, service_port};
 use super::{
     REDIS_AUTH_HASH_ANNOTATION, labels, meta, restricted_container_security,
     restricted_pod_security,
@@ -95,22 +95,17 @@ pub fn secret(model: &Model, password: &str) -> Secret {
 
 /// The headless Service giving the Redis pod a stable DNS name.
 pub fn service(model: &Model) -> Service {
-    Service {
-        metadata: meta(model, &model.redis_name(), "redis"),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".into()),
-            selector: Some(labels::redis_selector(&model.name)),
-            ports: Some(vec![ServicePort {
-                name: Some("redis".into()),
-                port: REDIS_PORT,
-                target_port: Some(IntOrString::String("redis".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
+    let mut svc = parts::service(
+        model,
+        &model.redis_name(),
+        "redis",
+        labels::redis_selector(&model.name),
+        service_port("redis", REDIS_PORT),
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.cluster_ip = Some("None".into());
     }
+    svc
 }
 
 /// The Redis StatefulSet. Returns `None` for an external Redis.
@@ -133,55 +128,46 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
         name: "redis".into(),
         image: Some(image.clone()),
         args: Some(args),
-        ports: Some(vec![ContainerPort {
-            name: Some("redis".into()),
-            container_port: REDIS_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        readiness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(vec![
-                    "sh".into(),
-                    "-c".into(),
-                    // redis-cli reads REDISCLI_AUTH: the password is set in the probe's
-                    // shell from the mounted file, so it is in no argv and not in the
-                    // container's environment (nor in the OCI spec that would record it).
-                    format!(
-                        "export REDISCLI_AUTH=\"$(cat {REDIS_CONF_DIR}/{REDIS_PASSWORD_KEY})\"; \
+        ports: Some(vec![container_port("redis", REDIS_PORT)]),
+        readiness_probe: Some(probe(
+            Probe {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        // redis-cli reads REDISCLI_AUTH: the password is set in the probe's
+                        // shell from the mounted file, so it is in no argv and not in the
+                        // container's environment (nor in the OCI spec that would record it).
+                        format!(
+                            "export REDISCLI_AUTH=\"$(cat {REDIS_CONF_DIR}/{REDIS_PASSWORD_KEY})\"; \
                          test \"$(redis-cli ping)\" = PONG"
-                    ),
-                ]),
-            }),
-            period_seconds: Some(5),
-            timeout_seconds: Some(2),
-            failure_threshold: Some(2),
-            ..Default::default()
-        }),
-        liveness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String("redis".into()),
+                        ),
+                    ]),
+                }),
                 ..Default::default()
-            }),
-            initial_delay_seconds: Some(10),
-            period_seconds: Some(10),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }),
+            },
+            5,
+            2,
+            2,
+        )),
+        liveness_probe: Some(probe(
+            Probe {
+                tcp_socket: Some(TCPSocketAction {
+                    port: IntOrString::String("redis".into()),
+                    ..Default::default()
+                }),
+                initial_delay_seconds: Some(10),
+                ..Default::default()
+            },
+            10,
+            1,
+            3,
+        )),
         resources: Some(resources.clone()),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: "/data".into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: REDIS_CONF_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
+            mount("data", "/data", false),
+            mount("config", REDIS_CONF_DIR, true),
         ]),
         ..Default::default()
     };
@@ -193,32 +179,27 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
         path: key.into(),
         ..Default::default()
     };
-    let mut volumes = vec![Volume {
-        name: "config".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(model.redis_secret_name()),
-            items: Some(vec![item(REDIS_CONF_KEY), item(REDIS_PASSWORD_KEY)]),
-            default_mode: Some(0o440),
-            optional: Some(false),
-        }),
-        ..Default::default()
-    }];
-    // Nothing worth keeping: pub/sub traffic is live only.
-    volumes.push(Volume {
-        name: "data".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    });
+    let volumes = vec![
+        Volume {
+            name: "config".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(model.redis_secret_name()),
+                items: Some(vec![item(REDIS_CONF_KEY), item(REDIS_PASSWORD_KEY)]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        },
+        // Nothing worth keeping: pub/sub traffic is live only.
+        empty_dir("data", None),
+    ];
 
     Some(StatefulSet {
         metadata: meta(model, &model.redis_name(), "redis"),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(model.redis_name()),
-            selector: LabelSelector {
-                match_labels: Some(labels::redis_selector(&model.name)),
-                ..Default::default()
-            },
+            selector: match_labels(labels::redis_selector(&model.name)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels::child(&model.name, "redis")),

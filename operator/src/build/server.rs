@@ -12,15 +12,17 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
-    SleepAction, Volume, VolumeMount,
+    ClientIPConfig, Container, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
+    PodTemplateSpec, Probe, Service, SessionAffinityConfig, SleepAction,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::parts::{
+    self, container_port, empty_dir, env_field, env_secret, env_value, match_labels, mount, probe,
+    service_port,
+};
 use super::{
     REDIS_AUTH_HASH_ANNOTATION, annotations, labels, meta, restricted_container_security,
     restricted_pod_security,
@@ -49,17 +51,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     let mut env = vec![
         env_value("PORT", &SERVER_PORT.to_string()),
         env_value("ADMIN_PORT", &ADMIN_PORT.to_string()),
-        EnvVar {
-            name: "NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        env_field("NAME", "metadata.name"),
         env_value("REDIS_URL", &model.redis_url()),
     ];
     let password = match &model.redis {
@@ -71,18 +63,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         }
     };
     if let Some((name, key)) = password {
-        env.push(EnvVar {
-            name: "REDIS_PASSWORD".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name,
-                    key,
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        env.push(env_secret("REDIS_PASSWORD", &name, &key));
     }
     env.extend([
         env_value("TRANSPORTS", &s.transports),
@@ -95,16 +76,16 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     ]);
     env.extend(s.env.iter().cloned());
 
-    let http_probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("admin".into()),
+    let http_probe = |path: &str, period: i32, failures: i32| {
+        let get = Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::String("admin".into()),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(2),
-        failure_threshold: Some(failures),
-        ..Default::default()
+        };
+        probe(get, period, 2, failures)
     };
 
     let container = Container {
@@ -112,18 +93,8 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
         ports: Some(vec![
-            ContainerPort {
-                name: Some("http".into()),
-                container_port: SERVER_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: ADMIN_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
+            container_port("http", SERVER_PORT),
+            container_port("admin", ADMIN_PORT),
         ]),
         env: Some(env),
         resources: Some(s.resources.clone()),
@@ -139,11 +110,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
             ..Default::default()
         }),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![mount("tmp", "/tmp", false)]),
         ..Default::default()
     };
 
@@ -155,10 +122,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         metadata: meta(model, model.server_name(), "server"),
         spec: Some(DeploymentSpec {
             replicas: Some(s.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
+            selector: match_labels(selector),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -186,18 +150,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
                     tolerations: (!s.tolerations.is_empty()).then(|| s.tolerations.clone()),
                     topology_spread_constraints: (!s.topology_spread.is_empty())
                         .then(|| s.topology_spread.clone()),
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource {
-                            size_limit: Some(
-                                k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                                    "64Mi".into(),
-                                ),
-                            ),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(vec![empty_dir("tmp", Some("64Mi"))]),
                     ..Default::default()
                 }),
             },
@@ -230,46 +183,36 @@ pub fn service(model: &Model) -> Service {
     } else {
         ("None", None)
     };
-    Service {
-        metadata: meta(model, model.server_name(), "server"),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            session_affinity: Some(affinity.into()),
-            session_affinity_config: affinity_config,
-            selector: Some(labels::server_selector(&model.name)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: SERVICE_PORT,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
+    let mut svc = parts::service(
+        model,
+        model.server_name(),
+        "server",
+        labels::server_selector(&model.name),
+        service_port("http", SERVICE_PORT),
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("ClusterIP".into());
+        spec.session_affinity = Some(affinity.into());
+        spec.session_affinity_config = affinity_config;
     }
+    svc
 }
 
 /// The ClusterIP Service of the admin port (9090 -> the pods' `admin` port): `/metrics` for
 /// Prometheus, `POST /api/v1/publish` for in-cluster backends, the probes for debugging. No
 /// Ingress routes to it. Only ready pods get published requests (default endpoints).
 pub fn admin_service(model: &Model) -> Service {
-    Service {
-        metadata: meta(model, &model.admin_service_name(), "server"),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(labels::server_selector(&model.name)),
-            ports: Some(vec![ServicePort {
-                name: Some("admin".into()),
-                port: ADMIN_PORT,
-                target_port: Some(IntOrString::String("admin".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
+    let mut svc = parts::service(
+        model,
+        &model.admin_service_name(),
+        "server",
+        labels::server_selector(&model.name),
+        service_port("admin", ADMIN_PORT),
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.type_ = Some("ClusterIP".into());
     }
+    svc
 }
 
 /// Voluntary disruptions (node drains) take down at most one server pod at a time. A budget
@@ -279,10 +222,7 @@ pub fn pod_disruption_budget(model: &Model) -> PodDisruptionBudget {
         metadata: meta(model, model.server_name(), "server"),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(labels::server_selector(&model.name)),
-                ..Default::default()
-            }),
+            selector: Some(match_labels(labels::server_selector(&model.name))),
             // A server is unready only when draining or deaf (a Redis outage keeps every pod
             // ready), so an unready pod counts against the budget like any other: a drain can
             // never evict them all at once.
@@ -293,18 +233,11 @@ pub fn pod_disruption_budget(model: &Model) -> PodDisruptionBudget {
     }
 }
 
-fn env_value(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::build::test_support::model;
+    use k8s_openapi::api::core::v1::EnvVar;
     use serde_json::json;
 
     fn env_of(d: &Deployment) -> Vec<EnvVar> {
