@@ -412,6 +412,25 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "supported values: \"cookie\", \"ip-hash\"",
         ),
         (
+            "app-no-image",
+            "your own server without its image",
+            json!({"app": {"port": 8080}}),
+            "app needs image",
+        ),
+        (
+            "app-demo",
+            "your own server with realtime-server's demo page",
+            json!({"image": "acme/chat:1", "app": {"port": 8080}, "expose": {"demoPage": true}}),
+            "realtime-server features",
+        ),
+        (
+            "app-path",
+            "your own server under an ingress path",
+            json!({"image": "acme/chat:1", "app": {"port": 8080},
+                "ingress": {"enabled": true, "host": "a.example", "path": "/chat"}}),
+            "with app, ingress.path must be /",
+        ),
+        (
             "9lives",
             "a name children cannot derive from",
             json!({}),
@@ -419,6 +438,26 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
         ),
     ];
     assert!(cases.len() >= 8);
+    // Switching between realtime-server and your own server is refused on update (a rollout
+    // would mix the two adapters).
+    api.create(&PostParams::default(), &cluster("switch", json!({})))
+        .await
+        .unwrap();
+    let err = api
+        .patch(
+            "switch",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"image": "acme/chat:1", "app": {"port": 8080}}})),
+        )
+        .await
+        .expect_err("adding app to an existing cluster was accepted");
+    let kube::Error::Api(status) = &err else {
+        panic!("unexpected error {err}")
+    };
+    assert!(
+        status.message.contains("app cannot be added or removed"),
+        "{status:?}"
+    );
     for (name, what, spec, expected) in cases {
         let err = api
             .create(&PostParams::default(), &cluster(name, spec.clone()))

@@ -48,6 +48,8 @@ pub const RESERVED_ENV: &[&str] = &[
     "SHUTDOWN_GRACE",
     "DEMO_PAGE",
     "PUBLIC_PUBLISH_API",
+    "REDIS_HOST",
+    "REDIS_PORT",
 ];
 
 /// Longest `metadata.name` accepted: child names append up to 11 characters (`-redis-auth`)
@@ -89,6 +91,14 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
 #[x_kube(validation = Rule::new("!has(self.expose) || !self.expose.publishApi || (has(self.env) && self.env.exists(e, e.name == 'API_KEY'))")
     .message("expose.publishApi needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key"))]
+#[x_kube(validation = Rule::new("!has(self.app) || has(self.image)")
+    .message("app needs image: the image of your own socket.io server"))]
+#[x_kube(validation = Rule::new("!has(self.app) || !has(self.expose) || (!self.expose.demoPage && !self.expose.publishApi)")
+    .message("expose.demoPage and expose.publishApi are realtime-server features: leave them off with app"))]
+#[x_kube(validation = Rule::new("!has(self.app) || !has(self.ingress) || !self.ingress.enabled || self.ingress.path == '/'")
+    .message("with app, ingress.path must be / (your server chooses its own socket.io path)"))]
+#[x_kube(validation = Rule::new("has(self.app) == has(oldSelf.app)")
+    .message("app cannot be added or removed: a rollout would run realtime-server and your server side by side, and their Redis adapters do not understand each other; create a new RealtimeCluster instead"))]
 pub struct RealtimeClusterSpec {
     /// Number of realtime-server pods. The scale subresource (kubectl scale, HPA) writes this field.
     #[serde(default = "default_replicas")]
@@ -99,6 +109,10 @@ pub struct RealtimeClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+
+    /// Run your own socket.io server image (spec.image) instead of realtime-server: its port, its probes, and the environment contract it reads its settings from (PORT, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD). realtime-server's own settings (transports, ping timing, expose, the admin port) do not apply to it. Cannot be added to or removed from an existing cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSpec>,
 
     /// Image pull policy of the server container (Always, IfNotPresent or Never); Kubernetes' default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,11 +127,11 @@ pub struct RealtimeClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
+    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_PASSWORD', 'TRANSPORTS', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
-        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'TRANSPORTS', 'SOCKETIO_PATH', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
+        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
     pub env: Vec<EnvVar>,
 
     /// What the public port (the Service <name> and the Ingress) serves besides socket.io; both off by default. Probes, metrics and the publish API are always served on the admin port, which only the ClusterIP Service <name>-admin exposes.
@@ -166,6 +180,33 @@ pub struct RealtimeClusterSpec {
     /// When true the operator makes no changes to the children (no creates, updates or deletes) and only reports status.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// Your own socket.io server, in place of realtime-server.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// The container port your server listens on (set as PORT); the Service and the Ingress route to it.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// How the kubelet decides the pod may receive clients. Unset: a TCP connection to the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<AppProbe>,
+
+    /// How the kubelet decides the container must be restarted. Unset: a TCP connection to the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<AppProbe>,
+}
+
+/// A probe of your server on its port: an HTTP GET of httpPath (success is 2xx or 3xx), or a TCP connection when httpPath is unset.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AppProbe {
+    /// Path of an HTTP GET on the port, starting with /. Unset: a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/\S*$"))]
+    pub http_path: Option<String>,
 }
 
 /// Optional routes of the public port.

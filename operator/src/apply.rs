@@ -83,7 +83,9 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     }
     let deployment = apply(client, &desired.deployment).await?;
     apply(client, &desired.service).await?;
-    apply(client, &desired.admin_service).await?;
+    if let Some(s) = &desired.admin_service {
+        apply(client, s).await?;
+    }
     apply(client, &desired.pdb).await?;
     if let Some(i) = &desired.ingress {
         apply(client, i).await?;

@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::Resource;
 
 use crate::api::{
-    Affinity, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RealtimeClusterSpec, RedisSpec,
-    SecretKeyRef, Transport,
+    Affinity, AppSpec, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RealtimeClusterSpec,
+    RedisSpec, SecretKeyRef, Transport,
 };
 use crate::build::labels;
 
@@ -114,6 +114,8 @@ pub struct ServerModel {
     pub ping_timeout_seconds: i32,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
+    /// `Some`: the image is the user's own socket.io server, not realtime-server.
+    pub app: Option<AppSpec>,
     /// Constraints with their labelSelector filled in.
     pub topology_spread: Vec<TopologySpreadConstraint>,
 }
@@ -253,9 +255,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         return Err(SpecErrors(errs));
     }
 
-    // LOG_FORMAT=json suits log collectors; the user's own LOG_FORMAT replaces it.
+    // LOG_FORMAT=json suits log collectors; the user's own LOG_FORMAT replaces it. Not for your
+    // own server (spec.app): its environment is only the documented contract and spec.env.
     let mut env = Vec::new();
-    if !spec.env.iter().any(|e| e.name == "LOG_FORMAT") {
+    if spec.app.is_none() && !spec.env.iter().any(|e| e.name == "LOG_FORMAT") {
         env.push(EnvVar {
             name: "LOG_FORMAT".into(),
             value: Some("json".into()),
@@ -289,6 +292,7 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             node_selector: spec.node_selector.clone(),
             tolerations: spec.tolerations.clone(),
             topology_spread,
+            app: spec.app.clone(),
         },
         redis,
         ingress,
@@ -300,6 +304,49 @@ struct ServerParts {
     image: String,
     resources: ResourceRequirements,
     transports: String,
+}
+
+/// `app`: what a server that is not realtime-server needs and cannot use.
+fn check_app(spec: &RealtimeClusterSpec, app: &AppSpec, err: &mut impl FnMut(&str, String)) {
+    if spec.image.is_none() {
+        err(
+            "spec.image",
+            "is required with app: the image of your own socket.io server".into(),
+        );
+    }
+    if !(1..=65535).contains(&app.port) {
+        err(
+            "spec.app.port",
+            format!("must be between 1 and 65535, got {}", app.port),
+        );
+    }
+    for (field, probe) in [
+        ("spec.app.readinessProbe.httpPath", &app.readiness_probe),
+        ("spec.app.livenessProbe.httpPath", &app.liveness_probe),
+    ] {
+        if let Some(path) = probe.as_ref().and_then(|p| p.http_path.as_deref())
+            && (!path.starts_with('/') || path.chars().any(char::is_whitespace))
+        {
+            err(
+                field,
+                format!("{path:?} must start with / and contain no spaces"),
+            );
+        }
+    }
+    if spec.expose.demo_page || spec.expose.publish_api {
+        err(
+            "spec.expose",
+            "demoPage and publishApi are realtime-server features: leave them off with app".into(),
+        );
+    }
+    if let Some(i) = spec.ingress.as_ref().filter(|i| i.enabled)
+        && i.path != "/"
+    {
+        err(
+            "spec.ingress.path",
+            "must be / with app (your server chooses its own socket.io path)".into(),
+        );
+    }
 }
 
 /// `metadata`: the name (a DNS label short enough for every child's name), the namespace and
@@ -376,6 +423,10 @@ fn check_server(
             "spec.expose.publishApi",
             "needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key".into(),
         );
+    }
+
+    if let Some(app) = &spec.app {
+        check_app(spec, app, err);
     }
 
     let mut transports = spec.transports.clone();
@@ -787,6 +838,30 @@ mod tests {
     fn has_error(errs: &[SpecError], field: &str, needle: &str) -> bool {
         errs.iter()
             .any(|e| e.field == field && e.message.contains(needle))
+    }
+
+    #[test]
+    fn app_needs_an_image_and_refuses_what_only_realtime_server_has() {
+        let errs = errors(serde_json::json!({
+            "app": {"port": 0, "readinessProbe": {"httpPath": "health"}},
+            "expose": {"demoPage": true},
+            "ingress": {"enabled": true, "host": "a.example", "path": "/chat"},
+        }));
+        for (field, needle) in [
+            ("spec.image", "required with app"),
+            ("spec.app.port", "between 1 and 65535"),
+            ("spec.app.readinessProbe.httpPath", "must start with /"),
+            ("spec.expose", "realtime-server features"),
+            ("spec.ingress.path", "must be / with app"),
+        ] {
+            assert!(has_error(&errs, field, needle), "{field}: {errs:?}");
+        }
+        let m = validate(
+            &cluster(serde_json::json!({"image": "acme/chat:1", "app": {"port": 8080}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.server.app.as_ref().unwrap().port, 8080);
     }
 
     #[test]

@@ -80,8 +80,9 @@ pub struct Desired {
     pub deployment: Deployment,
     /// The Service the Ingress routes to (socket.io port only).
     pub service: Service,
-    /// The ClusterIP Service of the admin port (`<name>-admin`).
-    pub admin_service: Service,
+    /// The ClusterIP Service of the admin port (`<name>-admin`); realtime-server only (your
+    /// own server, `spec.app`, has no admin port).
+    pub admin_service: Option<Service>,
     pub pdb: PodDisruptionBudget,
     /// Present for a managed Redis.
     pub redis: Option<RedisChildren>,
@@ -115,7 +116,10 @@ impl Desired {
         } = self;
         let mut k = Keep {
             deployments: vec![deployment.name_any()],
-            services: vec![service.name_any(), admin_service.name_any()],
+            services: std::iter::once(service)
+                .chain(admin_service)
+                .map(|s| s.name_any())
+                .collect(),
             pdbs: vec![pdb.name_any()],
             ingresses: ingress.iter().map(|i| i.name_any()).collect(),
             ..Keep::default()
@@ -162,7 +166,11 @@ pub fn desired(model: &Model, redis_password: Option<&str>) -> Desired {
     Desired {
         deployment: server::deployment(model, hash.as_deref()),
         service: server::service(model),
-        admin_service: server::admin_service(model),
+        admin_service: model
+            .server
+            .app
+            .is_none()
+            .then(|| server::admin_service(model)),
         pdb: server::pod_disruption_budget(model),
         redis,
         ingress: ingress::ingress(model),
@@ -303,7 +311,7 @@ mod tests {
         let metas = [
             &d.deployment.metadata,
             &d.service.metadata,
-            &d.admin_service.metadata,
+            &d.admin_service.as_ref().unwrap().metadata,
             &d.pdb.metadata,
             &d.ingress.as_ref().unwrap().metadata,
             &r.secret.metadata,

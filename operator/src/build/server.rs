@@ -12,8 +12,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
-    PodTemplateSpec, Probe, Service, SessionAffinityConfig, SleepAction,
+    ClientIPConfig, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodSpec, PodTemplateSpec, Probe, Service, SessionAffinityConfig, SleepAction, TCPSocketAction,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -27,6 +27,7 @@ use super::{
     REDIS_AUTH_HASH_ANNOTATION, annotations, labels, meta, restricted_container_security,
     restricted_pod_security,
 };
+use crate::api::{AppProbe, AppSpec};
 use crate::validate::{
     ADMIN_PORT, Model, REDIS_PASSWORD_KEY, RedisModel, SERVER_PORT, SERVICE_PORT,
 };
@@ -48,58 +49,25 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     let s = &model.server;
     let selector = labels::server_selector(&model.name);
 
-    let mut env = vec![
-        env_value("PORT", &SERVER_PORT.to_string()),
-        env_value("ADMIN_PORT", &ADMIN_PORT.to_string()),
-        env_field("NAME", "metadata.name"),
-        env_value("REDIS_URL", &model.redis_url()),
-    ];
-    let password = match &model.redis {
-        RedisModel::Managed { .. } => {
-            Some((model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string()))
-        }
-        RedisModel::External { password, .. } => {
-            password.as_ref().map(|p| (p.name.clone(), p.key.clone()))
-        }
-    };
-    if let Some((name, key)) = password {
-        env.push(env_secret("REDIS_PASSWORD", &name, &key));
-    }
-    env.extend([
-        env_value("TRANSPORTS", &s.transports),
-        env_value("SOCKETIO_PATH", &model.socketio_path()),
-        env_value("PING_INTERVAL", &format!("{}s", s.ping_interval_seconds)),
-        env_value("PING_TIMEOUT", &format!("{}s", s.ping_timeout_seconds)),
-        env_value("SHUTDOWN_GRACE", &format!("{SHUTDOWN_GRACE_SECONDS}s")),
-        env_value("DEMO_PAGE", &s.expose.demo_page.to_string()),
-        env_value("PUBLIC_PUBLISH_API", &s.expose.publish_api.to_string()),
-    ]);
-    env.extend(s.env.iter().cloned());
-
-    let http_probe = |path: &str, period: i32, failures: i32| {
-        let get = Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some(path.into()),
-                port: IntOrString::String("admin".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        probe(get, period, 2, failures)
+    let Flavour {
+        env,
+        ports,
+        readiness,
+        liveness,
+    } = match &s.app {
+        None => realtime_server(model),
+        Some(app) => own_server(model, app),
     };
 
     let container = Container {
         name: "server".into(),
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
-        ports: Some(vec![
-            container_port("http", SERVER_PORT),
-            container_port("admin", ADMIN_PORT),
-        ]),
+        ports: Some(ports),
         env: Some(env),
         resources: Some(s.resources.clone()),
-        readiness_probe: Some(http_probe("/readyz", 5, 2)),
-        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(readiness),
+        liveness_probe: Some(liveness),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -157,6 +125,104 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// What differs between realtime-server and your own server (`spec.app`).
+struct Flavour {
+    env: Vec<EnvVar>,
+    ports: Vec<ContainerPort>,
+    readiness: Probe,
+    liveness: Probe,
+}
+
+/// realtime-server: its settings from the spec, probes on the admin port.
+fn realtime_server(model: &Model) -> Flavour {
+    let s = &model.server;
+    let mut env = vec![
+        env_value("PORT", &SERVER_PORT.to_string()),
+        env_value("ADMIN_PORT", &ADMIN_PORT.to_string()),
+        env_field("NAME", "metadata.name"),
+        env_value("REDIS_URL", &model.redis_url()),
+    ];
+    env.extend(redis_password_env(model));
+    env.extend([
+        env_value("TRANSPORTS", &s.transports),
+        env_value("SOCKETIO_PATH", &model.socketio_path()),
+        env_value("PING_INTERVAL", &format!("{}s", s.ping_interval_seconds)),
+        env_value("PING_TIMEOUT", &format!("{}s", s.ping_timeout_seconds)),
+        env_value("SHUTDOWN_GRACE", &format!("{SHUTDOWN_GRACE_SECONDS}s")),
+        env_value("DEMO_PAGE", &s.expose.demo_page.to_string()),
+        env_value("PUBLIC_PUBLISH_API", &s.expose.publish_api.to_string()),
+    ]);
+    env.extend(s.env.iter().cloned());
+    Flavour {
+        env,
+        ports: vec![
+            container_port("http", SERVER_PORT),
+            container_port("admin", ADMIN_PORT),
+        ],
+        readiness: probe(http_get("/readyz", "admin"), 5, 2, 2),
+        liveness: probe(http_get("/healthz", "admin"), 10, 2, 3),
+    }
+}
+
+/// Your own server: the documented environment contract (PORT, NAME, REDIS_URL without a
+/// password, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD from the Secret) and the probes the spec
+/// names, on the one port it serves.
+fn own_server(model: &Model, app: &AppSpec) -> Flavour {
+    let endpoint = model.redis_endpoint();
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .unwrap_or((endpoint.as_str(), "6379"));
+    let mut env = vec![
+        env_value("PORT", &app.port.to_string()),
+        env_field("NAME", "metadata.name"),
+        env_value("REDIS_URL", &model.redis_url()),
+        env_value("REDIS_HOST", host.trim_matches(['[', ']'])),
+        env_value("REDIS_PORT", port),
+    ];
+    env.extend(redis_password_env(model));
+    env.extend(model.server.env.iter().cloned());
+    let check = |p: &Option<AppProbe>| match p.as_ref().and_then(|p| p.http_path.as_deref()) {
+        Some(path) => http_get(path, "http"),
+        None => Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("http".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    };
+    Flavour {
+        env,
+        ports: vec![container_port("http", app.port)],
+        readiness: probe(check(&app.readiness_probe), 5, 2, 2),
+        liveness: probe(check(&app.liveness_probe), 10, 2, 3),
+    }
+}
+
+/// REDIS_PASSWORD from the managed Redis' Secret or the external one's passwordSecretRef.
+fn redis_password_env(model: &Model) -> Option<EnvVar> {
+    let (name, key) = match &model.redis {
+        RedisModel::Managed { .. } => (model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string()),
+        RedisModel::External { password, .. } => {
+            let p = password.as_ref()?;
+            (p.name.clone(), p.key.clone())
+        }
+    };
+    Some(env_secret("REDIS_PASSWORD", &name, &key))
+}
+
+/// An HTTP GET of `path` on the container port named `port`.
+fn http_get(path: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(port.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -237,7 +303,6 @@ pub fn pod_disruption_budget(model: &Model) -> PodDisruptionBudget {
 mod tests {
     use super::*;
     use crate::build::test_support::model;
-    use k8s_openapi::api::core::v1::EnvVar;
     use serde_json::json;
 
     fn env_of(d: &Deployment) -> Vec<EnvVar> {
@@ -258,6 +323,86 @@ mod tests {
         env.iter()
             .find(|e| e.name == name)
             .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn own_server_gets_the_env_contract_its_port_and_its_probes() {
+        let m = model(json!({"image": "acme/chat:1", "replicas": 3,
+            "app": {"port": 8080, "readinessProbe": {"httpPath": "/health"}},
+            "env": [{"name": "LOG_LEVEL", "value": "debug"}]}));
+        let d = deployment(&m, Some("h"));
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let env = env_of(&d);
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "PORT",
+                "NAME",
+                "REDIS_URL",
+                "REDIS_HOST",
+                "REDIS_PORT",
+                "REDIS_PASSWORD",
+                "LOG_LEVEL"
+            ],
+            "only the documented contract, then the user's variables"
+        );
+        assert_eq!(find(&env, "PORT").value.as_deref(), Some("8080"));
+        assert_eq!(
+            find(&env, "REDIS_URL").value.as_deref(),
+            Some("redis://chat-redis.apps.svc:6379"),
+            "no password in the URL"
+        );
+        assert_eq!(
+            find(&env, "REDIS_HOST").value.as_deref(),
+            Some("chat-redis.apps.svc")
+        );
+        assert_eq!(find(&env, "REDIS_PORT").value.as_deref(), Some("6379"));
+        let secret = find(&env, "REDIS_PASSWORD")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(secret.name, "chat-redis-auth");
+        let ports: Vec<_> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(ports, [("http", 8080)], "no admin port");
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/health"));
+        assert_eq!(ready.port, IntOrString::String("http".into()));
+        let live = c.liveness_probe.as_ref().unwrap();
+        assert!(live.http_get.is_none(), "TCP when no httpPath");
+        assert_eq!(
+            live.tcp_socket.as_ref().unwrap().port,
+            IntOrString::String("http".into())
+        );
+        let desired = crate::build::desired(&m, Some("pw"));
+        assert!(desired.admin_service.is_none());
+        assert!(!desired.keep().services.contains(&"chat-admin".to_string()));
+        assert_eq!(
+            service(&m).spec.unwrap().ports.unwrap()[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
     }
 
     #[test]
