@@ -236,8 +236,8 @@ pub fn valid_socketio_path(p: &str) -> bool {
 /// 1000 within a second.
 pub const DEFAULT_DRAIN_CLOSE_RATE: u64 = 100;
 
-/// Upper bound for DRAIN_CLOSE_RATE: beyond it pacing makes no difference (the timer ticks in
-/// milliseconds, and a close costs about as much).
+/// Upper bound for DRAIN_CLOSE_RATE: beyond it pacing makes no difference, the interval (10 µs)
+/// being shorter than a close takes (about 11 µs each when 1000 are closed at once).
 pub const MAX_DRAIN_CLOSE_RATE: u32 = 100_000;
 
 /// Upper bound for MAX_PAYLOAD: larger packets would let one client pin that much memory per
