@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind bench clean-cache
+.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind bench bench-drain clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter and the demo page
 ## (probes and metrics on the admin port :9090)
@@ -62,6 +62,12 @@ control-plane:
 ## (~15 min; QUICK=1 for a short debug run). Results under ~/.cache/realtime-operator/bench/results/
 bench:
 	bench/run.sh
+
+## bench-drain: reconnects/s seen by the other nodes while a node with 1000 clients drains after
+## SIGTERM, DRAIN_CLOSE_RATE=0 against the default (loopback: Redis, 3 nodes, nginx; ~1 min with
+## the build done). Results under ~/.cache/realtime-operator/bench/drain/
+bench-drain:
+	bench/drain.sh
 
 ## e2e-kind: the end-to-end scenarios on a kind cluster through ingress-nginx (needs Docker, kind,
 ## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some

@@ -246,9 +246,28 @@ where
     );
 
     let _ = stop_accepting.send(());
-    // Engine.io close for every socket (no socket.io DISCONNECT), then the adapter
-    // unsubscribes from Redis.
-    if tokio::time::timeout_at(deadlines.close_transports, io.close())
+    // Engine.io close for every socket (no socket.io DISCONNECT), a few at a time: the
+    // namespace keeps serving the sockets that wait for their turn.
+    let sids: Vec<_> = io.sockets().iter().map(|s| s.id).collect();
+    let window = deadlines
+        .close_transports
+        .saturating_duration_since(tokio::time::Instant::now());
+    let plan = shutdown::close_plan(sids.len(), settings.drain_close_rate, window);
+    info!(
+        sockets = sids.len(),
+        rate = settings.drain_close_rate,
+        interval = ?plan.interval,
+        expected = ?plan.duration,
+        "closing transports"
+    );
+    let closing = async {
+        let closed = engineioxide::drain::close_paced(sids, plan.interval).await;
+        info!(closed, took = ?start.elapsed(), "transports closed");
+        // Whatever is left (a session that was still in its handshake) closes at once, then
+        // the adapter unsubscribes from Redis.
+        io.close().await;
+    };
+    if tokio::time::timeout_at(deadlines.close_transports, closing)
         .await
         .is_err()
     {

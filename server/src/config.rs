@@ -83,6 +83,12 @@ pub struct Cli {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s")]
     pub shutdown_grace: humantime::Duration,
 
+    /// Transports closed per second while draining after SIGTERM, so that the clients
+    /// reconnect to the other nodes gradually; 0 closes them all at once. When the node has
+    /// more clients than the grace period allows at this rate, the rate rises to fit.
+    #[arg(long, env = "DRAIN_CLOSE_RATE", default_value_t = DEFAULT_DRAIN_CLOSE_RATE)]
+    pub drain_close_rate: u64,
+
     /// How long a new node waits to hear Redis before it turns ready without it (degraded). A
     /// node that joins while Redis works is ready only once subscribed, so it never takes
     /// clients it cannot reach; one that starts during an outage still serves after this.
@@ -163,6 +169,8 @@ pub struct Settings {
     pub auth_secret: Option<String>,
     pub api_key: Option<String>,
     pub shutdown_grace: Duration,
+    /// Transports closed per second while draining (0: all at once).
+    pub drain_close_rate: u32,
     pub redis_startup_grace: Duration,
     pub log_format: LogFormat,
     /// socket.io's request path on the public port (no trailing slash).
@@ -201,6 +209,10 @@ pub enum ConfigError {
     #[error("SHUTDOWN_GRACE must be between 1s and 1h (got {0:?})")]
     ShutdownGrace(Duration),
     #[error(
+        "DRAIN_CLOSE_RATE must be between 0 (no pacing) and {max} closes per second (got {got})"
+    )]
+    DrainCloseRate { got: u64, max: u32 },
+    #[error(
         "SOCKETIO_PATH must be / followed by segments of letters, digits and -._~ separated by single slashes, without a trailing slash (got {0:?})"
     )]
     SocketioPath(String),
@@ -218,6 +230,15 @@ pub fn valid_socketio_path(p: &str) -> bool {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
         })
 }
+
+/// Default of DRAIN_CLOSE_RATE: a node with 1000 clients drains in 10 s, well within the
+/// default grace period, and the other nodes see about 100 reconnects per second instead of
+/// 1000 within a second.
+pub const DEFAULT_DRAIN_CLOSE_RATE: u64 = 100;
+
+/// Upper bound for DRAIN_CLOSE_RATE: beyond it pacing makes no difference, the interval (10 µs)
+/// being shorter than a close takes (about 11 µs each when 1000 are closed at once).
+pub const MAX_DRAIN_CLOSE_RATE: u32 = 100_000;
 
 /// Upper bound for MAX_PAYLOAD: larger packets would let one client pin that much memory per
 /// in-flight message on every receiving node.
@@ -307,6 +328,14 @@ impl Cli {
             return Err(ConfigError::ShutdownGrace(shutdown_grace));
         }
 
+        let drain_close_rate = u32::try_from(self.drain_close_rate)
+            .ok()
+            .filter(|r| *r <= MAX_DRAIN_CLOSE_RATE)
+            .ok_or(ConfigError::DrainCloseRate {
+                got: self.drain_close_rate,
+                max: MAX_DRAIN_CLOSE_RATE,
+            })?;
+
         let socketio_path = self.socketio_path.trim().to_string();
         if !valid_socketio_path(&socketio_path) {
             return Err(ConfigError::SocketioPath(socketio_path));
@@ -329,6 +358,7 @@ impl Cli {
             auth_secret,
             api_key,
             shutdown_grace,
+            drain_close_rate,
             redis_startup_grace: self.redis_startup_grace.into(),
             log_format: self.log_format,
         })
@@ -482,6 +512,7 @@ mod tests {
         assert_eq!(s.cors, Cors::SameOrigin);
         assert!(s.auth_secret.is_none() && s.api_key.is_none());
         assert_eq!(s.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(s.drain_close_rate, 100);
         assert_eq!(s.log_format, LogFormat::Text);
     }
 
@@ -504,6 +535,7 @@ mod tests {
             "--auth-secret=0123456789abcdef",
             "--api-key=fedcba9876543210",
             "--shutdown-grace=5s",
+            "--drain-close-rate=0",
             "--log-format=json",
         ])
         .unwrap();
@@ -527,6 +559,7 @@ mod tests {
             ])
         );
         assert_eq!(s.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(s.drain_close_rate, 0);
         assert_eq!(s.log_format, LogFormat::Json);
     }
 
@@ -654,6 +687,22 @@ mod tests {
         assert!(settings(&["--max-payload=100000000"]).is_err());
         assert!(settings(&["--shutdown-grace=0s"]).is_err());
         assert!(settings(&["--shutdown-grace=2h"]).is_err());
+        assert_eq!(
+            settings(&["--drain-close-rate=100000"])
+                .unwrap()
+                .drain_close_rate,
+            100_000
+        );
+        for bad in [100_001u64, 1 << 40] {
+            assert_eq!(
+                settings(&[&format!("--drain-close-rate={bad}")]).unwrap_err(),
+                ConfigError::DrainCloseRate {
+                    got: bad,
+                    max: MAX_DRAIN_CLOSE_RATE
+                }
+            );
+        }
+        assert!(Cli::try_parse_from(["realtime-server", "--drain-close-rate=-1"]).is_err());
         // humantime syntax errors are clap errors, reported before validation
         assert!(Cli::try_parse_from(["realtime-server", "--ping-interval=soon"]).is_err());
         assert!(Cli::try_parse_from(["realtime-server", "--log-format=xml"]).is_err());

@@ -446,6 +446,54 @@ async fn shutdown_closes_transports_without_a_socketio_disconnect() {
     assert!(tokio::net::TcpStream::connect(srv.addr).await.is_err());
 }
 
+#[tokio::test]
+async fn shutdown_closes_transports_one_at_a_time_and_serves_those_that_wait() {
+    // 1 per second: the second transport closes 1 s after the first
+    let mut srv = Server::start(&["--shutdown-grace=5s", "--drain-close-rate=1"]).await;
+    let (mut a, _) = Client::hello(srv.addr, None).await;
+    let (mut b, _) = Client::hello(srv.addr, None).await;
+    let started = std::time::Instant::now();
+    srv.signal_stop();
+    // Which one goes first is up to the server.
+    let (first, mut waiting) = tokio::select! {
+        i = a.next(Duration::from_secs(3)) => (i, b),
+        i = b.next(Duration::from_secs(3)) => (i, a),
+    };
+    assert_eq!(first, Some(Incoming::EngineClose));
+    let first_at = started.elapsed();
+    assert!(first_at < Duration::from_millis(500), "{first_at:?}");
+    // The other is served while it waits for its turn (the namespace is still there).
+    assert_eq!(
+        waiting.emit_ack("join", json!("lobby")).await,
+        json!({"ok": true})
+    );
+    // The closed one has left the namespace (its disconnect handler ran), the other has not.
+    let (found, metrics) = srv
+        .wait_admin_body("/metrics", Duration::from_millis(400), |b| {
+            b.contains("realtime_connected_sockets 1\n")
+        })
+        .await;
+    assert!(found, "{metrics}");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    let mut seen = Vec::new();
+    while let Some(i) = waiting.next(Duration::from_secs(3)).await {
+        let end = i == Incoming::EngineClose || i == Incoming::Closed;
+        seen.push(i);
+        if end {
+            break;
+        }
+    }
+    let second_at = started.elapsed();
+    assert_eq!(seen.last(), Some(&Incoming::EngineClose), "{seen:?}");
+    assert!(!seen.contains(&Incoming::SioDisconnect), "{seen:?}");
+    assert!(
+        second_at >= first_at + Duration::from_millis(800),
+        "closes at {first_at:?} and {second_at:?}"
+    );
+    let res = tokio::time::timeout(Duration::from_secs(5), &mut srv.task).await;
+    assert!(matches!(res, Ok(Ok(Ok(())))), "{res:?}");
+}
+
 const SECRET: &str = "contract-test-secret-0123456789";
 
 fn token(sub: &str, secret: &str, exp_in: i64) -> String {

@@ -96,6 +96,26 @@ impl Server {
         get(self.admin_url(path)).await
     }
 
+    /// Polls admin `path` until its body satisfies `f` (the last body is returned either way).
+    pub async fn wait_admin_body(
+        &self,
+        path: &str,
+        within: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> (bool, String) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (_, body) = self.admin_get(path).await;
+            if f(&body) {
+                return (true, body);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return (false, body);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Polls `/readyz` until its body satisfies `f` (the last body is returned either way).
     pub async fn wait_readyz_body(
         &self,

@@ -1,6 +1,9 @@
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
@@ -8,6 +11,7 @@ use http::request::Parts;
 
 use crate::{
     config::EngineIoConfig,
+    drain,
     handler::EngineIoHandler,
     socket::{DisconnectReason, Socket},
 };
@@ -24,6 +28,9 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// Whether [`drain`] knows this engine (it registers at its first session).
+    registered: AtomicBool,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -33,6 +40,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            registered: AtomicBool::new(false),
         }
     }
 }
@@ -46,6 +54,10 @@ impl<H: EngineIoHandler> EngineIo<H> {
         req: Parts,
         supports_binary: bool,
     ) -> Arc<Socket<H::Data>> {
+        if !self.registered.swap(true, Ordering::Relaxed) {
+            let weak: std::sync::Weak<dyn drain::Sessions> = Arc::downgrade(self) as _;
+            drain::register(weak);
+        }
         let engine = self.clone();
         let close_fn = Box::new(move |sid, reason| engine.close_session(sid, reason));
 
