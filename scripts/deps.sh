@@ -35,11 +35,14 @@ if ((${#missing[@]})); then
   fi
 fi
 
-if [[ -f "$ROOT/e2e/client/package-lock.json" ]]; then
-  if [[ ! -d "$ROOT/e2e/client/node_modules/socket.io-client" ]]; then
+# The Node.js folders the tests use, each pinned by its package-lock.json: the official
+# socket.io-client (e2e/client) and the example chat server run through spec.app.
+for pkg in e2e/client:socket.io-client examples/node-chat:socket.io; do
+  dir="$ROOT/${pkg%%:*}" module="${pkg#*:}"
+  if [[ -f "$dir/package-lock.json" && ! -d "$dir/node_modules/$module" ]]; then
     command -v npm >/dev/null || { echo "deps: npm (Node.js 18+) is required" >&2; exit 1; }
-    (cd "$ROOT/e2e/client" && npm ci --no-audit --no-fund --loglevel=error)
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
-fi
+done
 
 "$ROOT/e2e/tools/install.sh" >/dev/null

@@ -2,7 +2,7 @@
 # Builds the project's container images as OCI image-layout archives, with no Docker, no registry
 # and no network except Debian's package mirror (for the base root filesystems):
 #
-#   e2e/node/images.sh --out DIR --server BIN --operator BIN [--pause BIN] [--client DIR]
+#   e2e/node/images.sh --out DIR --server BIN --operator BIN [--pause BIN] [--client DIR] [--app DIR]
 #
 # Writes DIR/server.oci.tar, DIR/operator.oci.tar, DIR/redis.oci.tar (and DIR/pause.oci.tar with
 # --pause) and prints one line per image on stdout, nothing else (progress goes to stderr):
@@ -26,6 +26,8 @@
 #   client    base layer + this machine's Node.js (/usr/local/bin/node) + the test client folder
 #             DIR (e2e/client: the official socket.io-client and the checks that run in pods) at
 #             /client, user 65532:65532, Entrypoint ["/usr/local/bin/node"]
+#   app       the same for DIR = examples/node-chat (a plain socket.io server with
+#             @socket.io/redis-adapter) at /app, Entrypoint ["/usr/local/bin/node", "/app/index.js"]
 #
 # Caches (under ${RT_CACHE_DIR:-$HOME/.cache/realtime-operator}/images):
 #   rootfs-<base|redis>-<suite>-<arch>-<key>.tar (+ .sha256)   the layer tarball of a root
@@ -50,16 +52,16 @@ die() {
 }
 usage() {
 	cat >&2 <<'EOF'
-usage: e2e/node/images.sh --out DIR --server BIN --operator BIN [--pause BIN] [--client DIR]
-Builds OCI image archives DIR/{server,operator,redis[,pause][,client]}.oci.tar and prints
+usage: e2e/node/images.sh --out DIR --server BIN --operator BIN [--pause BIN] [--client DIR] [--app DIR]
+Builds OCI image archives DIR/{server,operator,redis[,pause][,client][,app]}.oci.tar and prints
 NAME=REFERENCE ARCHIVE_PATH per image on stdout.
 EOF
 }
 
-OUT='' SERVER_BIN='' OPERATOR_BIN='' PAUSE_BIN='' CLIENT_DIR=''
+OUT='' SERVER_BIN='' OPERATOR_BIN='' PAUSE_BIN='' CLIENT_DIR='' APP_DIR=''
 while [[ $# -gt 0 ]]; do
 	case $1 in
-	--out | --server | --operator | --pause | --client)
+	--out | --server | --operator | --pause | --client | --app)
 		[[ $# -ge 2 ]] || {
 			usage
 			die "$1 needs a value"
@@ -70,6 +72,7 @@ while [[ $# -gt 0 ]]; do
 		--operator) OPERATOR_BIN=$2 ;;
 		--pause) PAUSE_BIN=$2 ;;
 		--client) CLIENT_DIR=$2 ;;
+		--app) APP_DIR=$2 ;;
 		esac
 		shift 2
 		;;
@@ -78,6 +81,7 @@ while [[ $# -gt 0 ]]; do
 	--operator=*) OPERATOR_BIN=${1#*=} && shift ;;
 	--pause=*) PAUSE_BIN=${1#*=} && shift ;;
 	--client=*) CLIENT_DIR=${1#*=} && shift ;;
+	--app=*) APP_DIR=${1#*=} && shift ;;
 	-h | --help)
 		usage
 		exit 0
@@ -414,30 +418,40 @@ if [[ -n $PAUSE_BIN ]]; then
 	fi
 fi
 
-if [[ -n $CLIENT_DIR ]]; then
-	CLIENT_DIR=$(readlink -f "$CLIENT_DIR")
-	[[ -d $CLIENT_DIR/node_modules/socket.io-client ]] ||
-		die "$CLIENT_DIR has no node_modules/socket.io-client (npm ci in it first)"
-	NODE_BIN=$(readlink -f "$(command -v node)") || die "node not found (the client image carries it)"
+# Image of this machine's Node.js plus a folder with its node_modules, at /<name of the folder
+# in the image>, user 65532:65532.
+node_image() { # NAME REPO DIR DEST REQUIRED_MODULE ENTRYPOINT_JSON DESCRIPTION
+	local name=$1 repo=$2 src dest=$4 module=$5 entry=$6 desc=$7 cfg sum key dir
+	src=$(readlink -f "$3")
+	[[ -d $src/node_modules/$module ]] || die "$src has no node_modules/$module (npm ci in it first)"
+	NODE_BIN=$(readlink -f "$(command -v node)") || die "node not found (the $name image carries it)"
 	check_elf node "$NODE_BIN"
-	CLIENT_CFG=$(jq -cn --arg path "$PATH_ENV" --argjson labels "$(labels_json realtime-e2e-client \
-		'Node.js and the official socket.io-client, for checks that run in pods')" '{
-		User: "65532:65532", Env: [$path, "HOME=/tmp"], Entrypoint: ["/usr/local/bin/node"],
-		WorkingDir: "/client", Labels: $labels}')
-	# The key covers node's binary and every file of the client folder.
-	client_sum=$(cd "$CLIENT_DIR" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
-	key=$(image_key name=client "base=$BASE_KEY" "node=$(sha256sum "$NODE_BIN" | cut -d' ' -f1)" "client=$client_sum")
-	if ! up_to_date client "$key"; then
-		build_rootfs base "$BASE_ROOTFS"
-		dir=$(mktemp -d "$CACHE/.layer-client.XXXXXX")
-		CLEANUP_DIRS+=("$dir")
-		install -D -m 0755 "$NODE_BIN" "$dir/root/usr/local/bin/node"
-		mkdir -p "$dir/root/client"
-		cp -a "$CLIENT_DIR/." "$dir/root/client/"
-		chmod -R a+rX "$dir/root/client"
-		tar --create --file="$dir/layer.tar" --format=gnu --sort=name --mtime="@$EPOCH" \
-			--owner=0 --group=0 --numeric-owner --directory="$dir/root" usr client
-		assemble client realtime-e2e-client "$CLIENT_CFG" "$BASE_ROOTFS:$(cat "$BASE_ROOTFS.sha256")" "$dir/layer.tar"
-		record client "$key"
-	fi
+	cfg=$(jq -cn --arg path "$PATH_ENV" --arg dest "$dest" --argjson entry "$entry" \
+		--argjson labels "$(labels_json "$repo" "$desc")" '{
+		User: "65532:65532", Env: [$path, "HOME=/tmp"], Entrypoint: $entry,
+		WorkingDir: $dest, Labels: $labels}')
+	# The key covers node's binary and every file of the folder.
+	sum=$(cd "$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+	key=$(image_key "name=$name" "base=$BASE_KEY" "node=$(sha256sum "$NODE_BIN" | cut -d' ' -f1)" "dir=$sum" "dest=$dest" "entry=$entry")
+	up_to_date "$name" "$key" && return 0
+	build_rootfs base "$BASE_ROOTFS"
+	dir=$(mktemp -d "$CACHE/.layer-$name.XXXXXX")
+	CLEANUP_DIRS+=("$dir")
+	install -D -m 0755 "$NODE_BIN" "$dir/root/usr/local/bin/node"
+	mkdir -p "$dir/root$dest"
+	cp -a "$src/." "$dir/root$dest/"
+	chmod -R a+rX "$dir/root$dest"
+	tar --create --file="$dir/layer.tar" --format=gnu --sort=name --mtime="@$EPOCH" \
+		--owner=0 --group=0 --numeric-owner --directory="$dir/root" usr "${dest#/}"
+	assemble "$name" "$repo" "$cfg" "$BASE_ROOTFS:$(cat "$BASE_ROOTFS.sha256")" "$dir/layer.tar"
+	record "$name" "$key"
+}
+
+if [[ -n $CLIENT_DIR ]]; then
+	node_image client realtime-e2e-client "$CLIENT_DIR" /client socket.io-client '["/usr/local/bin/node"]' \
+		'Node.js and the official socket.io-client, for checks that run in pods'
+fi
+if [[ -n $APP_DIR ]]; then
+	node_image app realtime-node-chat "$APP_DIR" /app socket.io '["/usr/local/bin/node", "/app/index.js"]' \
+		'A plain socket.io chat server with @socket.io/redis-adapter (examples/node-chat)'
 fi

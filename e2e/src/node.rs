@@ -52,6 +52,8 @@ pub struct NodeImages {
     pub pause: String,
     /// Node.js and e2e/client (the official socket.io-client), for clients that run in pods.
     pub client: String,
+    /// examples/node-chat: a plain socket.io server (`spec.app`), Node.js and its node_modules.
+    pub app: String,
 }
 
 /// Where the node's parts are.
@@ -708,7 +710,9 @@ fn build_images(parts: &NodeParts) -> Result<(NodeImages, Vec<PathBuf>)> {
         .arg("--pause")
         .arg(parts.node_bin.join("pause"))
         .arg("--client")
-        .arg(workspace_root().join("e2e/client")))?;
+        .arg(workspace_root().join("e2e/client"))
+        .arg("--app")
+        .arg(workspace_root().join("examples/node-chat")))?;
     let refs = parse_image_lines(&stdout);
     let get = |k: &str| {
         refs.get(k)
@@ -722,6 +726,7 @@ fn build_images(parts: &NodeParts) -> Result<(NodeImages, Vec<PathBuf>)> {
         redis: get("redis")?,
         pause: get("pause")?,
         client: get("client")?,
+        app: get("app")?,
     };
     Ok((images, archives))
 }
