@@ -85,7 +85,11 @@ mod tests {
 
     #[test]
     fn examples_use_only_known_fields() {
-        for name in ["examples/minimal.yaml", "examples/full.yaml"] {
+        for name in [
+            "examples/minimal.yaml",
+            "examples/full.yaml",
+            "examples/node-chat/realtimecluster.yaml",
+        ] {
             let text = std::fs::read_to_string(repo_file(name)).unwrap();
             let raw: serde_json::Value = serde_yaml::from_str(&text).unwrap();
             let rc: api::RealtimeCluster = serde_json::from_value(raw.clone())
