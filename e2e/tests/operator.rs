@@ -200,6 +200,23 @@ fn env_value(d: &Deployment, name: &str) -> Option<k8s_openapi::api::core::v1::E
 
 /// Marks the Deployment (and the Redis StatefulSet, if any) ready through their status
 /// subresources, as the controllers and kubelets of a real cluster would.
+/// The Secret and key mounted as the server's REDIS_PASSWORD_FILE.
+fn mounted_password(d: &Deployment) -> Option<(String, String)> {
+    let pod = d.spec.as_ref()?.template.spec.as_ref()?;
+    env_value(d, "REDIS_PASSWORD_FILE")?;
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "redis-password")?
+        .secret
+        .as_ref()?;
+    Some((
+        secret.secret_name.clone()?,
+        secret.items.as_ref()?[0].key.clone(),
+    ))
+}
+
 async fn simulate_ready(client: &Client, ns: &str, name: &str, replicas: i32) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let d = deployments.get(name).await.unwrap();
@@ -573,11 +590,13 @@ async fn full_example_creates_every_child_with_owner_refs() {
         env_value(&d, "REDIS_URL").unwrap().value.as_deref(),
         Some(format!("redis://{redis}.{ns}.svc:6379").as_str())
     );
-    let pw = env_value(&d, "REDIS_PASSWORD").unwrap();
-    assert!(pw.value.is_none());
+    assert!(
+        env_value(&d, "REDIS_PASSWORD").is_none(),
+        "a file, not a variable"
+    );
     assert_eq!(
-        pw.value_from.unwrap().secret_key_ref.unwrap().name,
-        secret_name
+        mounted_password(&d).map(|(name, _)| name).as_deref(),
+        Some(secret_name.as_str())
     );
     assert_eq!(
         env_value(&d, "AUTH_SECRET")
@@ -773,13 +792,10 @@ async fn spec_changes_update_or_remove_the_right_children() {
         Ok((url.as_deref() == Some("redis://cache.example:6379")).then_some(d))
     })
     .await;
-    let pw = env_value(&d, "REDIS_PASSWORD")
-        .unwrap()
-        .value_from
-        .unwrap()
-        .secret_key_ref
-        .unwrap();
-    assert_eq!((pw.name.as_str(), pw.key.as_str()), ("creds", "password"));
+    assert_eq!(
+        mounted_password(&d),
+        Some(("creds".to_string(), "password".to_string()))
+    );
     assert!(
         d.spec
             .unwrap()
@@ -1637,7 +1653,7 @@ fn operator_rules() -> Value {
         {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch", "create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},

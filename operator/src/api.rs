@@ -41,6 +41,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "NAME",
     "REDIS_URL",
     "REDIS_PASSWORD",
+    "REDIS_PASSWORD_FILE",
     "TRANSPORTS",
     "SOCKETIO_PATH",
     "PING_INTERVAL",
@@ -127,12 +128,16 @@ pub struct RealtimeClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
+    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_PASSWORD_FILE, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'TRANSPORTS', 'SOCKETIO_PATH', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
-        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'REDIS_PASSWORD_FILE', 'TRANSPORTS', 'SOCKETIO_PATH', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
+        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_PASSWORD_FILE, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
     pub env: Vec<EnvVar>,
+
+    /// NetworkPolicies for the server and Redis pods (on by default): who may open connections to them.
+    #[serde(default)]
+    pub network_policies: NetworkPolicies,
 
     /// What the public port (the Service <name> and the Ingress) serves besides socket.io; both off by default. Probes, metrics and the publish API are always served on the admin port, which only the ClusterIP Service <name>-admin exposes.
     #[serde(default)]
@@ -207,6 +212,36 @@ pub struct AppProbe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^/\S*$"))]
     pub http_path: Option<String>,
+}
+
+/// NetworkPolicies the operator writes: socket.io clients may come from anywhere; the admin port
+/// (metrics, probes, the publish API) only from the cluster's own namespace and the peers named
+/// here; the managed Redis only from this cluster's server pods. Egress is not restricted (the
+/// servers reach DNS and an external Redis whose address the operator cannot know).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicies {
+    /// Write the NetworkPolicies. Turn off only where another tool manages them; without a NetworkPolicy-enforcing CNI they are inert either way.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Who else may reach the admin port (9090: /metrics, the publish API), for example a monitoring namespace: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}. Pods of the cluster's own namespace always may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub admin_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicies {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            admin_from: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Optional routes of the public port.
@@ -305,7 +340,7 @@ pub struct ExternalRedis {
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
 
-    /// Secret key holding the Redis password, passed to the server as REDIS_PASSWORD (never written into the pod spec).
+    /// Secret key holding the Redis password, mounted as a file for realtime-server (REDIS_PASSWORD_FILE) or given as REDIS_PASSWORD to your own server (spec.app); never written into the pod spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
 

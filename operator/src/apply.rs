@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::core::PartialObjectMeta;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -89,6 +89,9 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     apply(client, &desired.pdb).await?;
     if let Some(i) = &desired.ingress {
         apply(client, i).await?;
+    }
+    for p in &desired.network_policies {
+        apply(client, p).await?;
     }
     Ok(Applied {
         deployment,
@@ -172,12 +175,14 @@ pub async fn prune(
         services,
         secrets,
         ingresses,
+        network_policies,
     } = desired.keep();
     let mut deleted = Vec::new();
     prune_kind::<StatefulSet>(client, model, &statefulsets, &mut deleted).await?;
     prune_kind::<Service>(client, model, &services, &mut deleted).await?;
     prune_kind::<Secret>(client, model, &secrets, &mut deleted).await?;
     prune_kind::<Ingress>(client, model, &ingresses, &mut deleted).await?;
+    prune_kind::<NetworkPolicy>(client, model, &network_policies, &mut deleted).await?;
     prune_legacy_claims(client, model, &mut deleted).await?;
     Ok(deleted)
 }

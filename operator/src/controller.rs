@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -135,7 +135,8 @@ pub async fn run(
         .owns(api::<PodDisruptionBudget>(&client, &ns), children.clone())
         .owns(api::<StatefulSet>(&client, &ns), children.clone())
         .owns(api::<Secret>(&client, &ns), children.clone())
-        .owns(api::<Ingress>(&client, &ns), children)
+        .owns(api::<Ingress>(&client, &ns), children.clone())
+        .owns(api::<NetworkPolicy>(&client, &ns), children)
         // Coalesce bursts (a rollout updates the Deployment status many times a second).
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(200)))
         .graceful_shutdown_on(shutdown)

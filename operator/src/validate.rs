@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::Resource;
 
 use crate::api::{
-    Affinity, AppSpec, Expose, MAX_NAME_LEN, RESERVED_ENV, RealtimeCluster, RealtimeClusterSpec,
-    RedisSpec, SecretKeyRef, Transport,
+    Affinity, AppSpec, Expose, MAX_NAME_LEN, NetworkPolicies, RESERVED_ENV, RealtimeCluster,
+    RealtimeClusterSpec, RedisSpec, SecretKeyRef, Transport,
 };
 use crate::build::labels;
 
@@ -95,6 +95,8 @@ pub struct Model {
     pub redis: RedisModel,
     /// `None` when the ingress is absent or disabled.
     pub ingress: Option<IngressModel>,
+    /// `None` when the spec turns them off.
+    pub network_policies: Option<NetworkPolicies>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -296,6 +298,10 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         },
         redis,
         ingress,
+        network_policies: spec
+            .network_policies
+            .enabled
+            .then(|| spec.network_policies.clone()),
     })
 }
 

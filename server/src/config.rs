@@ -46,6 +46,12 @@ pub struct Cli {
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
+    /// A file holding the Redis password (a mounted Secret key; one trailing newline is
+    /// ignored). Preferred to REDIS_PASSWORD: a file is not inherited by child processes nor
+    /// shown with the environment. Read once at startup.
+    #[arg(long, env = "REDIS_PASSWORD_FILE", conflicts_with = "redis_password")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
     /// Allowed transports: `polling,websocket` or `websocket` (websocket only).
     #[arg(long, env = "TRANSPORTS", default_value = "polling,websocket")]
     pub transports: String,
@@ -186,6 +192,8 @@ pub enum ConfigError {
     RedisScheme(String),
     #[error("REDIS_URL has no host")]
     RedisHost,
+    #[error("REDIS_PASSWORD_FILE {path}: {error}")]
+    PasswordFile { path: String, error: String },
     #[error("TRANSPORTS must be `polling,websocket` or `websocket` (got {0:?})")]
     Transports(String),
     #[error("{name} must be at least {min:?} (got {got:?})")]
@@ -216,6 +224,23 @@ pub enum ConfigError {
         "SOCKETIO_PATH must be / followed by segments of letters, digits and -._~ separated by single slashes, without a trailing slash (got {0:?})"
     )]
     SocketioPath(String),
+}
+
+/// The content of a mounted secret file, without one trailing newline.
+fn read_secret_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let failed = |error: String| ConfigError::PasswordFile {
+        path: path.display().to_string(),
+        error,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let text = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        return Err(failed("is empty".into()));
+    }
+    Ok(text.to_string())
 }
 
 /// Whether `p` is a socket.io path the server can serve and a proxy prefix can match: `/a/b`,
@@ -277,10 +302,11 @@ impl Cli {
             None => None,
             Some(url) => {
                 validate_redis_url(&url)?;
-                Some(RedisSettings {
-                    url,
-                    password: non_empty(self.redis_password),
-                })
+                let password = match &self.redis_password_file {
+                    Some(path) => non_empty(Some(read_secret_file(path)?)),
+                    None => non_empty(self.redis_password),
+                };
+                Some(RedisSettings { url, password })
             }
         };
 
@@ -627,6 +653,26 @@ mod tests {
         );
         assert!(settings(&["--redis-url=redis://127.0.0.1:6379"]).is_ok());
         assert!(settings(&["--redis-url=redis://:pw@redis/2"]).is_ok());
+    }
+
+    #[test]
+    fn redis_password_from_a_mounted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let arg = format!("--redis-password-file={}", file.display());
+        let s = settings(&["--redis-url=redis://h", &arg]).unwrap();
+        assert_eq!(s.redis.unwrap().password.as_deref(), Some("from-file"));
+        // Both at once is a mistake, not a precedence rule.
+        assert!(Cli::try_parse_from(["realtime-server", "--redis-password=pw", &arg]).is_err());
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            settings(&["--redis-url=redis://h", &arg]),
+            Err(ConfigError::PasswordFile { .. })
+        ));
+        let missing = format!("--redis-password-file={}", dir.path().join("no").display());
+        let e = settings(&["--redis-url=redis://h", &missing]).unwrap_err();
+        assert!(e.to_string().contains("REDIS_PASSWORD_FILE"), "{e}");
     }
 
     #[test]

@@ -67,7 +67,7 @@ realtime.dev
 What the controller does in the namespaces it watches, and nothing more (operator/src/controller.rs
 and apply.rs). Every child kind is watched (list, watch) to correct drift and written with
 server-side apply (patch; create when the child is new). Deleted only where the operator prunes:
-StatefulSets, Services, Secrets, Ingresses, and the PersistentVolumeClaims an older version's
+StatefulSets, Services, Secrets, Ingresses, NetworkPolicies, and the PersistentVolumeClaims an older version's
 Redis storage left behind (list, delete: never read, never created). Deployments and
 StatefulSets are also deleted, with their pods orphaned and adopted again, when an immutable
 field (the selector) differs from what this version builds (operator/src/plan.rs).
@@ -102,7 +102,7 @@ Kept in one place so the cluster-wide and the namespaced mode grant exactly the 
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
-  resources: ["ingresses"]
+  resources: ["ingresses", "networkpolicies"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]

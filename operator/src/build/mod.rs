@@ -5,6 +5,7 @@
 //! fields other controllers set (e.g. an HPA's) are never fought over.
 
 pub mod ingress;
+pub mod network;
 pub mod parts;
 pub mod redis;
 pub mod server;
@@ -15,7 +16,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Capabilities, PodSecurityContext, SeccompProfile, Secret, SecurityContext, Service,
 };
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -88,6 +89,8 @@ pub struct Desired {
     pub redis: Option<RedisChildren>,
     /// Present when the ingress is enabled.
     pub ingress: Option<Ingress>,
+    /// The server's and the managed Redis' NetworkPolicies (none when turned off).
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// The names of every desired child, by kind: what pruning keeps.
@@ -99,6 +102,7 @@ pub struct Keep {
     pub statefulsets: Vec<String>,
     pub secrets: Vec<String>,
     pub ingresses: Vec<String>,
+    pub network_policies: Vec<String>,
 }
 
 impl Desired {
@@ -113,6 +117,7 @@ impl Desired {
             pdb,
             redis,
             ingress,
+            network_policies,
         } = self;
         let mut k = Keep {
             deployments: vec![deployment.name_any()],
@@ -122,6 +127,7 @@ impl Desired {
                 .collect(),
             pdbs: vec![pdb.name_any()],
             ingresses: ingress.iter().map(|i| i.name_any()).collect(),
+            network_policies: network_policies.iter().map(|p| p.name_any()).collect(),
             ..Keep::default()
         };
         if let Some(RedisChildren {
@@ -174,6 +180,7 @@ pub fn desired(model: &Model, redis_password: Option<&str>) -> Desired {
         pdb: server::pod_disruption_budget(model),
         redis,
         ingress: ingress::ingress(model),
+        network_policies: network::policies(model),
     }
 }
 
@@ -253,6 +260,7 @@ mod tests {
                 statefulsets: vec!["chat-redis".into()],
                 secrets: vec!["chat-redis-auth".into()],
                 ingresses: vec![],
+                network_policies: vec!["chat".into(), "chat-redis".into()],
             }
         );
         let external = desired(

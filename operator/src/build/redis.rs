@@ -37,8 +37,10 @@ use super::{
 };
 use crate::validate::{Model, REDIS_PASSWORD_KEY, REDIS_PORT, RedisModel};
 
-/// uid/gid of the `redis` user in the official images.
-pub const REDIS_UID: i64 = 999;
+/// uid/gid Redis runs as: a high one (>= 10000), not the images' `redis` user (999), so that it
+/// can never match a user of the node. Redis needs no passwd entry; it writes only to /data, an
+/// emptyDir made group-writable by `fsGroup`, and reads its config through that group.
+pub const REDIS_UID: i64 = 10999;
 
 /// Key of the Redis config file in the generated Secret.
 pub const REDIS_CONF_KEY: &str = "redis.conf";

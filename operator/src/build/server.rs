@@ -12,8 +12,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
-    PodSpec, PodTemplateSpec, Probe, Service, SessionAffinityConfig, SleepAction, TCPSocketAction,
+    ClientIPConfig, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service,
+    SessionAffinityConfig, SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -54,6 +55,7 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
         ports,
         readiness,
         liveness,
+        volumes: extra_volumes,
     } = match &s.app {
         None => realtime_server(model),
         Some(app) => own_server(model, app),
@@ -78,7 +80,11 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
             ..Default::default()
         }),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![mount("tmp", "/tmp", false)]),
+        volume_mounts: Some(
+            std::iter::once(mount("tmp", "/tmp", false))
+                .chain(extra_volumes.iter().map(|(_, m)| m.clone()))
+                .collect(),
+        ),
         ..Default::default()
     };
 
@@ -118,7 +124,11 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
                     tolerations: (!s.tolerations.is_empty()).then(|| s.tolerations.clone()),
                     topology_spread_constraints: (!s.topology_spread.is_empty())
                         .then(|| s.topology_spread.clone()),
-                    volumes: Some(vec![empty_dir("tmp", Some("64Mi"))]),
+                    volumes: Some(
+                        std::iter::once(empty_dir("tmp", Some("64Mi")))
+                            .chain(extra_volumes.into_iter().map(|(v, _)| v))
+                            .collect(),
+                    ),
                     ..Default::default()
                 }),
             },
@@ -134,7 +144,12 @@ struct Flavour {
     ports: Vec<ContainerPort>,
     readiness: Probe,
     liveness: Probe,
+    /// Volumes besides `/tmp`, with their mounts (the Redis password file).
+    volumes: Vec<(Volume, VolumeMount)>,
 }
+
+/// Where realtime-server finds the Redis password (REDIS_PASSWORD_FILE).
+pub const REDIS_PASSWORD_DIR: &str = "/var/run/secrets/realtime/redis";
 
 /// realtime-server: its settings from the spec, probes on the admin port.
 fn realtime_server(model: &Model) -> Flavour {
@@ -145,7 +160,21 @@ fn realtime_server(model: &Model) -> Flavour {
         env_field("NAME", "metadata.name"),
         env_value("REDIS_URL", &model.redis_url()),
     ];
-    env.extend(redis_password_env(model));
+    // The password as a file, not an environment variable: no child process inherits it and
+    // no `env` dump shows it.
+    let password = redis_password_ref(model).map(|(secret, key)| {
+        env.push(env_value(
+            "REDIS_PASSWORD_FILE",
+            &format!("{REDIS_PASSWORD_DIR}/{REDIS_PASSWORD_KEY}"),
+        ));
+        secret_file_volume(
+            "redis-password",
+            &secret,
+            &key,
+            REDIS_PASSWORD_KEY,
+            REDIS_PASSWORD_DIR,
+        )
+    });
     env.extend([
         env_value("TRANSPORTS", &s.transports),
         env_value("SOCKETIO_PATH", &model.socketio_path()),
@@ -164,6 +193,7 @@ fn realtime_server(model: &Model) -> Flavour {
         ],
         readiness: probe(http_get("/readyz", "admin"), 5, 2, 2),
         liveness: probe(http_get("/healthz", "admin"), 10, 2, 3),
+        volumes: password.into_iter().collect(),
     }
 }
 
@@ -182,7 +212,11 @@ fn own_server(model: &Model, app: &AppSpec) -> Flavour {
         env_value("REDIS_HOST", host.trim_matches(['[', ']'])),
         env_value("REDIS_PORT", port),
     ];
-    env.extend(redis_password_env(model));
+    // An environment variable here: a socket.io app written for nginx + Redis reads its settings
+    // from the environment, and asking it to read a file would mean changing it.
+    env.extend(
+        redis_password_ref(model).map(|(secret, key)| env_secret("REDIS_PASSWORD", &secret, &key)),
+    );
     env.extend(model.server.env.iter().cloned());
     let check = |p: &Option<AppProbe>| match p.as_ref().and_then(|p| p.http_path.as_deref()) {
         Some(path) => http_get(path, "http"),
@@ -199,19 +233,47 @@ fn own_server(model: &Model, app: &AppSpec) -> Flavour {
         ports: vec![container_port("http", app.port)],
         readiness: probe(check(&app.readiness_probe), 5, 2, 2),
         liveness: probe(check(&app.liveness_probe), 10, 2, 3),
+        volumes: Vec::new(),
     }
 }
 
-/// REDIS_PASSWORD from the managed Redis' Secret or the external one's passwordSecretRef.
-fn redis_password_env(model: &Model) -> Option<EnvVar> {
-    let (name, key) = match &model.redis {
-        RedisModel::Managed { .. } => (model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string()),
-        RedisModel::External { password, .. } => {
-            let p = password.as_ref()?;
-            (p.name.clone(), p.key.clone())
+/// The Secret and key of the Redis password: the managed Redis' Secret, or the external one's
+/// passwordSecretRef.
+fn redis_password_ref(model: &Model) -> Option<(String, String)> {
+    match &model.redis {
+        RedisModel::Managed { .. } => {
+            Some((model.redis_secret_name(), REDIS_PASSWORD_KEY.to_string()))
         }
+        RedisModel::External { password, .. } => {
+            password.as_ref().map(|p| (p.name.clone(), p.key.clone()))
+        }
+    }
+}
+
+/// A volume `name` with the one `key` of Secret `secret` as the file `file`, readable by the
+/// pod's group only, mounted read-only at `dir`. The pod does not start without it.
+fn secret_file_volume(
+    name: &str,
+    secret: &str,
+    key: &str,
+    file: &str,
+    dir: &str,
+) -> (Volume, VolumeMount) {
+    let volume = Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: file.into(),
+                ..Default::default()
+            }]),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Default::default()
     };
-    Some(env_secret("REDIS_PASSWORD", &name, &key))
+    (volume, mount(name, dir, true))
 }
 
 /// An HTTP GET of `path` on the container port named `port`.
@@ -317,6 +379,36 @@ mod tests {
             .env
             .clone()
             .unwrap()
+    }
+
+    /// The (Secret, key) behind REDIS_PASSWORD_FILE: the variable names the mounted file, the
+    /// volume maps exactly that key to it, read-only.
+    fn password_file(d: &Deployment) -> Option<(String, String)> {
+        let pod = d.spec.as_ref()?.template.spec.as_ref()?;
+        let c = &pod.containers[0];
+        let path = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "REDIS_PASSWORD_FILE")?
+            .value
+            .clone()?;
+        let m = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| path.starts_with(&format!("{}/", m.mount_path)))?;
+        assert_eq!(m.read_only, Some(true));
+        let v = pod.volumes.iter().flatten().find(|v| v.name == m.name)?;
+        let secret = v.secret.as_ref()?;
+        let item = &secret.items.as_ref()?[0];
+        assert_eq!(
+            format!("{}/{}", m.mount_path, item.path),
+            path,
+            "the file is where the variable says"
+        );
+        assert_eq!(secret.default_mode, Some(0o440));
+        Some((secret.secret_name.clone()?, item.key.clone()))
     }
 
     fn find<'a>(env: &'a [EnvVar], name: &str) -> &'a EnvVar {
@@ -435,20 +527,13 @@ mod tests {
         );
         let url = find(&env, "REDIS_URL").value.as_deref().unwrap();
         assert_eq!(url, "redis://chat-redis.apps.svc:6379");
-        let pw = find(&env, "REDIS_PASSWORD")
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
         assert_eq!(
-            (pw.name.as_str(), pw.key.as_str()),
-            ("chat-redis-auth", "password")
+            password_file(&deployment(&m, None)),
+            Some(("chat-redis-auth".into(), "password".into()))
         );
         assert!(
-            find(&env, "REDIS_PASSWORD").value.is_none(),
-            "password must come from the Secret"
+            env.iter().all(|e| e.name != "REDIS_PASSWORD"),
+            "the password is a mounted file, not an environment variable"
         );
         assert_eq!(find(&env, "TRANSPORTS").value.as_deref(), Some("websocket"));
         assert_eq!(find(&env, "PING_INTERVAL").value.as_deref(), Some("10s"));
@@ -605,18 +690,19 @@ mod tests {
             find(&env, "REDIS_URL").value.as_deref(),
             Some("rediss://cache.example:6380")
         );
-        let pw = find(&env, "REDIS_PASSWORD")
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
-        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("creds", "pw"));
+        assert_eq!(
+            password_file(&deployment(&m, None)),
+            Some(("creds".into(), "pw".into()))
+        );
 
         let m = model(json!({"redis": {"external": {"host": "cache"}}}));
-        let env = env_of(&deployment(&m, None));
-        assert!(env.iter().all(|e| e.name != "REDIS_PASSWORD"));
+        let d = deployment(&m, None);
+        assert!(
+            env_of(&d)
+                .iter()
+                .all(|e| !e.name.starts_with("REDIS_PASSWORD"))
+        );
+        assert_eq!(password_file(&d), None);
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! NetworkPolicies: who may open connections to the server and Redis pods.
+//!
+//! - Server pods: the socket.io port from anywhere (clients come through the Ingress, the
+//!   Service, or from other namespaces); the admin port (metrics, the publish API) only from
+//!   the cluster's own namespace and the peers `spec.networkPolicies.adminFrom` names.
+//! - The managed Redis: its port only from this cluster's server pods.
+//!
+//! Only ingress is restricted. Egress stays open: the servers reach DNS and, with an external
+//! Redis, an address the operator cannot know (a cloud endpoint, an IP outside the cluster).
+//! Probes come from the kubelet on the node, which NetworkPolicy implementations allow.
+
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::parts::match_labels;
+use super::{labels, meta};
+use crate::api::NetworkPolicies;
+use crate::validate::{Model, RedisModel};
+
+/// The server pods' policy, and the managed Redis' one (None when the spec turns them off).
+pub fn policies(model: &Model) -> Vec<NetworkPolicy> {
+    let Some(np) = &model.network_policies else {
+        return Vec::new();
+    };
+    let mut out = vec![server(model, np)];
+    if let RedisModel::Managed { .. } = model.redis {
+        out.push(redis(model));
+    }
+    out
+}
+
+fn port(name: &str) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn server(model: &Model, np: &NetworkPolicies) -> NetworkPolicy {
+    // Clients: any source (no `from`).
+    let mut rules = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![port("http")]),
+        from: None,
+    }];
+    if model.server.app.is_none() {
+        // Every pod of the cluster's own namespace (an empty pod selector), plus the named peers.
+        let same_namespace = NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        };
+        rules.push(NetworkPolicyIngressRule {
+            ports: Some(vec![port("admin")]),
+            from: Some(
+                std::iter::once(same_namespace)
+                    .chain(np.admin_from.iter().cloned())
+                    .collect(),
+            ),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(model, model.server_name(), "server"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(labels::server_selector(&model.name))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(rules),
+            ..Default::default()
+        }),
+    }
+}
+
+fn redis(model: &Model) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: meta(model, &model.redis_name(), "redis"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(labels::redis_selector(&model.name))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![port("redis")]),
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(match_labels(labels::server_selector(&model.name))),
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::model;
+    use kube::ResourceExt;
+    use serde_json::json;
+
+    fn rules(p: &NetworkPolicy) -> Vec<NetworkPolicyIngressRule> {
+        p.spec.as_ref().unwrap().ingress.clone().unwrap()
+    }
+
+    #[test]
+    fn clients_from_anywhere_admin_from_the_namespace_and_named_peers_redis_from_servers() {
+        let m = model(json!({"networkPolicies": {"adminFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}));
+        let p = policies(&m);
+        assert_eq!(
+            p.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+            ["chat", "chat-redis"]
+        );
+        let server = rules(&p[0]);
+        assert_eq!(
+            server[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::String("http".into()))
+        );
+        assert!(server[0].from.is_none(), "socket.io clients from anywhere");
+        let admin_from = server[1].from.as_ref().unwrap();
+        assert_eq!(admin_from.len(), 2);
+        assert_eq!(admin_from[0].pod_selector, Some(LabelSelector::default()));
+        assert!(
+            admin_from[0].namespace_selector.is_none(),
+            "own namespace only"
+        );
+        assert!(admin_from[1].namespace_selector.is_some());
+        let redis = rules(&p[1]);
+        assert_eq!(redis.len(), 1);
+        assert_eq!(
+            redis[0].from.as_ref().unwrap()[0].pod_selector,
+            Some(match_labels(labels::server_selector("chat")))
+        );
+        assert_eq!(
+            p[1].spec.as_ref().unwrap().pod_selector,
+            Some(match_labels(labels::redis_selector("chat")))
+        );
+    }
+
+    #[test]
+    fn off_external_redis_and_your_own_server() {
+        assert!(policies(&model(json!({"networkPolicies": {"enabled": false}}))).is_empty());
+        let p = policies(&model(json!({"redis": {"external": {"host": "cache"}}})));
+        assert_eq!(p.len(), 1, "no Redis pods to protect");
+        let p = policies(&model(
+            json!({"image": "acme/chat:1", "app": {"port": 8080}}),
+        ));
+        assert_eq!(rules(&p[0]).len(), 1, "no admin port");
+    }
+}
