@@ -140,9 +140,12 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
                         // redis-cli reads REDISCLI_AUTH: the password is set in the probe's
                         // shell from the mounted file, so it is in no argv and not in the
                         // container's environment (nor in the OCI spec that would record it).
+                        // `timeout 1` (coreutils, or busybox in Alpine images) ends the check
+                        // itself on a Redis that accepts but never answers: the kubelet's own
+                        // probe timeout leaves a hung exec behind on some runtimes.
                         format!(
                             "export REDISCLI_AUTH=\"$(cat {REDIS_CONF_DIR}/{REDIS_PASSWORD_KEY})\"; \
-                         test \"$(redis-cli ping)\" = PONG"
+                         test \"$(timeout 1 redis-cli ping)\" = PONG"
                         ),
                     ]),
                 }),
@@ -295,6 +298,9 @@ mod tests {
             );
         }
         assert!(!serde_json::to_string(&sts).unwrap().contains("\"pw\""));
+        // The check bounds itself (a Redis that accepts and never answers).
+        let check = &probe.exec.as_ref().unwrap().command.as_ref().unwrap()[2];
+        assert!(check.contains("timeout 1 redis-cli ping"), "{check}");
         // The config file: the Secret's redis.conf key only, read-only, group-readable.
         let mount = c
             .volume_mounts
