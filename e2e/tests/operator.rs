@@ -1644,20 +1644,49 @@ async fn a_hung_leader_is_replaced_and_writes_nothing_once_resumed() {
 
 /// The rules the operator needs (namespaced here; the chart's ClusterRole has the same rules).
 /// SSA that creates an object is authorized as `create`, an update as `patch`.
-fn operator_rules() -> Value {
-    json!([
-        {"apiGroups": ["realtime.dev"], "resources": ["realtimeclusters"], "verbs": ["list", "watch"]},
-        {"apiGroups": ["realtime.dev"], "resources": ["realtimeclusters/status"], "verbs": ["patch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["list", "delete"]},
-        {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch", "create", "patch"]},
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
-    ])
+/// The chart's own rules for the operator: `helm template` in namespaced mode (watching `ns`),
+/// the workload Role's rules plus the leader-election Role's (for the Lease `lease`), so this
+/// test checks exactly what users install, not a copy that could drift.
+fn chart_rules(ns: &str) -> Option<(Value, String)> {
+    let helm = realtime_e2e::control_plane::Tools::require_binary("helm")?;
+    let out = Command::new(helm)
+        .current_dir(workspace_root())
+        .args([
+            "template",
+            "rt",
+            "charts/realtime-operator",
+            "--namespace",
+            ns,
+        ])
+        .args(["--set", &format!("watchNamespace={ns}")])
+        .output()
+        .expect("running helm template");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = yaml_documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
+    assert_eq!(
+        roles.len(),
+        2,
+        "the workload Role and the leader-election Role"
+    );
+    let mut rules = Vec::new();
+    let mut lease = None;
+    for r in roles {
+        for rule in r["rules"].as_array().unwrap() {
+            if let Some(name) = rule["resourceNames"].as_array().and_then(|n| n.first()) {
+                lease = name.as_str().map(str::to_string);
+            }
+            rules.push(rule.clone());
+        }
+    }
+    Some((
+        Value::Array(rules),
+        lease.expect("the Lease's name in the chart"),
+    ))
 }
 
 #[tokio::test]
@@ -1670,6 +1699,9 @@ async fn least_privilege_rules_suffice_for_every_operation() {
     let _logs = cp.logs_on_failure();
     let admin = cp.client().await.unwrap();
     let ns = cp.create_namespace("op-rbac").await.unwrap();
+    let Some((rules, lease)) = chart_rules(&ns) else {
+        return;
+    };
     let pp = PostParams::default();
     Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
         .create(
@@ -1681,10 +1713,8 @@ async fn least_privilege_rules_suffice_for_every_operation() {
     Api::<Role>::namespaced(admin.clone(), &ns)
         .create(
             &pp,
-            &serde_json::from_value(
-                json!({"metadata": {"name": "operator"}, "rules": operator_rules()}),
-            )
-            .unwrap(),
+            &serde_json::from_value(json!({"metadata": {"name": "operator"}, "rules": rules}))
+                .unwrap(),
         )
         .await
         .unwrap();
@@ -1705,7 +1735,7 @@ async fn least_privilege_rules_suffice_for_every_operation() {
     // Leader election under these rules.
     let elector = realtime_operator::leader::LeaderElector::new(
         sa.clone(),
-        realtime_operator::leader::LeaseConfig::new(ns.clone(), "rbac-lease".into(), "me".into()),
+        realtime_operator::leader::LeaseConfig::new(ns.clone(), lease, "me".into()),
     );
     assert!(
         elector.try_acquire_or_renew().await.unwrap(),
