@@ -570,10 +570,23 @@ fn rbac_rules_are_narrow() {
         assert!(
             !resources.iter().any(|s| matches!(
                 s.as_str(),
-                "pods" | "nodes" | "namespaces" | "customresourcedefinitions"
+                "nodes" | "namespaces" | "customresourcedefinitions" | "pods/exec" | "pods/log"
             )),
             "{kind}/{name} grants {resources:?}"
         );
+        // Pods: read the load and write the deletion cost, nothing else (no delete, no exec).
+        if resources.iter().any(|s| s == "pods") {
+            assert_eq!(
+                resources,
+                ["pods"],
+                "{kind}/{name}: pods in a rule of their own"
+            );
+            assert_eq!(
+                strs(&r["verbs"]),
+                ["list", "patch"],
+                "{kind}/{name}: pods only listed and patched"
+            );
+        }
         if resources.iter().any(|s| s == "leases") {
             assert_eq!(kind, "Role", "leases only through a namespaced Role");
         }
@@ -1219,12 +1232,17 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
             .await
             .unwrap();
 
-    // Outside the role: denied.
+    // Outside the role: denied. Pods may be listed and patched (the deletion cost), nothing more.
     let pods: Api<Pod> = Api::namespaced(sa.clone(), &ns);
     assert_eq!(
         api_code(&pods.list(&ListParams::default()).await),
+        None,
+        "list pods is granted"
+    );
+    assert_eq!(
+        api_code(&pods.delete("any-pod", &DeleteParams::default()).await),
         Some(403),
-        "list pods"
+        "delete pods"
     );
     let cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "kube-system");
     assert_eq!(

@@ -80,6 +80,7 @@ pub const MAX_NAME_LEN: usize = 40;
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired server pods"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Server pods passing /readyz"),
     printcolumn(name = "Redis", type_ = "string", json_path = ".status.redis.phase", description = "Redis phase"),
+    printcolumn(name = "Connections", type_ = "integer", json_path = ".status.connections", description = "socket.io connections on the ready pods"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "URL clients connect to"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
@@ -524,6 +525,25 @@ pub struct RealtimeClusterStatus {
     /// Label selector of the server pods, used by the scale subresource (HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+
+    /// socket.io connections on all ready server pods, as the operator last read them (every 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<i64>,
+
+    /// Connections per ready server pod, as the operator last read them. Each pod also carries them as its controller.kubernetes.io/pod-deletion-cost, so a scale-down removes the emptiest pods first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub pod_connections: Vec<PodConnections>,
+}
+
+/// One server pod's connections.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodConnections {
+    /// The pod's name.
+    pub name: String,
+    /// socket.io connections it holds.
+    pub connections: i64,
 }
 
 /// Redis as seen by the operator.

@@ -123,6 +123,9 @@ pub async fn run(
     });
     let controller = Controller::new(clusters, watcher::Config::default().any_semantic());
     let referenced_by = referencing_clusters(controller.store());
+    // The pods' connection counts (deletion cost, status), beside the reconciles; it ends with
+    // the controller (shutdown, or a lost leadership that ends the run).
+    let load = tokio::spawn(crate::load::run(client.clone(), controller.store()));
     controller
         // `PartialObjectMeta`: metadata-only list and watch requests.
         .watches(
@@ -154,6 +157,7 @@ pub async fn run(
             }
         })
         .await;
+    load.abort();
 }
 
 /// Maps a Secret (its metadata) to the RealtimeClusters in its namespace whose external Redis
@@ -363,7 +367,14 @@ async fn write_status(
     rc: &RealtimeCluster,
     new: RealtimeClusterStatus,
 ) -> Result<(), Error> {
-    if rc.status.as_ref() == Some(&new) {
+    // The connection counts belong to `load` (its own field manager): neither compared nor
+    // written here.
+    let mut current = rc.status.clone();
+    if let Some(c) = current.as_mut() {
+        c.connections = None;
+        c.pod_connections.clear();
+    }
+    if current.as_ref() == Some(&new) {
         return Ok(());
     }
     let api: Api<RealtimeCluster> =

@@ -22,6 +22,7 @@ pub mod build;
 pub mod controller;
 pub mod fetch;
 pub mod leader;
+pub mod load;
 pub mod metrics;
 pub mod plan;
 pub mod runtime;

@@ -184,6 +184,9 @@ pub fn compute(
         endpoint: Some(model.endpoint()),
         socketio_path: Some(format!("{}/", model.socketio_path())),
         selector: Some(model.selector_string()),
+        // Written by `load` under its own field manager.
+        connections: None,
+        pod_connections: Vec::new(),
     }
 }
 
@@ -211,6 +214,9 @@ pub fn invalid(rc: &RealtimeCluster, errors: &SpecErrors, now: Time) -> Realtime
     RealtimeClusterStatus {
         conditions: merge_conditions(&previous.conditions, &conds, rc.metadata.generation, &now),
         observed_generation: rc.metadata.generation,
+        // Written by `load` under its own field manager.
+        connections: None,
+        pod_connections: Vec::new(),
         ..previous
     }
 }

@@ -72,7 +72,9 @@ Redis storage left behind (list, delete: never read, never created). Deployments
 StatefulSets are also deleted, with their pods orphaned and adopted again, when an immutable
 field (the selector) differs from what this version builds (operator/src/plan.rs).
 `get`: the Deployment and StatefulSet are read before every apply (immutable fields) and while
-paused, the Redis password Secret before generating one. Status is written by server-side apply on the status subresource.
+paused, the Redis password Secret before generating one. Server pods are listed (to read each
+one's connection count on its admin port) and patched (only the
+controller.kubernetes.io/pod-deletion-cost annotation, operator/src/load.rs); never deleted. Status is written by server-side apply on the status subresource.
 The OwnerReferencesPermissionEnforcement admission plugin (OpenShift, some hardened clusters)
 lets only holders of `delete` set ownerReferences: `rbac.ownerReferencesPermissionEnforcement`
 adds it for the kinds that are otherwise never deleted.
@@ -95,6 +97,9 @@ Kept in one place so the cluster-wide and the namespaced mode grant exactly the 
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch", "delete"]
