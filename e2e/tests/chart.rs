@@ -369,6 +369,7 @@ fn image_names_and_tags_are_consistent() {
         for e in std::fs::read_dir(workspace_root().join(dir))
             .unwrap()
             .flatten()
+            .filter(|e| e.path().is_file())
         {
             files.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
         }
