@@ -16,7 +16,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -27,10 +27,9 @@ use kube::core::GroupVersionKind;
 use kube::{Client, ResourceExt};
 use realtime_e2e::control_plane::{self, ControlPlane, Tools};
 use realtime_e2e::data_plane::{die_with_parent, free_port, http_get};
+use realtime_e2e::helm::{CHART, Helm, yaml_docs};
 use realtime_e2e::require::{self, workspace_root};
 use serde_json::{Value, json};
-
-const CHART: &str = "charts/realtime-operator";
 
 fn read(rel: &str) -> String {
     let p = workspace_root().join(rel);
@@ -65,18 +64,6 @@ fn manifest_version(manifest: &str, section: &str) -> Option<String> {
 fn operator_version(root_manifest: &str, operator_manifest: &str) -> Option<String> {
     manifest_version(operator_manifest, "package")
         .or_else(|| manifest_version(root_manifest, "workspace.package"))
-}
-
-/// Splits a multi-document YAML stream into JSON values, dropping empty documents.
-fn yaml_docs(text: &str) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let v: Value = serde::Deserialize::deserialize(doc).context("parsing rendered YAML")?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
 }
 
 fn kind_name(o: &Value) -> (String, String) {
@@ -174,72 +161,9 @@ fn run_ok(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-struct Helm {
-    bin: PathBuf,
-    /// A private HOME for helm's caches and config, so tests never touch the user's.
-    home: tempfile::TempDir,
-    kubeconfig: Option<PathBuf>,
-}
-
-impl Helm {
-    fn new(bin: PathBuf) -> Self {
-        Self {
-            bin,
-            home: tempfile::tempdir().expect("temp dir for helm"),
-            kubeconfig: None,
-        }
-    }
-
-    /// Aims the commands at a cluster (admin kubeconfig).
-    fn with_kubeconfig(mut self, path: &std::path::Path) -> Self {
-        self.kubeconfig = Some(path.to_path_buf());
-        self
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        let h = self.home.path();
-        c.env("HELM_CACHE_HOME", h.join("cache"))
-            .env("HELM_CONFIG_HOME", h.join("config"))
-            .env("HELM_DATA_HOME", h.join("data"))
-            .current_dir(workspace_root());
-        match &self.kubeconfig {
-            Some(k) => c.env("KUBECONFIG", k),
-            // Rendering only: never reach for the user's cluster.
-            None => c.env("KUBECONFIG", "/dev/null"),
-        };
-        c
-    }
-
-    /// `helm template` with `--set` pairs; returns the rendered objects.
-    fn template(&self, namespace: &str, sets: &[&str]) -> Result<Vec<Value>> {
-        let mut c = self.cmd();
-        c.args(["template", "rt", CHART, "--namespace", namespace]);
-        for s in sets {
-            c.args(["--set", s]);
-        }
-        yaml_docs(&run_ok(&mut c)?)
-    }
-
-    /// `helm template` expected to fail; returns its stderr.
-    fn template_err(&self, sets: &[&str]) -> Result<String> {
-        let mut c = self.cmd();
-        c.args(["template", "rt", CHART]);
-        for s in sets {
-            c.args(["--set", s]);
-        }
-        let out = run(&mut c)?;
-        ensure!(
-            !out.status.success(),
-            "helm template {sets:?} succeeded, expected a failure"
-        );
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 /// The pinned helm (from `e2e/tools/install.sh`), under the `require` policy.
 fn helm_or_skip() -> Option<Helm> {
-    Tools::require_binary("helm").map(Helm::new)
+    Helm::require()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,6 +367,11 @@ fn helm_lint_is_clean() {
         &["watchNamespace=team-a"],
         &["replicaCount=2", "podDisruptionBudget.enabled=true"],
         &["metrics.serviceMonitor.enabled=true"],
+        &[
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+            "networkPolicy.egress[0].to[0].ipBlock.cidr=192.0.2.10/32",
+        ],
+        &["networkPolicy.enabled=false"],
     ] {
         let mut c = helm.cmd();
         c.args(["lint", "--strict", CHART]);
@@ -474,6 +403,7 @@ fn default_render_is_restricted_and_complete() {
         "Role",
         "RoleBinding",
         "Service",
+        "NetworkPolicy",
     ] {
         assert!(
             kinds.iter().any(|(k, _)| k == want),
@@ -677,6 +607,97 @@ fn optional_objects_render_when_enabled() {
     );
 }
 
+/// The operator pods accept connections on the admin port only (the operator serves nothing
+/// else), from `networkPolicy.metricsFrom` or, when it is empty, from anywhere; egress is left
+/// open unless `networkPolicy.egress` lists rules (the API server's address differs per cluster).
+#[test]
+fn network_policy_admits_the_admin_port_only() {
+    let Some(helm) = helm_or_skip() else { return };
+    let objs = helm.template("rt-system", &[]).unwrap();
+    let np = one(&objs, "NetworkPolicy");
+    let dep = one(&objs, "Deployment");
+    assert_eq!(np["metadata"]["namespace"], "rt-system");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"],
+        "the policy selects exactly the operator's pods"
+    );
+    assert_eq!(strs(&np["spec"]["policyTypes"]), ["Ingress"]);
+    assert!(np["spec"]["egress"].is_null(), "egress is not restricted");
+    let container = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"].as_array().unwrap().len(), 1);
+    assert_eq!(container["ports"][0]["name"], "admin");
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{"ports": [{"port": container["ports"][0]["containerPort"], "protocol": "TCP"}]}]),
+        "one rule: the admin port, from any source"
+    );
+
+    // Restricted sources and egress; the port follows adminPort.
+    let monitoring = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]);
+    let egress = json!([{"to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}],
+                         "ports": [{"port": 6443, "protocol": "TCP"}]}]);
+    let from_arg = format!("networkPolicy.metricsFrom={monitoring}");
+    let egress_arg = format!("networkPolicy.egress={egress}");
+    let objs = helm
+        .template_args(
+            "rt-system",
+            &[
+                "--set",
+                "adminPort=9443",
+                "--set-json",
+                &from_arg,
+                "--set-json",
+                &egress_arg,
+            ],
+        )
+        .unwrap();
+    let np = one(&objs, "NetworkPolicy");
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{"ports": [{"port": 9443, "protocol": "TCP"}], "from": monitoring}])
+    );
+    assert_eq!(strs(&np["spec"]["policyTypes"]), ["Ingress", "Egress"]);
+    assert_eq!(np["spec"]["egress"], egress);
+    assert_eq!(
+        one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        9443
+    );
+
+    let objs = helm
+        .template("rt-system", &["networkPolicy.enabled=false"])
+        .unwrap();
+    assert!(find(&objs, "NetworkPolicy").is_empty());
+}
+
+/// `image.digest` and `serverImage.digest` pin the images by digest instead of tag.
+#[test]
+fn images_can_be_pinned_by_digest() {
+    let Some(helm) = helm_or_skip() else { return };
+    let operator_digest = format!("sha256:{}", "a".repeat(64));
+    let server_digest = format!("sha256:{}", "b".repeat(64));
+    let objs = helm
+        .template(
+            "rt-system",
+            &[
+                &format!("image.digest={operator_digest}"),
+                "image.tag=1.2.3",
+                &format!("serverImage.digest={server_digest}"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        one(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("ghcr.io/realtime-operator/realtime-operator@{operator_digest}"),
+        "the digest wins over the tag"
+    );
+    assert_eq!(
+        flag_value(&operator_args(&objs), "--default-server-image"),
+        Some(format!(
+            "ghcr.io/realtime-operator/realtime-server@{server_digest}"
+        ))
+    );
+}
+
 #[test]
 fn bad_values_are_rejected() {
     let Some(helm) = helm_or_skip() else { return };
@@ -696,6 +717,18 @@ fn bad_values_are_rejected() {
             ],
             "metrics.service.enabled",
         ),
+        (&["image.digest=latest"], "digest"),
+        (&["serverImage.digest=sha256:abc"], "digest"),
+        (&["networkPolicy.enabled=maybe"], "enabled"),
+        (
+            &["networkPolicy.metricsFrom[0].podSelectr.matchLabels.app=prometheus"],
+            "podSelectr",
+        ),
+        (
+            &["networkPolicy.metricsFrom[0].ipBlock.except[0]=10.0.0.0/8"],
+            "cidr",
+        ),
+        (&["networkPolicy.egress[0].toPorts[0].port=443"], "toPorts"),
     ] {
         let err = helm.template_err(sets).unwrap();
         assert!(
@@ -1190,8 +1223,18 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
     let full = fullname(&release);
     let tmp = tempfile::tempdir().unwrap();
 
-    // The rendered manifests (CRD included) pass a server-side dry-run, in both RBAC modes.
-    for sets in [&[][..], &["watchNamespace=default"]] {
+    // The rendered manifests (CRD included) pass a server-side dry-run, in both RBAC modes and
+    // with a NetworkPolicy restricting sources and egress.
+    for sets in [
+        &[][..],
+        &["watchNamespace=default"],
+        &[
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+            "networkPolicy.metricsFrom[1].ipBlock.cidr=192.0.2.0/24",
+            "networkPolicy.egress[0].to[0].ipBlock.cidr=192.0.2.10/32",
+            "networkPolicy.egress[0].ports[0].port=6443",
+        ],
+    ] {
         let mut c = cl.helm.cmd();
         c.args([
             "template",
@@ -1355,6 +1398,10 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
         .get(&full)
         .await
         .expect("PDB after upgrade");
+    Api::<NetworkPolicy>::namespaced(admin.clone(), &ns)
+        .get(&full)
+        .await
+        .expect("the operator's NetworkPolicy");
 
     // helm uninstall: the release's objects go, the CRD (and the user's RealtimeCluster) stay.
     run_ok(
@@ -1426,6 +1473,15 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
                 .map(|_| ())
         ),
         "PDB left"
+    );
+    assert!(
+        gone(
+            Api::<NetworkPolicy>::namespaced(admin.clone(), &ns)
+                .get(&full)
+                .await
+                .map(|_| ())
+        ),
+        "NetworkPolicy left"
     );
     Api::<CustomResourceDefinition>::all(admin.clone())
         .get("realtimeclusters.realtime.dev")

@@ -45,12 +45,23 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* An image reference: repository@digest when a digest is set, else repository:tag (the tag
+defaulting to the chart's appVersion). */}}
+{{- define "realtime-operator.imageRef" -}}
+{{- $img := index . 0 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default (index . 1).Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "realtime-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "realtime-operator.imageRef" (list .Values.image .) }}
 {{- end }}
 
 {{- define "realtime-operator.serverImage" -}}
-{{- printf "%s:%s" .Values.serverImage.repository (default .Chart.AppVersion .Values.serverImage.tag) }}
+{{- include "realtime-operator.imageRef" (list .Values.serverImage .) }}
 {{- end }}
 
 {{/* The Lease that elects the active replica; one per release. */}}
