@@ -57,6 +57,7 @@ fn children(file: &str) -> Result<Vec<Value>> {
         pdb,
         redis,
         ingress,
+        network_policies,
     } = realtime_operator::build::desired(&model, Some("password"));
     let mut out = vec![
         serde_json::to_value(deployment)?,
@@ -78,6 +79,9 @@ fn children(file: &str) -> Result<Vec<Value>> {
     }
     if let Some(i) = ingress {
         out.push(serde_json::to_value(i)?);
+    }
+    for p in network_policies {
+        out.push(serde_json::to_value(p)?);
     }
     Ok(out)
 }
