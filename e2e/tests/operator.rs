@@ -1036,7 +1036,15 @@ async fn kubectl_scale_and_printer_columns() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "REPLICAS", "READY", "REDIS", "CONNECTIONS", "ENDPOINT", "AGE"]
+        [
+            "NAME",
+            "REPLICAS",
+            "READY",
+            "REDIS",
+            "CONNECTIONS",
+            "ENDPOINT",
+            "AGE"
+        ]
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(

@@ -1267,3 +1267,80 @@ async fn your_own_socketio_server_runs_as_a_realtime_cluster() {
     })
     .await;
 }
+
+/// Drain-aware scale-down: the operator reads each pod's connections and writes them as its
+/// `controller.kubernetes.io/pod-deletion-cost`, so scaling 3 -> 2 removes the pod with the
+/// fewest clients (here 1 of 6), not an arbitrary one. Also checks `status.connections` and
+/// `status.podConnections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_removes_the_emptiest_pod() {
+    use realtime_e2e::sio::Incoming;
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let manifest = CLUSTER.replace("replicas: 2", "replicas: 3");
+        ensure!(manifest.contains("replicas: 3"));
+        let (k, _ns, _) = apply_ready(&node, "rt-cost", &manifest, "chat").await?;
+        let mut t = target(&node, &k, "chat");
+        let nodes = t.nodes().await?;
+        ensure!(nodes.len() == 3, "three ready pods: {nodes:?}");
+        let driver = Driver::start(&paths).await?;
+        // 3, 2 and 1 clients on the three pods.
+        let want: BTreeMap<String, u64> = nodes.iter().cloned().zip([3, 2, 1]).collect();
+        let mut clients = Vec::new();
+        for (pod, n) in &want {
+            let mut got = scenarios::cover(&t, &driver, std::slice::from_ref(pod), *n as usize).await?;
+            clients.extend(got.remove(pod).unwrap_or_default());
+        }
+        let emptiest = nodes[2].clone();
+        let t0 = Instant::now();
+        until("each pod's deletion cost = its connections", Duration::from_secs(60), || async {
+            let costs: BTreeMap<String, u64> = k.get_json(&["pods", "-l", "app.kubernetes.io/name=realtime-server"]).await?["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let cost = p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"].as_str()?;
+                    Some((p["metadata"]["name"].as_str()?.to_string(), cost.parse().ok()?))
+                })
+                .collect();
+            Ok((costs == want).then_some(()))
+        })
+        .await?;
+        let costs_after = t0.elapsed();
+        let status = until("status.connections = 6", Duration::from_secs(30), || async {
+            let s = k.get_json(&["rtc", "chat"]).await?["status"].clone();
+            Ok((s["connections"] == 6).then_some(s))
+        })
+        .await?;
+        ensure!(
+            status["podConnections"].as_array().map(Vec::len) == Some(3),
+            "per-pod connections in the status: {status}"
+        );
+
+        t.scale(2).await?;
+        let left = t.nodes().await?;
+        ensure!(
+            !left.contains(&emptiest) && left.len() == 2,
+            "scale-down removed another pod than the emptiest {emptiest}: left {left:?}"
+        );
+        let disconnected = clients
+            .iter()
+            .filter(|p| {
+                p.client
+                    .log()
+                    .iter()
+                    .any(|r| matches!(r.what, Incoming::Disconnect { .. }))
+            })
+            .count();
+        ensure!(
+            disconnected == 1,
+            "only the emptiest pod's client reconnects, got {disconnected}"
+        );
+        eprintln!(
+            "deletion costs current {costs_after:.1?} after the clients connected; scale 3 -> 2 removed {emptiest} (1 client of 6 disconnected, the average pod holds 2)"
+        );
+        drop(driver);
+        Ok(())
+    })
+    .await;
+}
