@@ -1344,3 +1344,67 @@ async fn scale_down_removes_the_emptiest_pod() {
     })
     .await;
 }
+
+/// Autoscaling on connections (`spec.autoscaling`, 1..3 pods, 2 connections per pod, a 15 s
+/// stabilization window): 5 clients on the one pod make the operator scale to 3 (ceil(5/2));
+/// when 4 of them leave, replicas return to 1 after the window, and the scale-down removes the
+/// new, empty pods (deletion cost), so the remaining client is not disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_follows_connections() {
+    use realtime_e2e::sio::Incoming;
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let manifest = CLUSTER.replace(
+            "replicas: 2",
+            "replicas: 1\n  autoscaling: {minReplicas: 1, maxReplicas: 3, targetConnectionsPerPod: 2, scaleDownStabilizationSeconds: 15}",
+        );
+        ensure!(manifest.contains("targetConnectionsPerPod"));
+        let (k, _ns, _) = apply_ready(&node, "rt-scale", &manifest, "chat").await?;
+        let t = target(&node, &k, "chat");
+        let first = t.nodes().await?;
+        ensure!(first.len() == 1, "one pod to start: {first:?}");
+        let driver = Driver::start(&paths).await?;
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(scenarios::connect(&t, &driver).await?);
+        }
+        let replicas = |want: i64| {
+            let k = &k;
+            async move {
+                let d = k.get_json(&["deployment", "chat"]).await?;
+                let ready = d["status"]["readyReplicas"].as_i64().unwrap_or(0);
+                Ok::<_, anyhow::Error>((d["spec"]["replicas"] == want && ready == want).then_some(()))
+            }
+        };
+        let t0 = Instant::now();
+        until("3 ready replicas for 5 connections", Duration::from_secs(120), || replicas(3)).await?;
+        let up = t0.elapsed();
+        let keep = clients.remove(0);
+        for c in &clients {
+            c.client.disconnect().await?;
+        }
+        let t1 = Instant::now();
+        until("back to 1 replica after the window", Duration::from_secs(120), || replicas(1)).await?;
+        let down = t1.elapsed();
+        ensure!(
+            down >= Duration::from_secs(15),
+            "scaled down before the 15 s window: {down:?}"
+        );
+        let left = t.nodes().await?;
+        ensure!(left == first, "the busy first pod stays: {left:?} (was {first:?})");
+        ensure!(
+            !keep
+                .client
+                .log()
+                .iter()
+                .any(|r| matches!(r.what, Incoming::Disconnect { .. })),
+            "the remaining client was not disconnected by the scale-down"
+        );
+        eprintln!(
+            "autoscaling: 5 connections -> 3 ready pods in {up:.1?}; 4 clients gone -> 1 pod after {down:.1?} (window 15 s), remaining client kept"
+        );
+        drop(driver);
+        Ok(())
+    })
+    .await;
+}

@@ -93,6 +93,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
 #[x_kube(validation = Rule::new("!has(self.expose) || !self.expose.publishApi || (has(self.env) && self.env.exists(e, e.name == 'API_KEY'))")
     .message("expose.publishApi needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.app)")
+    .message("autoscaling needs realtime-server's connection counts: not available with app"))]
 #[x_kube(validation = Rule::new("!has(self.app) || has(self.image)")
     .message("app needs image: the image of your own socket.io server"))]
 #[x_kube(validation = Rule::new("!has(self.app) || !has(self.expose) || (!self.expose.demoPage && !self.expose.publishApi)")
@@ -102,10 +104,14 @@ pub const MAX_NAME_LEN: usize = 40;
 #[x_kube(validation = Rule::new("has(self.app) == has(oldSelf.app)")
     .message("app cannot be added or removed: a rollout would run realtime-server and your server side by side, and their Redis adapters do not understand each other; create a new RealtimeCluster instead"))]
 pub struct RealtimeClusterSpec {
-    /// Number of realtime-server pods. The scale subresource (kubectl scale, HPA) writes this field.
+    /// Number of realtime-server pods. The scale subresource (kubectl scale, HPA) writes this field. With autoscaling it is only the starting point.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
+
+    /// Scale on connections, by the operator itself (no HPA, no metrics pipeline): it reads each ready pod's connection count every 10 s and keeps replicas at ceil(connections / targetConnectionsPerPod) within [minReplicas, maxReplicas]; it scales down only when every recommendation of the stabilization window was lower. Not for your own server (spec.app), which has no connection count the operator can read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 
     /// realtime-server container image. Defaults to the image the operator was started with (--default-server-image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +192,38 @@ pub struct RealtimeClusterSpec {
     /// When true the operator makes no changes to the children (no creates, updates or deletes) and only reports status.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// Scaling on connections.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest server pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+
+    /// Most server pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+
+    /// Connections one pod should hold.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target_connections_per_pod: i64,
+
+    /// How long connections must stay low before replicas go down (every recommendation of the window counts).
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_stabilization() -> i32 {
+    300
 }
 
 /// Your own socket.io server, in place of realtime-server.
@@ -529,6 +567,10 @@ pub struct RealtimeClusterStatus {
     /// socket.io connections on all ready server pods, as the operator last read them (every 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<i64>,
+
+    /// With spec.autoscaling: the replicas the operator wants now (from connections and the stabilization window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_replicas: Option<i32>,
 
     /// Connections per ready server pod, as the operator last read them. Each pod also carries them as its controller.kubernetes.io/pod-deletion-cost, so a scale-down removes the emptiest pods first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

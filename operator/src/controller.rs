@@ -373,6 +373,7 @@ async fn write_status(
     if let Some(c) = current.as_mut() {
         c.connections = None;
         c.pod_connections.clear();
+        c.recommended_replicas = None;
     }
     if current.as_ref() == Some(&new) {
         return Ok(());

@@ -8,13 +8,17 @@
 //!   when it moved by at least [`COST_STEP`] (10 %, at least 1) and not within [`COST_MIN_AGE`]
 //!   of the last write, so a busy cluster does not turn every connection into a pod update.
 //! - **Status:** `status.connections` (total) and `status.podConnections` per pod.
+//! - **Autoscaling** (`spec.autoscaling`): `status.recommendedReplicas` = ceil(connections /
+//!   target) within the bounds, the highest of the stabilization window; the reconcile sizes
+//!   the Deployment from it (`validate::replicas`). A status change is a watch event, so the
+//!   Deployment follows within one reconcile.
 //!
 //! Why the operator reads the pods itself rather than an HPA on a custom metric: no metrics
 //! pipeline (Prometheus + adapter) is needed for what it does here, and the deletion cost has
 //! to be written per pod anyway. Only the operator's leader runs it. A pod that does not answer
 //! within [`SCRAPE_TIMEOUT`] keeps its last cost and counts as unknown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -22,7 +26,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{PodConnections, RealtimeCluster};
+use crate::api::{Autoscaling, PodConnections, RealtimeCluster};
 use crate::build::labels;
 use crate::validate::ADMIN_PORT;
 
@@ -80,6 +84,32 @@ pub fn cost_due(
     (target - current).unsigned_abs() as f64 >= step
 }
 
+/// The replicas `connections` call for: ceil(connections / target), within the bounds.
+pub fn recommend(connections: u64, a: &Autoscaling) -> i32 {
+    let target = a.target_connections_per_pod.max(1) as u64;
+    let want = connections.div_ceil(target).min(i32::MAX as u64) as i32;
+    want.clamp(a.min_replicas, a.max_replicas.max(a.min_replicas))
+}
+
+/// The recommendation to act on: the highest of the stabilization window (so a scale-up is
+/// immediate and a scale-down waits until every recommendation of the window was lower).
+/// `history` keeps the window's recommendations; older ones are dropped.
+pub fn stabilized(
+    history: &mut VecDeque<(Instant, i32)>,
+    now: Instant,
+    raw: i32,
+    window: Duration,
+) -> i32 {
+    history.push_back((now, raw));
+    while history
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > window)
+    {
+        history.pop_front();
+    }
+    history.iter().map(|(_, r)| *r).max().unwrap_or(raw)
+}
+
 /// The status fields of this module from one round: (total, per pod sorted by name). Pods that
 /// did not answer are left out of both.
 pub fn summary(pods: &[PodLoad]) -> (u64, Vec<PodConnections>) {
@@ -111,6 +141,7 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>) {
         }
     };
     let mut last_writes: HashMap<(String, String), Instant> = HashMap::new();
+    let mut histories: HashMap<(String, String), VecDeque<(Instant, i32)>> = HashMap::new();
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -119,7 +150,9 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>) {
             if rc.spec.paused || rc.spec.app.is_some() || rc.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            if let Err(e) = round(&client, &http, &rc, &mut last_writes).await {
+            let key = (rc.namespace().unwrap_or_default(), rc.name_any());
+            let history = histories.entry(key).or_default();
+            if let Err(e) = round(&client, &http, &rc, &mut last_writes, history).await {
                 tracing::debug!(cluster = %rc.name_any(), error = %e, "reading pod load");
             }
         }
@@ -131,6 +164,7 @@ async fn round(
     http: &reqwest::Client,
     rc: &RealtimeCluster,
     last_writes: &mut HashMap<(String, String), Instant>,
+    history: &mut VecDeque<(Instant, i32)>,
 ) -> Result<(), kube::Error> {
     let ns = rc.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -190,17 +224,27 @@ async fn round(
     last_writes.retain(|(n, pod), _| n != &ns || loads.iter().any(|p| &p.name == pod));
 
     let (total, per) = summary(&loads);
+    let recommended = rc.spec.autoscaling.as_ref().map(|a| {
+        let window = Duration::from_secs(a.scale_down_stabilization_seconds.max(0) as u64);
+        stabilized(history, now, recommend(total, a), window)
+    });
     let status = rc.status.as_ref();
     if status.and_then(|s| s.connections) == Some(total as i64)
         && status.map(|s| &s.pod_connections) == Some(&per)
+        && status.and_then(|s| s.recommended_replicas) == recommended
     {
         return Ok(());
+    }
+    if let Some(r) = recommended
+        && status.and_then(|s| s.recommended_replicas) != Some(r)
+    {
+        tracing::info!(cluster = %rc.name_any(), connections = total, replicas = r, "autoscaling recommends");
     }
     let api: Api<RealtimeCluster> = Api::namespaced(client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": "realtime.dev/v1alpha1",
         "kind": "RealtimeCluster",
-        "status": {"connections": total, "podConnections": per},
+        "status": {"connections": total, "podConnections": per, "recommendedReplicas": recommended},
     });
     api.patch_status(
         &rc.name_any(),
@@ -265,6 +309,38 @@ mod tests {
             Some(now),
             now + COST_MIN_AGE + Duration::from_secs(1)
         ));
+    }
+
+    #[test]
+    fn autoscaling_rounds_up_within_bounds_and_scales_down_only_after_the_window() {
+        let a = Autoscaling {
+            min_replicas: 1,
+            max_replicas: 4,
+            target_connections_per_pod: 2,
+            scale_down_stabilization_seconds: 10,
+        };
+        assert_eq!(recommend(0, &a), 1);
+        assert_eq!(recommend(5, &a), 3);
+        assert_eq!(recommend(1000, &a), 4);
+        let w = Duration::from_secs(10);
+        let t = Instant::now();
+        let mut h = VecDeque::new();
+        assert_eq!(stabilized(&mut h, t, 3, w), 3);
+        assert_eq!(
+            stabilized(&mut h, t + Duration::from_secs(1), 4, w),
+            4,
+            "up at once"
+        );
+        assert_eq!(
+            stabilized(&mut h, t + Duration::from_secs(5), 1, w),
+            4,
+            "down waits"
+        );
+        assert_eq!(
+            stabilized(&mut h, t + Duration::from_secs(12), 1, w),
+            1,
+            "window over"
+        );
     }
 
     #[test]

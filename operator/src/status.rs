@@ -187,6 +187,7 @@ pub fn compute(
         // Written by `load` under its own field manager.
         connections: None,
         pod_connections: Vec::new(),
+        recommended_replicas: None,
     }
 }
 
@@ -217,6 +218,7 @@ pub fn invalid(rc: &RealtimeCluster, errors: &SpecErrors, now: Time) -> Realtime
         // Written by `load` under its own field manager.
         connections: None,
         pod_connections: Vec::new(),
+        recommended_replicas: None,
         ..previous
     }
 }

@@ -281,7 +281,7 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
         generation: rc.metadata.generation,
         paused: spec.paused,
         server: ServerModel {
-            replicas: spec.replicas,
+            replicas: replicas(rc),
             image,
             image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
             image_pull_secrets: spec.image_pull_secrets.clone(),
@@ -310,6 +310,50 @@ struct ServerParts {
     image: String,
     resources: ResourceRequirements,
     transports: String,
+}
+
+/// The Deployment's replicas: `spec.replicas`, or with autoscaling the operator's
+/// recommendation (status, written by `load`) within the bounds, starting from `spec.replicas`.
+fn replicas(rc: &RealtimeCluster) -> i32 {
+    let spec = &rc.spec;
+    match &spec.autoscaling {
+        None => spec.replicas,
+        Some(a) => rc
+            .status
+            .as_ref()
+            .and_then(|s| s.recommended_replicas)
+            .unwrap_or(spec.replicas)
+            .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
+    }
+}
+
+/// `autoscaling`: bounds that can be met, a target, and realtime-server's connection counts.
+fn check_autoscaling(spec: &RealtimeClusterSpec, err: &mut impl FnMut(&str, String)) {
+    let Some(a) = &spec.autoscaling else { return };
+    if !(1..=100).contains(&a.min_replicas) || !(1..=100).contains(&a.max_replicas) {
+        err(
+            "spec.autoscaling",
+            "minReplicas and maxReplicas must be between 1 and 100".into(),
+        );
+    }
+    if a.min_replicas > a.max_replicas {
+        err(
+            "spec.autoscaling.minReplicas",
+            format!("{} exceeds maxReplicas {}", a.min_replicas, a.max_replicas),
+        );
+    }
+    if a.target_connections_per_pod < 1 {
+        err(
+            "spec.autoscaling.targetConnectionsPerPod",
+            "must be at least 1".into(),
+        );
+    }
+    if spec.app.is_some() {
+        err(
+            "spec.autoscaling",
+            "needs realtime-server's connection counts: not available with app".into(),
+        );
+    }
 }
 
 /// `app`: what a server that is not realtime-server needs and cannot use.
@@ -434,6 +478,7 @@ fn check_server(
     if let Some(app) = &spec.app {
         check_app(spec, app, err);
     }
+    check_autoscaling(spec, err);
 
     let mut transports = spec.transports.clone();
     transports.sort();
@@ -868,6 +913,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.server.app.as_ref().unwrap().port, 8080);
+    }
+
+    #[test]
+    fn autoscaling_sizes_the_deployment_from_the_recommendation_within_bounds() {
+        let spec = serde_json::json!({"replicas": 2, "autoscaling":
+            {"minReplicas": 1, "maxReplicas": 5, "targetConnectionsPerPod": 100}});
+        let mut rc = cluster(spec.clone());
+        assert_eq!(
+            validate(&rc, &defaults()).unwrap().server.replicas,
+            2,
+            "spec.replicas to start"
+        );
+        rc.status = Some(crate::api::RealtimeClusterStatus {
+            recommended_replicas: Some(4),
+            ..Default::default()
+        });
+        assert_eq!(validate(&rc, &defaults()).unwrap().server.replicas, 4);
+        rc.status.as_mut().unwrap().recommended_replicas = Some(9);
+        assert_eq!(
+            validate(&rc, &defaults()).unwrap().server.replicas,
+            5,
+            "bounded"
+        );
+        let errs = errors(
+            serde_json::json!({"image": "acme/chat:1", "app": {"port": 80},
+            "autoscaling": {"minReplicas": 4, "maxReplicas": 2, "targetConnectionsPerPod": 0}}),
+        );
+        for (field, needle) in [
+            ("spec.autoscaling.minReplicas", "exceeds maxReplicas"),
+            ("spec.autoscaling.targetConnectionsPerPod", "at least 1"),
+            ("spec.autoscaling", "not available with app"),
+        ] {
+            assert!(has_error(&errs, field, needle), "{field}: {errs:?}");
+        }
     }
 
     #[test]
