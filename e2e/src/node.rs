@@ -61,7 +61,7 @@ pub struct NodeImages {
 pub struct NodeParts {
     /// The control plane's binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, helm).
     pub control_plane: Tools,
-    /// kubelet, kube-proxy, kube-scheduler, coredns, traefik, pause.
+    /// kubelet, kube-proxy, kube-scheduler, coredns, traefik, kube-network-policies, pause.
     pub node_bin: PathBuf,
     /// containerd, ctr, runc, iptables, ip (Debian).
     pub system: BTreeMap<&'static str, PathBuf>,
@@ -71,12 +71,13 @@ pub struct NodeParts {
 }
 
 /// Binaries of `install.sh node`.
-pub const NODE_BINARIES: [&str; 6] = [
+pub const NODE_BINARIES: [&str; 7] = [
     "kubelet",
     "kube-proxy",
     "kube-scheduler",
     "coredns",
     "traefik",
+    "kube-network-policies",
     "pause",
 ];
 /// Debian's parts (`containerd runc containernetworking-plugins iptables iproute2`).
@@ -292,6 +293,7 @@ impl RealNode {
             kubelet_healthz: free_port()?,
             proxy_healthz: free_port()?,
             proxy_metrics: free_port()?,
+            policy_metrics: free_port()?,
             coredns_ready: free_port()?,
             ingress_http: free_port()?,
             ingress_admin: free_port()?,
@@ -361,6 +363,10 @@ impl RealNode {
             .user(&format!("system:node:{NODE_NAME}"), Some("system:nodes"))?;
         let scheduler_id = self.cp.user("system:kube-scheduler", None)?;
         let proxy_id = self.cp.user("system:kube-proxy", None)?;
+        // kube-network-policies reads pods, namespaces and NetworkPolicies cluster-wide.
+        let policy_id = self
+            .cp
+            .user("realtime-e2e-network-policies", Some("system:masters"))?;
         // CoreDNS and Traefik are the cluster's add-ons; in this harness they run as admins.
         let addon_id = self
             .cp
@@ -394,6 +400,13 @@ impl RealNode {
             "kube-proxy",
             &self.parts.node_bin.join("kube-proxy"),
             &[format!("--config={}", l.kube_proxy_config().display())],
+            &[],
+        )?;
+        // NetworkPolicy enforcement (nftables + nfqueue), before any pod of the tests starts.
+        self.spawn(
+            "kube-network-policies",
+            &self.parts.node_bin.join("kube-network-policies"),
+            &config::network_policies_args(&policy_id.kubeconfig, self.ports.policy_metrics),
             &[],
         )?;
         std::fs::write(
@@ -447,6 +460,11 @@ impl RealNode {
         let node_ready = t0.elapsed();
         for (what, port, path) in [
             ("kube-proxy to sync", self.ports.proxy_healthz, "/healthz"),
+            (
+                "kube-network-policies to answer",
+                self.ports.policy_metrics,
+                "/metrics",
+            ),
             ("CoreDNS to be ready", self.ports.coredns_ready, "/ready"),
             ("Traefik to answer", self.ports.ingress_admin, "/ping"),
         ] {
@@ -852,6 +870,14 @@ fn teardown_machine(layout: &NodeLayout, parts: &NodeParts) {
                 }
             }
         }
+    }
+    // 5b. kube-network-policies' nftables table (its own process deletes it on SIGTERM, not on
+    // SIGKILL; left behind, its queue rules would drop the policed pods' packets).
+    let knp = parts.node_bin.join("kube-network-policies");
+    if knp.is_file()
+        && let Err(e) = run(Command::new(&knp).arg("--cleanup"))
+    {
+        problems.push(format!("kube-network-policies --cleanup: {e:#}"));
     }
     // 6. The bridge (the pods' veths went with their namespaces).
     let ip = parts.sys("ip");

@@ -50,6 +50,7 @@ impl Operator {
             defaults: Defaults {
                 server_image: SERVER_IMAGE.into(),
                 redis_image: "redis:7.4-alpine".into(),
+                operator_namespace: None,
             },
             resync,
             namespace: Some(ns.to_string()),
@@ -2065,6 +2066,7 @@ async fn previous_version_children_are_replaced_keeping_their_dependents() {
         &Defaults {
             server_image: SERVER_IMAGE.into(),
             redis_image: "redis:7.4-alpine".into(),
+            operator_namespace: None,
         },
     )
     .unwrap();

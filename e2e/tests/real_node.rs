@@ -1,7 +1,8 @@
 //! Tier 3 on this machine: the end-to-end scenarios on real pods.
 //!
 //! One real node per test binary ([`realtime_e2e::node::shared`]): kubelet on containerd,
-//! kube-proxy, CoreDNS and Traefik's ingress-nginx provider, the project's images built locally.
+//! kube-proxy, kube-network-policies (NetworkPolicies enforced), CoreDNS and Traefik's
+//! ingress-nginx provider, the project's images built locally.
 //! The operator is installed once by `helm install` of charts/realtime-operator (a pod with the
 //! chart's ServiceAccount and RBAC); each test applies its RealtimeCluster with kubectl in a
 //! namespace labelled `pod-security.kubernetes.io/enforce=restricted` and drives the official
@@ -1407,6 +1408,184 @@ async fn autoscaling_follows_connections() {
             "autoscaling: 5 connections -> 3 ready pods in {up:.1?}; 4 clients gone -> 1 pod after {down:.1?} (window 15 s), remaining client kept"
         );
         drop(driver);
+        Ok(())
+    })
+    .await;
+}
+
+/// What a pod of the client image sees when it opens a TCP connection to `host:port`: "ok",
+/// "refused" or "timeout" (3 s), or "error <code>". The pod runs as the restricted profile asks
+/// and is deleted afterwards.
+async fn tcp_from_pod(
+    node: &RealNode,
+    k: &Kubectl,
+    name: &str,
+    host: &str,
+    port: u16,
+) -> Result<String> {
+    let js = format!(
+        "const s=require('net').connect({{host:'{host}',port:{port}}});s.setTimeout(3000);\
+         s.on('connect',()=>{{console.log('ok');s.destroy()}});\
+         s.on('timeout',()=>{{console.log('timeout');s.destroy()}});\
+         s.on('error',e=>console.log(e.code==='ECONNREFUSED'?'refused':'error '+e.code))"
+    );
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app.kubernetes.io/name": "np-probe" } },
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "seccompProfile": { "type": "RuntimeDefault" }
+            },
+            "containers": [{
+                "name": "probe",
+                "image": node.images().client,
+                "imagePullPolicy": "Never",
+                "args": ["-e", js],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": { "drop": ["ALL"] }
+                }
+            }]
+        }
+    });
+    k.apply_ok(&pod.to_string()).await?;
+    let p = until(
+        &format!("pod {name} to finish"),
+        Duration::from_secs(60),
+        || async {
+            let p = k.get_json(&["pod", name]).await?;
+            let phase = p["status"]["phase"].as_str().unwrap_or_default();
+            Ok((phase == "Succeeded" || phase == "Failed").then_some(p))
+        },
+    )
+    .await?;
+    let logs = k.run(&["logs", name], None).await?;
+    k.ok(&["delete", "pod", name, "--wait=false"]).await?;
+    ensure!(
+        p["status"]["phase"] == "Succeeded",
+        "probe pod {name}: {}{}",
+        logs.stdout,
+        logs.stderr
+    );
+    Ok(logs.stdout.trim().to_string())
+}
+
+/// The operator's NetworkPolicies are enforced (kube-network-policies on the node): a pod of the
+/// same namespace that is not one of the cluster's servers cannot connect to the managed Redis,
+/// a pod of another namespace cannot reach a server's admin port, while the servers work on
+/// Redis (Ready, a message delivered across them) and clients reach socket.io. The inverse shows
+/// the probe can see a connection: with `spec.networkPolicies.enabled: false` the same pods
+/// connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_keep_foreign_pods_out() {
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let (k, _ns, ready) = apply_ready(&node, "rt-np", CLUSTER, "chat").await?;
+        eprintln!("rtc/chat: apply to Ready in {ready:.1?}");
+        let (other, _other_ns) = namespace(&node, "rt-np-other").await?;
+        let policies = k.get_json(&["networkpolicies"]).await?;
+        let names: Vec<&str> = policies["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        ensure!(
+            names == ["chat", "chat-redis"],
+            "NetworkPolicies: {names:?}"
+        );
+        let redis = format!("chat-redis.{}.svc.cluster.local", k.namespace());
+        let server_ip = server_pods(&k, "chat")
+            .await?
+            .first()
+            .map(|p| p.ip.clone())
+            .context("a server pod")?;
+
+        let probe = |k: Kubectl, name: &'static str, host: String, port: u16| {
+            let node = node.clone();
+            async move {
+                let t0 = Instant::now();
+                let r = tcp_from_pod(&node, &k, name, &host, port).await?;
+                eprintln!("{name} -> {host}:{port}: {r} ({:.1?})", t0.elapsed());
+                anyhow::Ok(r)
+            }
+        };
+        let refused = |r: &str| r == "timeout" || r == "refused";
+        let r = probe(k.clone(), "foreign-to-redis", redis.clone(), 6379).await?;
+        ensure!(refused(&r), "a foreign pod reached Redis: {r}");
+        let r = probe(other.clone(), "other-ns-to-admin", server_ip.clone(), 9090).await?;
+        ensure!(
+            refused(&r),
+            "a pod of another namespace reached the admin port: {r}"
+        );
+        let r = probe(
+            other.clone(),
+            "other-ns-to-socketio",
+            server_ip.clone(),
+            3000,
+        )
+        .await?;
+        ensure!(
+            r == "ok",
+            "a pod of another namespace could not reach socket.io: {r}"
+        );
+        let r = probe(k.clone(), "same-ns-to-admin", server_ip.clone(), 9090).await?;
+        ensure!(
+            r == "ok",
+            "a pod of the namespace could not reach the admin port: {r}"
+        );
+
+        // The servers still work on Redis: a message crosses them through the ingress.
+        let driver = Driver::start(&paths).await?;
+        let mut t = target(&node, &k, "chat");
+        t.check().await?;
+        for s in [Scenario::Hello, Scenario::RoomBroadcast] {
+            let t0 = Instant::now();
+            scenarios::run(s, &mut t, &driver).await?;
+            eprintln!(
+                "scenario {} with the policies on: passed in {:.1?}",
+                s.name(),
+                t0.elapsed()
+            );
+        }
+        drop(driver);
+
+        // The inverse: no policies, the same probes connect.
+        k.ok(&[
+            "patch",
+            "rtc",
+            "chat",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"networkPolicies":{"enabled":false}}}"#,
+        ])
+        .await?;
+        until(
+            "the NetworkPolicies to go",
+            Duration::from_secs(60),
+            || async {
+                let p = k.get_json(&["networkpolicies"]).await?;
+                Ok(p["items"]
+                    .as_array()
+                    .is_none_or(|i| i.is_empty())
+                    .then_some(()))
+            },
+        )
+        .await?;
+        let r = probe(k.clone(), "foreign-to-redis-open", redis, 6379).await?;
+        ensure!(
+            r == "ok",
+            "without policies a pod of the namespace could not reach Redis: {r}"
+        );
+        let r = probe(other.clone(), "other-ns-to-admin-open", server_ip, 9090).await?;
+        ensure!(
+            r == "ok",
+            "without policies the admin port was not reachable: {r}"
+        );
         Ok(())
     })
     .await;

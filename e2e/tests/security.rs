@@ -45,6 +45,7 @@ fn children(file: &str) -> Result<Vec<Value>> {
         &Defaults {
             server_image: DEFAULT_SERVER_IMAGE.into(),
             redis_image: DEFAULT_REDIS_IMAGE.into(),
+            operator_namespace: None,
         },
     )
     .map_err(|e| anyhow::anyhow!("{file} does not validate: {e:?}"))?;

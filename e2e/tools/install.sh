@@ -9,6 +9,8 @@
 #   kubelet, kube-proxy, kube-scheduler                 k8s.io/kubernetes (go/k8s)
 #   coredns                                             github.com/coredns/coredns, trimmed (go/coredns)
 #   traefik                                             github.com/traefik/traefik/v3 (go/traefik)
+#   kube-network-policies                               sigs.k8s.io/kube-network-policies, patched
+#                                                       (go/kube-network-policies, prepare-knp.sh)
 #   pause                                               build/pause/linux/pause.c of k8s.io/kubernetes (gcc -static)
 # A second run finds the binaries and does nothing. Prints each selected bin folder, the control
 # plane's on the last line.
@@ -95,6 +97,14 @@ node_tools() {
     # go/traefik replaces lego with ./lego, laid out from the module cache (see README.md).
     "$HERE/go/traefik/prepare-lego.sh"
     build traefik traefik github.com/traefik/traefik/v3/cmd/traefik "-X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION"
+  fi
+  if [[ ! -x "$OUT/kube-network-policies" ]]; then
+    # The NetworkPolicy implementation; go/kube-network-policies replaces the module with ./knp
+    # (its nftables queue as an xtables NFQUEUE target, see prepare-knp.sh).
+    grep -Eq "^(require)?[[:space:]]*sigs.k8s.io/kube-network-policies $KUBE_NETWORK_POLICIES_VERSION\$" "$HERE/go/kube-network-policies/go.mod" \
+      || { echo "install.sh: go/kube-network-policies/go.mod does not require $KUBE_NETWORK_POLICIES_VERSION (versions.env)" >&2; exit 1; }
+    "$HERE/go/kube-network-policies/prepare-knp.sh"
+    build kube-network-policies kube-network-policies . ""
   fi
   build_pause
   echo "$NODE_BIN"

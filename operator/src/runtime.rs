@@ -275,6 +275,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         defaults: Defaults {
             server_image: args.default_server_image.clone(),
             redis_image: args.default_redis_image.clone(),
+            operator_namespace: pod_namespace(),
         },
         resync: args.resync,
         namespace: args.namespace.clone(),

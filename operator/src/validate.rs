@@ -29,6 +29,9 @@ pub struct Defaults {
     pub server_image: String,
     /// Redis image when `spec.redis.managed.image` is unset.
     pub redis_image: String,
+    /// The operator's own namespace: the server NetworkPolicy lets it reach the admin port
+    /// (it reads each pod's connection count there). None outside a cluster.
+    pub operator_namespace: Option<String>,
 }
 
 /// One problem with a spec: where it is and what is wrong, phrased for the user.
@@ -97,6 +100,8 @@ pub struct Model {
     pub ingress: Option<IngressModel>,
     /// `None` when the spec turns them off.
     pub network_policies: Option<NetworkPolicies>,
+    /// See [`Defaults::operator_namespace`].
+    pub operator_namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -302,6 +307,7 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             .network_policies
             .enabled
             .then(|| spec.network_policies.clone()),
+        operator_namespace: defaults.operator_namespace.clone(),
     })
 }
 
@@ -866,6 +872,7 @@ mod tests {
         Defaults {
             server_image: "example.org/realtime-server:1".into(),
             redis_image: "redis:7.4-alpine".into(),
+            operator_namespace: None,
         }
     }
 

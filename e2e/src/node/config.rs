@@ -100,6 +100,7 @@ pub struct NodePorts {
     pub kubelet_healthz: u16,
     pub proxy_healthz: u16,
     pub proxy_metrics: u16,
+    pub policy_metrics: u16,
     pub coredns_ready: u16,
     pub ingress_http: u16,
     pub ingress_admin: u16,
@@ -267,6 +268,20 @@ pub fn kube_proxy_config(ports: NodePorts, kubeconfig: &Path) -> Value {
         },
         "iptables": { "localhostNodePorts": false, "masqueradeAll": false, "syncPeriod": "30s", "minSyncPeriod": "0s" }
     })
+}
+
+/// kube-network-policies (sigs.k8s.io/kube-network-policies, e2e/tools/go/kube-network-policies):
+/// NetworkPolicies enforced in nftables (table `inet kube-network-policies`, a postrouting chain
+/// that hands the first packet of each connection to or from a policed pod to its nfqueue).
+/// Fail closed: a packet it cannot judge is dropped. The node's own root traffic (the kubelet's
+/// probes) is never judged.
+pub fn network_policies_args(kubeconfig: &Path, metrics_port: u16) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", s(kubeconfig)),
+        format!("--hostname-override={NODE_NAME}"),
+        format!("--metrics-bind-address=127.0.0.1:{metrics_port}"),
+        "--v=2".into(),
+    ]
 }
 
 /// CoreDNS as a host process on the bridge address: the `kubernetes` plugin answers for the
@@ -467,6 +482,7 @@ mod tests {
             kubelet_healthz: 2,
             proxy_healthz: 3,
             proxy_metrics: 4,
+            policy_metrics: 8,
             coredns_ready: 5,
             ingress_http: 6,
             ingress_admin: 7,

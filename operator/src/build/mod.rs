@@ -355,6 +355,7 @@ pub(crate) mod test_support {
             &Defaults {
                 server_image: "example.org/realtime-server:1".into(),
                 redis_image: "redis:7.4-alpine".into(),
+                operator_namespace: None,
             },
         )
         .unwrap()

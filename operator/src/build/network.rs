@@ -2,7 +2,8 @@
 //!
 //! - Server pods: the socket.io port from anywhere (clients come through the Ingress, the
 //!   Service, or from other namespaces); the admin port (metrics, the publish API) only from
-//!   the cluster's own namespace and the peers `spec.networkPolicies.adminFrom` names.
+//!   the cluster's own namespace, the operator's namespace (it reads each pod's connection
+//!   count there) and the peers `spec.networkPolicies.adminFrom` names.
 //! - The managed Redis: its port only from this cluster's server pods.
 //!
 //! Only ingress is restricted. Egress stays open: the servers reach DNS and, with an external
@@ -20,6 +21,9 @@ use super::parts::match_labels;
 use super::{labels, meta};
 use crate::api::NetworkPolicies;
 use crate::validate::{Model, RedisModel};
+
+/// The label every namespace carries with its own name (set by the apiserver).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The server pods' policy, and the managed Redis' one (None when the spec turns them off).
 pub fn policies(model: &Model) -> Vec<NetworkPolicy> {
@@ -53,10 +57,21 @@ fn server(model: &Model, np: &NetworkPolicies) -> NetworkPolicy {
             pod_selector: Some(LabelSelector::default()),
             ..Default::default()
         };
+        // The operator reads each pod's connection count there (load.rs).
+        let operator = model
+            .operator_namespace
+            .as_ref()
+            .map(|ns| NetworkPolicyPeer {
+                namespace_selector: Some(match_labels(
+                    [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
+                )),
+                ..Default::default()
+            });
         rules.push(NetworkPolicyIngressRule {
             ports: Some(vec![port("admin")]),
             from: Some(
                 std::iter::once(same_namespace)
+                    .chain(operator)
                     .chain(np.admin_from.iter().cloned())
                     .collect(),
             ),
@@ -135,6 +150,19 @@ mod tests {
             p[1].spec.as_ref().unwrap().pod_selector,
             Some(match_labels(labels::redis_selector("chat")))
         );
+    }
+
+    #[test]
+    fn the_operator_namespace_reaches_the_admin_port() {
+        let mut m = model(json!({}));
+        m.operator_namespace = Some("realtime-system".into());
+        let admin = rules(&policies(&m)[0])[1].from.clone().unwrap();
+        let ns = admin[1].namespace_selector.as_ref().unwrap();
+        assert_eq!(
+            ns.match_labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
+            "realtime-system"
+        );
+        assert!(admin[1].pod_selector.is_none(), "any pod of that namespace");
     }
 
     #[test]
