@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and the project does not build itself:
-#   Debian packages: redis-server and nginx (tier 1); containerd, runc, CNI plugins, iptables,
+#   Debian packages: redis-server, redis-sentinel and nginx (tier 1); containerd, runc, CNI plugins, iptables,
 #   conntrack, iproute2, mmdebstrap and jq (the real node and its locally built images);
 #   socket.io-client (npm, pinned by e2e/client's package-lock.json);
 #   the control plane's and the node's binaries (e2e/tools/install.sh, built from Go modules,
@@ -12,6 +12,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 missing=()
 have() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
 have redis-server || missing+=(redis-server)
+have redis-sentinel || missing+=(redis-sentinel)
 have nginx || missing+=(nginx)
 have containerd || missing+=(containerd)
 have runc || missing+=(runc)
