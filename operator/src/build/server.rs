@@ -65,6 +65,13 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     if let Some((name, key)) = password {
         env.push(env_secret("REDIS_PASSWORD", &name, &key));
     }
+    if let RedisModel::External {
+        sentinel_password: Some(p),
+        ..
+    } = &model.redis
+    {
+        env.push(env_secret("REDIS_SENTINEL_PASSWORD", &p.name, &p.key));
+    }
     env.extend([
         env_value("TRANSPORTS", &s.transports),
         env_value("SOCKETIO_PATH", &model.socketio_path()),
@@ -472,6 +479,39 @@ mod tests {
         let m = model(json!({"redis": {"external": {"host": "cache"}}}));
         let env = env_of(&deployment(&m, None));
         assert!(env.iter().all(|e| e.name != "REDIS_PASSWORD"));
+        assert!(env.iter().all(|e| e.name != "REDIS_SENTINEL_PASSWORD"));
+    }
+
+    #[test]
+    fn external_sentinel_url_and_both_passwords() {
+        let m = model(json!({"redis": {"external": {
+            "passwordSecretRef": {"name": "data"},
+            "sentinel": {"masterName": "mymaster", "endpoints": ["s-0.sentinel", "s-1.sentinel:26380"],
+                "passwordSecretRef": {"name": "sentinels", "key": "sentinel-pw"}}}}}));
+        let env = env_of(&deployment(&m, None));
+        assert_eq!(
+            find(&env, "REDIS_URL").value.as_deref(),
+            Some(
+                "redis-sentinel://s-0.sentinel:26379?sentinelServiceName=mymaster&node=s-1.sentinel:26380"
+            )
+        );
+        let secret = |name: &str| {
+            let r = find(&env, name)
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            (r.name.clone(), r.key.clone())
+        };
+        assert_eq!(secret("REDIS_PASSWORD"), ("data".into(), "password".into()));
+        assert_eq!(
+            secret("REDIS_SENTINEL_PASSWORD"),
+            ("sentinels".into(), "sentinel-pw".into())
+        );
+        // no value of either is written into the pod spec
+        assert!(find(&env, "REDIS_SENTINEL_PASSWORD").value.is_none());
     }
 
     #[test]
