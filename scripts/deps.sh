@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and the project does not build itself:
-#   Debian packages: redis-server and nginx (tier 1); containerd, runc, CNI plugins, iptables,
+#   Debian packages: redis-server, redis-sentinel and nginx (tier 1); containerd, runc, CNI plugins, iptables,
 #   conntrack, iproute2, mmdebstrap and jq (the real node and its locally built images);
 #   socket.io-client (npm, pinned by e2e/client's package-lock.json);
 #   checkov (PyPI, CHECKOV_VERSION in e2e/tools/versions.env) in its own Python venv, cached
@@ -14,6 +14,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 missing=()
 have() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
 have redis-server || missing+=(redis-server)
+have redis-sentinel || missing+=(redis-sentinel)
 have nginx || missing+=(nginx)
 have containerd || missing+=(containerd)
 have runc || missing+=(runc)

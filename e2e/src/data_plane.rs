@@ -585,6 +585,10 @@ pub struct ClusterConfig {
     pub node_base_port: Option<u16>,
     /// Redis's port; `None` = a free one.
     pub redis_port: Option<u16>,
+    /// The nodes' `REDIS_URL` when Redis is not the cluster's own: no redis-server is started
+    /// (e.g. a [`crate::redis_ha::SentinelGroup`]'s `redis-sentinel://` URL). Its passwords go
+    /// in [`ClusterConfig::env`].
+    pub external_redis_url: Option<String>,
     pub nginx_workers: usize,
     pub nginx_worker_connections: usize,
     /// Bound for every process to become ready.
@@ -601,6 +605,7 @@ impl ClusterConfig {
             nginx_port: None,
             node_base_port: None,
             redis_port: None,
+            external_redis_url: None,
             nginx_workers: 1,
             nginx_worker_connections: 4096,
             start_timeout: Duration::from_secs(20),
@@ -612,6 +617,11 @@ impl ClusterConfig {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    /// See [`ClusterConfig::external_redis_url`].
+    pub fn external_redis(mut self, url: &str) -> Self {
+        self.external_redis_url = Some(url.into());
         self
     }
 }
@@ -999,7 +1009,9 @@ impl Cluster {
             nginx_generation: 0,
             nginx: None,
         };
-        c.start_redis().await?;
+        if c.cfg.external_redis_url.is_none() {
+            c.start_redis().await?;
+        }
         for i in 0..c.nodes.len() {
             c.spawn_node(i)?;
         }
@@ -1037,8 +1049,12 @@ impl Cluster {
     pub fn nginx_port(&self) -> u16 {
         self.nginx_port
     }
+    /// The nodes' `REDIS_URL`: the cluster's own redis-server, or the external one.
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis_port)
+        match &self.cfg.external_redis_url {
+            Some(url) => url.clone(),
+            None => format!("redis://127.0.0.1:{}", self.redis_port),
+        }
     }
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
@@ -1098,6 +1114,9 @@ impl Cluster {
 
     /// Starts redis-server on its port (again, after [`Cluster::stop_redis`]) and waits for PONG.
     pub async fn start_redis(&mut self) -> Result<()> {
+        if self.cfg.external_redis_url.is_some() {
+            bail!("this cluster's nodes use an external Redis; it has no redis-server of its own");
+        }
         if self.redis.as_ref().is_some_and(|p| p.exited().is_none()) {
             bail!("redis is running already");
         }
@@ -1154,10 +1173,7 @@ impl Cluster {
             .env("ADMIN_PORT", node.admin_port.to_string())
             .env("BIND", "127.0.0.1")
             .env("NAME", &node.name)
-            .env(
-                "REDIS_URL",
-                format!("redis://127.0.0.1:{}", self.redis_port),
-            )
+            .env("REDIS_URL", self.redis_url())
             .env("RUST_BACKTRACE", "1")
             // logs go to a file that a person reads when a test fails
             .env("NO_COLOR", "1");

@@ -1,5 +1,6 @@
 //! Test harnesses and the end-to-end scenarios, shared by the three test tiers:
 //! - `data_plane`: real redis-server, N realtime-server processes and nginx on loopback;
+//! - `redis_ha`: a Redis Sentinel group (primary, replicas, Sentinels) on loopback;
 //! - `control_plane`: real etcd, kube-apiserver and kube-controller-manager on loopback;
 //! - `scenarios`: the user-visible stories, written once, run against any endpoint
 //!   (the local parts here, or a kind cluster's ingress);
@@ -15,6 +16,7 @@ pub mod data_plane;
 pub mod helm;
 pub mod kind;
 pub mod node;
+pub mod redis_ha;
 pub mod require;
 pub mod scenarios;
 pub mod sio;

@@ -336,8 +336,19 @@ async fn crd_is_structural_and_explained() {
     );
     let mut kubectl = cp.kubectl().unwrap();
     kubectl.args(["explain", "rtc.spec.redis.external.passwordSecretRef"]);
+    // kubectl wraps descriptions: compare with single spaces
     let text = run_kubectl(kubectl);
-    assert!(text.contains("never written into the pod spec"), "{text}");
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("never written into the pod spec"), "{text}");
+    let mut kubectl = cp.kubectl().unwrap();
+    kubectl.args(["explain", "rtc.spec.redis.external.sentinel"]);
+    let text = run_kubectl(kubectl);
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("follow its failovers"), "{text}");
+    assert!(
+        flat.contains("masterName") && flat.contains("endpoints"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -397,7 +408,40 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "url-and-host",
             "url and host",
             json!({"redis": {"external": {"url": "redis://cache", "host": "cache"}}}),
-            "redis.external needs exactly one of url or host",
+            "redis.external needs exactly one of url, host or sentinel",
+        ),
+        (
+            "host-and-sentinel",
+            "host and sentinel",
+            json!({"redis": {"external": {"host": "cache",
+                "sentinel": {"masterName": "m", "endpoints": ["s"]}}}}),
+            "redis.external needs exactly one of url, host or sentinel",
+        ),
+        (
+            "sentinel-url",
+            "a Sentinel endpoint written as a URL",
+            json!({"redis": {"external": {
+                "sentinel": {"masterName": "m", "endpoints": ["redis://s:26379"]}}}}),
+            "sentinel.endpoints entries must be host or host:port",
+        ),
+        (
+            "sentinel-name",
+            "a Sentinel master name with a space",
+            json!({"redis": {"external": {
+                "sentinel": {"masterName": "my master", "endpoints": ["s"]}}}}),
+            "sentinel.masterName may only contain letters, digits and ._~-",
+        ),
+        (
+            "no-sentinels",
+            "a Sentinel setup without endpoints",
+            json!({"redis": {"external": {"sentinel": {"masterName": "m", "endpoints": []}}}}),
+            "should have at least 1 items",
+        ),
+        (
+            "sentinel-env",
+            "the Sentinels' password set by hand",
+            json!({"env": [{"name": "REDIS_SENTINEL_PASSWORD", "value": "x"}]}),
+            "env must not set",
         ),
         (
             "http-url",
@@ -787,6 +831,55 @@ async fn spec_changes_update_or_remove_the_right_children() {
         Ok(gone.then_some(()))
     })
     .await;
+    // First through Sentinel (with the Sentinels' own password), then a plain host.
+    merge_spec(
+        &client,
+        &ns,
+        "chat",
+        json!({"redis": {"external": {"host": null, "sentinel": {"masterName": "mymaster",
+            "endpoints": ["sentinel-0.cache", "sentinel-1.cache:26380"],
+            "passwordSecretRef": {"name": "sentinel-creds", "key": "pw"}}}}}),
+    )
+    .await;
+    let d = eventually(&cp, "REDIS_URL naming the Sentinels", || async {
+        let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
+        let url = env_value(&d, "REDIS_URL").and_then(|e| e.value);
+        Ok((url.as_deref()
+            == Some("redis-sentinel://sentinel-0.cache:26379?sentinelServiceName=mymaster&node=sentinel-1.cache:26380"))
+        .then_some(d))
+    })
+    .await;
+    let spw = env_value(&d, "REDIS_SENTINEL_PASSWORD")
+        .unwrap()
+        .value_from
+        .unwrap()
+        .secret_key_ref
+        .unwrap();
+    assert_eq!(
+        (spw.name.as_str(), spw.key.as_str()),
+        ("sentinel-creds", "pw")
+    );
+    eventually(
+        &cp,
+        "the status to report the Sentinel topology",
+        || async {
+            let rc = rc_api(&client, &ns).get("chat").await?;
+            let r = rc.status.and_then(|s| s.redis);
+            Ok(r.filter(|r| {
+                r.topology == realtime_operator::api::RedisTopology::Sentinel
+                    && r.master_name.as_deref() == Some("mymaster")
+                    && r.endpoint == "sentinel-0.cache:26379,sentinel-1.cache:26380"
+            }))
+        },
+    )
+    .await;
+    merge_spec(
+        &client,
+        &ns,
+        "chat",
+        json!({"redis": {"external": {"sentinel": null, "host": "cache.example"}}}),
+    )
+    .await;
     let d = eventually(&cp, "REDIS_URL pointing at the external Redis", || async {
         let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
         let url = env_value(&d, "REDIS_URL").and_then(|e| e.value);
@@ -797,6 +890,7 @@ async fn spec_changes_update_or_remove_the_right_children() {
         mounted_password(&d),
         Some(("creds".to_string(), "password".to_string()))
     );
+    assert!(env_value(&d, "REDIS_SENTINEL_PASSWORD").is_none());
     assert!(
         d.spec
             .unwrap()
@@ -2070,7 +2164,7 @@ async fn previous_version_children_are_replaced_keeping_their_dependents() {
         },
     )
     .unwrap();
-    let desired = realtime_operator::build::desired(&model, Some("old-password"));
+    let desired = realtime_operator::build::desired(&model, Some("old-password"), None);
     let mut old_d = serde_json::to_value(&desired.deployment).unwrap();
     old_d["spec"]["selector"] = previous_selector("realtime-server", "chat");
     let mut old_s = serde_json::to_value(&desired.redis.as_ref().unwrap().statefulset).unwrap();

@@ -59,7 +59,7 @@ fn children(file: &str) -> Result<Vec<Value>> {
         redis,
         ingress,
         network_policies,
-    } = realtime_operator::build::desired(&model, Some("password"));
+    } = realtime_operator::build::desired(&model, Some("password"), None);
     let mut out = vec![
         serde_json::to_value(deployment)?,
         serde_json::to_value(service)?,

@@ -42,6 +42,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "REDIS_URL",
     "REDIS_PASSWORD",
     "REDIS_PASSWORD_FILE",
+    "REDIS_SENTINEL_PASSWORD",
     "TRANSPORTS",
     "SOCKETIO_PATH",
     "PING_INTERVAL",
@@ -135,11 +136,11 @@ pub struct RealtimeClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_PASSWORD_FILE, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
+    /// Extra environment variables of the server container (for example AUTH_SECRET or API_KEY from a Secret via valueFrom). Variables the operator manages (PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_PASSWORD_FILE, REDIS_SENTINEL_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE, PUBLIC_PUBLISH_API) are rejected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'REDIS_PASSWORD_FILE', 'TRANSPORTS', 'SOCKETIO_PATH', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
-        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_PASSWORD_FILE, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['PORT', 'ADMIN_PORT', 'BIND', 'NAME', 'REDIS_URL', 'REDIS_HOST', 'REDIS_PORT', 'REDIS_PASSWORD', 'REDIS_PASSWORD_FILE', 'REDIS_SENTINEL_PASSWORD', 'TRANSPORTS', 'SOCKETIO_PATH', 'PING_INTERVAL', 'PING_TIMEOUT', 'SHUTDOWN_GRACE', 'DEMO_PAGE', 'PUBLIC_PUBLISH_API']))")
+        .message("env must not set PORT, ADMIN_PORT, BIND, NAME, REDIS_URL, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_PASSWORD_FILE, REDIS_SENTINEL_PASSWORD, TRANSPORTS, SOCKETIO_PATH, PING_INTERVAL, PING_TIMEOUT, SHUTDOWN_GRACE, DEMO_PAGE or PUBLIC_PUBLISH_API: the operator manages them (use spec.expose for the last two)"))]
     pub env: Vec<EnvVar>,
 
     /// NetworkPolicies for the server and Redis pods (on by default): who may open connections to them.
@@ -354,17 +355,17 @@ pub struct ManagedRedis {
     pub resources: Option<ResourceRequirements>,
 }
 
-/// Connection to an externally run Redis: url, or host and port.
+/// Connection to an externally run Redis: url, host and port, or the Sentinels of a primary.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.url) != has(self.host)").message("redis.external needs exactly one of url or host"))]
+#[x_kube(validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.host) ? 1 : 0) + (has(self.sentinel) ? 1 : 0) == 1").message("redis.external needs exactly one of url, host or sentinel"))]
 #[x_kube(validation = Rule::new("!has(self.port) || has(self.host)").message("redis.external.port needs redis.external.host (with url, put the port in the url)"))]
 #[x_kube(validation = Rule::new("!has(self.url) || !self.tls || self.url.startsWith('rediss://')").message("redis.external.tls is true but url does not start with rediss://"))]
 pub struct ExternalRedis {
-    /// redis:// or rediss:// URL without a password (put the password in passwordSecretRef), for example redis://redis.cache.svc:6379/0.
+    /// redis:// or rediss:// URL without a password (put the password in passwordSecretRef), for example redis://redis.cache.svc:6379/0. For Sentinel, use sentinel instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("redis.external.url must start with redis:// or rediss://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("redis.external.url must start with redis:// or rediss:// (for Sentinel, use redis.external.sentinel)"))]
     #[x_kube(validation = Rule::new("!self.matches('^rediss?://[^/@]*:[^/@]*@')").message("redis.external.url must not contain a password: use passwordSecretRef"))]
     pub url: Option<String>,
 
@@ -379,13 +380,36 @@ pub struct ExternalRedis {
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
 
-    /// Secret key holding the Redis password, mounted as a file for realtime-server (REDIS_PASSWORD_FILE) or given as REDIS_PASSWORD to your own server (spec.app); never written into the pod spec.
+    /// A primary found through Redis Sentinel: the servers ask the Sentinels for the current primary at every (re)connection, so they follow its failovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<ExternalSentinel>,
+
+    /// Secret key holding the Redis password (of the primary and its replicas, with sentinel), mounted as a file for realtime-server (REDIS_PASSWORD_FILE) or given as REDIS_PASSWORD to your own server (spec.app); never written into the pod spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
 
-    /// Connect with TLS (rediss://). With host, selects the scheme; with url, the url must use rediss://.
+    /// Connect with TLS (rediss://). With host, selects the scheme; with url, the url must use rediss://; with sentinel, TLS to the Sentinels and to the data nodes.
     #[serde(default)]
     pub tls: bool,
+}
+
+/// The Sentinels that monitor an external Redis primary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSentinel {
+    /// Name of the monitored primary, as in the Sentinels' `sentinel monitor <masterName> ...`.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._~-]+$')").message("redis.external.sentinel.masterName may only contain letters, digits and ._~-"))]
+    pub master_name: String,
+
+    /// Sentinel addresses, host or host:port (26379 when the port is omitted); the servers try them in order. One Service in front of every Sentinel is enough.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 259)))]
+    #[x_kube(validation = Rule::new("self.all(e, e.matches('^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$'))").message("redis.external.sentinel.endpoints entries must be host or host:port (a DNS name or an IPv4 address)"))]
+    pub endpoints: Vec<String>,
+
+    /// Secret key holding the Sentinels' own password (their requirepass), passed to the server as REDIS_SENTINEL_PASSWORD. Leave unset when the Sentinels need none: the Redis password (passwordSecretRef) is not sent to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the RealtimeCluster's namespace.
@@ -595,8 +619,35 @@ pub struct RedisStatus {
     /// Pending (managed Redis not ready yet), Ready (managed Redis ready) or External (run elsewhere; its health shows in the server pods' readiness).
     pub phase: RedisPhase,
 
-    /// host:port the servers connect to (never includes credentials).
+    /// host:port the servers connect to; with Sentinel, the Sentinels' host:port list, comma-separated (never includes credentials).
     pub endpoint: String,
+
+    /// Standalone (one Redis server) or Sentinel (the primary of masterName, found through the Sentinels at endpoint).
+    #[serde(default)]
+    pub topology: RedisTopology,
+
+    /// With Sentinel: the name of the monitored primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+}
+
+/// How the servers reach Redis.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RedisTopology {
+    /// One Redis server.
+    #[default]
+    Standalone,
+    /// A primary found through Redis Sentinel; the servers follow its failovers.
+    Sentinel,
+}
+
+impl RedisTopology {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisTopology::Standalone => "Standalone",
+            RedisTopology::Sentinel => "Sentinel",
+        }
+    }
 }
 
 /// Phase of the Redis the servers use: Pending (managed, never ready yet), Ready, Unavailable

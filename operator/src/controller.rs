@@ -176,14 +176,20 @@ fn referencing_clusters(
     }
 }
 
-/// Whether `rc` uses an external Redis whose password comes from the Secret `name`.
+/// Whether `rc` uses an external Redis whose password (or its Sentinels') comes from the Secret
+/// `name`.
 fn references_secret(rc: &RealtimeCluster, name: &str) -> bool {
-    rc.spec
-        .redis
-        .external
+    let Some(x) = rc.spec.redis.external.as_ref() else {
+        return false;
+    };
+    let sentinel = x
+        .sentinel
         .as_ref()
-        .and_then(|x| x.password_secret_ref.as_ref())
-        .is_some_and(|r| r.name == name)
+        .and_then(|s| s.password_secret_ref.as_ref());
+    [x.password_secret_ref.as_ref(), sentinel]
+        .into_iter()
+        .flatten()
+        .any(|r| r.name == name)
 }
 
 /// One reconcile of one RealtimeCluster.
@@ -247,9 +253,14 @@ async fn reconcile_inner(
         let fetch::Inputs {
             redis_password,
             generated,
+            sentinel_password,
         } = fetch::inputs(&ctx.client, &model, new_password).await?;
         let existing = fetch::observe(&ctx.client, &model).await?;
-        let desired = build::desired(&model, redis_password.as_deref());
+        let desired = build::desired(
+            &model,
+            redis_password.as_deref(),
+            sentinel_password.as_deref(),
+        );
         for r in plan::replacements(&model, &desired, &existing) {
             tracing::info!(cluster = %ObjectRef::from_obj(rc), kind = r.kind, name = %r.name, changed = %r.reason,
                 "immutable fields differ: replacing the child, its pods kept and adopted");
@@ -507,6 +518,12 @@ mod tests {
             rc("b", "same-name-other-ns", ext("creds")),
             rc("a", "managed", serde_json::json!({"managed": {}})),
             rc("a", "also", ext("creds")),
+            rc(
+                "a",
+                "sentinels",
+                serde_json::json!({"external": {"sentinel": {"masterName": "m",
+                    "endpoints": ["s"], "passwordSecretRef": {"name": "creds"}}}}),
+            ),
         ] {
             writer.apply_watcher_event(&watcher::Event::Apply(obj));
         }
@@ -524,7 +541,7 @@ mod tests {
             .map(|r| r.name)
             .collect();
         hit.sort();
-        assert_eq!(hit, ["also", "uses"]);
+        assert_eq!(hit, ["also", "sentinels", "uses"]);
         assert!(map(secret("a", "unrelated")).is_empty());
         assert!(map(secret("c", "creds")).is_empty());
     }

@@ -1,6 +1,7 @@
 //! The reads a reconcile needs before it builds anything: the managed Redis' existing
-//! password (kept, or a new one generated once), the external Redis' password (hashed into the
-//! servers' rollout annotation), and the existing Deployment and StatefulSet (compared with the
+//! password (kept, or a new one generated once), the external Redis' passwords (the data
+//! nodes' and the Sentinels', hashed into the servers' rollout annotation), and the existing
+//! Deployment and StatefulSet (compared with the
 //! desired ones by `plan`, and the source of the status while paused).
 //! Kept apart from `apply`, which only writes, so that every read of the API is in one place.
 
@@ -8,6 +9,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
+use crate::api::SecretKeyRef;
 use crate::apply::Error;
 use crate::plan::Existing;
 use crate::validate::{Model, REDIS_PASSWORD_KEY, RedisModel};
@@ -19,6 +21,9 @@ pub struct Inputs {
     pub redis_password: Option<String>,
     /// True when the managed Redis' password was generated now (its Secret does not exist yet).
     pub generated: bool,
+    /// The external Sentinels' password (sentinel.passwordSecretRef's value, when the Secret
+    /// exists). Never logged.
+    pub sentinel_password: Option<String>,
 }
 
 /// Reads the inputs of `model`'s children; `generate` makes a new managed-Redis password.
@@ -32,15 +37,23 @@ pub async fn inputs(
             Some(p) => Inputs {
                 redis_password: Some(p),
                 generated: false,
+                sentinel_password: None,
             },
             None => Inputs {
                 redis_password: Some(generate()),
                 generated: true,
+                sentinel_password: None,
             },
         },
-        RedisModel::External { .. } => Inputs {
-            redis_password: external_redis_password(client, model).await?,
+        RedisModel::External {
+            password,
+            sentinel_password,
+            ..
+        } => Inputs {
+            redis_password: secret_value(client, &model.namespace, password.as_ref()).await?,
             generated: false,
+            sentinel_password: secret_value(client, &model.namespace, sentinel_password.as_ref())
+                .await?,
         },
     })
 }
@@ -75,20 +88,19 @@ pub async fn existing_redis_password(
         })
 }
 
-/// The value of an external Redis' `passwordSecretRef` (`None` without one, or when the
-/// Secret or its key does not exist yet: the server pods then wait for it, and its creation
-/// triggers a reconcile). Only ever hashed for the servers' rollout annotation; never logged.
-pub async fn external_redis_password(
+/// The value of an external Redis' `passwordSecretRef` or `sentinel.passwordSecretRef`
+/// (`None` without one, or when the Secret or its key does not exist yet: the server pods then
+/// wait for it, and its creation triggers a reconcile). Only ever hashed for the servers'
+/// rollout annotation; never logged.
+pub async fn secret_value(
     client: &Client,
-    model: &Model,
+    namespace: &str,
+    r: Option<&SecretKeyRef>,
 ) -> Result<Option<String>, Error> {
-    let RedisModel::External {
-        password: Some(r), ..
-    } = &model.redis
-    else {
+    let Some(r) = r else {
         return Ok(None);
     };
-    let api: Api<Secret> = Api::namespaced(client.clone(), &model.namespace);
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = api
         .get_opt(&r.name)
         .await

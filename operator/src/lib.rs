@@ -61,6 +61,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_env_rule_refuses_every_reserved_variable() {
+        let crd = crd_yaml();
+        let rule = crd
+            .lines()
+            .find(|l| l.contains("rule: self.all(e, !(e.name in ["))
+            .expect("the CEL rule on spec.env");
+        let message = crd
+            .lines()
+            .find(|l| l.contains("env must not set"))
+            .expect("its message");
+        for name in crate::api::RESERVED_ENV {
+            assert!(rule.contains(&format!("'{name}'")), "{name} not in {rule}");
+            assert!(message.contains(name), "{name} not in {message}");
+        }
+    }
+
     /// Every key written in `example` must survive a round trip through the Rust types:
     /// catches typos and fields the API does not have (the apiserver would silently prune them).
     fn assert_known_fields(example: &serde_json::Value, parsed: &serde_json::Value, at: &str) {

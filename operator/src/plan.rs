@@ -148,7 +148,7 @@ mod tests {
 
     fn desired() -> (Model, Desired) {
         let m = model(json!({}));
-        let d = build::desired(&m, Some("pw"));
+        let d = build::desired(&m, Some("pw"), None);
         (m, d)
     }
 

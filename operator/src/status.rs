@@ -177,9 +177,14 @@ pub fn compute(
         observed_generation: model.generation,
         replicas: d.replicas,
         ready_replicas: d.ready,
-        redis: Some(RedisStatus {
-            phase: redis_phase,
-            endpoint: model.redis_endpoint(),
+        redis: Some({
+            let (topology, master_name) = model.redis_topology();
+            RedisStatus {
+                phase: redis_phase,
+                endpoint: model.redis_endpoint(),
+                topology,
+                master_name: master_name.map(str::to_owned),
+            }
         }),
         endpoint: Some(model.endpoint()),
         socketio_path: Some(format!("{}/", model.socketio_path())),
@@ -344,6 +349,7 @@ impl DeploymentView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::RedisTopology;
     use crate::build::test_support::model;
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus, StatefulSetStatus};
     use serde_json::json;
@@ -426,7 +432,9 @@ mod tests {
             s.redis,
             Some(RedisStatus {
                 phase: RedisPhase::Ready,
-                endpoint: "chat-redis.apps.svc:6379".into()
+                endpoint: "chat-redis.apps.svc:6379".into(),
+                topology: RedisTopology::Standalone,
+                master_name: None,
             })
         );
         assert_eq!(s.endpoint.as_deref(), Some("http://chat.apps.svc"));
@@ -511,6 +519,28 @@ mod tests {
         assert_eq!(cond(&s, PROGRESSING).reason, "RollingOut");
         assert_eq!(s.redis.unwrap().phase, RedisPhase::External);
         assert_eq!(s.ready_replicas, 2);
+    }
+
+    #[test]
+    fn an_external_sentinel_reports_its_topology_and_primary_name() {
+        let m = model(
+            json!({"redis": {"external": {"sentinel": {"masterName": "mymaster",
+            "endpoints": ["s-0.sentinel", "s-1.sentinel:26380"]}}}}),
+        );
+        let s = compute(&m, Observed::default(), None, t(1));
+        assert_eq!(
+            s.redis,
+            Some(RedisStatus {
+                phase: RedisPhase::External,
+                endpoint: "s-0.sentinel:26379,s-1.sentinel:26380".into(),
+                topology: RedisTopology::Sentinel,
+                master_name: Some("mymaster".into()),
+            })
+        );
+        // a status written before the field existed reads as Standalone
+        let old: RedisStatus =
+            serde_json::from_value(json!({"phase": "Ready", "endpoint": "r:6379"})).unwrap();
+        assert_eq!(old.topology, RedisTopology::Standalone);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::Resource;
 
 use crate::api::{
-    Affinity, AppSpec, Expose, MAX_NAME_LEN, NetworkPolicies, RESERVED_ENV, RealtimeCluster,
-    RealtimeClusterSpec, RedisSpec, SecretKeyRef, Transport,
+    Affinity, AppSpec, Expose, ExternalSentinel, MAX_NAME_LEN, NetworkPolicies, RESERVED_ENV,
+    RealtimeCluster, RealtimeClusterSpec, RedisSpec, RedisTopology, SecretKeyRef, Transport,
 };
 use crate::build::labels;
 
@@ -134,11 +134,17 @@ pub enum RedisModel {
         resources: ResourceRequirements,
     },
     External {
-        /// redis:// or rediss:// URL, never with a password.
+        /// The servers' REDIS_URL: redis://, rediss://, redis-sentinel:// or rediss-sentinel://,
+        /// never with a password.
         url: String,
-        /// host:port shown in the status.
+        /// host:port shown in the status; with Sentinel, the Sentinels' comma-separated.
         endpoint: String,
+        /// With Sentinel: the monitored primary's name.
+        master_name: Option<String>,
+        /// The data nodes' password (REDIS_PASSWORD).
         password: Option<SecretKeyRef>,
+        /// The Sentinels' own password (REDIS_SENTINEL_PASSWORD).
+        sentinel_password: Option<SecretKeyRef>,
     },
 }
 
@@ -191,11 +197,21 @@ impl Model {
             RedisModel::External { url, .. } => url.clone(),
         }
     }
-    /// host:port of the Redis the servers use.
+    /// host:port of the Redis the servers use (with Sentinel: the Sentinels').
     pub fn redis_endpoint(&self) -> String {
         match &self.redis {
             RedisModel::Managed { .. } => self.managed_redis_endpoint(),
             RedisModel::External { endpoint, .. } => endpoint.clone(),
+        }
+    }
+    /// How the servers reach Redis, and with Sentinel the primary's name.
+    pub fn redis_topology(&self) -> (RedisTopology, Option<&str>) {
+        match &self.redis {
+            RedisModel::External {
+                master_name: Some(m),
+                ..
+            } => (RedisTopology::Sentinel, Some(m)),
+            _ => (RedisTopology::Standalone, None),
         }
     }
     fn managed_redis_endpoint(&self) -> String {
@@ -553,8 +569,8 @@ fn check_redis(
             RedisModel::Managed { image, resources }
         }
         (None, Some(x)) => {
-            let (url, endpoint) = match (&x.url, &x.host) {
-                (Some(url), None) => {
+            let (url, endpoint) = match (&x.url, &x.host, &x.sentinel) {
+                (Some(url), None, None) => {
                     let rest = url
                         .strip_prefix("rediss://")
                         .or_else(|| url.strip_prefix("redis://"));
@@ -597,7 +613,7 @@ fn check_redis(
                     let endpoint = url_endpoint(url);
                     (url.clone(), endpoint)
                 }
-                (None, Some(host)) => {
+                (None, Some(host), None) => {
                     if host.is_empty() || host.contains(['/', '@', ' ']) {
                         err(
                             "spec.redis.external.host",
@@ -621,18 +637,31 @@ fn check_redis(
                     let endpoint = format!("{host_part}:{port}");
                     (format!("{scheme}://{endpoint}"), endpoint)
                 }
+                (None, None, Some(sentinel)) => {
+                    if x.port.is_some() {
+                        err(
+                            "spec.redis.external.port",
+                            "needs host (with sentinel, put the ports in sentinel.endpoints)"
+                                .into(),
+                        );
+                    }
+                    sentinel_url(sentinel, x.tls, err)
+                }
                 _ => {
                     err(
                         "spec.redis.external",
-                        "needs exactly one of url or host".into(),
+                        "needs exactly one of url, host or sentinel".into(),
                     );
                     (String::new(), String::new())
                 }
             };
+            let sentinel = x.sentinel.as_ref();
             RedisModel::External {
                 url,
                 endpoint,
+                master_name: sentinel.map(|s| s.master_name.clone()),
                 password: x.password_secret_ref.clone(),
+                sentinel_password: sentinel.and_then(|s| s.password_secret_ref.clone()),
             }
         }
         _ => {
@@ -643,10 +672,85 @@ fn check_redis(
             RedisModel::External {
                 url: String::new(),
                 endpoint: String::new(),
+                master_name: None,
                 password: None,
+                sentinel_password: None,
             }
         }
     }
+}
+
+/// The Sentinels' default port.
+pub const SENTINEL_PORT: i32 = 26379;
+
+/// `spec.redis.external.sentinel`: the servers' `redis-sentinel://` URL (the server's and fred's
+/// form: the first Sentinel as the host, the others as `node` parameters, the primary's name
+/// as `sentinelServiceName`) and the status endpoint (every Sentinel's host:port).
+fn sentinel_url(
+    s: &ExternalSentinel,
+    tls: bool,
+    err: &mut impl FnMut(&str, String),
+) -> (String, String) {
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || "._~-".contains(c);
+    if s.master_name.is_empty() || s.master_name.len() > 128 || !s.master_name.chars().all(name_ok)
+    {
+        err(
+            "spec.redis.external.sentinel.masterName",
+            "must be 1-128 letters, digits and ._~-".into(),
+        );
+    }
+    if s.endpoints.is_empty() || s.endpoints.len() > 16 {
+        err(
+            "spec.redis.external.sentinel.endpoints",
+            format!("needs 1 to 16 entries, got {}", s.endpoints.len()),
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in s.endpoints.iter().enumerate() {
+        match sentinel_endpoint(e) {
+            Some(hp) => endpoints.push(hp),
+            None => err(
+                &format!("spec.redis.external.sentinel.endpoints[{i}]"),
+                format!("{e:?} is not host or host:port (a DNS name or an IPv4 address)"),
+            ),
+        }
+    }
+    let scheme = if tls {
+        "rediss-sentinel"
+    } else {
+        "redis-sentinel"
+    };
+    let Some((first, others)) = endpoints.split_first() else {
+        return (String::new(), String::new());
+    };
+    let mut url = format!("{scheme}://{first}?sentinelServiceName={}", s.master_name);
+    for o in others {
+        url.push_str("&node=");
+        url.push_str(o);
+    }
+    (url, endpoints.join(","))
+}
+
+/// `host` or `host:port` (port 1-65535, [`SENTINEL_PORT`] when omitted) with a DNS name or
+/// IPv4 host, as `host:port` (pure).
+fn sentinel_endpoint(e: &str) -> Option<String> {
+    let (host, port) = match e.split_once(':') {
+        Some((h, p)) => {
+            let port: i32 = p.parse().ok().filter(|p| (1..=65535).contains(p))?;
+            if !p.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            (h, port)
+        }
+        None => (e, SENTINEL_PORT),
+    };
+    let label_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(label_char)
+        && !host.starts_with(['-', '.'])
+        && !host.ends_with(['-', '.']);
+    ok.then(|| format!("{host}:{port}"))
 }
 
 /// `spec.ingress`: host, path, cookie, timeouts (against the ping timings), annotations.
@@ -1146,6 +1250,107 @@ mod tests {
     }
 
     #[test]
+    fn external_redis_through_sentinel() {
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {
+                "passwordSecretRef": {"name": "data"},
+                "sentinel": {"masterName": "mymaster",
+                    "endpoints": ["sentinel.cache.svc", "10.0.0.7:26380", "s-2.cache:5000"],
+                    "passwordSecretRef": {"name": "sentinels", "key": "pw"}}}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.redis_url(),
+            "redis-sentinel://sentinel.cache.svc:26379?sentinelServiceName=mymaster\
+             &node=10.0.0.7:26380&node=s-2.cache:5000"
+        );
+        assert_eq!(
+            m.redis_endpoint(),
+            "sentinel.cache.svc:26379,10.0.0.7:26380,s-2.cache:5000"
+        );
+        assert_eq!(
+            m.redis_topology(),
+            (RedisTopology::Sentinel, Some("mymaster"))
+        );
+        let RedisModel::External {
+            password,
+            sentinel_password,
+            ..
+        } = &m.redis
+        else {
+            panic!("external")
+        };
+        assert_eq!(password.as_ref().unwrap().name, "data");
+        let sp = sentinel_password.as_ref().unwrap();
+        assert_eq!((sp.name.as_str(), sp.key.as_str()), ("sentinels", "pw"));
+
+        // TLS to the Sentinels and the data nodes; one endpoint, no Sentinel password
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {"tls": true,
+                "sentinel": {"masterName": "m", "endpoints": ["s"]}}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.redis_url(),
+            "rediss-sentinel://s:26379?sentinelServiceName=m"
+        );
+        assert!(matches!(
+            &m.redis,
+            RedisModel::External {
+                sentinel_password: None,
+                ..
+            }
+        ));
+        // a standalone Redis says so
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {"host": "r"}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.redis_topology(), (RedisTopology::Standalone, None));
+    }
+
+    #[test]
+    fn sentinel_mistakes_are_named() {
+        let errs = errors(serde_json::json!({"redis": {"external": {"port": 1,
+            "sentinel": {"masterName": "my master", "endpoints":
+                ["ok", "s:0", "s:x", "-s", "s:26379:1", "http://s", "[::1]:26379"]}}}}));
+        assert!(has_error(&errs, "spec.redis.external.port", "needs host"));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external.sentinel.masterName",
+            "letters, digits"
+        ));
+        for i in 1..=6 {
+            assert!(
+                has_error(
+                    &errs,
+                    &format!("spec.redis.external.sentinel.endpoints[{i}]"),
+                    "is not host or host:port"
+                ),
+                "entry {i}: {errs:?}"
+            );
+        }
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.field == "spec.redis.external.sentinel.endpoints[0]")
+        );
+        let errs = errors(serde_json::json!({"redis": {"external": {
+            "sentinel": {"masterName": "m", "endpoints": []}}}}));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external.sentinel.endpoints",
+            "needs 1 to 16 entries, got 0"
+        ));
+        let errs =
+            errors(serde_json::json!({"env": [{"name": "REDIS_SENTINEL_PASSWORD", "value": "x"}]}));
+        assert!(has_error(&errs, "spec.env[0].name", "is managed"));
+    }
+
+    #[test]
     fn external_redis_errors() {
         let errs = errors(serde_json::json!({"redis": {"external": {"url": "http://x"}}}));
         assert!(has_error(
@@ -1170,7 +1375,14 @@ mod tests {
         assert!(has_error(
             &errs,
             "spec.redis.external",
-            "exactly one of url or host"
+            "exactly one of url, host or sentinel"
+        ));
+        let errs = errors(serde_json::json!({"redis": {"external": {"host": "x",
+            "sentinel": {"masterName": "m", "endpoints": ["s"]}}}}));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external",
+            "exactly one of url, host or sentinel"
         ));
         let errs = errors(serde_json::json!({"redis": {"external": {"host": "redis://x"}}}));
         assert!(has_error(&errs, "spec.redis.external.host", "bare host"));

@@ -28,7 +28,7 @@ use fred::{
     interfaces::{ClientLike, EventInterface, PubsubInterface},
     types::{
         Message, RespVersion,
-        config::{Config, ReconnectPolicy, TcpConfig, UnresponsiveConfig},
+        config::{Config, ReconnectPolicy, ServerConfig, TcpConfig, UnresponsiveConfig},
     },
 };
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
@@ -121,6 +121,15 @@ impl RedisDriver {
         config.fail_fast = false;
         if let Some(pw) = &settings.password {
             config.password = Some(pw.clone());
+        }
+        // With Sentinel, fred asks a Sentinel for the primary's address at every (re)connection
+        // (after a failover: the promoted replica) and checks its ROLE before using it. The
+        // Sentinels' credentials are their own (fred's `sentinel-auth`): a Sentinel without
+        // `requirepass` refuses an AUTH, so the data nodes' password is not sent to it.
+        if let (Some(pw), ServerConfig::Sentinel { password, .. }) =
+            (&settings.sentinel_password, &mut config.server)
+        {
+            *password = Some(pw.clone());
         }
         let client = fred::types::Builder::from_config(config)
             .with_performance_config(|p| {

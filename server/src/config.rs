@@ -38,11 +38,15 @@ pub struct Cli {
     #[arg(long, env = "NAME")]
     pub name: Option<String>,
 
-    /// Redis URL (redis:// or rediss://). Without it the node runs alone on the in-memory adapter.
+    /// Redis URL: `redis://` or `rediss://` (TLS) for one server; `redis-sentinel://` or
+    /// `rediss-sentinel://` for a primary found through Sentinel
+    /// (`redis-sentinel://SENTINEL[:26379][/DB]?sentinelServiceName=NAME&node=SENTINEL2:PORT...`).
+    /// Without it the node runs alone on the in-memory adapter.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Redis password; overrides the password of the URL (for a Kubernetes Secret).
+    /// Password of the Redis data nodes (the primary and its replicas); overrides the password
+    /// of the URL (for a Kubernetes Secret).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
@@ -51,6 +55,12 @@ pub struct Cli {
     /// shown with the environment. Read once at startup.
     #[arg(long, env = "REDIS_PASSWORD_FILE", conflicts_with = "redis_password")]
     pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// Password of the Sentinels, with a `redis-sentinel://` URL whose Sentinels require one
+    /// (`requirepass` in sentinel.conf); overrides the URL's `sentinelPassword`. Without it the
+    /// client sends the Sentinels no AUTH.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
 
     /// Allowed transports: `polling,websocket` or `websocket` (websocket only).
     #[arg(long, env = "TRANSPORTS", default_value = "polling,websocket")]
@@ -140,17 +150,37 @@ pub enum Cors {
 /// The Redis connection the adapter uses.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// The URL as given (`redis://` or `rediss://`).
+    /// The URL as given (`redis://`, `rediss://`, `redis-sentinel://` or `rediss-sentinel://`).
     pub url: String,
-    /// Overrides the password of the URL.
+    /// What the URL points at.
+    pub topology: RedisTopology,
+    /// Overrides the password of the URL (the data nodes').
     pub password: Option<String>,
+    /// The Sentinels' password (only with [`RedisTopology::Sentinel`]).
+    pub sentinel_password: Option<String>,
+}
+
+/// How the server finds its Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server at the URL's address.
+    Standalone,
+    /// The primary of the group `master_name`, as the Sentinels at `sentinels` (`host:port`,
+    /// the URL's host first) name it; the client asks them again after every lost connection.
+    Sentinel {
+        master_name: String,
+        sentinels: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |p: &Option<String>| p.as_ref().map(|_| "<redacted>");
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("topology", &self.topology)
+            .field("password", &hidden(&self.password))
+            .field("sentinel_password", &hidden(&self.sentinel_password))
             .finish()
     }
 }
@@ -188,12 +218,18 @@ pub struct Settings {
 pub enum ConfigError {
     #[error("ADMIN_PORT must differ from PORT (both {0})")]
     AdminPort(u16),
-    #[error("REDIS_URL must start with redis:// or rediss:// (got {0:?})")]
+    #[error(
+        "REDIS_URL must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel:// (got {0:?})"
+    )]
     RedisScheme(String),
     #[error("REDIS_URL has no host")]
     RedisHost,
     #[error("REDIS_PASSWORD_FILE {path}: {error}")]
     PasswordFile { path: String, error: String },
+    #[error("REDIS_URL {url:?}: {why}")]
+    RedisUrl { url: String, why: String },
+    #[error("REDIS_SENTINEL_PASSWORD is set, but REDIS_URL is not a redis-sentinel:// URL")]
+    SentinelPasswordWithoutSentinel,
     #[error("TRANSPORTS must be `polling,websocket` or `websocket` (got {0:?})")]
     Transports(String),
     #[error("{name} must be at least {min:?} (got {got:?})")]
@@ -298,15 +334,27 @@ impl Cli {
             return Err(ConfigError::AdminPort(self.port));
         }
 
+        let sentinel_password = non_empty(self.redis_sentinel_password);
         let redis = match non_empty(self.redis_url) {
+            None if sentinel_password.is_some() => {
+                return Err(ConfigError::SentinelPasswordWithoutSentinel);
+            }
             None => None,
             Some(url) => {
-                validate_redis_url(&url)?;
+                let topology = validate_redis_url(&url)?;
+                if topology == RedisTopology::Standalone && sentinel_password.is_some() {
+                    return Err(ConfigError::SentinelPasswordWithoutSentinel);
+                }
                 let password = match &self.redis_password_file {
                     Some(path) => non_empty(Some(read_secret_file(path)?)),
                     None => non_empty(self.redis_password),
                 };
-                Some(RedisSettings { url, password })
+                Some(RedisSettings {
+                    url,
+                    topology,
+                    password,
+                    sentinel_password,
+                })
             }
         };
 
@@ -406,33 +454,118 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
-fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
-    let rest = url
+/// The query parameter of a Sentinel URL that names the monitored group (fred's name).
+const SENTINEL_NAME_PARAM: &str = "sentinelServiceName";
+/// The query parameter of a Sentinel URL that carries the Sentinels' password (fred's name).
+const SENTINEL_PASSWORD_PARAM: &str = "sentinelPassword";
+
+/// Checks a REDIS_URL and says what it points at. The rules are fred's, checked here so that
+/// a bad URL fails at start with a message naming the mistake; fred then parses the same URL.
+fn validate_redis_url(url: &str) -> Result<RedisTopology, ConfigError> {
+    let (rest, sentinel) = if let Some(r) = url
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))
-        .ok_or_else(|| ConfigError::RedisScheme(redact_url(url)))?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    {
+        (r, false)
+    } else if let Some(r) = url
+        .strip_prefix("redis-sentinel://")
+        .or_else(|| url.strip_prefix("rediss-sentinel://"))
+    {
+        (r, true)
+    } else {
+        return Err(ConfigError::RedisScheme(redact_url(url)));
+    };
+    let bad = |why: String| ConfigError::RedisUrl {
+        url: redact_url(url),
+        why,
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
     let host = authority.rsplit('@').next().unwrap_or_default();
     if host.is_empty() || host.starts_with(':') {
         return Err(ConfigError::RedisHost);
     }
-    Ok(())
+    if !path.is_empty() && path.parse::<u8>().is_err() {
+        return Err(bad(format!(
+            "the path must be a database number (got /{path})"
+        )));
+    }
+    let topology = if sentinel {
+        let first = if host_port(host).is_some() {
+            host.to_owned()
+        } else if !host.contains(':') {
+            format!("{host}:26379")
+        } else {
+            return Err(bad(format!("{host:?} is not host:port")));
+        };
+        let mut sentinels = vec![first];
+        let mut master_name = None;
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            match k {
+                SENTINEL_NAME_PARAM if !v.is_empty() => master_name = Some(v.to_owned()),
+                "node" if host_port(v).is_some() => sentinels.push(v.to_owned()),
+                "node" => {
+                    return Err(bad(format!(
+                        "node={v} is not a Sentinel's host:port (the port is required)"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let master_name = master_name.ok_or_else(|| {
+            bad(format!(
+                "a Sentinel URL needs ?{SENTINEL_NAME_PARAM}=<the monitored master's name>"
+            ))
+        })?;
+        RedisTopology::Sentinel {
+            master_name,
+            sentinels,
+        }
+    } else {
+        RedisTopology::Standalone
+    };
+    // The same URL through fred's parser, which the adapter uses: anything it refuses is
+    // refused here too, with its reason.
+    fred::types::config::Config::from_url(url).map_err(|e| bad(e.details().to_string()))?;
+    Ok(topology)
 }
 
-/// The URL with any password replaced, for logs and errors.
+/// `host:port` with a non-empty host and a port (pure).
+fn host_port(s: &str) -> Option<(&str, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let port = p.parse::<u16>().ok().filter(|p| *p != 0)?;
+    (!h.is_empty()).then_some((h, port))
+}
+
+/// The URL with any password replaced (the user info's, and a Sentinel URL's
+/// `sentinelPassword`), for logs and errors.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:<redacted>@{host}{tail}")
+            format!("{user}:<redacted>@{host}")
         }
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k == SENTINEL_PASSWORD_PARAM => format!("{k}=<redacted>"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 fn parse_transports(s: &str) -> Result<Transports, ConfigError> {
@@ -653,6 +786,86 @@ mod tests {
         );
         assert!(settings(&["--redis-url=redis://127.0.0.1:6379"]).is_ok());
         assert!(settings(&["--redis-url=redis://:pw@redis/2"]).is_ok());
+        let standalone = settings(&["--redis-url=rediss://redis.example"]).unwrap();
+        assert_eq!(
+            standalone.redis.unwrap().topology,
+            RedisTopology::Standalone
+        );
+        let bad_db = settings(&["--redis-url=redis://h:1/zero"]).unwrap_err();
+        assert!(bad_db.to_string().contains("database number"), "{bad_db}");
+        // fred's own parser has the last word: a port out of range
+        assert!(matches!(
+            settings(&["--redis-url=redis://h:70000"]).unwrap_err(),
+            ConfigError::RedisUrl { .. }
+        ));
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_master_and_every_sentinel() {
+        let s = settings(&[
+            "--redis-url=redis-sentinel://:pw@s1:26380/0?sentinelServiceName=mymaster&node=s2:26379&node=10.0.0.3:26381",
+            "--redis-sentinel-password=spw",
+        ])
+        .unwrap();
+        let r = s.redis.unwrap();
+        assert_eq!(
+            r.topology,
+            RedisTopology::Sentinel {
+                master_name: "mymaster".into(),
+                sentinels: vec![
+                    "s1:26380".into(),
+                    "s2:26379".into(),
+                    "10.0.0.3:26381".into()
+                ],
+            }
+        );
+        assert_eq!(r.sentinel_password.as_deref(), Some("spw"));
+        // the first Sentinel's port defaults to 26379; TLS has its own scheme
+        let r = settings(&["--redis-url=rediss-sentinel://s1?sentinelServiceName=m"])
+            .unwrap()
+            .redis
+            .unwrap();
+        assert_eq!(
+            r.topology,
+            RedisTopology::Sentinel {
+                master_name: "m".into(),
+                sentinels: vec!["s1:26379".into()],
+            }
+        );
+        assert_eq!(r.sentinel_password, None);
+    }
+
+    #[test]
+    fn sentinel_mistakes_are_named() {
+        let err = |url: &str| {
+            settings(&[&format!("--redis-url={url}")])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("redis-sentinel://s1:26379");
+        assert!(e.contains("needs ?sentinelServiceName="), "{e}");
+        let e = err("redis-sentinel://s1:26379?sentinelServiceName=");
+        assert!(e.contains("needs ?sentinelServiceName="), "{e}");
+        let e = err("redis-sentinel://s1?sentinelServiceName=m&node=s2");
+        assert!(e.contains("node=s2 is not a Sentinel's host:port"), "{e}");
+        let e = err("redis-sentinel://s1?sentinelServiceName=m&node=s2:0");
+        assert!(e.contains("node=s2:0"), "{e}");
+        let e = err("redis-sentinel://?sentinelServiceName=m");
+        assert_eq!(e, "REDIS_URL has no host");
+        // Redis Cluster is not a form this server takes
+        let e = err("redis-cluster://c1:7000");
+        assert!(e.starts_with("REDIS_URL must start with"), "{e}");
+        // a Sentinel password without Sentinel is a mistake, not something to ignore
+        for args in [
+            &["--redis-sentinel-password=x"][..],
+            &["--redis-url=redis://h", "--redis-sentinel-password=x"][..],
+        ] {
+            assert_eq!(
+                settings(args).unwrap_err(),
+                ConfigError::SentinelPasswordWithoutSentinel,
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
@@ -688,6 +901,24 @@ mod tests {
         let s = settings(&["--redis-url=redis://u:hunter2@h", "--redis-password=pw2"]).unwrap();
         let dbg = format!("{:?}", s.redis.unwrap());
         assert!(!dbg.contains("hunter2") && !dbg.contains("pw2"), "{dbg}");
+        // a Sentinel URL's sentinelPassword, and REDIS_SENTINEL_PASSWORD
+        assert_eq!(
+            redact_url(
+                "redis-sentinel://:hunter2@s1:26379/0?sentinelServiceName=m&sentinelPassword=hunter3&node=s2:1"
+            ),
+            "redis-sentinel://:<redacted>@s1:26379/0?sentinelServiceName=m&sentinelPassword=<redacted>&node=s2:1"
+        );
+        let s = settings(&[
+            "--redis-url=redis-sentinel://s1?sentinelServiceName=m&sentinelPassword=hunter3",
+            "--redis-sentinel-password=pw3",
+        ])
+        .unwrap();
+        let dbg = format!("{:?}", s.redis.unwrap());
+        assert!(!dbg.contains("hunter3") && !dbg.contains("pw3"), "{dbg}");
+        let err = settings(&["--redis-url=redis-sentinel://s1?sentinelPassword=hunter3"])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter3"), "{err}");
     }
 
     #[test]

@@ -155,10 +155,22 @@ pub struct RedisChildren {
 /// Builds every desired child. `redis_password` is the Redis password: for a managed Redis the
 /// existing or freshly generated one (it goes into the Secret), for an external Redis the value
 /// of `passwordSecretRef` as read by the caller (None when there is none), used only for its
-/// digest. The digest goes on the server pod template ([`REDIS_AUTH_HASH_ANNOTATION`]), so a
-/// changed password rolls the servers without a manual restart.
-pub fn desired(model: &Model, redis_password: Option<&str>) -> Desired {
-    let hash = redis_password.map(redis::auth_hash);
+/// digest; `sentinel_password` is an external Sentinel's `passwordSecretRef` value, also only
+/// for the digest. The digest goes on the server pod template ([`REDIS_AUTH_HASH_ANNOTATION`]),
+/// so a changed password rolls the servers without a manual restart.
+pub fn desired(
+    model: &Model,
+    redis_password: Option<&str>,
+    sentinel_password: Option<&str>,
+) -> Desired {
+    let hash = match sentinel_password {
+        // Without a Sentinel password the digest is the one earlier versions recorded.
+        None => redis_password.map(redis::auth_hash),
+        Some(s) => Some(redis::auth_hash(&format!(
+            "{}\nsentinel:{s}",
+            redis_password.unwrap_or_default()
+        ))),
+    };
     let redis = match (&model.redis, redis_password, &hash) {
         (crate::validate::RedisModel::Managed { .. }, Some(password), Some(hash)) => {
             Some(RedisChildren {
@@ -250,7 +262,7 @@ mod tests {
 
     #[test]
     fn pruning_keeps_every_desired_child_and_only_those() {
-        let managed = desired(&model(json!({})), Some("pw")).keep();
+        let managed = desired(&model(json!({})), Some("pw"), None).keep();
         assert_eq!(
             managed,
             Keep {
@@ -267,6 +279,7 @@ mod tests {
             &model(json!({"redis": {"external": {"host": "cache"}},
                 "ingress": {"enabled": true, "host": "a.example"}})),
             None,
+            None,
         )
         .keep();
         assert!(external.statefulsets.is_empty() && external.secrets.is_empty());
@@ -277,7 +290,7 @@ mod tests {
     #[test]
     fn desired_children_follow_the_spec() {
         let m = model(json!({}));
-        let d = desired(&m, Some("pw"));
+        let d = desired(&m, Some("pw"), None);
         let redis = d.redis.as_ref().expect("managed redis children");
         assert!(d.ingress.is_none());
         let pod_ann = |t: &PodTemplateSpec| -> Option<String> {
@@ -297,24 +310,34 @@ mod tests {
 
         let m = model(json!({"redis": {"external": {"host": "cache"}},
             "ingress": {"enabled": true, "host": "a.example"}}));
-        let d = desired(&m, Some("external-pw"));
+        let d = desired(&m, Some("external-pw"), None);
         assert!(d.redis.is_none());
         assert!(d.ingress.is_some());
         // The external password's digest rolls the servers when it changes.
         let external =
-            |pw: Option<&str>| pod_ann(&desired(&m, pw).deployment.spec.unwrap().template);
+            |pw: Option<&str>| pod_ann(&desired(&m, pw, None).deployment.spec.unwrap().template);
         assert_eq!(
             external(Some("external-pw")),
             Some(redis::auth_hash("external-pw"))
         );
         assert_ne!(external(Some("rotated")), external(Some("external-pw")));
         assert_eq!(external(None), None, "no password Secret, no annotation");
+        // So does the Sentinels' password, alone or with the data nodes' one.
+        let both = |pw: Option<&str>, spw: Option<&str>| {
+            pod_ann(&desired(&m, pw, spw).deployment.spec.unwrap().template)
+        };
+        let with_sentinel = both(Some("external-pw"), Some("s1"));
+        assert!(with_sentinel.is_some());
+        assert_ne!(with_sentinel, both(Some("external-pw"), None));
+        assert_ne!(with_sentinel, both(Some("external-pw"), Some("s2")));
+        assert_ne!(with_sentinel, both(Some("rotated"), Some("s1")));
+        assert!(both(None, Some("s1")).is_some());
     }
 
     #[test]
     fn every_child_carries_labels_and_owner() {
         let m = model(json!({"ingress": {"enabled": true, "host": "a.example"}}));
-        let d = desired(&m, Some("pw"));
+        let d = desired(&m, Some("pw"), None);
         let r = d.redis.unwrap();
         let metas = [
             &d.deployment.metadata,

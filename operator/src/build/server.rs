@@ -175,6 +175,15 @@ fn realtime_server(model: &Model) -> Flavour {
             REDIS_PASSWORD_DIR,
         )
     });
+    // The Sentinels' own password (external Sentinel only); realtime-server reads it from its
+    // environment.
+    if let RedisModel::External {
+        sentinel_password: Some(p),
+        ..
+    } = &model.redis
+    {
+        env.push(env_secret("REDIS_SENTINEL_PASSWORD", &p.name, &p.key));
+    }
     env.extend([
         env_value("TRANSPORTS", &s.transports),
         env_value("SOCKETIO_PATH", &model.socketio_path()),
@@ -488,7 +497,7 @@ mod tests {
             live.tcp_socket.as_ref().unwrap().port,
             IntOrString::String("http".into())
         );
-        let desired = crate::build::desired(&m, Some("pw"));
+        let desired = crate::build::desired(&m, Some("pw"), None);
         assert!(desired.admin_service.is_none());
         assert!(!desired.keep().services.contains(&"chat-admin".to_string()));
         assert_eq!(
@@ -703,6 +712,46 @@ mod tests {
                 .all(|e| !e.name.starts_with("REDIS_PASSWORD"))
         );
         assert_eq!(password_file(&d), None);
+        assert!(
+            env_of(&d)
+                .iter()
+                .all(|e| e.name != "REDIS_SENTINEL_PASSWORD")
+        );
+    }
+
+    #[test]
+    fn external_sentinel_url_and_both_passwords() {
+        let m = model(json!({"redis": {"external": {
+            "passwordSecretRef": {"name": "data"},
+            "sentinel": {"masterName": "mymaster", "endpoints": ["s-0.sentinel", "s-1.sentinel:26380"],
+                "passwordSecretRef": {"name": "sentinels", "key": "sentinel-pw"}}}}}));
+        let env = env_of(&deployment(&m, None));
+        assert_eq!(
+            find(&env, "REDIS_URL").value.as_deref(),
+            Some(
+                "redis-sentinel://s-0.sentinel:26379?sentinelServiceName=mymaster&node=s-1.sentinel:26380"
+            )
+        );
+        let secret = |name: &str| {
+            let r = find(&env, name)
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            (r.name.clone(), r.key.clone())
+        };
+        assert_eq!(
+            password_file(&deployment(&m, None)),
+            Some(("data".into(), "password".into()))
+        );
+        assert_eq!(
+            secret("REDIS_SENTINEL_PASSWORD"),
+            ("sentinels".into(), "sentinel-pw".into())
+        );
+        // no value of either is written into the pod spec
+        assert!(find(&env, "REDIS_SENTINEL_PASSWORD").value.is_none());
     }
 
     #[test]
