@@ -1751,25 +1751,9 @@ async fn a_hung_leader_is_replaced_and_writes_nothing_once_resumed() {
 /// the workload Role's rules plus the leader-election Role's (for the Lease `lease`), so this
 /// test checks exactly what users install, not a copy that could drift.
 fn chart_rules(ns: &str) -> Option<(Value, String)> {
-    let helm = realtime_e2e::control_plane::Tools::require_binary("helm")?;
-    let out = Command::new(helm)
-        .current_dir(workspace_root())
-        .args([
-            "template",
-            "rt",
-            "charts/realtime-operator",
-            "--namespace",
-            ns,
-        ])
-        .args(["--set", &format!("watchNamespace={ns}")])
-        .output()
-        .expect("running helm template");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = yaml_documents(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let docs = realtime_e2e::helm::Helm::require()?
+        .template(ns, &[&format!("watchNamespace={ns}")])
+        .expect("helm template of the chart");
     let roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
     assert_eq!(
         roles.len(),

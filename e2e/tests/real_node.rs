@@ -1066,22 +1066,6 @@ async fn pod_identities(k: &Kubectl) -> Result<BTreeMap<String, (String, u64)>> 
         .collect())
 }
 
-/// Polls `probe` every 500 ms until it yields a value, at most `within`.
-async fn until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await? {
-            return Ok(v);
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Children made by the previous version, whose selectors lack `realtime.dev/cluster`, are
 /// replaced without restarting a pod: the operator deletes them with their dependents
 /// orphaned, and the new Deployment and StatefulSet adopt the running ReplicaSet and pods.
@@ -1097,7 +1081,7 @@ async fn previous_version_children_are_adopted_without_restarts() {
         let paused = |on: bool| format!(r#"{{"spec":{{"paused":{on}}}}}"#);
         k.ok(&["patch", "rtc", "chat", "--type=merge", "-p", &paused(true)])
             .await?;
-        until("the operator to see paused", Duration::from_secs(30), || async {
+        node.control_plane().poll_until("the operator to see paused", Duration::from_secs(30), || async {
             let rtc = k.get_json(&["rtc", "chat"]).await?;
             Ok(rtc["status"]["conditions"]
                 .as_array()
@@ -1149,11 +1133,11 @@ async fn previous_version_children_are_adopted_without_restarts() {
                 Ok::<_, anyhow::Error>(done.then_some(o))
             }
         };
-        until("the old Deployment owns the pods", READY_TIMEOUT, || {
+        node.control_plane().poll_until("the old Deployment owns the pods", READY_TIMEOUT, || {
             ready("deployment", "chat", 2)
         })
         .await?;
-        until("the old StatefulSet owns its pod", READY_TIMEOUT, || {
+        node.control_plane().poll_until("the old StatefulSet owns its pod", READY_TIMEOUT, || {
             ready("statefulset", "chat-redis", 1)
         })
         .await?;
@@ -1164,7 +1148,7 @@ async fn previous_version_children_are_adopted_without_restarts() {
             .await?;
         for ((kind, name, _), old_uid) in workloads.into_iter().zip(&old_uids) {
             let want = if kind == "deployment" { 2 } else { 1 };
-            let o = until(&format!("{kind}/{name} replaced"), READY_TIMEOUT, || async {
+            let o = node.control_plane().poll_until(&format!("{kind}/{name} replaced"), READY_TIMEOUT, || async {
                 Ok(ready(kind, name, want)
                     .await?
                     .filter(|o| &o["metadata"]["uid"] != old_uid))
@@ -1294,7 +1278,7 @@ async fn scale_down_removes_the_emptiest_pod() {
         }
         let emptiest = nodes[2].clone();
         let t0 = Instant::now();
-        until("each pod's deletion cost = its connections", Duration::from_secs(60), || async {
+        node.control_plane().poll_until("each pod's deletion cost = its connections", Duration::from_secs(60), || async {
             let costs: BTreeMap<String, u64> = k.get_json(&["pods", "-l", "app.kubernetes.io/name=realtime-server"]).await?["items"]
                 .as_array()
                 .into_iter()
@@ -1308,7 +1292,7 @@ async fn scale_down_removes_the_emptiest_pod() {
         })
         .await?;
         let costs_after = t0.elapsed();
-        let status = until("status.connections = 6", Duration::from_secs(30), || async {
+        let status = node.control_plane().poll_until("status.connections = 6", Duration::from_secs(30), || async {
             let s = k.get_json(&["rtc", "chat"]).await?["status"].clone();
             Ok((s["connections"] == 6).then_some(s))
         })
@@ -1378,14 +1362,14 @@ async fn autoscaling_follows_connections() {
             }
         };
         let t0 = Instant::now();
-        until("3 ready replicas for 5 connections", Duration::from_secs(120), || replicas(3)).await?;
+        node.control_plane().poll_until("3 ready replicas for 5 connections", Duration::from_secs(120), || replicas(3)).await?;
         let up = t0.elapsed();
         let keep = clients.remove(0);
         for c in &clients {
             c.client.disconnect().await?;
         }
         let t1 = Instant::now();
-        until("back to 1 replica after the window", Duration::from_secs(120), || replicas(1)).await?;
+        node.control_plane().poll_until("back to 1 replica after the window", Duration::from_secs(120), || replicas(1)).await?;
         let down = t1.elapsed();
         // The window counts from the last high reading, which is at most one reading interval
         // before the clients left.
@@ -1453,16 +1437,18 @@ async fn tcp_from_pod(
         }
     });
     k.apply_ok(&pod.to_string()).await?;
-    let p = until(
-        &format!("pod {name} to finish"),
-        Duration::from_secs(60),
-        || async {
-            let p = k.get_json(&["pod", name]).await?;
-            let phase = p["status"]["phase"].as_str().unwrap_or_default();
-            Ok((phase == "Succeeded" || phase == "Failed").then_some(p))
-        },
-    )
-    .await?;
+    let p = node
+        .control_plane()
+        .poll_until(
+            &format!("pod {name} to finish"),
+            Duration::from_secs(60),
+            || async {
+                let p = k.get_json(&["pod", name]).await?;
+                let phase = p["status"]["phase"].as_str().unwrap_or_default();
+                Ok((phase == "Succeeded" || phase == "Failed").then_some(p))
+            },
+        )
+        .await?;
     let logs = k.run(&["logs", name], None).await?;
     k.ok(&["delete", "pod", name, "--wait=false"]).await?;
     ensure!(
@@ -1564,18 +1550,19 @@ async fn network_policies_keep_foreign_pods_out() {
             r#"{"spec":{"networkPolicies":{"enabled":false}}}"#,
         ])
         .await?;
-        until(
-            "the NetworkPolicies to go",
-            Duration::from_secs(60),
-            || async {
-                let p = k.get_json(&["networkpolicies"]).await?;
-                Ok(p["items"]
-                    .as_array()
-                    .is_none_or(|i| i.is_empty())
-                    .then_some(()))
-            },
-        )
-        .await?;
+        node.control_plane()
+            .poll_until(
+                "the NetworkPolicies to go",
+                Duration::from_secs(60),
+                || async {
+                    let p = k.get_json(&["networkpolicies"]).await?;
+                    Ok(p["items"]
+                        .as_array()
+                        .is_none_or(|i| i.is_empty())
+                        .then_some(()))
+                },
+            )
+            .await?;
         let r = probe(k.clone(), "foreign-to-redis-open", redis, 6379).await?;
         ensure!(
             r == "ok",

@@ -168,13 +168,8 @@ async fn round(
 ) -> Result<(), kube::Error> {
     let ns = rc.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let selector: Vec<String> = labels::server_selector(&rc.name_any())
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let list = pods
-        .list(&ListParams::default().labels(&selector.join(",")))
-        .await?;
+    let selector = labels::server_selector_string(&rc.name_any());
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
     let mut loads = Vec::new();
     for pod in list.items {
         if pod.metadata.deletion_timestamp.is_some() {

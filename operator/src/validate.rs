@@ -233,11 +233,7 @@ impl Model {
     }
     /// The server pods' selector, as the scale subresource expects it (`k=v,k=v`).
     pub fn selector_string(&self) -> String {
-        labels::server_selector(&self.name)
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        labels::server_selector_string(&self.name)
     }
 }
 

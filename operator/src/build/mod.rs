@@ -43,6 +43,16 @@ pub mod labels {
         selector("realtime-server", cluster)
     }
 
+    /// [`server_selector`] as a label-selector string (`k=v,k=v`), for lists and the scale
+    /// subresource.
+    pub fn server_selector_string(cluster: &str) -> String {
+        server_selector(cluster)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Selector of the managed Redis pod (see [`server_selector`]).
     pub fn redis_selector(cluster: &str) -> BTreeMap<String, String> {
         selector("redis", cluster)
