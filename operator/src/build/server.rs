@@ -65,12 +65,18 @@ pub fn deployment(model: &Model, redis_auth_hash: Option<&str>) -> Deployment {
     if let Some((name, key)) = password {
         env.push(env_secret("REDIS_PASSWORD", &name, &key));
     }
-    if let RedisModel::External {
-        sentinel_password: Some(p),
-        ..
-    } = &model.redis
-    {
-        env.push(env_secret("REDIS_SENTINEL_PASSWORD", &p.name, &p.key));
+    match &model.redis {
+        RedisModel::External {
+            sentinel_password: Some(p),
+            ..
+        } => env.push(env_secret("REDIS_SENTINEL_PASSWORD", &p.name, &p.key)),
+        // The managed Sentinels require the same generated password.
+        RedisModel::Managed { ha: Some(_), .. } => env.push(env_secret(
+            "REDIS_SENTINEL_PASSWORD",
+            &model.redis_secret_name(),
+            REDIS_PASSWORD_KEY,
+        )),
+        _ => {}
     }
     env.extend([
         env_value("TRANSPORTS", &s.transports),
@@ -479,6 +485,34 @@ mod tests {
         let m = model(json!({"redis": {"external": {"host": "cache"}}}));
         let env = env_of(&deployment(&m, None));
         assert!(env.iter().all(|e| e.name != "REDIS_PASSWORD"));
+        assert!(env.iter().all(|e| e.name != "REDIS_SENTINEL_PASSWORD"));
+    }
+
+    #[test]
+    fn managed_ha_redis_is_reached_through_its_sentinels_with_one_password() {
+        let m = model(json!({"redis": {"managed": {"highAvailability": {"sentinelPods": 5}}}}));
+        let env = env_of(&deployment(&m, None));
+        let url = find(&env, "REDIS_URL").value.clone().unwrap();
+        assert!(
+            url.starts_with("redis-sentinel://chat-sentinel-0.chat-sentinel.apps.svc:26379?sentinelServiceName=realtime&node="),
+            "{url}"
+        );
+        assert_eq!(url.matches("&node=").count(), 4, "{url}");
+        for name in ["REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"] {
+            let r = find(&env, name)
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!(
+                (r.name.as_str(), r.key.as_str()),
+                ("chat-redis-auth", "password")
+            );
+        }
+        // one Redis pod: no Sentinel password
+        let env = env_of(&deployment(&model(json!({})), None));
         assert!(env.iter().all(|e| e.name != "REDIS_SENTINEL_PASSWORD"));
     }
 
