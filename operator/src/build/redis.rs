@@ -257,9 +257,11 @@ exec redis-server "$@"
 }
 
 /// The preStop hook of a highly available Redis pod: a primary that is being stopped (drain,
-/// rolling update, deleted pod) asks a Sentinel for a failover and waits (at most 20 s) until
-/// the Sentinels name another primary, so that clients move at once instead of after
-/// `down-after-milliseconds`. A replica stops at once.
+/// rolling update, deleted pod) asks the Sentinels for a failover until one takes it (at most
+/// 10 s: a Sentinel refuses while it knows no replica fit to take over, e.g. just after a
+/// start) and waits (at most 10 s) until they name another primary, so that clients move at
+/// once instead of after `down-after-milliseconds`. A replica stops at once. Bounded well
+/// within the pod's [`HA_REDIS_GRACE_SECONDS`].
 pub fn ha_redis_pre_stop(model: &Model, ha: &HaModel) -> String {
     let sentinels: Vec<String> = (0..ha.sentinel_pods)
         .map(|i| model.sentinel_pod_host(i))
@@ -278,11 +280,17 @@ pub fn ha_redis_pre_stop(model: &Model, ha: &HaModel) -> String {
     format!(
         r#"me="$POD_NAME.{svc}.{ns}.svc"
 [ "$({role} | head -n 1)" = master ] || exit 0
-for h in {sentinels}; do
-  {failover} | grep -q OK && break
-done
+asked=""
 n=0
-while [ $n -lt 40 ]; do
+while [ -z "$asked" ] && [ $n -lt 10 ]; do
+  for h in {sentinels}; do
+    if {failover} | grep -q OK; then asked=$h; break; fi
+  done
+  [ -n "$asked" ] || {{ sleep 1; n=$((n+1)); }}
+done
+[ -n "$asked" ] || {{ echo "no Sentinel took the failover"; exit 0; }}
+n=0
+while [ $n -lt 20 ]; do
   for h in {sentinels}; do
     a=$({ask} | head -n 1)
     case "$a" in ""|*" "*|"$me") ;; *) echo "failed over to $a"; exit 0 ;; esac
@@ -334,8 +342,13 @@ exec redis-server /data/sentinel.conf --sentinel
     )
 }
 
-/// The Sentinels' `failover-timeout`.
-pub const SENTINEL_FAILOVER_TIMEOUT_MS: i32 = 10_000;
+/// The Sentinels' `failover-timeout`. Sentinels that split their votes try again after twice
+/// this; a failover of pub/sub-only data (nothing to copy) never needs long.
+pub const SENTINEL_FAILOVER_TIMEOUT_MS: i32 = 5_000;
+
+/// terminationGracePeriodSeconds of a highly available Redis pod: its preStop hook (at most
+/// ~30 s with every redis-cli timing out) and the shutdown.
+pub const HA_REDIS_GRACE_SECONDS: i64 = 45;
 
 /// A readiness probe: `redis-cli ping` on `port` answers PONG (password from the mounted file).
 fn ping_probe(port: i32) -> Probe {
@@ -458,6 +471,7 @@ fn pod_template(
     volumes: Vec<Volume>,
     auth_hash: &str,
     affinity: Option<Affinity>,
+    grace_seconds: i64,
 ) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -472,7 +486,7 @@ fn pod_template(
             containers: vec![container],
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(30),
+            termination_grace_period_seconds: Some(grace_seconds),
             security_context: Some(restricted_pod_security(REDIS_UID)),
             image_pull_secrets: (!model.server.image_pull_secrets.is_empty())
                 .then(|| model.server.image_pull_secrets.clone()),
@@ -550,7 +564,19 @@ pub fn statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSet> {
             replicas: Some(replicas),
             service_name: Some(model.redis_name()),
             selector: match_labels(labels::redis_selector(&model.name)),
-            template: pod_template(model, "redis", container, volumes, auth_hash, affinity),
+            template: pod_template(
+                model,
+                "redis",
+                container,
+                volumes,
+                auth_hash,
+                affinity,
+                if ha.is_some() {
+                    HA_REDIS_GRACE_SECONDS
+                } else {
+                    30
+                },
+            ),
             ..Default::default()
         }),
         status: None,
@@ -615,6 +641,7 @@ pub fn sentinel_statefulset(model: &Model, auth_hash: &str) -> Option<StatefulSe
                 volumes,
                 auth_hash,
                 Some(spread(model, "sentinel")),
+                30,
             ),
             ..Default::default()
         }),
@@ -846,6 +873,15 @@ mod tests {
             pre_stop.contains("SENTINEL FAILOVER realtime"),
             "{pre_stop}"
         );
+        // the hook's bounded waits fit in the grace period
+        assert_eq!(
+            spec.template
+                .spec
+                .as_ref()
+                .unwrap()
+                .termination_grace_period_seconds,
+            Some(HA_REDIS_GRACE_SECONDS)
+        );
         let pod = spec.template.spec.as_ref().unwrap();
         let anti = pod
             .affinity
@@ -907,7 +943,7 @@ mod tests {
             "sentinel announce-ip $me",
             "sentinel monitor realtime $primary 6379 3",
             "sentinel down-after-milliseconds realtime 1500",
-            "sentinel failover-timeout realtime 10000",
+            "sentinel failover-timeout realtime 5000",
             "cat /etc/realtime-redis/sentinel.conf",
             "exec redis-server /data/sentinel.conf --sentinel",
         ] {
