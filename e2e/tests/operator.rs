@@ -438,6 +438,18 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "should have at least 1 items",
         ),
         (
+            "even-sentinels",
+            "an even number of managed Sentinels",
+            json!({"redis": {"managed": {"highAvailability": {"sentinelPods": 4}}}}),
+            "sentinelPods must be 3, 5 or 7",
+        ),
+        (
+            "one-redis-ha",
+            "a highly available Redis of one pod",
+            json!({"redis": {"managed": {"highAvailability": {"redisPods": 1}}}}),
+            "should be greater than or equal to 2",
+        ),
+        (
             "sentinel-env",
             "the Sentinels' password set by hand",
             json!({"env": [{"name": "REDIS_SENTINEL_PASSWORD", "value": "x"}]}),
@@ -1856,6 +1868,68 @@ async fn least_privilege_rules_suffice_for_every_operation() {
             .filter(|c| c.status == "True")
             .map(|_| ()))
     })
+    .await;
+    // A highly available Redis: the Secret gains the Sentinels' lines (replaced, same
+    // password), the Sentinels, their Service and two budgets appear; turned off, they are
+    // pruned, the budgets too.
+    let ha_children = || async {
+        [
+            get_opt::<StatefulSet>(&admin, &ns, "chat-sentinel")
+                .await
+                .is_some(),
+            get_opt::<Service>(&admin, &ns, "chat-sentinel")
+                .await
+                .is_some(),
+            get_opt::<PodDisruptionBudget>(&admin, &ns, "chat-redis")
+                .await
+                .is_some(),
+            get_opt::<PodDisruptionBudget>(&admin, &ns, "chat-sentinel")
+                .await
+                .is_some(),
+        ]
+    };
+    let password = |s: Option<Secret>| {
+        s.and_then(|s| s.data)
+            .and_then(|d| d.get("password").cloned())
+    };
+    let before = password(get_opt::<Secret>(&admin, &ns, "chat-redis-auth").await);
+    merge_spec(
+        &admin,
+        &ns,
+        "chat",
+        json!({"redis": {"managed": {"highAvailability": {}}}}),
+    )
+    .await;
+    eventually(
+        &cp,
+        "the Sentinels and budgets made by the ServiceAccount",
+        || async {
+            let secret = get_opt::<Secret>(&admin, &ns, "chat-redis-auth").await;
+            let ha_secret = secret
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .is_some_and(|d| d.contains_key("sentinel.conf"));
+            Ok((ha_children().await == [true; 4] && ha_secret).then_some(()))
+        },
+    )
+    .await;
+    assert_eq!(
+        password(get_opt::<Secret>(&admin, &ns, "chat-redis-auth").await),
+        before,
+        "the password changed when the Secret was replaced"
+    );
+    merge_spec(
+        &admin,
+        &ns,
+        "chat",
+        json!({"redis": {"managed": {"highAvailability": null}}}),
+    )
+    .await;
+    eventually(
+        &cp,
+        "the Sentinels and budgets pruned by the ServiceAccount",
+        || async { Ok((ha_children().await == [false; 4]).then_some(())) },
+    )
     .await;
     merge_spec(
         &admin,

@@ -11,7 +11,7 @@ use realtime_e2e::checkov::{Checkov, EXCEPTIONS_FILE, Exceptions, SetResult, jud
 use realtime_e2e::helm::{Helm, yaml_docs};
 use realtime_e2e::require::workspace_root;
 use realtime_operator::api::RealtimeCluster;
-use realtime_operator::build::{Desired, RedisChildren};
+use realtime_operator::build::{Desired, HaChildren, RedisChildren};
 use realtime_operator::runtime::{DEFAULT_REDIS_IMAGE, DEFAULT_SERVER_IMAGE};
 use realtime_operator::validate::{Defaults, validate};
 use serde_json::Value;
@@ -69,6 +69,7 @@ fn children(file: &str) -> Result<Vec<Value>> {
         out.push(serde_json::to_value(s)?);
     }
     if let Some(RedisChildren {
+        ha,
         secret,
         service,
         statefulset,
@@ -77,6 +78,18 @@ fn children(file: &str) -> Result<Vec<Value>> {
         out.push(serde_json::to_value(secret)?);
         out.push(serde_json::to_value(service)?);
         out.push(serde_json::to_value(statefulset)?);
+        if let Some(HaChildren {
+            sentinel_service,
+            sentinel_statefulset,
+            redis_pdb,
+            sentinel_pdb,
+        }) = ha
+        {
+            out.push(serde_json::to_value(sentinel_service)?);
+            out.push(serde_json::to_value(sentinel_statefulset)?);
+            out.push(serde_json::to_value(redis_pdb)?);
+            out.push(serde_json::to_value(sentinel_pdb)?);
+        }
     }
     if let Some(i) = ingress {
         out.push(serde_json::to_value(i)?);

@@ -102,6 +102,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("expose.demoPage and expose.publishApi are realtime-server features: leave them off with app"))]
 #[x_kube(validation = Rule::new("!has(self.app) || !has(self.ingress) || !self.ingress.enabled || self.ingress.path == '/'")
     .message("with app, ingress.path must be / (your server chooses its own socket.io path)"))]
+#[x_kube(validation = Rule::new("!has(self.app) || !has(self.redis) || ((!has(self.redis.managed) || !has(self.redis.managed.highAvailability)) && (!has(self.redis.external) || !has(self.redis.external.sentinel)))")
+    .message("app gets REDIS_HOST and REDIS_PORT of one Redis: a Redis behind Sentinel (redis.managed.highAvailability, redis.external.sentinel) is for realtime-server"))]
 #[x_kube(validation = Rule::new("has(self.app) == has(oldSelf.app)")
     .message("app cannot be added or removed: a rollout would run realtime-server and your server side by side, and their Redis adapters do not understand each other; create a new RealtimeCluster instead"))]
 pub struct RealtimeClusterSpec {
@@ -331,7 +333,7 @@ pub enum Transport {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("redis needs exactly one of managed or external"))]
 pub struct RedisSpec {
-    /// A single-replica Redis run by the operator: a StatefulSet, a headless Service and a generated password Secret (<name>-redis-auth, created once, never rotated by the operator).
+    /// A Redis run by the operator: a StatefulSet, a headless Service and a generated password Secret (<name>-redis-auth, created once, never rotated by the operator); one pod, or with highAvailability a primary, replicas and Sentinels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedRedis>,
 
@@ -353,6 +355,40 @@ pub struct ManagedRedis {
     /// CPU and memory of the Redis pod. Defaults to requests of 50m CPU / 64Mi and a 256Mi memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Run Redis without a single point of failure: a primary, replicas and Redis Sentinels that promote a replica when the primary fails; the servers find the primary through the Sentinels and follow its failovers. Unset: one Redis pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_availability: Option<RedisHighAvailability>,
+}
+
+/// A highly available managed Redis: the StatefulSet <name>-redis (a primary and replicas) and the StatefulSet <name>-sentinel (Redis Sentinels), each with a PodDisruptionBudget and spread over nodes when it can be. One password (the generated Secret) serves clients, replication and the Sentinels; it is on no command line.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisHighAvailability {
+    /// Redis pods: one primary, the others its replicas (the candidates for promotion). 2 to 9.
+    #[serde(default = "default_ha_redis_pods")]
+    #[schemars(range(min = 2, max = 9))]
+    pub redis_pods: i32,
+
+    /// Sentinel pods: 3, 5 or 7; a majority of them must agree before a replica is promoted.
+    #[serde(default = "default_ha_sentinel_pods")]
+    #[x_kube(validation = Rule::new("self in [3, 5, 7]").message("redis.managed.highAvailability.sentinelPods must be 3, 5 or 7"))]
+    pub sentinel_pods: i32,
+
+    /// How long the Sentinels wait for an unanswering primary before a majority may fail it over. Shorter means faster failovers and more false alarms under load.
+    #[serde(default = "default_ha_down_after_ms")]
+    #[schemars(range(min = 500, max = 60000))]
+    pub down_after_milliseconds: i32,
+}
+
+impl Default for RedisHighAvailability {
+    fn default() -> Self {
+        Self {
+            redis_pods: default_ha_redis_pods(),
+            sentinel_pods: default_ha_sentinel_pods(),
+            down_after_milliseconds: default_ha_down_after_ms(),
+        }
+    }
 }
 
 /// Connection to an externally run Redis: url, host and port, or the Sentinels of a primary.
@@ -629,6 +665,10 @@ pub struct RedisStatus {
     /// With Sentinel: the name of the monitored primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_name: Option<String>,
+
+    /// With a highly available managed Redis: the pod that is the primary now, as the Sentinels say (absent while the operator cannot ask them). A change is announced by a RedisFailover Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 /// How the servers reach Redis.
@@ -689,6 +729,15 @@ fn default_redis() -> RedisSpec {
         managed: Some(ManagedRedis::default()),
         external: None,
     }
+}
+fn default_ha_redis_pods() -> i32 {
+    3
+}
+fn default_ha_sentinel_pods() -> i32 {
+    3
+}
+fn default_ha_down_after_ms() -> i32 {
+    2000
 }
 fn default_password_key() -> String {
     "password".into()

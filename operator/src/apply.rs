@@ -14,6 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::core::PartialObjectMeta;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -70,16 +71,25 @@ pub enum Error {
 pub struct Applied {
     pub deployment: Deployment,
     pub statefulset: Option<StatefulSet>,
+    pub sentinels: Option<StatefulSet>,
 }
 
 /// Applies every desired child. Order: the Secret before the pods that read it, Redis before
 /// the servers that connect to it, the Service before the Ingress that routes to it.
 pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Error> {
-    let mut statefulset = None;
+    let (mut statefulset, mut sentinels) = (None, None);
     if let Some(r) = &desired.redis {
         apply_secret(client, &r.secret).await?;
         apply(client, &r.service).await?;
+        if let Some(ha) = &r.ha {
+            apply(client, &ha.sentinel_service).await?;
+            apply(client, &ha.redis_pdb).await?;
+            apply(client, &ha.sentinel_pdb).await?;
+        }
         statefulset = Some(apply(client, &r.statefulset).await?);
+        if let Some(ha) = &r.ha {
+            sentinels = Some(apply(client, &ha.sentinel_statefulset).await?);
+        }
     }
     let deployment = apply(client, &desired.deployment).await?;
     apply(client, &desired.service).await?;
@@ -96,6 +106,7 @@ pub async fn apply_all(client: &Client, desired: &Desired) -> Result<Applied, Er
     Ok(Applied {
         deployment,
         statefulset,
+        sentinels,
     })
 }
 
@@ -170,7 +181,8 @@ pub async fn prune(
         // Always exactly one, under the cluster's own name: nothing to prune, and the
         // operator holds no delete right on them (least privilege, see the chart's RBAC).
         deployments: _,
-        pdbs: _,
+        // The server's, and those of a highly available Redis (gone when it is not).
+        pdbs,
         statefulsets,
         services,
         secrets,
@@ -183,6 +195,7 @@ pub async fn prune(
     prune_kind::<Secret>(client, model, &secrets, &mut deleted).await?;
     prune_kind::<Ingress>(client, model, &ingresses, &mut deleted).await?;
     prune_kind::<NetworkPolicy>(client, model, &network_policies, &mut deleted).await?;
+    prune_kind::<PodDisruptionBudget>(client, model, &pdbs, &mut deleted).await?;
     prune_legacy_claims(client, model, &mut deleted).await?;
     Ok(deleted)
 }

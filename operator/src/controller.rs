@@ -245,9 +245,22 @@ async fn reconcile_inner(
         }
     };
 
-    let (deployment, statefulset, outcome) = if model.paused {
+    let (deployment, statefulset, sentinels, primary, outcome) = if model.paused {
         let existing = fetch::observe(&ctx.client, &model).await?;
-        (existing.deployment, existing.statefulset, "paused")
+        let primary = match model.redis_ha() {
+            Some(_) => {
+                let pw = fetch::existing_redis_password(&ctx.client, &model).await?;
+                fetch::redis_primary(&model, pw.as_deref()).await
+            }
+            None => None,
+        };
+        (
+            existing.deployment,
+            existing.statefulset,
+            existing.sentinels,
+            primary,
+            "paused",
+        )
     } else {
         // fetch (reads) -> build, plan (pure) -> replace, apply (writes) -> prune (deletes).
         let fetch::Inputs {
@@ -325,17 +338,59 @@ async fn reconcile_inner(
             )
             .await;
         }
-        (Some(applied.deployment), applied.statefulset, "applied")
+        let primary = fetch::redis_primary(&model, redis_password.as_deref()).await;
+        (
+            Some(applied.deployment),
+            applied.statefulset,
+            applied.sentinels,
+            primary,
+            "applied",
+        )
     };
 
     let observed = Observed {
         deployment: deployment.as_ref(),
         statefulset: statefulset.as_ref(),
+        sentinels: sentinels.as_ref(),
+        primary: primary.as_deref(),
     };
     let new = status::compute(&model, observed, rc.status.as_ref(), now);
     announce_transitions(ctx, rc, &new).await;
+    announce_failover(ctx, rc, &new).await;
     write_status(ctx, rc, new).await?;
-    Ok((Action::requeue(ctx.config.resync), outcome))
+    // A failover changes no Kubernetes object the controller watches when no pod restarts:
+    // look at the Sentinels more often than the resync.
+    let next = match model.redis_ha() {
+        Some(_) => ctx.config.resync.min(HA_REQUEUE),
+        None => ctx.config.resync,
+    };
+    Ok((Action::requeue(next), outcome))
+}
+
+/// How often a highly available managed Redis' primary is read from its Sentinels.
+pub const HA_REQUEUE: Duration = Duration::from_secs(30);
+
+/// A RedisFailover Event when the Sentinels name another primary than the status did.
+async fn announce_failover(ctx: &Context, rc: &RealtimeCluster, new: &RealtimeClusterStatus) {
+    let primary = |s: Option<&RealtimeClusterStatus>| {
+        s.and_then(|s| s.redis.as_ref())
+            .and_then(|r| r.primary.clone())
+    };
+    if let (Some(before), Some(after)) = (primary(rc.status.as_ref()), primary(Some(new)))
+        && before != after
+    {
+        tracing::info!(cluster = %ObjectRef::from_obj(rc), %before, %after, "Redis primary changed");
+        let note = format!("the Sentinels promoted {after}: the Redis primary was {before}");
+        publish(
+            ctx,
+            rc,
+            EventType::Normal,
+            "RedisFailover",
+            "Failover",
+            note,
+        )
+        .await;
+    }
 }
 
 /// Backoff per object: 1 s, 2 s, 4 s ... capped at 5 minutes; reset by a success.

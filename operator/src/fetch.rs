@@ -126,15 +126,217 @@ pub async fn observe(client: &Client, model: &Model) -> Result<Existing, Error> 
             source,
         })?;
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &model.namespace);
-    let statefulset = statefulsets
-        .get_opt(&model.redis_name())
-        .await
-        .map_err(|source| Error::List {
-            kind: "StatefulSet".into(),
-            source,
-        })?;
+    let get = |name: String| {
+        let api = statefulsets.clone();
+        async move {
+            api.get_opt(&name).await.map_err(|source| Error::List {
+                kind: "StatefulSet".into(),
+                source,
+            })
+        }
+    };
+    let statefulset = get(model.redis_name()).await?;
+    let sentinels = match model.redis_ha() {
+        Some(_) => get(model.sentinel_name()).await?,
+        None => None,
+    };
     Ok(Existing {
         deployment,
         statefulset,
+        sentinels,
     })
+}
+
+/// How long asking one Sentinel for the primary may take (connect, AUTH, command).
+const SENTINEL_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The managed Redis pod that the Sentinels name as primary (`<name>-redis-<i>`), asking them
+/// in pod order until one answers; `None` without `highAvailability`, or when none answers
+/// (not running yet, or the network between the operator and the pods is closed). The password
+/// is only sent to the Sentinels.
+pub async fn redis_primary(model: &Model, password: Option<&str>) -> Option<String> {
+    let ha = model.redis_ha()?;
+    let pw = password?;
+    for i in 0..ha.sentinel_pods {
+        let host = model.sentinel_pod_host(i);
+        let asked = tokio::time::timeout(
+            SENTINEL_ASK_TIMEOUT,
+            ask_sentinel(&host, crate::validate::SENTINEL_PORT, pw),
+        )
+        .await;
+        match asked {
+            Ok(Ok(Some(primary))) => return Some(primary_pod(model, &primary)),
+            Ok(Ok(None)) => tracing::debug!(sentinel = %host, "knows no primary"),
+            Ok(Err(e)) => tracing::debug!(sentinel = %host, "cannot be asked: {e}"),
+            Err(_) => tracing::debug!(sentinel = %host, "did not answer in time"),
+        }
+    }
+    None
+}
+
+/// The pod name of a primary host the Sentinels announce (`<name>-redis-<i>.<svc>...`), or the
+/// host as given when it is not one of this cluster's pods (pure).
+pub fn primary_pod(model: &Model, host: &str) -> String {
+    let pod = host.split('.').next().unwrap_or_default();
+    let suffix = format!(".{}.{}.svc", model.redis_name(), model.namespace);
+    let ours = pod
+        .strip_prefix(&format!("{}-", model.redis_name()))
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    if ours && host.trim_end_matches('.').ends_with(&suffix) {
+        pod.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// `AUTH` then `SENTINEL GET-MASTER-ADDR-BY-NAME` on one Sentinel: the primary's host.
+async fn ask_sentinel(host: &str, port: i32, password: &str) -> std::io::Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((host, port as u16)).await?;
+    let mut req = resp_command(&["AUTH", password]);
+    req.extend(resp_command(&[
+        "SENTINEL",
+        "GET-MASTER-ADDR-BY-NAME",
+        crate::validate::SENTINEL_MASTER_NAME,
+    ]));
+    s.write_all(&req).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(replies) = resp_replies(&buf, 2) {
+            return Ok(sentinel_answer(&replies));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return Err(std::io::Error::other("the Sentinel closed the connection"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A RESP command (pure).
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// One RESP2 reply, flattened: simple strings, errors (prefixed `-`), integers and bulk
+/// strings as lines; nil as `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reply {
+    Line(Option<String>),
+    Many(Vec<Reply>),
+}
+
+/// The first `n` complete replies in `buf`, or `None` while incomplete or malformed (pure).
+fn resp_replies(buf: &[u8], n: usize) -> Option<Vec<Reply>> {
+    fn one(buf: &[u8]) -> Option<(Reply, usize)> {
+        let end = buf.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(buf.get(1..end)?).ok()?;
+        let after = end + 2;
+        match buf.first()? {
+            b'+' | b':' => Some((Reply::Line(Some(line.into())), after)),
+            b'-' => Some((Reply::Line(Some(format!("-{line}"))), after)),
+            b'$' => {
+                let len: i64 = line.parse().ok()?;
+                if len < 0 {
+                    return Some((Reply::Line(None), after));
+                }
+                let len = len as usize;
+                let body = buf.get(after..after + len)?;
+                buf.get(after + len..after + len + 2)?;
+                Some((
+                    Reply::Line(Some(String::from_utf8_lossy(body).into_owned())),
+                    after + len + 2,
+                ))
+            }
+            b'*' => {
+                let len: i64 = line.parse().ok()?;
+                let mut at = after;
+                let mut items = Vec::new();
+                for _ in 0..len.max(0) {
+                    let (r, used) = one(&buf[at..])?;
+                    items.push(r);
+                    at += used;
+                }
+                Some((Reply::Many(items), at))
+            }
+            _ => None,
+        }
+    }
+    let mut at = 0;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let (r, used) = one(&buf[at..])?;
+        out.push(r);
+        at += used;
+    }
+    Some(out)
+}
+
+/// The primary's host from the replies to AUTH and GET-MASTER-ADDR-BY-NAME (pure): `None`
+/// when AUTH failed or the Sentinel knows no such primary.
+fn sentinel_answer(replies: &[Reply]) -> Option<String> {
+    match replies {
+        [Reply::Line(Some(ok)), Reply::Many(addr)] if ok == "OK" => match addr.first() {
+            Some(Reply::Line(Some(host))) if !host.is_empty() => Some(host.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::model;
+    use serde_json::json;
+
+    #[test]
+    fn sentinel_replies_parse() {
+        let host = "chat-redis-1.chat-redis.apps.svc";
+        let ok = format!("+OK\r\n*2\r\n${}\r\n{host}\r\n$4\r\n6379\r\n", host.len());
+        let ok = ok.as_bytes();
+        // every proper prefix is incomplete
+        for n in 0..ok.len() {
+            assert_eq!(resp_replies(&ok[..n], 2), None, "{n}");
+        }
+        let r = resp_replies(ok, 2).unwrap();
+        assert_eq!(
+            sentinel_answer(&r).as_deref(),
+            Some("chat-redis-1.chat-redis.apps.svc")
+        );
+        let refused = resp_replies(b"-WRONGPASS invalid\r\n-NOAUTH x\r\n", 2).unwrap();
+        assert_eq!(sentinel_answer(&refused), None);
+        let unknown = resp_replies(b"+OK\r\n*-1\r\n", 2).unwrap();
+        assert_eq!(sentinel_answer(&unknown), None);
+        assert_eq!(
+            resp_command(&["AUTH", "pw"]),
+            b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn the_primary_is_named_by_its_pod() {
+        let m = model(json!({"redis": {"managed": {"highAvailability": {}}}}));
+        assert_eq!(
+            primary_pod(&m, "chat-redis-2.chat-redis.apps.svc"),
+            "chat-redis-2"
+        );
+        assert_eq!(
+            primary_pod(&m, "chat-redis-2.chat-redis.apps.svc."),
+            "chat-redis-2"
+        );
+        // anything else is shown as it is
+        for other in [
+            "10.1.2.3",
+            "chat-redis-x.chat-redis.apps.svc",
+            "other-0.x.apps.svc",
+        ] {
+            assert_eq!(primary_pod(&m, other), other);
+        }
+    }
 }

@@ -35,6 +35,8 @@ pub struct Replacement {
 pub struct Existing {
     pub deployment: Option<Deployment>,
     pub statefulset: Option<StatefulSet>,
+    /// The managed Sentinels' StatefulSet (read for the status; never replaced so far).
+    pub sentinels: Option<StatefulSet>,
 }
 
 /// Every child of `desired` whose existing object must be replaced. Only objects this
@@ -162,6 +164,7 @@ mod tests {
 
     fn existing(desired: &Desired) -> Existing {
         let mut e = Existing {
+            sentinels: None,
             deployment: Some(desired.deployment.clone()),
             statefulset: Some(desired.redis.as_ref().unwrap().statefulset.clone()),
         };

@@ -15,11 +15,22 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 
-/// The children whose status matters.
+/// The children whose status matters, and what the Sentinels say.
 #[derive(Default, Clone, Copy)]
 pub struct Observed<'a> {
     pub deployment: Option<&'a Deployment>,
     pub statefulset: Option<&'a StatefulSet>,
+    /// The managed Sentinels (highly available Redis).
+    pub sentinels: Option<&'a StatefulSet>,
+    /// The managed Redis pod the Sentinels name as primary (`None` when they could not be
+    /// asked).
+    pub primary: Option<&'a str>,
+}
+
+fn ready_pods(sts: Option<&StatefulSet>) -> i32 {
+    sts.and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
 }
 
 /// A condition as computed, before times and generations are attached.
@@ -63,16 +74,14 @@ pub fn compute(
 ) -> RealtimeClusterStatus {
     let desired = model.server.replicas;
     let d = DeploymentView::of(observed.deployment);
+    // With Sentinels, Redis works while a primary runs and a majority of Sentinels can elect
+    // a new one.
+    let sentinels_ok = model
+        .redis_ha()
+        .is_none_or(|ha| ready_pods(observed.sentinels) >= ha.quorum());
     let redis_phase = match (&model.redis, observed.statefulset) {
         (RedisModel::External { .. }, _) => RedisPhase::External,
-        (RedisModel::Managed { .. }, Some(sts))
-            if sts
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0)
-                >= 1 =>
-        {
+        (RedisModel::Managed { .. }, Some(sts)) if ready_pods(Some(sts)) >= 1 && sentinels_ok => {
             RedisPhase::Ready
         }
         // Ready once and not now: an outage, not a start.
@@ -184,6 +193,7 @@ pub fn compute(
                 endpoint: model.redis_endpoint(),
                 topology,
                 master_name: master_name.map(str::to_owned),
+                primary: model.redis_ha().and(observed.primary).map(str::to_owned),
             }
         }),
         endpoint: Some(model.endpoint()),
@@ -401,6 +411,7 @@ mod tests {
             Observed {
                 deployment: Some(d),
                 statefulset: None,
+                ..Default::default()
             },
             None,
             t(1),
@@ -417,6 +428,7 @@ mod tests {
             Observed {
                 deployment: Some(&d),
                 statefulset: Some(&r),
+                ..Default::default()
             },
             None,
             t(100),
@@ -435,6 +447,7 @@ mod tests {
                 endpoint: "chat-redis.apps.svc:6379".into(),
                 topology: RedisTopology::Standalone,
                 master_name: None,
+                primary: None,
             })
         );
         assert_eq!(s.endpoint.as_deref(), Some("http://chat.apps.svc"));
@@ -456,6 +469,7 @@ mod tests {
             Observed {
                 deployment: Some(&d),
                 statefulset: Some(&sts(1)),
+                ..Default::default()
             },
             None,
             t(1),
@@ -466,6 +480,7 @@ mod tests {
             Observed {
                 deployment: Some(&d),
                 statefulset: Some(&sts(0)),
+                ..Default::default()
             },
             Some(&up),
             t(2),
@@ -480,6 +495,7 @@ mod tests {
             Observed {
                 deployment: Some(&d),
                 statefulset: Some(&sts(0)),
+                ..Default::default()
             },
             Some(&down),
             t(3),
@@ -490,6 +506,7 @@ mod tests {
             Observed {
                 deployment: Some(&d),
                 statefulset: Some(&sts(1)),
+                ..Default::default()
             },
             Some(&still),
             t(4),
@@ -522,6 +539,52 @@ mod tests {
     }
 
     #[test]
+    fn ha_redis_is_ready_with_a_primary_and_a_majority_of_sentinels() {
+        let m = model(json!({"redis": {"managed": {"highAvailability": {}}}}));
+        let d = deployment(1, 1, 2, 2, 2, 2);
+        let (redis, one, two) = (sts(3), sts(1), sts(2));
+        let at = |sentinels: &StatefulSet, primary: Option<&str>| {
+            compute(
+                &m,
+                Observed {
+                    deployment: Some(&d),
+                    statefulset: Some(&redis),
+                    sentinels: Some(sentinels),
+                    primary,
+                },
+                None,
+                t(5),
+            )
+        };
+        let s = at(&one, None);
+        assert_eq!(s.redis.as_ref().unwrap().phase, RedisPhase::Pending);
+        assert_eq!(cond(&s, READY).reason, "RedisNotReady");
+        let s = at(&two, Some("chat-redis-1"));
+        let r = s.redis.unwrap();
+        assert_eq!(r.phase, RedisPhase::Ready);
+        assert_eq!(r.topology, RedisTopology::Sentinel);
+        assert_eq!(r.master_name.as_deref(), Some("realtime"));
+        assert_eq!(r.primary.as_deref(), Some("chat-redis-1"));
+        assert!(
+            r.endpoint
+                .starts_with("chat-sentinel-0.chat-sentinel.apps.svc:26379,")
+        );
+        // a primary is only reported for a highly available Redis
+        let single = model(json!({}));
+        let s = compute(
+            &single,
+            Observed {
+                statefulset: Some(&one),
+                primary: Some("x"),
+                ..Default::default()
+            },
+            None,
+            t(5),
+        );
+        assert_eq!(s.redis.unwrap().primary, None);
+    }
+
+    #[test]
     fn an_external_sentinel_reports_its_topology_and_primary_name() {
         let m = model(
             json!({"redis": {"external": {"sentinel": {"masterName": "mymaster",
@@ -535,6 +598,7 @@ mod tests {
                 endpoint: "s-0.sentinel:26379,s-1.sentinel:26380".into(),
                 topology: RedisTopology::Sentinel,
                 master_name: Some("mymaster".into()),
+                primary: None,
             })
         );
         // a status written before the field existed reads as Standalone
@@ -587,6 +651,7 @@ mod tests {
         let obs = Observed {
             deployment: Some(&d),
             statefulset: Some(&r),
+            ..Default::default()
         };
         let first = compute(&m, obs, None, t(10));
         // Same observation later: identical status, so the controller writes nothing.
@@ -599,6 +664,7 @@ mod tests {
             Observed {
                 deployment: Some(&d2),
                 statefulset: Some(&r),
+                ..Default::default()
             },
             Some(&first),
             t(30),
@@ -612,6 +678,7 @@ mod tests {
             Observed {
                 deployment: Some(&d3),
                 statefulset: Some(&r),
+                ..Default::default()
             },
             Some(&first),
             t(40),

@@ -132,6 +132,8 @@ pub enum RedisModel {
     Managed {
         image: String,
         resources: ResourceRequirements,
+        /// A primary, replicas and Sentinels instead of one pod.
+        ha: Option<HaModel>,
     },
     External {
         /// The servers' REDIS_URL: redis://, rediss://, redis-sentinel:// or rediss-sentinel://,
@@ -147,6 +149,27 @@ pub enum RedisModel {
         sentinel_password: Option<SecretKeyRef>,
     },
 }
+
+/// A highly available managed Redis (`spec.redis.managed.highAvailability`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaModel {
+    /// Pods of the Redis StatefulSet: one primary, the others replicas.
+    pub redis_pods: i32,
+    /// Pods of the Sentinel StatefulSet (odd).
+    pub sentinel_pods: i32,
+    /// The Sentinels' `down-after-milliseconds`.
+    pub down_after_ms: i32,
+}
+
+impl HaModel {
+    /// Sentinels that must agree the primary is down: a majority.
+    pub fn quorum(&self) -> i32 {
+        self.sentinel_pods / 2 + 1
+    }
+}
+
+/// The name under which the managed Sentinels monitor the primary (`sentinelServiceName`).
+pub const SENTINEL_MASTER_NAME: &str = "realtime";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct IngressModel {
@@ -190,9 +213,49 @@ impl Model {
     pub fn redis_secret_name(&self) -> String {
         format!("{}-redis-auth", self.name)
     }
+    /// Name of the managed Sentinels' StatefulSet, headless Service and PodDisruptionBudget.
+    pub fn sentinel_name(&self) -> String {
+        format!("{}-sentinel", self.name)
+    }
+    /// The high-availability settings of a managed Redis, if it has them.
+    pub fn redis_ha(&self) -> Option<&HaModel> {
+        match &self.redis {
+            RedisModel::Managed { ha, .. } => ha.as_ref(),
+            RedisModel::External { .. } => None,
+        }
+    }
+    /// The stable DNS name of managed Redis pod `i` (through its headless Service).
+    pub fn redis_pod_host(&self, i: i32) -> String {
+        let r = self.redis_name();
+        format!("{r}-{i}.{r}.{}.svc", self.namespace)
+    }
+    /// The stable DNS name of managed Sentinel pod `i`.
+    pub fn sentinel_pod_host(&self, i: i32) -> String {
+        let s = self.sentinel_name();
+        format!("{s}-{i}.{s}.{}.svc", self.namespace)
+    }
+    /// host:port of every managed Sentinel, in pod order.
+    pub fn sentinel_endpoints(&self) -> Vec<String> {
+        let n = self.redis_ha().map_or(0, |h| h.sentinel_pods);
+        (0..n)
+            .map(|i| format!("{}:{SENTINEL_PORT}", self.sentinel_pod_host(i)))
+            .collect()
+    }
     /// REDIS_URL of the servers (no password: that comes from REDIS_PASSWORD).
     pub fn redis_url(&self) -> String {
         match &self.redis {
+            RedisModel::Managed { ha: Some(_), .. } => {
+                let sentinels = self.sentinel_endpoints();
+                let mut url = format!(
+                    "redis-sentinel://{}?sentinelServiceName={SENTINEL_MASTER_NAME}",
+                    sentinels[0]
+                );
+                for s in &sentinels[1..] {
+                    url.push_str("&node=");
+                    url.push_str(s);
+                }
+                url
+            }
             RedisModel::Managed { .. } => format!("redis://{}", self.managed_redis_endpoint()),
             RedisModel::External { url, .. } => url.clone(),
         }
@@ -200,6 +263,7 @@ impl Model {
     /// host:port of the Redis the servers use (with Sentinel: the Sentinels').
     pub fn redis_endpoint(&self) -> String {
         match &self.redis {
+            RedisModel::Managed { ha: Some(_), .. } => self.sentinel_endpoints().join(","),
             RedisModel::Managed { .. } => self.managed_redis_endpoint(),
             RedisModel::External { endpoint, .. } => endpoint.clone(),
         }
@@ -211,6 +275,9 @@ impl Model {
                 master_name: Some(m),
                 ..
             } => (RedisTopology::Sentinel, Some(m)),
+            RedisModel::Managed { ha: Some(_), .. } => {
+                (RedisTopology::Sentinel, Some(SENTINEL_MASTER_NAME))
+            }
             _ => (RedisTopology::Standalone, None),
         }
     }
@@ -415,6 +482,24 @@ fn check_app(spec: &RealtimeClusterSpec, app: &AppSpec, err: &mut impl FnMut(&st
             "must be / with app (your server chooses its own socket.io path)".into(),
         );
     }
+    let managed_ha = spec
+        .redis
+        .managed
+        .as_ref()
+        .is_some_and(|m| m.high_availability.is_some());
+    let external_sentinel = spec
+        .redis
+        .external
+        .as_ref()
+        .is_some_and(|e| e.sentinel.is_some());
+    if managed_ha || external_sentinel {
+        err(
+            "spec.redis",
+            "app gets REDIS_HOST and REDIS_PORT of one Redis: a Redis behind Sentinel \
+             (managed.highAvailability, external.sentinel) is for realtime-server"
+                .into(),
+        );
+    }
 }
 
 /// `metadata`: the name (a DNS label short enough for every child's name), the namespace and
@@ -562,7 +647,37 @@ fn check_redis(
                 .clone()
                 .unwrap_or_else(|| default_resources(("50m", "64Mi"), "256Mi"));
             check_resources(&resources, "spec.redis.managed.resources", err);
-            RedisModel::Managed { image, resources }
+            let ha = m.high_availability.as_ref().map(|h| {
+                let f = |x: &str| format!("spec.redis.managed.highAvailability.{x}");
+                if !(2..=9).contains(&h.redis_pods) {
+                    err(
+                        &f("redisPods"),
+                        format!("must be 2-9, got {}", h.redis_pods),
+                    );
+                }
+                if ![3, 5, 7].contains(&h.sentinel_pods) {
+                    err(
+                        &f("sentinelPods"),
+                        format!("must be 3, 5 or 7, got {}", h.sentinel_pods),
+                    );
+                }
+                if !(500..=60_000).contains(&h.down_after_milliseconds) {
+                    err(
+                        &f("downAfterMilliseconds"),
+                        format!("must be 500-60000, got {}", h.down_after_milliseconds),
+                    );
+                }
+                HaModel {
+                    redis_pods: h.redis_pods,
+                    sentinel_pods: h.sentinel_pods,
+                    down_after_ms: h.down_after_milliseconds,
+                }
+            });
+            RedisModel::Managed {
+                image,
+                resources,
+                ha,
+            }
         }
         (None, Some(x)) => {
             let (url, endpoint) = match (&x.url, &x.host, &x.sentinel) {
@@ -1014,6 +1129,14 @@ mod tests {
         ] {
             assert!(has_error(&errs, field, needle), "{field}: {errs:?}");
         }
+        let errs = errors(
+            serde_json::json!({"image": "acme/chat:1", "app": {"port": 8080},
+            "redis": {"managed": {"highAvailability": {}}}}),
+        );
+        assert!(
+            has_error(&errs, "spec.redis", "behind Sentinel"),
+            "{errs:?}"
+        );
         let m = validate(
             &cluster(serde_json::json!({"image": "acme/chat:1", "app": {"port": 8080}})),
             &defaults(),
@@ -1305,6 +1428,57 @@ mod tests {
             &defaults(),
         )
         .unwrap();
+        assert_eq!(m.redis_topology(), (RedisTopology::Standalone, None));
+    }
+
+    #[test]
+    fn managed_redis_with_high_availability() {
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"managed": {"highAvailability": {}}}})),
+            &defaults(),
+        )
+        .unwrap();
+        let ha = m.redis_ha().unwrap();
+        assert_eq!(
+            (
+                ha.redis_pods,
+                ha.sentinel_pods,
+                ha.down_after_ms,
+                ha.quorum()
+            ),
+            (3, 3, 2000, 2)
+        );
+        assert_eq!(
+            m.redis_url(),
+            "redis-sentinel://chat-sentinel-0.chat-sentinel.apps.svc:26379?sentinelServiceName=realtime\
+             &node=chat-sentinel-1.chat-sentinel.apps.svc:26379&node=chat-sentinel-2.chat-sentinel.apps.svc:26379"
+        );
+        assert_eq!(
+            m.redis_topology(),
+            (RedisTopology::Sentinel, Some("realtime"))
+        );
+        assert_eq!(m.sentinel_name(), "chat-sentinel");
+        let errs = errors(serde_json::json!({"redis": {"managed": {"highAvailability":
+            {"redisPods": 1, "sentinelPods": 4, "downAfterMilliseconds": 100}}}}));
+        for (field, needle) in [
+            (
+                "spec.redis.managed.highAvailability.redisPods",
+                "must be 2-9, got 1",
+            ),
+            (
+                "spec.redis.managed.highAvailability.sentinelPods",
+                "3, 5 or 7, got 4",
+            ),
+            (
+                "spec.redis.managed.highAvailability.downAfterMilliseconds",
+                "500-60000, got 100",
+            ),
+        ] {
+            assert!(has_error(&errs, field, needle), "{field}: {errs:?}");
+        }
+        // one pod: no Sentinels
+        let m = validate(&cluster(serde_json::json!({})), &defaults()).unwrap();
+        assert!(m.redis_ha().is_none());
         assert_eq!(m.redis_topology(), (RedisTopology::Standalone, None));
     }
 

@@ -85,14 +85,15 @@ field (the selector) differs from what this version builds (operator/src/plan.rs
 `get`: the Deployment and StatefulSet are read before every apply (immutable fields) and while
 paused, the Redis password Secret before generating one. Server pods are listed (to read each
 one's connection count on its admin port) and patched (only the
-controller.kubernetes.io/pod-deletion-cost annotation, operator/src/load.rs); never deleted. Status is written by server-side apply on the status subresource.
-The OwnerReferencesPermissionEnforcement admission plugin (OpenShift, some hardened clusters)
-lets only holders of `delete` set ownerReferences: `rbac.ownerReferencesPermissionEnforcement`
-adds it for the kinds that are otherwise never deleted.
+controller.kubernetes.io/pod-deletion-cost annotation, operator/src/load.rs); never deleted.
+Status is written by server-side apply on the status subresource.
+PodDisruptionBudgets are deleted too: those of a highly available managed Redis, when it is
+turned off (the server's is never deleted). So every kind the operator sets ownerReferences on
+carries `delete`, which the OwnerReferencesPermissionEnforcement admission plugin requires;
+`rbac.ownerReferencesPermissionEnforcement` no longer changes anything.
 Kept in one place so the cluster-wide and the namespaced mode grant exactly the same rights.
 */}}
 {{- define "realtime-operator.workloadRules" -}}
-{{- $orpe := .Values.rbac.ownerReferencesPermissionEnforcement -}}
 - apiGroups: [{{ include "realtime-operator.apiGroup" . | quote }}]
   resources: ["realtimeclusters"]
   verbs: ["list", "watch"]
@@ -122,7 +123,7 @@ Kept in one place so the cluster-wide and the namespaced mode grant exactly the 
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "watch", "create", "patch"{{ if $orpe }}, "delete"{{ end }}]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

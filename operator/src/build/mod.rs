@@ -58,6 +58,20 @@ pub mod labels {
         selector("redis", cluster)
     }
 
+    /// Selector of the managed Redis Sentinel pods (highly available Redis).
+    pub fn sentinel_selector(cluster: &str) -> BTreeMap<String, String> {
+        selector("redis-sentinel", cluster)
+    }
+
+    /// Selector of the pods of `component` ("server", "redis" or "sentinel").
+    pub fn child_selector(cluster: &str, component: &str) -> BTreeMap<String, String> {
+        match component {
+            "redis" => redis_selector(cluster),
+            "sentinel" => sentinel_selector(cluster),
+            _ => server_selector(cluster),
+        }
+    }
+
     fn selector(name: &str, cluster: &str) -> BTreeMap<String, String> {
         BTreeMap::from([
             (NAME.to_string(), name.to_string()),
@@ -66,13 +80,9 @@ pub mod labels {
         ])
     }
 
-    /// Full label set of a child of `component` ("server" or "redis").
+    /// Full label set of a child of `component` ("server", "redis" or "sentinel").
     pub fn child(cluster: &str, component: &str) -> BTreeMap<String, String> {
-        let mut l = if component == "redis" {
-            redis_selector(cluster)
-        } else {
-            server_selector(cluster)
-        };
+        let mut l = child_selector(cluster, component);
         l.insert(COMPONENT.into(), component.into());
         l.insert(MANAGED_BY.into(), MANAGER.into());
         l.insert(CLUSTER.into(), cluster.into());
@@ -144,19 +154,43 @@ impl Desired {
             secret,
             service,
             statefulset,
+            ha,
         }) = redis
         {
             k.secrets.push(secret.name_any());
             k.services.push(service.name_any());
             k.statefulsets.push(statefulset.name_any());
+            if let Some(HaChildren {
+                sentinel_service,
+                sentinel_statefulset,
+                redis_pdb,
+                sentinel_pdb,
+            }) = ha
+            {
+                k.services.push(sentinel_service.name_any());
+                k.statefulsets.push(sentinel_statefulset.name_any());
+                k.pdbs.push(redis_pdb.name_any());
+                k.pdbs.push(sentinel_pdb.name_any());
+            }
         }
         k
     }
 }
 
+/// The children a highly available managed Redis adds.
+#[derive(Clone, Debug)]
+pub struct HaChildren {
+    pub sentinel_service: Service,
+    pub sentinel_statefulset: StatefulSet,
+    pub redis_pdb: PodDisruptionBudget,
+    pub sentinel_pdb: PodDisruptionBudget,
+}
+
 /// The managed Redis' children.
 #[derive(Clone, Debug)]
 pub struct RedisChildren {
+    /// Present with `highAvailability`.
+    pub ha: Option<HaChildren>,
     pub secret: Secret,
     pub service: Service,
     pub statefulset: StatefulSet,
@@ -187,6 +221,13 @@ pub fn desired(
                 secret: redis::secret(model, password),
                 service: redis::service(model),
                 statefulset: redis::statefulset(model, hash).expect("managed redis"),
+                ha: model.redis_ha().map(|_| HaChildren {
+                    sentinel_service: redis::sentinel_service(model),
+                    sentinel_statefulset: redis::sentinel_statefulset(model, hash)
+                        .expect("managed redis with highAvailability"),
+                    redis_pdb: redis::pdb(model, &model.redis_name(), "redis"),
+                    sentinel_pdb: redis::pdb(model, &model.sentinel_name(), "sentinel"),
+                }),
             })
         }
         _ => None,
@@ -342,6 +383,45 @@ mod tests {
         assert_ne!(with_sentinel, both(Some("external-pw"), Some("s2")));
         assert_ne!(with_sentinel, both(Some("rotated"), Some("s1")));
         assert!(both(None, Some("s1")).is_some());
+    }
+
+    #[test]
+    fn ha_redis_adds_sentinels_and_budgets_and_pruning_keeps_them() {
+        let m = model(json!({"redis": {"managed": {"highAvailability": {}}}}));
+        let d = desired(&m, Some("pw"), None);
+        let ha = d.redis.as_ref().unwrap().ha.as_ref().unwrap();
+        assert_eq!(
+            ha.sentinel_statefulset.metadata.name.as_deref(),
+            Some("chat-sentinel")
+        );
+        assert_eq!(
+            ha.sentinel_service.metadata.name.as_deref(),
+            Some("chat-sentinel")
+        );
+        assert_eq!(ha.redis_pdb.metadata.name.as_deref(), Some("chat-redis"));
+        assert_eq!(
+            ha.sentinel_pdb.metadata.name.as_deref(),
+            Some("chat-sentinel")
+        );
+        let k = d.keep();
+        assert_eq!(k.statefulsets, ["chat-redis", "chat-sentinel"]);
+        assert_eq!(k.pdbs, ["chat", "chat-redis", "chat-sentinel"]);
+        assert!(k.services.contains(&"chat-sentinel".to_string()));
+        // the same password digest rolls the Redis, Sentinel and server pods together
+        let ann = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| {
+            t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[REDIS_AUTH_HASH_ANNOTATION]
+                .clone()
+        };
+        let h = redis::auth_hash("pw");
+        assert_eq!(
+            ann(&ha.sentinel_statefulset.spec.as_ref().unwrap().template),
+            h
+        );
+        assert_eq!(ann(&d.deployment.spec.as_ref().unwrap().template), h);
+        // without highAvailability none of them is kept (pruned)
+        let k = desired(&model(json!({})), Some("pw"), None).keep();
+        assert_eq!(k.statefulsets, ["chat-redis"]);
+        assert_eq!(k.pdbs, ["chat"]);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //!   Service, or from other namespaces); the admin port (metrics, the publish API) only from
 //!   the cluster's own namespace, the operator's namespace (it reads each pod's connection
 //!   count there) and the peers `spec.networkPolicies.adminFrom` names.
-//! - The managed Redis: its port only from this cluster's server pods.
+//! - The managed Redis: its port only from this cluster's server pods; with highAvailability
+//!   also from its other Redis pods (replication) and its Sentinels (monitoring, failover).
+//! - The Sentinels (highAvailability): their port from the server pods (they ask for the
+//!   primary), the Redis pods (start scripts and the preStop failover ask them), each other,
+//!   and the operator's namespace (it asks them for the primary, for the status).
 //!
 //! Only ingress is restricted. Egress stays open: the servers reach DNS and, with an external
 //! Redis, an address the operator cannot know (a cloud endpoint, an IP outside the cluster).
@@ -31,10 +35,57 @@ pub fn policies(model: &Model) -> Vec<NetworkPolicy> {
         return Vec::new();
     };
     let mut out = vec![server(model, np)];
-    if let RedisModel::Managed { .. } = model.redis {
-        out.push(redis(model));
+    if let RedisModel::Managed { ha, .. } = &model.redis {
+        out.push(redis(model, ha.is_some()));
+        if ha.is_some() {
+            out.push(sentinel(model));
+        }
     }
     out
+}
+
+/// Pods of this cluster with `selector`'s labels.
+fn pods(selector: std::collections::BTreeMap<String, String>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(match_labels(selector)),
+        ..Default::default()
+    }
+}
+
+/// Every pod of the operator's namespace, when it is known.
+fn operator_namespace(model: &Model) -> Option<NetworkPolicyPeer> {
+    model
+        .operator_namespace
+        .as_ref()
+        .map(|ns| NetworkPolicyPeer {
+            namespace_selector: Some(match_labels(
+                [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
+            )),
+            ..Default::default()
+        })
+}
+
+/// An ingress-only policy of the pods `selector` names: `port_name` from `from`.
+fn only_from(
+    model: &Model,
+    name: &str,
+    component: &str,
+    selector: std::collections::BTreeMap<String, String>,
+    port_name: &str,
+    from: Vec<NetworkPolicyPeer>,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: meta(model, name, component),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(selector)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![port(port_name)]),
+                from: Some(from),
+            }]),
+            ..Default::default()
+        }),
+    }
 }
 
 fn port(name: &str) -> NetworkPolicyPort {
@@ -58,15 +109,7 @@ fn server(model: &Model, np: &NetworkPolicies) -> NetworkPolicy {
             ..Default::default()
         };
         // The operator reads each pod's connection count there (load.rs).
-        let operator = model
-            .operator_namespace
-            .as_ref()
-            .map(|ns| NetworkPolicyPeer {
-                namespace_selector: Some(match_labels(
-                    [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
-                )),
-                ..Default::default()
-            });
+        let operator = operator_namespace(model);
         rules.push(NetworkPolicyIngressRule {
             ports: Some(vec![port("admin")]),
             from: Some(
@@ -88,22 +131,42 @@ fn server(model: &Model, np: &NetworkPolicies) -> NetworkPolicy {
     }
 }
 
-fn redis(model: &Model) -> NetworkPolicy {
-    NetworkPolicy {
-        metadata: meta(model, &model.redis_name(), "redis"),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(match_labels(labels::redis_selector(&model.name))),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                ports: Some(vec![port("redis")]),
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(match_labels(labels::server_selector(&model.name))),
-                    ..Default::default()
-                }]),
-            }]),
-            ..Default::default()
-        }),
+fn redis(model: &Model, ha: bool) -> NetworkPolicy {
+    let name = &model.name;
+    let mut from = vec![pods(labels::server_selector(name))];
+    if ha {
+        from.push(pods(labels::redis_selector(name)));
+        from.push(pods(labels::sentinel_selector(name)));
     }
+    only_from(
+        model,
+        &model.redis_name(),
+        "redis",
+        labels::redis_selector(name),
+        "redis",
+        from,
+    )
+}
+
+fn sentinel(model: &Model) -> NetworkPolicy {
+    let name = &model.name;
+    let from = [
+        labels::server_selector(name),
+        labels::redis_selector(name),
+        labels::sentinel_selector(name),
+    ]
+    .into_iter()
+    .map(pods)
+    .chain(operator_namespace(model))
+    .collect();
+    only_from(
+        model,
+        &model.sentinel_name(),
+        "sentinel",
+        labels::sentinel_selector(name),
+        "sentinel",
+        from,
+    )
 }
 
 #[cfg(test)]
@@ -163,6 +226,48 @@ mod tests {
             "realtime-system"
         );
         assert!(admin[1].pod_selector.is_none(), "any pod of that namespace");
+    }
+
+    #[test]
+    fn highly_available_redis_admits_its_replicas_and_sentinels() {
+        let mut m = model(json!({"redis": {"managed": {"highAvailability": {}}}}));
+        m.operator_namespace = Some("realtime-system".into());
+        let p = policies(&m);
+        assert_eq!(
+            p.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+            ["chat", "chat-redis", "chat-sentinel"]
+        );
+        let peers = |p: &NetworkPolicy| -> Vec<_> {
+            rules(p)[0]
+                .from
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|f| (f.pod_selector, f.namespace_selector))
+                .collect()
+        };
+        let servers = Some(match_labels(labels::server_selector("chat")));
+        let redis = Some(match_labels(labels::redis_selector("chat")));
+        let sentinels = Some(match_labels(labels::sentinel_selector("chat")));
+        assert_eq!(
+            peers(&p[1]),
+            [
+                (servers.clone(), None),
+                (redis.clone(), None),
+                (sentinels.clone(), None)
+            ]
+        );
+        let s = peers(&p[2]);
+        assert_eq!(
+            s[..3],
+            [(servers, None), (redis, None), (sentinels.clone(), None)]
+        );
+        assert!(s[3].1.is_some(), "the operator asks the Sentinels: {s:?}");
+        assert_eq!(
+            rules(&p[2])[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::String("sentinel".into()))
+        );
+        assert_eq!(p[2].spec.as_ref().unwrap().pod_selector, sentinels);
     }
 
     #[test]

@@ -175,14 +175,19 @@ fn realtime_server(model: &Model) -> Flavour {
             REDIS_PASSWORD_DIR,
         )
     });
-    // The Sentinels' own password (external Sentinel only); realtime-server reads it from its
-    // environment.
-    if let RedisModel::External {
-        sentinel_password: Some(p),
-        ..
-    } = &model.redis
-    {
-        env.push(env_secret("REDIS_SENTINEL_PASSWORD", &p.name, &p.key));
+    // The Sentinels' own password; realtime-server reads it from its environment.
+    match &model.redis {
+        RedisModel::External {
+            sentinel_password: Some(p),
+            ..
+        } => env.push(env_secret("REDIS_SENTINEL_PASSWORD", &p.name, &p.key)),
+        // The managed Sentinels require the same generated password.
+        RedisModel::Managed { ha: Some(_), .. } => env.push(env_secret(
+            "REDIS_SENTINEL_PASSWORD",
+            &model.redis_secret_name(),
+            REDIS_PASSWORD_KEY,
+        )),
+        _ => {}
     }
     env.extend([
         env_value("TRANSPORTS", &s.transports),
@@ -717,6 +722,37 @@ mod tests {
                 .iter()
                 .all(|e| e.name != "REDIS_SENTINEL_PASSWORD")
         );
+    }
+
+    #[test]
+    fn managed_ha_redis_is_reached_through_its_sentinels_with_one_password() {
+        let m = model(json!({"redis": {"managed": {"highAvailability": {"sentinelPods": 5}}}}));
+        let d = deployment(&m, None);
+        let env = env_of(&d);
+        let url = find(&env, "REDIS_URL").value.clone().unwrap();
+        assert!(
+            url.starts_with("redis-sentinel://chat-sentinel-0.chat-sentinel.apps.svc:26379?sentinelServiceName=realtime&node="),
+            "{url}"
+        );
+        assert_eq!(url.matches("&node=").count(), 4, "{url}");
+        assert_eq!(
+            password_file(&d),
+            Some(("chat-redis-auth".into(), "password".into()))
+        );
+        let r = find(&env, "REDIS_SENTINEL_PASSWORD")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("chat-redis-auth", "password")
+        );
+        // one Redis pod: no Sentinel password
+        let env = env_of(&deployment(&model(json!({})), None));
+        assert!(env.iter().all(|e| e.name != "REDIS_SENTINEL_PASSWORD"));
     }
 
     #[test]
