@@ -505,6 +505,13 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "with app, ingress.path must be /",
         ),
         (
+            "app-ha",
+            "your own server with a Redis behind Sentinel",
+            json!({"image": "acme/chat:1", "app": {"port": 8080},
+                "redis": {"managed": {"highAvailability": {}}}}),
+            "a Redis behind Sentinel",
+        ),
+        (
             "9lives",
             "a name children cannot derive from",
             json!({}),
