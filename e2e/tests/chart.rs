@@ -504,7 +504,8 @@ fn rbac_rules_are_narrow() {
             )),
             "{kind}/{name} grants {resources:?}"
         );
-        // Pods: read the load and write the deletion cost, nothing else (no delete, no exec).
+        // Pods: read the load, write the deletion cost, delete a pod cut off from Redis (self-heal);
+        // nothing else (no create, no exec, no logs).
         if resources.iter().any(|s| s == "pods") {
             assert_eq!(
                 resources,
@@ -513,8 +514,8 @@ fn rbac_rules_are_narrow() {
             );
             assert_eq!(
                 strs(&r["verbs"]),
-                ["list", "patch"],
-                "{kind}/{name}: pods only listed and patched"
+                ["list", "patch", "delete"],
+                "{kind}/{name}: pods only listed, patched and deleted"
             );
         }
         if resources.iter().any(|s| s == "leases") {
@@ -1275,7 +1276,8 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
             .await
             .unwrap();
 
-    // Outside the role: denied. Pods may be listed and patched (the deletion cost), nothing more.
+    // Outside the role: denied. Pods may be listed, patched (the deletion cost) and deleted
+    // (self-heal), nothing more.
     let pods: Api<Pod> = Api::namespaced(sa.clone(), &ns);
     assert_eq!(
         api_code(&pods.list(&ListParams::default()).await),
@@ -1284,8 +1286,18 @@ async fn chart_installs_rbac_suffices_and_is_least_privilege() {
     );
     assert_eq!(
         api_code(&pods.delete("any-pod", &DeleteParams::default()).await),
+        Some(404),
+        "delete pods is granted (the pod does not exist)"
+    );
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "any-pod"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    assert_eq!(
+        api_code(&pods.create(&PostParams::default(), &pod).await),
         Some(403),
-        "delete pods"
+        "create pods"
     );
     let cms: Api<ConfigMap> = Api::namespaced(sa.clone(), "kube-system");
     assert_eq!(

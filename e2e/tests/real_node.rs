@@ -430,7 +430,7 @@ spec:
     .await;
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct PodView {
     name: String,
     running: bool,
@@ -1400,6 +1400,129 @@ async fn autoscaling_follows_connections() {
         );
         eprintln!(
             "autoscaling: 5 connections -> 3 ready pods in {up:.1?}; 4 clients gone -> 1 pod after {down:.1?} (window 15 s), remaining client kept"
+        );
+        drop(driver);
+        Ok(())
+    })
+    .await;
+}
+
+/// Self-heal (issue 14): one server pod's link to Redis is cut (a REJECT rule in that pod's own
+/// network namespace, for the Redis port only) while its peer keeps hearing Redis. The pod
+/// stays up and Ready (a Redis problem only degrades a node), but its clients no longer hear
+/// the other pod; the operator sees it cut off in the pod's metrics, and after
+/// `load::HEAL_AFTER` deletes it, with a `RestartedCutOffPod` Event and the `Healing`
+/// condition. The replacement hears Redis, the peer is never touched, and delivery crosses
+/// the pods again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cut_off_from_redis_is_restarted() {
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let (k, _ns, _) = apply_ready(&node, "rt-heal", CLUSTER, "chat").await?;
+        let t = target(&node, &k, "chat");
+        let driver = Driver::start(&paths).await?;
+        let nodes = t.nodes().await?;
+        ensure!(nodes.len() == 2, "two ready pods expected: {nodes:?}");
+        let mut placed = scenarios::cover(&t, &driver, &nodes, 1).await?;
+        let a = placed.remove(&nodes[0]).unwrap().remove(0);
+        let b = placed.remove(&nodes[1]).unwrap().remove(0);
+        let ev = format!("heal-{}", scenarios::nonce());
+        scenarios::deliver_until(&a.client, &b.client, &ev, Instant::now() + Duration::from_secs(20)).await?;
+
+        let before = server_pods(&k, "chat").await?;
+        let victim = before.iter().find(|p| p.name == nodes[0]).context("the victim pod")?.clone();
+        let peer = before.iter().find(|p| p.name == nodes[1]).context("the peer pod")?.clone();
+        let pid = container_pid(&victim.uid, "realtime-server")
+            .with_context(|| format!("the realtime-server process of pod {}", victim.name))?;
+        // Only this pod's network namespace: its peer and Redis are untouched.
+        let out = tokio::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "iptables", "-I", "OUTPUT", "-p", "tcp", "--dport", "6379",
+                   "-j", "REJECT", "--reject-with", "tcp-reset"])
+            .output()
+            .await?;
+        ensure!(out.status.success(), "iptables in {}: {}", victim.name, String::from_utf8_lossy(&out.stderr));
+        let cut = Instant::now();
+        // The established connection is cut too: the server notices at its next command (its
+        // probe every 2 s), and reconnections are refused.
+        let cut_off = node.control_plane().poll_until("the victim to report no Redis", Duration::from_secs(30), || async {
+            let m = pod_metrics(&victim.ip).await.unwrap_or_default();
+            Ok((metric_value(&m, "realtime_redis_connected", &[]) == Some(0.0)).then_some(()))
+        });
+        cut_off.await?;
+        let noticed = cut.elapsed();
+        let peer_metrics = pod_metrics(&peer.ip).await?;
+        ensure!(
+            metric_value(&peer_metrics, "realtime_redis_connected", &[]) == Some(1.0),
+            "the peer lost Redis too: the cut was not the victim's alone"
+        );
+        // Its clients are cut off from the peer's: the reason to heal.
+        let lost = format!("lost-{}", scenarios::nonce());
+        b.client.publish(None, &lost, json!(1)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ensure!(a.client.events(&lost).is_empty(), "a heard across a cut link");
+
+        let deleted = node.control_plane().poll_until("the operator to delete the cut-off pod", Duration::from_secs(90), || async {
+            let now = server_pods(&k, "chat").await?;
+            Ok((!now.iter().any(|p| p.uid == victim.uid)).then_some(()))
+        });
+        deleted.await?;
+        let healed_after = cut.elapsed();
+        ensure!(
+            healed_after >= realtime_operator::load::HEAL_AFTER,
+            "deleted {healed_after:?} after the cut, before the {:?} grace",
+            realtime_operator::load::HEAL_AFTER
+        );
+        let events = k.get_json(&["events", "--field-selector", "reason=RestartedCutOffPod"]).await?;
+        ensure!(
+            events["items"].as_array().into_iter().flatten()
+                .any(|e| e["note"].as_str().or(e["message"].as_str()).is_some_and(|m| m.contains(&victim.name))),
+            "no RestartedCutOffPod Event naming {}: {events}", victim.name
+        );
+        let healing = k.get_json(&["rtc", "chat"]).await?["status"]["conditions"]
+            .as_array().into_iter().flatten()
+            .find(|c| c["type"] == "Healing").cloned().unwrap_or_default();
+        ensure!(
+            healing["status"] == "True" && healing["reason"] == "RestartedCutOffPod",
+            "the Healing condition: {healing}"
+        );
+        // Back to two Ready pods that both hear Redis; the peer was never restarted.
+        let back = node.control_plane().poll_until("two Ready pods hearing Redis", Duration::from_secs(120), || async {
+            let now = server_pods(&k, "chat").await?;
+            if now.len() != 2 || !now.iter().all(|p| p.ready) {
+                return Ok(None);
+            }
+            for p in &now {
+                let m = pod_metrics(&p.ip).await.unwrap_or_default();
+                if metric_value(&m, "realtime_redis_connected", &[]) != Some(1.0) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(now))
+        });
+        let now = back.await?;
+        ensure!(
+            now.iter().any(|p| p.uid == peer.uid && p.restarts == peer.restarts),
+            "the peer was restarted or replaced: {now:?}"
+        );
+        let recovered = cut.elapsed();
+        // a's client reconnects (the victim drained it) and hears b again.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        scenarios::deliver_until(&b.client, &a.client, &ev, deadline).await?;
+        scenarios::deliver_until(&a.client, &b.client, &ev, deadline).await?;
+        let healing = node.control_plane().poll_until("Healing to turn False", Duration::from_secs(60), || async {
+            let c = k.get_json(&["rtc", "chat"]).await?["status"]["conditions"]
+                .as_array().into_iter().flatten()
+                .find(|c| c["type"] == "Healing").cloned().unwrap_or_default();
+            Ok((c["status"] == "False").then_some(c))
+        });
+        let healing = healing.await?;
+        eprintln!(
+            "MEASURE self-heal: {}'s Redis link cut; it reported no Redis after {noticed:.1?}, was deleted after {healed_after:.1?} (grace {:?}), two pods hearing Redis after {recovered:.1?}, delivery both ways after {:.1?}; Healing now {} ({})",
+            victim.name,
+            realtime_operator::load::HEAL_AFTER,
+            cut.elapsed(),
+            healing["reason"],
+            healing["message"]
         );
         drop(driver);
         Ok(())

@@ -125,7 +125,11 @@ pub async fn run(
     let referenced_by = referencing_clusters(controller.store());
     // The pods' connection counts (deletion cost, status), beside the reconciles; it ends with
     // the controller (shutdown, or a lost leadership that ends the run).
-    let load = tokio::spawn(crate::load::run(client.clone(), controller.store()));
+    let load = tokio::spawn(crate::load::run(
+        client.clone(),
+        controller.store(),
+        ctx.recorder.clone(),
+    ));
     controller
         // `PartialObjectMeta`: metadata-only list and watch requests.
         .watches(
@@ -433,14 +437,14 @@ async fn write_status(
     rc: &RealtimeCluster,
     new: RealtimeClusterStatus,
 ) -> Result<(), Error> {
-    // The connection counts belong to `load` (its own field manager): neither compared nor
-    // written here.
+    // The connection counts and the Scaling/Healing conditions belong to `load` (its own field
+    // manager): neither compared nor written here.
     let mut current = rc.status.clone();
     if let Some(c) = current.as_mut() {
-        c.connections = None;
-        c.pod_connections.clear();
-        c.recommended_replicas = None;
+        crate::load::strip_owned(c);
     }
+    let mut new = new;
+    crate::load::strip_owned(&mut new);
     if current.as_ref() == Some(&new) {
         return Ok(());
     }

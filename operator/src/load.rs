@@ -13,21 +13,36 @@
 //!   the Deployment from it (`validate::replicas`). A status change is a watch event, so the
 //!   Deployment follows within one reconcile.
 //!
+//! - **Self-heal.** A pod cut off from Redis (deaf: Redis answers but its subscriptions bring
+//!   nothing; or disconnected) while at least one peer hears Redis fine has a problem of its own
+//!   (a broken connection path, a stuck subscriber), not Redis: after [`HEAL_AFTER`] of it the
+//!   operator deletes the pod (gracefully: its clients move to the others), at most one pod per
+//!   cluster every [`HEAL_MIN_INTERVAL`], with a `RestartedCutOffPod` Event. When every pod is
+//!   cut off it is Redis that is down, and restarting servers would only drop their clients:
+//!   nothing is deleted. A pod that stops answering altogether is the kubelet's to restart (the
+//!   liveness probe on `/healthz`).
+//! - **Conditions** `Scaling` (with autoscaling) and `Healing`, written under this module's
+//!   field manager; the controller neither compares nor writes them ([`strip_owned`]).
+//!
 //! Why the operator reads the pods itself rather than an HPA on a custom metric: no metrics
 //! pipeline (Prometheus + adapter) is needed for what it does here, and the deletion cost has
 //! to be written per pod anyway. Only the operator's leader runs it. A pod that does not answer
-//! within [`SCRAPE_TIMEOUT`] keeps its last cost and counts as unknown.
+//! within [`SCRAPE_TIMEOUT`] keeps its last cost and counts as unknown. Unready pods are read
+//! too: a deaf pod leaves rotation (its `/readyz` fails) but still holds clients.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::{Autoscaling, PodConnections, RealtimeCluster};
+use crate::api::{Autoscaling, PodConnections, RealtimeCluster, RealtimeClusterStatus};
 use crate::build::labels;
+use crate::status::{Cond, merge_conditions};
 use crate::validate::ADMIN_PORT;
 
 /// How often the pods are read.
@@ -42,6 +57,49 @@ pub const COST_MIN_AGE: Duration = Duration::from_secs(30);
 pub const COST_STEP: f64 = 0.10;
 /// Field manager of the status fields this module owns.
 pub const FIELD_MANAGER: &str = "realtime-operator-load";
+/// How long a pod must be cut off from Redis, while a peer is not, before it is restarted:
+/// longer than a reconnection and a resubscription (the server's own deafness grace is 10 s).
+pub const HEAL_AFTER: Duration = Duration::from_secs(30);
+/// Shortest time between two restarts in one cluster: a restart that did not help is not
+/// repeated on the next pod at once.
+pub const HEAL_MIN_INTERVAL: Duration = Duration::from_secs(120);
+/// Condition: the Deployment is being sized to a new recommendation (autoscaling only).
+pub const SCALING: &str = "Scaling";
+/// Condition: a pod is cut off from Redis while its peers are not.
+pub const HEALING: &str = "Healing";
+
+/// Clears what this module owns from a status, so the controller compares and writes only its
+/// own fields.
+pub fn strip_owned(status: &mut RealtimeClusterStatus) {
+    status.connections = None;
+    status.pod_connections.clear();
+    status.recommended_replicas = None;
+    status
+        .conditions
+        .retain(|c| c.type_ != SCALING && c.type_ != HEALING);
+}
+
+/// A pod's link to Redis as its metrics tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// `realtime_redis_connected`.
+    pub connected: bool,
+    /// `realtime_redis_deaf`: Redis answers, the subscriptions bring nothing.
+    pub deaf: bool,
+}
+
+impl Link {
+    pub fn cut_off(self) -> bool {
+        !self.connected || self.deaf
+    }
+    fn describe(self) -> &'static str {
+        if self.deaf {
+            "deaf: Redis answers, its subscriptions bring nothing"
+        } else {
+            "not connected to Redis"
+        }
+    }
+}
 
 /// One pod as read this round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,15 +109,29 @@ pub struct PodLoad {
     pub connections: Option<u64>,
     /// The cost the pod carries now.
     pub cost: Option<i64>,
+    /// `None`: the pod did not answer.
+    pub link: Option<Link>,
 }
 
 /// `realtime_connected_sockets` from a Prometheus text exposition.
 pub fn connected_sockets(metrics: &str) -> Option<u64> {
+    // (the space after the name: not a longer metric name sharing the prefix)
+    gauge(metrics, "realtime_connected_sockets").map(|v| v as u64)
+}
+
+/// A gauge's value from a Prometheus text exposition (an unlabelled sample).
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix("realtime_connected_sockets")?;
-        // Not a longer metric name sharing the prefix.
-        let value = rest.strip_prefix(' ')?;
-        value.trim().parse::<f64>().ok().map(|v| v as u64)
+        let value = l.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok()
+    })
+}
+
+/// The Redis link from a pod's metrics.
+pub fn link(metrics: &str) -> Option<Link> {
+    Some(Link {
+        connected: gauge(metrics, "realtime_redis_connected")? == 1.0,
+        deaf: gauge(metrics, "realtime_redis_deaf")? == 1.0,
     })
 }
 
@@ -110,6 +182,167 @@ pub fn stabilized(
     history.iter().map(|(_, r)| *r).max().unwrap_or(raw)
 }
 
+/// What the healer decided this round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No pod is cut off.
+    Healthy,
+    /// Every pod that answered is cut off: Redis itself is unreachable; nothing to restart.
+    Outage { pods: usize },
+    /// `pod` is cut off, not yet for [`HEAL_AFTER`].
+    Watching {
+        pod: String,
+        link: Link,
+        since: Duration,
+    },
+    /// `pod` is due, but the cluster's last restart was too recent.
+    RateLimited {
+        pod: String,
+        link: Link,
+        since: Duration,
+    },
+    /// Restart `pod` now.
+    Restart {
+        pod: String,
+        link: Link,
+        since: Duration,
+        healthy_peers: usize,
+    },
+}
+
+/// The self-heal state of one cluster across rounds.
+#[derive(Default, Debug)]
+pub struct Healer {
+    /// Since when each pod has been seen cut off (continuously).
+    since: HashMap<String, Instant>,
+    last_restart: Option<Instant>,
+}
+
+impl Healer {
+    /// One round's decision from the pods' links (pure apart from its own memory). A pod that
+    /// did not answer keeps its state: a cut-off pod is not forgiven by one lost reading.
+    pub fn judge(&mut self, pods: &[PodLoad], now: Instant) -> Verdict {
+        self.since
+            .retain(|name, _| pods.iter().any(|p| &p.name == name));
+        for p in pods {
+            match p.link {
+                Some(l) if l.cut_off() => {
+                    self.since.entry(p.name.clone()).or_insert(now);
+                }
+                Some(_) => {
+                    self.since.remove(&p.name);
+                }
+                None => {}
+            }
+        }
+        let linked: Vec<(&PodLoad, Link)> =
+            pods.iter().filter_map(|p| Some((p, p.link?))).collect();
+        let healthy_peers = linked.iter().filter(|(_, l)| !l.cut_off()).count();
+        // The longest cut-off pod that answered this round.
+        let Some((pod, link, since)) = linked
+            .iter()
+            .filter(|(_, l)| l.cut_off())
+            .filter_map(|(p, l)| Some((p, *l, now.duration_since(*self.since.get(&p.name)?))))
+            .max_by_key(|(_, _, since)| *since)
+        else {
+            return Verdict::Healthy;
+        };
+        let pod = pod.name.clone();
+        if healthy_peers == 0 {
+            return Verdict::Outage { pods: linked.len() };
+        }
+        if since < HEAL_AFTER {
+            return Verdict::Watching { pod, link, since };
+        }
+        if self
+            .last_restart
+            .is_some_and(|t| now.duration_since(t) < HEAL_MIN_INTERVAL)
+        {
+            return Verdict::RateLimited { pod, link, since };
+        }
+        Verdict::Restart {
+            pod,
+            link,
+            since,
+            healthy_peers,
+        }
+    }
+
+    /// Records a restart done (the pod's state goes with it).
+    pub fn restarted(&mut self, pod: &str, now: Instant) {
+        self.last_restart = Some(now);
+        self.since.remove(pod);
+    }
+}
+
+/// The `Healing` condition for a verdict.
+pub fn healing_condition(v: &Verdict) -> Cond {
+    let secs = |d: &Duration| d.as_secs();
+    match v {
+        Verdict::Healthy => Cond::new(
+            HEALING,
+            false,
+            "AllPodsHearRedis",
+            "every pod that answered hears Redis",
+        ),
+        Verdict::Outage { pods } => Cond::new(
+            HEALING,
+            false,
+            "RedisUnreachable",
+            format!(
+                "all {pods} pods are cut off from Redis: Redis itself is down or unreachable, restarting servers would not help"
+            ),
+        ),
+        Verdict::Watching { pod, link, since } => Cond::new(
+            HEALING,
+            false,
+            "PodCutOff",
+            format!(
+                "{pod} is {} for {} s; restarted after {} s while a peer hears Redis",
+                link.describe(),
+                secs(since),
+                HEAL_AFTER.as_secs()
+            ),
+        ),
+        Verdict::RateLimited { pod, link, since } => Cond::new(
+            HEALING,
+            true,
+            "RateLimited",
+            format!(
+                "{pod} is {} for {} s; the last restart was under {} s ago",
+                link.describe(),
+                secs(since),
+                HEAL_MIN_INTERVAL.as_secs()
+            ),
+        ),
+        Verdict::Restart {
+            pod, link, since, ..
+        } => Cond::new(
+            HEALING,
+            true,
+            "RestartedCutOffPod",
+            format!(
+                "{pod} was {} for {} s while its peers were not: deleted, its clients move to the others",
+                link.describe(),
+                secs(since)
+            ),
+        ),
+    }
+}
+
+/// The `Scaling` condition (autoscaling only): whether the pods match the recommendation.
+pub fn scaling_condition(recommended: i32, pods: usize, connections: u64, a: &Autoscaling) -> Cond {
+    let about = format!(
+        "{connections} connections, {} per pod wanted: {recommended} replicas (bounds {}..{}); {pods} pods now",
+        a.target_connections_per_pod, a.min_replicas, a.max_replicas
+    );
+    match (pods as i64).cmp(&(recommended as i64)) {
+        std::cmp::Ordering::Less => Cond::new(SCALING, true, "ScalingUp", about),
+        std::cmp::Ordering::Greater => Cond::new(SCALING, true, "ScalingDown", about),
+        std::cmp::Ordering::Equal => Cond::new(SCALING, false, "AtRecommendation", about),
+    }
+}
+
 /// The status fields of this module from one round: (total, per pod sorted by name). Pods that
 /// did not answer are left out of both.
 pub fn summary(pods: &[PodLoad]) -> (u64, Vec<PodConnections>) {
@@ -128,7 +361,7 @@ pub fn summary(pods: &[PodLoad]) -> (u64, Vec<PodConnections>) {
 
 /// Every [`INTERVAL`], every RealtimeCluster of `clusters` that runs realtime-server and is not
 /// paused; runs until its task is aborted (with the controller).
-pub async fn run(client: Client, clusters: Store<RealtimeCluster>) {
+pub async fn run(client: Client, clusters: Store<RealtimeCluster>, recorder: Recorder) {
     let http = match reqwest::Client::builder()
         .timeout(SCRAPE_TIMEOUT)
         .connect_timeout(SCRAPE_TIMEOUT)
@@ -142,6 +375,7 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>) {
     };
     let mut last_writes: HashMap<(String, String), Instant> = HashMap::new();
     let mut histories: HashMap<(String, String), VecDeque<(Instant, i32)>> = HashMap::new();
+    let mut healers: HashMap<(String, String), Healer> = HashMap::new();
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -151,21 +385,41 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>) {
                 continue;
             }
             let key = (rc.namespace().unwrap_or_default(), rc.name_any());
-            let history = histories.entry(key).or_default();
-            if let Err(e) = round(&client, &http, &rc, &mut last_writes, history).await {
+            let history = histories.entry(key.clone()).or_default();
+            let healer = healers.entry(key).or_default();
+            let mut state = Round {
+                last_writes: &mut last_writes,
+                history,
+                healer,
+                recorder: &recorder,
+            };
+            if let Err(e) = round(&client, &http, &rc, &mut state).await {
                 tracing::debug!(cluster = %rc.name_any(), error = %e, "reading pod load");
             }
         }
     }
 }
 
+/// What one cluster's round reads and updates besides the API.
+struct Round<'a> {
+    last_writes: &'a mut HashMap<(String, String), Instant>,
+    history: &'a mut VecDeque<(Instant, i32)>,
+    healer: &'a mut Healer,
+    recorder: &'a Recorder,
+}
+
 async fn round(
     client: &Client,
     http: &reqwest::Client,
     rc: &RealtimeCluster,
-    last_writes: &mut HashMap<(String, String), Instant>,
-    history: &mut VecDeque<(Instant, i32)>,
+    state: &mut Round<'_>,
 ) -> Result<(), kube::Error> {
+    let Round {
+        last_writes,
+        history,
+        healer,
+        recorder,
+    } = state;
     let ns = rc.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let selector = labels::server_selector_string(&rc.name_any());
@@ -181,19 +435,16 @@ async fn round(
             .get(DELETION_COST)
             .and_then(|v| v.parse::<i64>().ok());
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let connections = match ip {
-            Some(ip) if ready => scrape(http, &ip).await,
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let metrics = match ip {
+            Some(ip) if running => scrape(http, &ip).await,
             _ => None,
         };
         loads.push(PodLoad {
             name,
-            connections,
+            connections: metrics.as_deref().and_then(connected_sockets),
             cost,
+            link: metrics.as_deref().and_then(link),
         });
     }
     let now = Instant::now();
@@ -218,15 +469,57 @@ async fn round(
     }
     last_writes.retain(|(n, pod), _| n != &ns || loads.iter().any(|p| &p.name == pod));
 
+    let verdict = healer.judge(&loads, now);
+    if let Verdict::Restart { pod, .. } = &verdict {
+        heal(&pods, rc, recorder, &verdict, pod).await?;
+        healer.restarted(pod, now);
+    }
+
     let (total, per) = summary(&loads);
     let recommended = rc.spec.autoscaling.as_ref().map(|a| {
         let window = Duration::from_secs(a.scale_down_stabilization_seconds.max(0) as u64);
         stabilized(history, now, recommend(total, a), window)
     });
+    let mut conds = vec![healing_condition(&verdict)];
+    if let (Some(r), Some(a)) = (recommended, rc.spec.autoscaling.as_ref()) {
+        conds.push(scaling_condition(r, loads.len(), total, a));
+    }
     let status = rc.status.as_ref();
+    let previous: Vec<Condition> = status
+        .map(|s| {
+            s.conditions
+                .iter()
+                .filter(|c| c.type_ == SCALING || c.type_ == HEALING)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    // Only this module's conditions: the controller's are not re-sent (nor owned) here.
+    let conditions = merge_conditions(&[], &conds, None, &crate::status::now())
+        .into_iter()
+        .map(|mut c| {
+            if let Some(p) = previous
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == c.status)
+            {
+                c.last_transition_time = p.last_transition_time.clone();
+            }
+            c
+        })
+        .collect::<Vec<_>>();
+    let same_conditions = conditions.len() == previous.len()
+        && conditions.iter().all(|c| {
+            previous.iter().any(|p| {
+                p.type_ == c.type_
+                    && p.status == c.status
+                    && p.reason == c.reason
+                    && p.message == c.message
+            })
+        });
     if status.and_then(|s| s.connections) == Some(total as i64)
         && status.map(|s| &s.pod_connections) == Some(&per)
         && status.and_then(|s| s.recommended_replicas) == recommended
+        && same_conditions
     {
         return Ok(());
     }
@@ -239,7 +532,8 @@ async fn round(
     let patch = serde_json::json!({
         "apiVersion": "realtime.dev/v1alpha1",
         "kind": "RealtimeCluster",
-        "status": {"connections": total, "podConnections": per, "recommendedReplicas": recommended},
+        "status": {"connections": total, "podConnections": per, "recommendedReplicas": recommended,
+            "conditions": conditions},
     });
     api.patch_status(
         &rc.name_any(),
@@ -250,16 +544,44 @@ async fn round(
     Ok(())
 }
 
-/// The pod's connection count from its admin port; `None` when it does not answer in time.
-async fn scrape(http: &reqwest::Client, ip: &str) -> Option<u64> {
+/// Deletes a cut-off pod (gracefully: its preStop and drain run, its clients reconnect to the
+/// others) and says so in an Event.
+async fn heal(
+    pods: &Api<Pod>,
+    rc: &RealtimeCluster,
+    recorder: &Recorder,
+    verdict: &Verdict,
+    pod: &str,
+) -> Result<(), kube::Error> {
+    let note = healing_condition(verdict).message;
+    tracing::warn!(cluster = %rc.name_any(), pod, "{note}");
+    match pods.delete(pod, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "RestartedCutOffPod".into(),
+        note: Some(note),
+        action: "DeletePod".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &rc.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing an Event failed");
+    }
+    Ok(())
+}
+
+/// The pod's metrics from its admin port; `None` when it does not answer in time.
+async fn scrape(http: &reqwest::Client, ip: &str) -> Option<String> {
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {
         ip.to_string()
     };
     let url = format!("http://{host}:{ADMIN_PORT}/metrics");
-    let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    connected_sockets(&text)
+    http.get(url).send().await.ok()?.text().await.ok()
 }
 
 #[cfg(test)]
@@ -345,16 +667,19 @@ mod tests {
                 name: "b".into(),
                 connections: Some(3),
                 cost: None,
+                link: None,
             },
             PodLoad {
                 name: "a".into(),
                 connections: Some(2),
                 cost: None,
+                link: None,
             },
             PodLoad {
                 name: "c".into(),
                 connections: None,
                 cost: Some(7),
+                link: None,
             },
         ];
         let (total, per) = summary(&pods);
@@ -364,6 +689,142 @@ mod tests {
                 .map(|p| (p.name.as_str(), p.connections))
                 .collect::<Vec<_>>(),
             [("a", 2), ("b", 3)]
+        );
+    }
+
+    fn pod(name: &str, link: Option<(bool, bool)>) -> PodLoad {
+        PodLoad {
+            name: name.into(),
+            connections: Some(1),
+            cost: None,
+            link: link.map(|(connected, deaf)| Link { connected, deaf }),
+        }
+    }
+
+    #[test]
+    fn reads_the_redis_link() {
+        let text =
+            "realtime_redis_connected 1\nrealtime_redis_deaf 1\nrealtime_redis_deaf_total 3\n";
+        assert_eq!(
+            link(text),
+            Some(Link {
+                connected: true,
+                deaf: true
+            })
+        );
+        assert_eq!(link("realtime_redis_connected 1\n"), None);
+    }
+
+    #[test]
+    fn a_pod_cut_off_while_a_peer_hears_redis_is_restarted_after_the_grace_rate_limited() {
+        let mut h = Healer::default();
+        let t = Instant::now();
+        let ok = Some((true, false));
+        let deaf = Some((true, true));
+        let gone = Some((false, false));
+        assert_eq!(h.judge(&[pod("a", ok), pod("b", ok)], t), Verdict::Healthy);
+        let v = h.judge(&[pod("a", ok), pod("b", deaf)], t);
+        assert!(
+            matches!(&v, Verdict::Watching { pod, .. } if pod == "b"),
+            "{v:?}"
+        );
+        // A lost reading does not reset the clock.
+        let v = h.judge(&[pod("a", ok), pod("b", None)], t + Duration::from_secs(10));
+        assert_eq!(v, Verdict::Healthy, "b did not answer");
+        let v = h.judge(&[pod("a", ok), pod("b", deaf)], t + HEAL_AFTER);
+        let Verdict::Restart {
+            pod: p,
+            since,
+            healthy_peers,
+            ..
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!((p.as_str(), since, healthy_peers), ("b", HEAL_AFTER, 1));
+        h.restarted("b", t + HEAL_AFTER);
+        // Another pod goes bad: watched, then due but rate-limited, then restarted.
+        let t2 = t + HEAL_AFTER + Duration::from_secs(1);
+        let v = h.judge(&[pod("a", ok), pod("c", gone)], t2);
+        assert!(
+            matches!(&v, Verdict::Watching { pod, .. } if pod == "c"),
+            "{v:?}"
+        );
+        let v = h.judge(&[pod("a", ok), pod("c", gone)], t2 + HEAL_AFTER);
+        assert!(
+            matches!(&v, Verdict::RateLimited { pod, .. } if pod == "c"),
+            "{v:?}"
+        );
+        let v = h.judge(
+            &[pod("a", ok), pod("c", gone)],
+            t + HEAL_AFTER + HEAL_MIN_INTERVAL,
+        );
+        assert!(
+            matches!(&v, Verdict::Restart { pod, .. } if pod == "c"),
+            "{v:?}"
+        );
+        assert!(healing_condition(&v).status);
+    }
+
+    #[test]
+    fn every_pod_cut_off_is_a_redis_outage_and_nothing_is_restarted() {
+        let mut h = Healer::default();
+        let t = Instant::now();
+        let pods = [pod("a", Some((false, false))), pod("b", Some((true, true)))];
+        for s in [0, 60, 600] {
+            let v = h.judge(&pods, t + Duration::from_secs(s));
+            assert_eq!(v, Verdict::Outage { pods: 2 });
+            assert_eq!(healing_condition(&v).reason, "RedisUnreachable");
+        }
+        // A pod that answered nothing never counts as a healthy peer.
+        let v = h.judge(
+            &[pod("a", Some((false, false))), pod("b", None)],
+            t + Duration::from_secs(700),
+        );
+        assert_eq!(v, Verdict::Outage { pods: 1 });
+    }
+
+    #[test]
+    fn scaling_condition_compares_pods_with_the_recommendation() {
+        let a = Autoscaling {
+            min_replicas: 1,
+            max_replicas: 4,
+            target_connections_per_pod: 2,
+            scale_down_stabilization_seconds: 10,
+        };
+        assert_eq!(scaling_condition(3, 1, 5, &a).reason, "ScalingUp");
+        assert_eq!(scaling_condition(1, 3, 1, &a).reason, "ScalingDown");
+        let c = scaling_condition(2, 2, 4, &a);
+        assert!(!c.status);
+        assert!(c.message.contains("4 connections"), "{}", c.message);
+    }
+
+    #[test]
+    fn the_controller_never_writes_what_load_owns() {
+        let mut s = RealtimeClusterStatus {
+            connections: Some(3),
+            recommended_replicas: Some(2),
+            ..Default::default()
+        };
+        for t in [SCALING, HEALING, "Ready"] {
+            s.conditions.push(Condition {
+                type_: t.into(),
+                status: "True".into(),
+                reason: "R".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: crate::status::now(),
+            });
+        }
+        strip_owned(&mut s);
+        assert_eq!(s.connections, None);
+        assert_eq!(s.recommended_replicas, None);
+        assert_eq!(
+            s.conditions
+                .iter()
+                .map(|c| c.type_.as_str())
+                .collect::<Vec<_>>(),
+            ["Ready"]
         );
     }
 }

@@ -43,7 +43,7 @@ pub struct Cond {
 }
 
 impl Cond {
-    fn new(
+    pub fn new(
         type_: &'static str,
         status: bool,
         reason: &'static str,

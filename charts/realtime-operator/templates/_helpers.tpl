@@ -84,8 +84,9 @@ StatefulSets are also deleted, with their pods orphaned and adopted again, when 
 field (the selector) differs from what this version builds (operator/src/plan.rs).
 `get`: the Deployment and StatefulSet are read before every apply (immutable fields) and while
 paused, the Redis password Secret before generating one. Server pods are listed (to read each
-one's connection count on its admin port) and patched (only the
-controller.kubernetes.io/pod-deletion-cost annotation, operator/src/load.rs); never deleted.
+one's connection count and Redis link on its admin port), patched (only the
+controller.kubernetes.io/pod-deletion-cost annotation) and deleted when cut off from Redis
+while their peers are not (self-heal, rate-limited; operator/src/load.rs).
 Status is written by server-side apply on the status subresource.
 PodDisruptionBudgets are deleted too: those of a highly available managed Redis, when it is
 turned off (the server's is never deleted). So every kind the operator sets ownerReferences on
@@ -111,7 +112,7 @@ Kept in one place so the cluster-wide and the namespaced mode grant exactly the 
   verbs: ["list", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "patch"]
+  verbs: ["list", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch", "delete"]
