@@ -512,6 +512,12 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "a Redis behind Sentinel",
         ),
         (
+            "app-rebalance",
+            "your own server with rebalancing",
+            json!({"image": "acme/chat:1", "app": {"port": 8080}, "rebalance": {"enabled": true}}),
+            "rebalance needs realtime-server",
+        ),
+        (
             "9lives",
             "a name children cannot derive from",
             json!({}),

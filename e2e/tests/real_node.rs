@@ -1407,6 +1407,86 @@ async fn autoscaling_follows_connections() {
     .await;
 }
 
+/// Rebalance after a scale-up (issue 14, `spec.rebalance`): 6 clients on the one pod, then 2
+/// replicas. The new pod gets nothing by itself; the operator asks the full pod to shed (here up
+/// to 50 % per step, a step every 10 s), its clients reconnect through Traefik (websocket
+/// clients without the affinity cookie: browsers that keep it need ingress-nginx's
+/// `affinity-mode: balanced`), and within a few steps both pods hold at least 2. Measured: the
+/// time from the second pod's readiness to balance, the steps (Rebalanced Events) and the
+/// reconnections they cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_moves_connections_to_a_new_pod() {
+    use realtime_e2e::sio::{ConnectOptions, Incoming, Transport};
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let manifest = CLUSTER.replace(
+            "replicas: 2",
+            "replicas: 1\n  rebalance: {enabled: true, tolerancePercent: 20, maxShedPercent: 50, intervalSeconds: 10}",
+        );
+        ensure!(manifest.contains("rebalance:"));
+        let (k, _ns, _) = apply_ready(&node, "rt-rebal", &manifest, "chat").await?;
+        let mut t = target(&node, &k, "chat");
+        let first = t.nodes().await?;
+        ensure!(first.len() == 1, "one pod to start: {first:?}");
+        let driver = Driver::start(&paths).await?;
+        let opts = ConnectOptions::default()
+            .transports(&[Transport::Websocket])
+            .reconnection_delay_ms(200, 1000);
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            let (c, _) = driver
+                .connect_hello(&t.endpoint_url(), opts.clone(), Duration::from_secs(20))
+                .await?;
+            clients.push(c);
+        }
+        t.scale(2).await?;
+        let scaled = Instant::now();
+        let per_pod = || async {
+            let mut counts = BTreeMap::new();
+            for p in server_pods(&k, "chat").await? {
+                let m = pod_metrics(&p.ip).await.unwrap_or_default();
+                let c = metric_value(&m, "realtime_connected_sockets", &[]).unwrap_or(0.0) as u64;
+                counts.insert(p.name, c);
+            }
+            anyhow::Ok(counts)
+        };
+        let balanced = node.control_plane().poll_until("both pods to hold at least 2 of the 6 clients", Duration::from_secs(150), || async {
+            let counts = per_pod().await?;
+            Ok((counts.len() == 2 && counts.values().all(|&c| c >= 2) && counts.values().sum::<u64>() == 6).then_some(counts))
+        });
+        let counts = balanced.await?;
+        let took = scaled.elapsed();
+        let events = k.get_json(&["events", "--field-selector", "reason=Rebalanced"]).await?;
+        let steps: Vec<String> = events["items"].as_array().into_iter().flatten()
+            .filter_map(|e| e["note"].as_str().or(e["message"].as_str()).map(str::to_string))
+            .collect();
+        ensure!(!steps.is_empty(), "no Rebalanced Event: {events}");
+        let reconnects: usize = clients.iter()
+            .map(|c| c.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count())
+            .sum();
+        ensure!(
+            clients.iter().all(|c| c.log().iter().filter(|r| matches!(r.what, Incoming::Connect { .. })).count() >= 1),
+            "every client is connected"
+        );
+        // Balanced, it stays: no further steps once within the tolerance.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let after = k.get_json(&["events", "--field-selector", "reason=Rebalanced"]).await?["items"]
+            .as_array().map(Vec::len).unwrap_or(0);
+        let counts_after = per_pod().await?;
+        eprintln!(
+            "MEASURE rebalance: 6 clients on 1 pod, scaled to 2: balanced {counts:?} {took:.1?} after the scale (incl. the new pod's start), {} step(s) {steps:?}, {reconnects} reconnection(s); 25 s later {counts_after:?}, {after} step(s) in all",
+            steps.len()
+        );
+        ensure!(
+            counts_after.values().all(|&c| c >= 2) || after == steps.len(),
+            "rebalancing went on after balance: {counts_after:?}, {after} steps"
+        );
+        drop(driver);
+        Ok(())
+    })
+    .await;
+}
+
 /// Self-heal (issue 14): one server pod's link to Redis is cut (a REJECT rule in that pod's own
 /// network namespace, for the Redis port only) while its peer keeps hearing Redis. The pod
 /// stays up and Ready (a Redis problem only degrades a node), but its clients no longer hear

@@ -94,6 +94,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
 #[x_kube(validation = Rule::new("!has(self.expose) || !self.expose.publishApi || (has(self.env) && self.env.exists(e, e.name == 'API_KEY'))")
     .message("expose.publishApi needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key"))]
+#[x_kube(validation = Rule::new("!has(self.rebalance) || !self.rebalance.enabled || !has(self.app)")
+    .message("rebalance needs realtime-server's connection counts and shed API: not available with app"))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.app)")
     .message("autoscaling needs realtime-server's connection counts: not available with app"))]
 #[x_kube(validation = Rule::new("!has(self.app) || has(self.image)")
@@ -115,6 +117,10 @@ pub struct RealtimeClusterSpec {
     /// Scale on connections, by the operator itself (no HPA, no metrics pipeline): it reads each ready pod's connection count every 10 s and keeps replicas at ceil(connections / targetConnectionsPerPod) within [minReplicas, maxReplicas]; it scales down only when every recommendation of the stabilization window was lower. Not for your own server (spec.app), which has no connection count the operator can read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+
+    /// Moving connections to new pods after a scale-up (off by default): new pods get no existing connections, so the operator asks a pod far above the average to close a bounded share of its transports, spread over time; their clients reconnect through the load balancer and part of them land on the emptier pods. With cookie affinity, clients that keep the affinity cookie (browsers) return to the same pod unless the ingress rebalances sticky sessions itself (ingress-nginx affinity-mode balanced). Not for your own server (spec.app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
 
     /// realtime-server container image. Defaults to the image the operator was started with (--default-server-image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +225,42 @@ pub struct Autoscaling {
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+}
+
+/// Moving connections to new pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalance {
+    /// Whether the operator rebalances at all.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// A pod sheds only when it holds more than (100 + tolerancePercent) % of the average and another pod holds less than (100 - tolerancePercent) %.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 5, max = 90))]
+    pub tolerance_percent: i32,
+
+    /// The largest share of a pod's connections closed in one step (never more than brings it to the average).
+    #[serde(default = "default_max_shed")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max_shed_percent: i32,
+
+    /// Time between two steps in the cluster; a step spreads its closes over half of it.
+    #[serde(default = "default_rebalance_interval")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub interval_seconds: i32,
+}
+
+fn default_tolerance() -> i32 {
+    20
+}
+
+fn default_max_shed() -> i32 {
+    10
+}
+
+fn default_rebalance_interval() -> i32 {
+    60
 }
 
 fn default_min_replicas() -> i32 {

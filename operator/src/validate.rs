@@ -582,6 +582,12 @@ fn check_server(
         check_app(spec, app, err);
     }
     check_autoscaling(spec, err);
+    if spec.app.is_some() && spec.rebalance.as_ref().is_some_and(|r| r.enabled) {
+        err(
+            "spec.rebalance",
+            "needs realtime-server's connection counts and shed API: not available with app".into(),
+        );
+    }
 
     let mut transports = spec.transports.clone();
     transports.sort();

@@ -172,6 +172,7 @@ where
         app: app.clone(),
         io: io.clone(),
         api_key: settings.api_key.clone(),
+        shedder: Default::default(),
     };
     let max_body = usize::try_from(settings.max_payload).unwrap_or(usize::MAX);
     let routes = http::PublicRoutes {
