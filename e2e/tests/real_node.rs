@@ -1334,6 +1334,44 @@ async fn scale_down_removes_the_emptiest_pod() {
         eprintln!(
             "deletion costs current {costs_after:.1?} after the clients connected; scale 3 -> 2 removed {emptiest} (1 client of 6 disconnected, the average pod holds 2)"
         );
+
+        // Without: the same step as a plain Deployment does it. The operator is paused (it writes
+        // no cost and leaves the replicas alone), the costs are removed, and the Deployment is
+        // scaled 2 -> 1 directly: the ReplicaSet controller then ranks the pods by readiness age
+        // and creation time, blind to their clients.
+        k.ok(&["patch", "rtc", "chat", "--type=merge", "-p", r#"{"spec":{"paused":true}}"#]).await?;
+        tokio::time::sleep(realtime_operator::load::INTERVAL).await;
+        let held = |c: &[scenarios::Placed]| -> BTreeMap<String, usize> {
+            let mut m = BTreeMap::new();
+            for p in c {
+                if let Some(node) = p.client.log().iter().rev().find_map(|r| match &r.what {
+                    Incoming::Event { name, args } if name == "hello" => args.first()?["node"].as_str().map(str::to_string),
+                    _ => None,
+                }) {
+                    *m.entry(node).or_insert(0) += 1;
+                }
+            }
+            m
+        };
+        // Every client says hello again after a reconnection: the latest names its pod.
+        let before = held(&clients);
+        for p in &left {
+            k.ok(&["annotate", "pod", p, "controller.kubernetes.io/pod-deletion-cost-"]).await?;
+        }
+        let discon_before: usize = clients.iter().map(|p| p.client.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count()).sum();
+        k.ok(&["scale", "deployment", "chat", "--replicas=1"]).await?;
+        let remaining = node.control_plane().poll_until("one pod left", Duration::from_secs(60), || async {
+            let p = server_pods(&k, "chat").await?;
+            Ok((p.len() == 1).then_some(p))
+        }).await?;
+        let removed: Vec<&String> = left.iter().filter(|n| **n != remaining[0].name).collect();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let discon_after: usize = clients.iter().map(|p| p.client.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count()).sum();
+        let emptier = before.values().min().copied().unwrap_or(0);
+        eprintln!(
+            "MEASURE scale-down with deletion costs: 3 -> 2 disconnected 1 of 6 (the emptiest pod's). Without (operator paused, costs removed, Deployment 2 -> 1): clients per pod {before:?}, the ReplicaSet removed {removed:?}, {} client(s) disconnected (with costs: {emptier})",
+            discon_after - discon_before
+        );
         drop(driver);
         Ok(())
     })
