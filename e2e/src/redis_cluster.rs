@@ -237,7 +237,10 @@ impl RedisCluster {
         );
         std::fs::write(c.dir.path().join("logs").join("cluster-create.log"), &text)?;
         if !out.status.success() || !text.contains("All 16384 slots covered") {
-            bail!("redis-cli --cluster create failed ({}):\n{text}", out.status);
+            bail!(
+                "redis-cli --cluster create failed ({}):\n{text}",
+                out.status
+            );
         }
         c.wait_whole(deadline.saturating_duration_since(Instant::now()))
             .await?;
@@ -314,10 +317,7 @@ impl RedisCluster {
                 bail!("{port} sees {covered} slots served by healthy masters");
             }
             maps.push(map);
-            if nodes
-                .iter()
-                .any(|n| n.port == port && n.has_flag("slave"))
-            {
+            if nodes.iter().any(|n| n.port == port && n.has_flag("slave")) {
                 let repl = self.info(port, "INFO", "replication").await?;
                 if !repl.contains("master_link_status:up") {
                     bail!("replica {port}: master link not up");

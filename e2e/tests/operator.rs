@@ -408,14 +408,14 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "url-and-host",
             "url and host",
             json!({"redis": {"external": {"url": "redis://cache", "host": "cache"}}}),
-            "redis.external needs exactly one of url, host or sentinel",
+            "redis.external needs exactly one of url, host, sentinel or cluster",
         ),
         (
             "host-and-sentinel",
             "host and sentinel",
             json!({"redis": {"external": {"host": "cache",
                 "sentinel": {"masterName": "m", "endpoints": ["s"]}}}}),
-            "redis.external needs exactly one of url, host or sentinel",
+            "redis.external needs exactly one of url, host, sentinel or cluster",
         ),
         (
             "sentinel-url",
