@@ -507,6 +507,70 @@ impl RedisCluster {
             .await
     }
 
+    /// The node id of the node on `port` (its own `CLUSTER MYID`).
+    pub async fn node_id(&self, port: u16) -> Result<String> {
+        match command(
+            addr(port),
+            self.cfg.password.as_deref(),
+            &["CLUSTER", "MYID"],
+        )
+        .await?
+        {
+            Resp::Bulk(Some(id)) => Ok(id),
+            other => bail!("CLUSTER MYID on {port}: {other:?}"),
+        }
+    }
+
+    /// Moves the empty `slot` to the master on `to` (a resharding of one slot, as
+    /// `redis-cli --cluster reshard` does it: IMPORTING on the target, MIGRATING on the source,
+    /// then `SETSLOT NODE` on the target, the source and every other master), and waits until
+    /// every node agrees. Fails when the slot holds keys (the adapter stores none).
+    pub async fn move_slot(&self, slot: u16, to: u16) -> Result<()> {
+        let from = self.master_of(slot).await?;
+        if from == to {
+            bail!("slot {slot} is already on {to}");
+        }
+        let (from_id, to_id) = (self.node_id(from).await?, self.node_id(to).await?);
+        let slot_s = slot.to_string();
+        let pw = self.cfg.password.as_deref();
+        match command(addr(from), pw, &["CLUSTER", "COUNTKEYSINSLOT", &slot_s]).await? {
+            Resp::Int(0) => {}
+            other => bail!("slot {slot} is not empty: {other:?}"),
+        }
+        self.setslot(to, slot, "IMPORTING", &from_id).await?;
+        self.setslot(from, slot, "MIGRATING", &to_id).await?;
+        self.setslot(to, slot, "NODE", &to_id).await?;
+        self.setslot(from, slot, "NODE", &to_id).await?;
+        for port in self.running_ports() {
+            if port != from && port != to && self.role(port).await? == "master" {
+                self.setslot(port, slot, "NODE", &to_id).await?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.master_of(slot).await.is_ok_and(|p| p == to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the nodes do not agree that slot {slot} moved to {to}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `CLUSTER SETSLOT slot how id` on the node on `port`.
+    async fn setslot(&self, port: u16, slot: u16, how: &str, id: &str) -> Result<()> {
+        let slot = slot.to_string();
+        command(
+            addr(port),
+            self.cfg.password.as_deref(),
+            &["CLUSTER", "SETSLOT", &slot, how, id],
+        )
+        .await
+        .with_context(|| format!("CLUSTER SETSLOT {slot} {how} on {port}"))?;
+        Ok(())
+    }
+
     /// Polls until every running node names a healthy master other than `old` for `slot` and
     /// it says `ROLE master`; returns its port and when that was first seen.
     pub async fn wait_new_master(

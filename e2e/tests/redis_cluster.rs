@@ -22,6 +22,11 @@
 //!
 //! `MEASURE cluster failover: ...` the kill-to-takeover time, per receiver the gap from the
 //! kill until the first message published after the kill arrived, and the messages lost.
+//!
+//! A second test moves the broadcast channel's slot to another master (a one-slot resharding,
+//! no process dies) under the same steady publisher: Redis drops the sharded subscriptions on
+//! the old owner without closing any connection, and every node must find the new owner and
+//! resubscribe there by itself (`MEASURE cluster slot move: ...`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -37,6 +42,8 @@ use serde_json::json;
 const T: Duration = Duration::from_secs(10);
 /// How long cross-node delivery may take to come back after the master's death.
 const GOAL: Duration = Duration::from_secs(5);
+/// How long cross-node delivery may take to come back after a slot moved (see the test).
+const MOVE_GOAL: Duration = Duration::from_secs(3);
 /// The publisher's period.
 const EVERY: Duration = Duration::from_millis(20);
 const PW: &str = "e2e-redis-cluster-password";
@@ -435,4 +442,101 @@ async fn cluster_failover_of_a_killed_master_keeps_sharded_delivery_across_nodes
     }
     // Everything works across nodes on the new masters.
     check_cross_node(&peers, "after").await;
+}
+
+/// A resharding moves the broadcast channel's slot to another master while the publisher
+/// sends: Redis drops the sharded subscriptions on the old owner (a `sunsubscribe` push, no
+/// lost connection), and every node must resubscribe on the new owner by itself (fred re-reads
+/// the slot map on the MOVED reply its next command gets; the probes send one within
+/// `PROBE_INTERVAL` even on a node that publishes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_slot_takes_its_sharded_subscribers_along() {
+    let Some(s) = setup(3).await else {
+        return;
+    };
+    let (slot, first) = s.broadcast_master().await;
+    wait_all_healthy_on(&s, first, 0.0).await;
+    let (a, _) = s.client_on(0, 0).await;
+    let (b, _) = s.client_on(1, 0).await;
+    let (c, _) = s.client_on(2, 0).await;
+    for x in [&a, &b, &c] {
+        x.join("r").await.unwrap();
+    }
+    // Another master to move the slot to.
+    let mut target = None;
+    for p in s.redis.running_ports() {
+        if p != first && s.redis.role(p).await.unwrap() == "master" {
+            target = Some(p);
+            break;
+        }
+    }
+    let target = target.expect("another master");
+
+    let sent = RefCell::new(BTreeMap::new());
+    let stop = RefCell::new(false);
+    let (mut moved_ms, mut done_ms) = (0.0, 0.0);
+    let watch = async {
+        b.wait_event("seq", T).await.unwrap();
+        c.wait_event("seq", T).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        moved_ms = now_ms();
+        s.redis.move_slot(slot, target).await.unwrap();
+        done_ms = now_ms();
+        println!(
+            "moved slot {slot} ({BROADCAST_CHAN}) from {first} to {target} in {:.0} ms",
+            done_ms - moved_ms
+        );
+        let start = Instant::now();
+        while ![&b, &c].iter().all(|x| heard_after(x, &sent, done_ms)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "cross-node delivery did not resume within 20 s of the move{}",
+                s.cluster.logs(30)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing to reconnect: the connections to both masters stay up.
+        wait_all_healthy_on(&s, target, 0.0).await;
+        let (old_subscribers, _) = s.subscribers(first).await;
+        assert_eq!(
+            old_subscribers, 0,
+            "a node is still subscribed on the old owner"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        *stop.borrow_mut() = true;
+    };
+    tokio::join!(publish_steadily(&a, "r", EVERY, &sent, &stop), watch);
+    a.publish(Some("r"), "end", json!(1)).await.unwrap();
+    for x in [&b, &c] {
+        x.wait_event("end", T).await.unwrap();
+    }
+    let sent = sent.into_inner();
+    for (x, name) in [(&b, "n2"), (&c, "n3")] {
+        let r = receipt(x, name);
+        // Losses count from the start of the move; the gap from its end (all nodes agree).
+        let o = outcome(&r, &sent, done_ms, moved_ms);
+        println!(
+            "MEASURE cluster slot move: {name}: cross-node delivery back {:.0} ms after the move \
+             ended, {} messages lost ({} published every {EVERY:?} from the move's start)",
+            o.gap_ms,
+            o.lost,
+            sent.values().filter(|t| **t >= moved_ms).count()
+        );
+        assert_eq!(r.duplicates, 0, "{name} got duplicates");
+        assert_eq!(r.out_of_order, 0, "{name} got messages out of order");
+        assert_eq!(
+            o.lost_after_resume, 0,
+            "{name}: messages lost after delivery resumed, sent at {:?} ms after the move",
+            o.lost_after_resume_at
+        );
+        // A node that publishes nothing learns of the move from its next probe's MOVED reply
+        // (within PROBE_INTERVAL, 2 s) and resubscribes at once on the slot-map re-read; a
+        // node that only noticed its lost probe would resubscribe PROBE_TIMEOUT (3 s) after
+        // it, later than this bound.
+        assert!(
+            o.gap_ms <= MOVE_GOAL.as_millis() as f64,
+            "{name}: delivery came back {:.0} ms after the move, the goal is {MOVE_GOAL:?}",
+            o.gap_ms
+        );
+    }
 }
