@@ -558,6 +558,61 @@ impl RedisCluster {
         }
     }
 
+    /// A healthy master other than the one on `not`.
+    pub async fn other_master(&self, not: u16) -> Result<u16> {
+        let nodes = self.cluster_nodes(not).await?;
+        nodes
+            .iter()
+            .find(|n| n.port != not && n.is_healthy_master() && !n.slots.is_empty())
+            .map(|n| n.port)
+            .ok_or_else(|| anyhow!("no other master"))
+    }
+
+    /// `CLUSTER FAILOVER` on a replica of the master on `master` (a switchover: the master
+    /// stops its clients' writes, the replica catches up and takes over, the master turns its
+    /// replica; no process dies). Waits until every node names the replica as the master of
+    /// the old master's slots, and returns its port.
+    pub async fn manual_failover(&self, master: u16) -> Result<u16> {
+        let nodes = self.cluster_nodes(master).await?;
+        let m = nodes
+            .iter()
+            .find(|n| n.port == master)
+            .ok_or_else(|| anyhow!("{master} is not in its own CLUSTER NODES"))?;
+        let slot = m
+            .slots
+            .first()
+            .map(|(a, _)| *a)
+            .ok_or_else(|| anyhow!("{master} serves no slot"))?;
+        let replica = nodes
+            .iter()
+            .find(|n| n.master_id.as_deref() == Some(&m.id) && !n.has_flag("fail"))
+            .ok_or_else(|| anyhow!("{master} has no replica"))?
+            .port;
+        match command(
+            addr(replica),
+            self.cfg.password.as_deref(),
+            &["CLUSTER", "FAILOVER"],
+        )
+        .await?
+        {
+            Resp::Simple(s) if s == "OK" => {}
+            other => bail!("CLUSTER FAILOVER on {replica}: {other:?}"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.master_of(slot).await.is_ok_and(|p| p == replica) {
+                return Ok(replica);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{replica} did not take over from {master} within 20 s:{}",
+                    self.logs(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `CLUSTER SETSLOT slot how id` on the node on `port`.
     async fn setslot(&self, port: u16, slot: u16, how: &str, id: &str) -> Result<()> {
         let slot = slot.to_string();

@@ -23,10 +23,12 @@
 //! `MEASURE cluster failover: ...` the kill-to-takeover time, per receiver the gap from the
 //! kill until the first message published after the kill arrived, and the messages lost.
 //!
-//! A second test moves the broadcast channel's slot to another master (a one-slot resharding,
-//! no process dies) under the same steady publisher: Redis drops the sharded subscriptions on
-//! the old owner without closing any connection, and every node must find the new owner and
-//! resubscribe there by itself (`MEASURE cluster slot move: ...`).
+//! Two more tests change the broadcast channel's slot owner while no process dies, under the
+//! same steady publisher: a one-slot resharding to another master, and a `CLUSTER FAILOVER` on
+//! the master's replica (a maintenance switchover). Redis drops the sharded subscriptions on the
+//! old owner without closing any connection, and every node must find the new owner and
+//! resubscribe there by itself (`MEASURE cluster Reshard: ...`, `MEASURE cluster
+//! ManualFailover: ...`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -444,13 +446,21 @@ async fn cluster_failover_of_a_killed_master_keeps_sharded_delivery_across_nodes
     check_cross_node(&peers, "after").await;
 }
 
-/// A resharding moves the broadcast channel's slot to another master while the publisher
-/// sends: Redis drops the sharded subscriptions on the old owner (a `sunsubscribe` push, no
-/// lost connection), and every node must resubscribe on the new owner by itself (fred re-reads
-/// the slot map on the MOVED reply its next command gets; the probes send one within
-/// `PROBE_INTERVAL` even on a node that publishes nothing).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_moved_slot_takes_its_sharded_subscribers_along() {
+/// How the broadcast channel's slot changes owner without a process dying.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// A one-slot resharding to another master.
+    Reshard,
+    /// `CLUSTER FAILOVER` on the master's replica (a maintenance switchover).
+    ManualFailover,
+}
+
+/// The slot of the broadcast channel changes owner while the publisher sends, and no
+/// connection breaks: Redis drops the sharded subscriptions on the old owner (a `sunsubscribe`
+/// push, or the old master turned replica), and every node must find the new owner and
+/// resubscribe there by itself (fred re-reads the slot map on the MOVED reply its next command
+/// gets; the probes send one within `PROBE_INTERVAL` even on a node that publishes nothing).
+async fn slot_changes_owner(change: Change) {
     let Some(s) = setup(3).await else {
         return;
     };
@@ -462,40 +472,38 @@ async fn a_moved_slot_takes_its_sharded_subscribers_along() {
     for x in [&a, &b, &c] {
         x.join("r").await.unwrap();
     }
-    // Another master to move the slot to.
-    let mut target = None;
-    for p in s.redis.running_ports() {
-        if p != first && s.redis.role(p).await.unwrap() == "master" {
-            target = Some(p);
-            break;
-        }
-    }
-    let target = target.expect("another master");
 
     let sent = RefCell::new(BTreeMap::new());
     let stop = RefCell::new(false);
-    let (mut moved_ms, mut done_ms) = (0.0, 0.0);
+    let (mut began_ms, mut done_ms, mut target) = (0.0, 0.0, 0);
     let watch = async {
         b.wait_event("seq", T).await.unwrap();
         c.wait_event("seq", T).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        moved_ms = now_ms();
-        s.redis.move_slot(slot, target).await.unwrap();
+        began_ms = now_ms();
+        target = match change {
+            Change::Reshard => {
+                let to = s.redis.other_master(first).await.unwrap();
+                s.redis.move_slot(slot, to).await.unwrap();
+                to
+            }
+            Change::ManualFailover => s.redis.manual_failover(first).await.unwrap(),
+        };
         done_ms = now_ms();
         println!(
-            "moved slot {slot} ({BROADCAST_CHAN}) from {first} to {target} in {:.0} ms",
-            done_ms - moved_ms
+            "{change:?}: slot {slot} ({BROADCAST_CHAN}) went from {first} to {target} in {:.0} ms",
+            done_ms - began_ms
         );
         let start = Instant::now();
         while ![&b, &c].iter().all(|x| heard_after(x, &sent, done_ms)) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "cross-node delivery did not resume within 20 s of the move{}",
+                "cross-node delivery did not resume within 20 s of the change{}",
                 s.cluster.logs(30)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Nothing to reconnect: the connections to both masters stay up.
+        // Nothing to reconnect to: no connection to a master broke.
         wait_all_healthy_on(&s, target, 0.0).await;
         let (old_subscribers, _) = s.subscribers(first).await;
         assert_eq!(
@@ -513,30 +521,40 @@ async fn a_moved_slot_takes_its_sharded_subscribers_along() {
     let sent = sent.into_inner();
     for (x, name) in [(&b, "n2"), (&c, "n3")] {
         let r = receipt(x, name);
-        // Losses count from the start of the move; the gap from its end (all nodes agree).
-        let o = outcome(&r, &sent, done_ms, moved_ms);
+        // Losses count from the start of the change; the gap from its end (all nodes agree).
+        let o = outcome(&r, &sent, done_ms, began_ms);
         println!(
-            "MEASURE cluster slot move: {name}: cross-node delivery back {:.0} ms after the move \
-             ended, {} messages lost ({} published every {EVERY:?} from the move's start)",
+            "MEASURE cluster {change:?}: {name}: cross-node delivery back {:.0} ms after the \
+             change, {} messages lost ({} published every {EVERY:?} from its start)",
             o.gap_ms,
             o.lost,
-            sent.values().filter(|t| **t >= moved_ms).count()
+            sent.values().filter(|t| **t >= began_ms).count()
         );
         assert_eq!(r.duplicates, 0, "{name} got duplicates");
         assert_eq!(r.out_of_order, 0, "{name} got messages out of order");
         assert_eq!(
             o.lost_after_resume, 0,
-            "{name}: messages lost after delivery resumed, sent at {:?} ms after the move",
+            "{name}: messages lost after delivery resumed, sent at {:?} ms after the change",
             o.lost_after_resume_at
         );
-        // A node that publishes nothing learns of the move from its next probe's MOVED reply
+        // A node that publishes nothing learns of the change from its next probe's MOVED reply
         // (within PROBE_INTERVAL, 2 s) and resubscribes at once on the slot-map re-read; a
         // node that only noticed its lost probe would resubscribe PROBE_TIMEOUT (3 s) after
         // it, later than this bound.
         assert!(
             o.gap_ms <= MOVE_GOAL.as_millis() as f64,
-            "{name}: delivery came back {:.0} ms after the move, the goal is {MOVE_GOAL:?}",
+            "{name}: delivery came back {:.0} ms after the change, the goal is {MOVE_GOAL:?}",
             o.gap_ms
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_slot_takes_its_sharded_subscribers_along() {
+    slot_changes_owner(Change::Reshard).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_takes_its_sharded_subscribers_along() {
+    slot_changes_owner(Change::ManualFailover).await;
 }

@@ -44,7 +44,7 @@ use std::{
 
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface},
     types::{
         Message, RespVersion,
         config::{Config, ReconnectPolicy, ServerConfig, TcpConfig, UnresponsiveConfig},
@@ -88,6 +88,12 @@ const TICK: Duration = Duration::from_millis(200);
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a probe may take before the node resubscribes.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a cluster's slot map is read again (`CLUSTER SLOTS`), besides the re-reads fred
+/// does after a lost connection or a MOVED reply: a master turned replica by a switchover
+/// (`CLUSTER FAILOVER`) still serves the sharded commands of its old slots, locally, so no
+/// MOVED ever comes, and nodes that re-read the map at different times would publish and
+/// listen on different nodes of the shard.
+const CLUSTER_SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// How long Redis may answer this node while the node hears nothing before it counts as deaf
 /// (and leaves rotation): longer than a resubscription and a probe round trip.
 pub const DEAF_GRACE: Duration = Duration::from_secs(10);
@@ -434,6 +440,10 @@ struct Monitor {
     dropped_seen: u64,
     /// Set by the first successful subscription: later connections count as reconnects.
     subscribed_once: bool,
+    /// On a cluster: the master of each wanted channel's slot (fred's slot map) when the
+    /// channels were last subscribed; a different map means a subscription is on the wrong node.
+    subscribed_routes: BTreeMap<u16, String>,
+    next_cluster_sync: Instant,
     /// Set by a connection error, cleared by the next successful connection.
     lost_since: Option<Instant>,
     last_error: Option<String>,
@@ -477,6 +487,8 @@ impl Monitor {
             next_probe: now,
             dropped_seen: 0,
             subscribed_once: false,
+            subscribed_routes: BTreeMap::new(),
+            next_cluster_sync: now,
             lost_since: None,
             last_error: None,
             last_down_log: None,
@@ -507,8 +519,8 @@ impl Monitor {
                 // subscription yet.
                 ev = cluster_changes.recv() => match ev {
                     Ok(changes) => {
-                        debug!(?changes, "redis cluster slot map re-read; resubscribing");
-                        self.subscribed = false;
+                        debug!(?changes, "redis cluster slot map re-read");
+                        self.check_routes();
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.subscribed = false,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -541,6 +553,37 @@ impl Monitor {
         info!(%server, "redis connected");
         self.subscribed = false;
         self.lost_since = None;
+    }
+
+    /// On a cluster: the master of each wanted channel's slot in fred's slot map (empty without
+    /// one).
+    fn routes(&self) -> BTreeMap<u16, String> {
+        let Some(map) = self.driver.inner.client.cached_cluster_state() else {
+            return BTreeMap::new();
+        };
+        self.driver
+            .channels()
+            .iter()
+            .map(|c| redis_keyslot(c.as_bytes()))
+            .filter_map(|slot| Some((slot, map.get_server(slot)?.to_string())))
+            .collect()
+    }
+
+    /// On a cluster: resubscribes when a wanted channel's slot has another master than when
+    /// the channels were subscribed (a failover, a resharding).
+    fn check_routes(&mut self) {
+        if !self.driver.inner.sharded || !self.subscribed {
+            return;
+        }
+        let routes = self.routes();
+        if routes != self.subscribed_routes {
+            info!(
+                before = ?self.subscribed_routes,
+                now = ?routes,
+                "redis cluster: a channel's slot has another master; resubscribing"
+            );
+            self.subscribed = false;
+        }
     }
 
     /// On a cluster: a probe channel for every hash slot an adapter channel is in (added to
@@ -628,6 +671,13 @@ impl Monitor {
         if connected && !self.subscribed && Instant::now() >= self.resubscribe_after {
             let channels = self.driver.channels();
             let n = channels.len();
+            // The map the SSUBSCRIBEs are routed by (read before: a change meanwhile shows at
+            // the next check).
+            let routes = if inner.sharded {
+                self.routes()
+            } else {
+                BTreeMap::new()
+            };
             match subscribe_all(&inner, channels).await {
                 Ok(()) => {
                     info!(
@@ -637,6 +687,7 @@ impl Monitor {
                     );
                     self.subscribed = true;
                     self.subscribed_once = true;
+                    self.subscribed_routes = routes;
                     // Prove the path right away rather than at the next interval.
                     self.probe_sent = None;
                     self.next_probe = Instant::now();
@@ -660,6 +711,17 @@ impl Monitor {
 
         if connected && self.subscribed {
             self.probe().await;
+        }
+        if inner.sharded && connected && self.subscribed && Instant::now() >= self.next_cluster_sync
+        {
+            self.next_cluster_sync = Instant::now() + CLUSTER_SYNC_INTERVAL;
+            // fred re-reads the map, drops connections to nodes that are no longer masters
+            // (their subscriptions go with them) and connects to new ones.
+            match tokio::time::timeout(COMMAND_TIMEOUT, inner.client.sync_cluster()).await {
+                Ok(Ok(())) => self.check_routes(),
+                Ok(Err(e)) => debug!("redis cluster slot map re-read failed: {e}"),
+                Err(_) => debug!("redis cluster slot map re-read timed out"),
+            }
         }
         if !connected {
             // An outage, not deafness: every node is in the same boat.
