@@ -29,9 +29,16 @@
 //! - a slot that moves (a failover, a resharding) takes its sharded subscriptions with it:
 //!   Redis drops them (a dead master's connection, or a `sunsubscribe` push that fred does not
 //!   surface). fred re-reads the slot map after a lost connection or a MOVED reply, and
-//!   reports each new master connection (`reconnect_rx`) and each re-read (`cluster_change_rx`);
-//!   the monitor resubscribes every channel on each of them (SSUBSCRIBE is idempotent on a
-//!   connection that already has it: no message comes twice);
+//!   reports each new master connection (`reconnect_rx`) and each re-read (`cluster_change_rx`).
+//!   The monitor resubscribes every channel after each new connection, and after a re-read
+//!   that gives one of its channels' slots another master (SSUBSCRIBE is idempotent on a
+//!   connection that already has it, and fred closes its connection to a node that is no
+//!   longer a master before the new SSUBSCRIBEs go out: no message comes twice);
+//! - a switchover (`CLUSTER FAILOVER`) turns the old master into a replica that still serves
+//!   SSUBSCRIBE and SPUBLISH for its old slots, locally, without MOVED: the clients that used it
+//!   keep working, but one that re-read the slot map meanwhile listens on the new master and
+//!   misses what the others publish on the old one. So the monitor re-reads the map itself
+//!   every [`CLUSTER_SYNC_INTERVAL`], which bounds that split;
 //! - one probe cannot prove several masters: the monitor probes every hash slot the adapter's
 //!   channels are in, with one probe channel per slot (a `{tag}` that hashes to that slot), and
 //!   a probe round succeeds only when every slot's probe came back.
