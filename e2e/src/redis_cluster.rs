@@ -130,22 +130,27 @@ pub fn node_conf(cfg: &RedisClusterConfig, port: u16, dir: &Path) -> String {
     s
 }
 
-/// `(redis-server, redis-cli)`, by the [`require`] policy (`None`: skip).
+/// `(redis-server, redis-cli)`, by the [`require`] policy (`None`: skip): a `redis-server`
+/// older than 7 (no sharded pub/sub) counts as missing.
 pub fn require_parts() -> Option<(PathBuf, PathBuf)> {
     let how = "run scripts/deps.sh (apt-get install redis-server, which brings redis-cli)";
-    let server = require::require(
-        "redis-server",
-        how,
-        require::find_program("redis-server", &[]),
-    )?;
+    let server = require::find_program("redis-server", &[])
+        .filter(|p| server_major_version(p).is_ok_and(|m| m >= 7));
+    let server = require::require("redis-server 7 or later", how, server)?;
     let cli = require::require("redis-cli", how, require::find_program("redis-cli", &[]))?;
     Some((server, cli))
 }
 
 /// The major version `redis-server --version` reports (`v=7.0.15` -> 7).
-pub async fn server_major_version(redis_bin: &Path) -> Result<u32> {
-    let out = Command::new(redis_bin).arg("--version").output().await?;
-    let text = String::from_utf8_lossy(&out.stdout);
+pub fn server_major_version(redis_bin: &Path) -> Result<u32> {
+    let out = std::process::Command::new(redis_bin)
+        .arg("--version")
+        .output()?;
+    parse_major_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The major version in `redis-server --version`'s output (pure).
+pub fn parse_major_version(text: &str) -> Result<u32> {
     text.split_whitespace()
         .find_map(|w| w.strip_prefix("v="))
         .and_then(|v| v.split('.').next())
@@ -175,7 +180,7 @@ impl RedisCluster {
         redis_bin: PathBuf,
         cli_bin: PathBuf,
     ) -> Result<RedisCluster> {
-        let major = server_major_version(&redis_bin).await?;
+        let major = server_major_version(&redis_bin)?;
         if major < 7 {
             bail!("redis-server {major}.x has no sharded pub/sub (SSUBSCRIBE): 7 or later needed");
         }
@@ -725,6 +730,17 @@ f2d8 127.0.0.1:17001@27001 myself,master - 0 0 1 connected 0-5460 5462 [5461->-9
         assert!(!n[3].is_healthy_master());
         assert_eq!(n[3].link, "disconnected");
         assert!(parse_cluster_nodes("x y z").is_err());
+    }
+
+    #[test]
+    fn the_major_version_is_read() {
+        let v = "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=ae4d";
+        assert_eq!(parse_major_version(v).unwrap(), 7);
+        assert_eq!(
+            parse_major_version("Redis server v=6.2.1 sha=0").unwrap(),
+            6
+        );
+        assert!(parse_major_version("redis-server: command not found").is_err());
     }
 
     #[test]

@@ -213,11 +213,6 @@ impl RedisDriver {
         tokio::spawn(Monitor::new(self.clone(), probe_chan, tx, rx).run())
     }
 
-    /// Whether this driver uses sharded pub/sub (a Redis Cluster).
-    pub fn is_sharded(&self) -> bool {
-        self.inner.sharded
-    }
-
     /// Closes the Redis connection (after the adapter has unsubscribed).
     pub async fn quit(&self) {
         self.inner
@@ -521,9 +516,9 @@ impl Monitor {
                     Err(broadcast::error::RecvError::Lagged(_)) => self.subscribed = false,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                // A cluster's slot map was read again (after a lost connection or a MOVED
-                // reply): a slot may have moved to a master where this node has no
-                // subscription yet.
+                // A cluster's slot map was read again (after a lost connection, a MOVED reply
+                // or by `step`): a channel's slot may have moved to a master where this node
+                // has no subscription yet.
                 ev = cluster_changes.recv() => match ev {
                     Ok(changes) => {
                         debug!(?changes, "redis cluster slot map re-read");
