@@ -631,31 +631,6 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// Polls until every running node names a healthy master other than `old` for `slot` and
-    /// it says `ROLE master`; returns its port and when that was first seen.
-    pub async fn wait_new_master(
-        &self,
-        slot: u16,
-        old: u16,
-        timeout: Duration,
-    ) -> Result<(u16, Instant)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(p) = self.master_of(slot).await
-                && p != old
-            {
-                return Ok((p, Instant::now()));
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no replica took over slot {slot} within {timeout:?} (its master was on {old}):{}",
-                    self.logs(30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Which nodes have exited.
     pub fn exited(&self) -> Vec<String> {
         self.nodes
