@@ -501,14 +501,25 @@ async fn slot_changes_owner(change: Change) {
             done_ms - began_ms
         );
         let start = Instant::now();
-        while ![&b, &c].iter().all(|x| heard_after(x, &sent, done_ms)) {
+        let mut degraded_seen = vec![false; s.cluster.nodes().len()];
+        loop {
+            for (i, (status, body, deaf)) in s.health().await.into_iter().enumerate() {
+                let name = &s.cluster.node(i).name;
+                assert_eq!(status, Some(200), "{name} left rotation: {body}");
+                assert_eq!(deaf, Some(0.0), "{name} turned deaf after the change");
+                degraded_seen[i] |= body.contains("degraded");
+            }
+            if [&b, &c].iter().all(|x| heard_after(x, &sent, done_ms)) {
+                break;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "cross-node delivery did not resume within 20 s of the change{}",
                 s.cluster.logs(30)
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        println!("nodes that reported degraded after the change: {degraded_seen:?}");
         // Nothing to reconnect to: no connection to a master broke.
         wait_all_healthy_on(&s, target, 0.0).await;
         let (old_subscribers, _) = s.subscribers(first).await;
