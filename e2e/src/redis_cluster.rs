@@ -376,6 +376,11 @@ impl RedisCluster {
         s
     }
 
+    /// Any command on the node on `port` (after AUTH); an error reply is an error.
+    pub async fn run(&self, port: u16, args: &[&str]) -> Result<Resp> {
+        command(addr(port), self.cfg.password.as_deref(), args).await
+    }
+
     /// `CLUSTER NODES` as node `port` sees it.
     pub async fn cluster_nodes(&self, port: u16) -> Result<Vec<NodeLine>> {
         parse_cluster_nodes(&self.info(port, "CLUSTER", "NODES").await?)

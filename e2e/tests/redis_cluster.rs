@@ -28,7 +28,9 @@
 //! the master's replica (a maintenance switchover). Redis drops the sharded subscriptions on the
 //! old owner without closing any connection, and every node must find the new owner and
 //! resubscribe there by itself (`MEASURE cluster Reshard: ...`, `MEASURE cluster
-//! ManualFailover: ...`).
+//! ManualFailover: ...`). The last one makes the broadcast channel's master refuse SSUBSCRIBE
+//! (an ACL mistake on one shard): every node turns deaf, leaves rotation after `DEAF_GRACE`, and
+//! comes back once the master accepts again.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -574,4 +576,87 @@ async fn a_moved_slot_takes_its_sharded_subscribers_along() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_takes_its_sharded_subscribers_along() {
     slot_changes_owner(Change::ManualFailover).await;
+}
+
+/// Deafness on a cluster: the master serving the broadcast channel's slot refuses SSUBSCRIBE
+/// (an ACL mistake on one shard) while the other masters accept it. Every node's subscriptions
+/// there are dropped (`CLIENT KILL TYPE pubsub`), it reconnects, its SSUBSCRIBE is refused while
+/// Redis answers its commands: after `DEAF_GRACE` (10 s) it is deaf and leaves rotation
+/// (`/readyz` 503, `realtime_redis_deaf` 1). Once the master accepts SSUBSCRIBE again, every
+/// node resubscribes, hears its probes on every slot and comes back, and delivery works across
+/// nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_refusing_ssubscribe_makes_the_nodes_deaf_until_it_accepts() {
+    let Some(s) = setup(2).await else {
+        return;
+    };
+    let (_, master) = s.broadcast_master().await;
+    wait_all_healthy_on(&s, master, 0.0).await;
+    s.redis
+        .run(master, &["ACL", "SETUSER", "default", "-ssubscribe"])
+        .await
+        .unwrap();
+    let killed = s
+        .redis
+        .run(master, &["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .unwrap();
+    println!("ACL: master {master} refuses SSUBSCRIBE; killed its pub/sub clients: {killed:?}");
+    let start = Instant::now();
+    for i in 0..s.cluster.nodes().len() {
+        let name = &s.cluster.node(i).name;
+        loop {
+            let r = s.cluster.probe_get(i, "/readyz").await.unwrap();
+            if r.status == 503 && r.body.contains("deaf") {
+                println!(
+                    "{name} deaf and out of rotation {:?} after the kill: {}",
+                    start.elapsed(),
+                    r.body
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(25),
+                "{name} is not deaf 25 s after its SSUBSCRIBE was refused: {} {}{}",
+                r.status,
+                r.body,
+                s.cluster.logs(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let m = s.cluster.metrics(i).await.unwrap();
+        assert_eq!(
+            metric_value(&m, "realtime_redis_deaf", &[]),
+            Some(1.0),
+            "{name}"
+        );
+        // Redis answers it: this is not an outage.
+        assert_eq!(
+            metric_value(&m, "realtime_redis_connected", &[]),
+            Some(1.0),
+            "{name}"
+        );
+    }
+    // Deafness took at least DEAF_GRACE: no node left rotation at the first refusal.
+    assert!(
+        start.elapsed() >= Duration::from_secs(10),
+        "deaf too early: {:?}",
+        start.elapsed()
+    );
+
+    s.redis
+        .run(master, &["ACL", "SETUSER", "default", "+ssubscribe"])
+        .await
+        .unwrap();
+    let back = Instant::now();
+    wait_all_healthy_on(&s, master, 0.0).await;
+    println!(
+        "every node back in rotation {:?} after the ACL was fixed",
+        back.elapsed()
+    );
+    let (a, _) = s.client_on(0, 0).await;
+    let (b, _) = s.client_on(1, 0).await;
+    a.join("r").await.unwrap();
+    b.publish(Some("r"), "after", json!(1)).await.unwrap();
+    a.wait_event("after", T).await.unwrap();
 }

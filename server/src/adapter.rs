@@ -337,15 +337,26 @@ async fn subscribe_one(inner: &Inner, chan: &str) -> Result<(), fred::error::Err
 }
 
 /// Subscribes `channels`, each command bounded by [`COMMAND_TIMEOUT`]: one SUBSCRIBE for them
-/// all, or one SSUBSCRIBE each on a cluster (stops at the first failure).
+/// all, or one SSUBSCRIBE each on a cluster (all of them even when one fails, so that one
+/// master refusing does not keep the others' channels unsubscribed; the first failure is
+/// returned, a refusal by Redis before a timeout).
 async fn subscribe_all(inner: &Inner, channels: Vec<String>) -> Result<(), SubscribeError> {
     if inner.sharded {
+        let mut failed = None;
         for chan in &channels {
-            tokio::time::timeout(COMMAND_TIMEOUT, inner.client.ssubscribe(chan.as_str()))
+            let res = tokio::time::timeout(COMMAND_TIMEOUT, inner.client.ssubscribe(chan.as_str()))
                 .await
-                .map_err(|_| SubscribeError::TimedOut)??;
+                .map_err(|_| SubscribeError::TimedOut)
+                .and_then(|r| r.map_err(SubscribeError::from));
+            match (res, &failed) {
+                (Ok(()), _) | (Err(_), Some(SubscribeError::Redis(_))) => {}
+                (Err(e), _) => {
+                    debug!(chan, "redis SSUBSCRIBE failed: {e}");
+                    failed = Some(e);
+                }
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     } else {
         tokio::time::timeout(COMMAND_TIMEOUT, inner.client.subscribe(channels))
             .await
