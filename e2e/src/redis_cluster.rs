@@ -158,6 +158,25 @@ pub fn parse_major_version(text: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("no version in {text:?}"))
 }
 
+/// Redis Cluster's bus port is the client port + 10000, so a node's port must be at most
+/// 55535 (redis-server refuses to start otherwise).
+pub const BUS_PORT_OFFSET: u16 = 10000;
+
+/// A free port for a cluster node whose bus port (+[`BUS_PORT_OFFSET`]) exists and is free too:
+/// the kernel's ephemeral ports reach 60999, above what a cluster node may use.
+pub fn free_node_port() -> Result<u16> {
+    for _ in 0..200 {
+        let port = free_port()?;
+        let Some(bus) = port.checked_add(BUS_PORT_OFFSET) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port with a free bus port (+{BUS_PORT_OFFSET}) on 127.0.0.1 after 200 tries")
+}
+
 struct Member {
     name: String,
     port: u16,
@@ -191,7 +210,7 @@ impl RedisCluster {
                 .map(|i| {
                     Ok(Member {
                         name: format!("redis-{i}"),
-                        port: free_port()?,
+                        port: free_node_port()?,
                         proc_: None,
                     })
                 })
@@ -710,6 +729,14 @@ f2d8 127.0.0.1:17001@27001 myself,master - 0 0 1 connected 0-5460 5462 [5461->-9
         assert!(!n[3].is_healthy_master());
         assert_eq!(n[3].link, "disconnected");
         assert!(parse_cluster_nodes("x y z").is_err());
+    }
+
+    #[test]
+    fn node_ports_leave_room_for_the_bus_port() {
+        for _ in 0..50 {
+            let p = free_node_port().unwrap();
+            assert!(p <= u16::MAX - BUS_PORT_OFFSET, "{p}");
+        }
     }
 
     #[test]
