@@ -28,8 +28,8 @@
 //! the master's replica (a maintenance switchover). Redis drops the sharded subscriptions on the
 //! old owner without closing any connection, and every node must find the new owner and
 //! resubscribe there by itself (`MEASURE cluster Reshard: ...`, `MEASURE cluster
-//! ManualFailover: ...`). The last one makes the broadcast channel's master refuse SSUBSCRIBE
-//! (an ACL mistake on one shard): every node turns deaf, leaves rotation after `DEAF_GRACE`, and
+//! ManualFailover: ...`). A fourth makes the broadcast channel's master refuse SSUBSCRIBE (an
+//! ACL mistake on one shard): every node turns deaf, leaves rotation after `DEAF_GRACE`, and
 //! comes back once the master accepts again.
 
 use std::cell::RefCell;
