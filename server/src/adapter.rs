@@ -632,8 +632,12 @@ impl Monitor {
         // read first, every connection made until then is handled here, before subscribing (a
         // cluster's first connections, one per master, then do not count as reconnects).
         let fred_connected = inner.client.is_connected();
-        while let Ok(server) = reconnects.try_recv() {
-            self.connected_to(&server.to_string());
+        loop {
+            match reconnects.try_recv() {
+                Ok(server) => self.connected_to(&server.to_string()),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.subscribed = false,
+                Err(_) => break,
+            }
         }
         if self.ensure_probe_channels() {
             self.subscribed = false;
