@@ -40,13 +40,15 @@ pub struct Cli {
 
     /// Redis URL: `redis://` or `rediss://` (TLS) for one server; `redis-sentinel://` or
     /// `rediss-sentinel://` for a primary found through Sentinel
-    /// (`redis-sentinel://SENTINEL[:26379][/DB]?sentinelServiceName=NAME&node=SENTINEL2:PORT...`).
+    /// (`redis-sentinel://SENTINEL[:26379][/DB]?sentinelServiceName=NAME&node=SENTINEL2:PORT...`);
+    /// `redis-cluster://` or `rediss-cluster://` for a Redis Cluster (>= 7, sharded pub/sub),
+    /// given by seed nodes (`redis-cluster://NODE:PORT?node=NODE2:PORT&node=NODE3:PORT`).
     /// Without it the node runs alone on the in-memory adapter.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Password of the Redis data nodes (the primary and its replicas); overrides the password
-    /// of the URL (for a Kubernetes Secret).
+    /// Password of the Redis data nodes (the primary and its replicas, or every cluster node);
+    /// overrides the password of the URL (for a Kubernetes Secret).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
@@ -150,7 +152,8 @@ pub enum Cors {
 /// The Redis connection the adapter uses.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// The URL as given (`redis://`, `rediss://`, `redis-sentinel://` or `rediss-sentinel://`).
+    /// The URL as given (`redis://`, `rediss://`, `redis-sentinel://`, `rediss-sentinel://`,
+    /// `redis-cluster://` or `rediss-cluster://`).
     pub url: String,
     /// What the URL points at.
     pub topology: RedisTopology,
@@ -171,6 +174,9 @@ pub enum RedisTopology {
         master_name: String,
         sentinels: Vec<String>,
     },
+    /// A Redis Cluster, discovered from the seed nodes `seeds` (`host:port`, the URL's host
+    /// first); the client follows its slot map (`CLUSTER SLOTS`) and uses sharded pub/sub.
+    Cluster { seeds: Vec<String> },
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -219,7 +225,7 @@ pub enum ConfigError {
     #[error("ADMIN_PORT must differ from PORT (both {0})")]
     AdminPort(u16),
     #[error(
-        "REDIS_URL must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel:// (got {0:?})"
+        "REDIS_URL must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster:// or rediss-cluster:// (got {0:?})"
     )]
     RedisScheme(String),
     #[error("REDIS_URL has no host")]
@@ -342,7 +348,9 @@ impl Cli {
             None => None,
             Some(url) => {
                 let topology = validate_redis_url(&url)?;
-                if topology == RedisTopology::Standalone && sentinel_password.is_some() {
+                if !matches!(topology, RedisTopology::Sentinel { .. })
+                    && sentinel_password.is_some()
+                {
                     return Err(ConfigError::SentinelPasswordWithoutSentinel);
                 }
                 let password = match &self.redis_password_file {
@@ -462,16 +470,19 @@ const SENTINEL_PASSWORD_PARAM: &str = "sentinelPassword";
 /// Checks a REDIS_URL and says what it points at. The rules are fred's, checked here so that
 /// a bad URL fails at start with a message naming the mistake; fred then parses the same URL.
 fn validate_redis_url(url: &str) -> Result<RedisTopology, ConfigError> {
-    let (rest, sentinel) = if let Some(r) = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-    {
-        (r, false)
-    } else if let Some(r) = url
-        .strip_prefix("redis-sentinel://")
-        .or_else(|| url.strip_prefix("rediss-sentinel://"))
-    {
-        (r, true)
+    #[derive(PartialEq)]
+    enum Scheme {
+        Plain,
+        Sentinel,
+        Cluster,
+    }
+    let strip = |a: &str, b: &str| url.strip_prefix(a).or_else(|| url.strip_prefix(b));
+    let (rest, scheme) = if let Some(r) = strip("redis://", "rediss://") {
+        (r, Scheme::Plain)
+    } else if let Some(r) = strip("redis-sentinel://", "rediss-sentinel://") {
+        (r, Scheme::Sentinel)
+    } else if let Some(r) = strip("redis-cluster://", "rediss-cluster://") {
+        (r, Scheme::Cluster)
     } else {
         return Err(ConfigError::RedisScheme(redact_url(url)));
     };
@@ -490,7 +501,38 @@ fn validate_redis_url(url: &str) -> Result<RedisTopology, ConfigError> {
             "the path must be a database number (got /{path})"
         )));
     }
-    let topology = if sentinel {
+    let topology = if scheme == Scheme::Cluster {
+        if host.contains(',') {
+            return Err(bad(format!(
+                "{host:?}: name further seed nodes as ?node=HOST:PORT&node=HOST:PORT, not with commas"
+            )));
+        }
+        if !path.is_empty() && path != "0" {
+            return Err(bad(format!(
+                "a Redis Cluster has only database 0 (got /{path})"
+            )));
+        }
+        let first = if host_port(host).is_some() {
+            host.to_owned()
+        } else if !host.contains(':') {
+            format!("{host}:6379")
+        } else {
+            return Err(bad(format!("{host:?} is not host:port")));
+        };
+        let mut seeds = vec![first];
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            match k {
+                "node" if host_port(v).is_some() => seeds.push(v.to_owned()),
+                "node" => {
+                    return Err(bad(format!(
+                        "node={v} is not a cluster node's host:port (the port is required)"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        RedisTopology::Cluster { seeds }
+    } else if scheme == Scheme::Sentinel {
         let first = if host_port(host).is_some() {
             host.to_owned()
         } else if !host.contains(':') {
@@ -852,8 +894,7 @@ mod tests {
         assert!(e.contains("node=s2:0"), "{e}");
         let e = err("redis-sentinel://?sentinelServiceName=m");
         assert_eq!(e, "REDIS_URL has no host");
-        // Redis Cluster is not a form this server takes
-        let e = err("redis-cluster://c1:7000");
+        let e = err("redis-clustre://c1:7000");
         assert!(e.starts_with("REDIS_URL must start with"), "{e}");
         // a Sentinel password without Sentinel is a mistake, not something to ignore
         for args in [
@@ -866,6 +907,75 @@ mod tests {
                 "{args:?}"
             );
         }
+    }
+
+    #[test]
+    fn cluster_urls_name_every_seed_node() {
+        let s = settings(&[
+            "--redis-url=redis-cluster://:pw@c1:7000?node=c2:7001&node=10.0.0.3:7002",
+            "--redis-password=data",
+        ])
+        .unwrap();
+        let r = s.redis.unwrap();
+        assert_eq!(
+            r.topology,
+            RedisTopology::Cluster {
+                seeds: vec!["c1:7000".into(), "c2:7001".into(), "10.0.0.3:7002".into()]
+            }
+        );
+        assert_eq!(r.password.as_deref(), Some("data"));
+        // the port defaults to 6379, TLS has its own scheme, database 0 is the only one
+        for url in ["rediss-cluster://c1", "redis-cluster://c1/0"] {
+            let r = settings(&[&format!("--redis-url={url}")])
+                .unwrap()
+                .redis
+                .unwrap();
+            assert_eq!(
+                r.topology,
+                RedisTopology::Cluster {
+                    seeds: vec!["c1:6379".into()]
+                },
+                "{url}"
+            );
+        }
+        // fred parses the same URL into a clustered config with every seed
+        let cfg = fred::types::config::Config::from_url(
+            "redis-cluster://c1:7000?node=c2:7001&node=c3:7002",
+        )
+        .unwrap();
+        assert!(cfg.server.is_clustered());
+        let mut hosts: Vec<String> = cfg.server.hosts().iter().map(|h| h.to_string()).collect();
+        hosts.sort();
+        assert_eq!(hosts, ["c1:7000", "c2:7001", "c3:7002"]);
+    }
+
+    #[test]
+    fn cluster_mistakes_are_named() {
+        let err = |args: &[&str]| settings(args).unwrap_err().to_string();
+        let e = err(&["--redis-url=redis-cluster://c1:7000,c2:7001"]);
+        assert!(e.contains("?node=HOST:PORT"), "{e}");
+        let e = err(&["--redis-url=redis-cluster://c1:7000?node=c2"]);
+        assert!(
+            e.contains("node=c2 is not a cluster node's host:port"),
+            "{e}"
+        );
+        let e = err(&["--redis-url=redis-cluster://c1:7000/1"]);
+        assert!(e.contains("only database 0"), "{e}");
+        let e = err(&["--redis-url=redis-cluster://:7000"]);
+        assert_eq!(e, "REDIS_URL has no host");
+        // Sentinel's password means nothing to a cluster
+        assert_eq!(
+            settings(&[
+                "--redis-url=redis-cluster://c1:7000",
+                "--redis-sentinel-password=x"
+            ])
+            .unwrap_err(),
+            ConfigError::SentinelPasswordWithoutSentinel
+        );
+        assert_eq!(
+            redact_url("redis-cluster://u:secret@c1:7000?node=c2:7001"),
+            "redis-cluster://u:<redacted>@c1:7000?node=c2:7001"
+        );
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl Metrics {
         let redis_reconnects = Counter::default();
         r.register(
             "redis_reconnects",
-            "Redis reconnections",
+            "Redis connections made after the node first subscribed (with a cluster, each new master connection: a failover, a restarted node)",
             redis_reconnects.clone(),
         );
         let redis_messages = Counter::default();
