@@ -271,7 +271,7 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
             .read()
             .unwrap()
             .values()
-            .filter_map(|ns| ns.get_socket(socket.id).ok())
+            .filter_map(|ns| ns.get_socket_by_eid(socket.id).ok())
             .collect();
 
         let _cnt = socks

@@ -115,6 +115,9 @@ pub struct SocketIoConfig {
 
     /// A global server identifier
     pub server_id: Uid,
+
+    /// Connection state recovery, when enabled (see [`crate::recovery`]).
+    pub(crate) recovery: Option<crate::recovery::Recovery>,
 }
 
 impl Default for SocketIoConfig {
@@ -129,6 +132,7 @@ impl Default for SocketIoConfig {
             parser: Parser::default(),
             parse_config: ParseConfig::default(),
             server_id: Uid::new(),
+            recovery: None,
         }
     }
 }
@@ -338,6 +342,20 @@ impl<A: Adapter> SocketIoBuilder<A> {
     #[cfg(feature = "state")]
     pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> Self {
         self.state.set(state);
+        self
+    }
+}
+
+impl<A: Adapter> SocketIoBuilder<A> {
+    /// Enables connection state recovery (socket.io 4.6+), with `store` keeping the sessions:
+    /// the CONNECT reply carries a private session id, and a client that reconnects with it
+    /// gets its socket id back when the store restores its session.
+    /// See the [`recovery`](crate::recovery) module.
+    pub fn with_connection_state_recovery(
+        mut self,
+        store: impl crate::recovery::SessionStore,
+    ) -> Self {
+        self.config.recovery = Some(crate::recovery::Recovery(std::sync::Arc::new(store)));
         self
     }
 }

@@ -17,7 +17,7 @@ use crate::{
 use socketioxide_core::{
     Sid, Str, Uid, Value,
     adapter::{BroadcastIter, CoreLocalAdapter, RemoteSocketData, SocketEmitter},
-    packet::{ConnectPacket, Packet, PacketData},
+    packet::{Packet, PacketData},
     parser::Parse,
 };
 
@@ -36,6 +36,10 @@ pub struct Namespace<A: Adapter> {
     /// The ids of the sockets that are connecting to this namespace, but which are not yet
     /// in [`Self::sockets`] because their middlewares are still running.
     connecting: Mutex<HashSet<Sid>>,
+    /// Engine.io session id -> socket id, for the sockets whose ids differ: those that
+    /// restored a previous session (connection state recovery).
+    restored_ids: RwLock<HashMap<Sid, Sid>>,
+    recovery: Option<crate::recovery::Recovery>,
 }
 
 /// Marks a socket as connecting to a namespace until dropped.
@@ -58,6 +62,24 @@ impl<'a, A: Adapter> ConnectingGuard<'a, A> {
 impl<A: Adapter> Drop for ConnectingGuard<'_, A> {
     fn drop(&mut self) {
         self.ns.connecting.lock().unwrap().remove(&self.sid);
+    }
+}
+
+/// Maps an engine.io id to a restored socket id while the socket connects; forgotten (kept)
+/// once the socket is in the namespace, removed if the connection fails before.
+struct AliasGuard<'a, A: Adapter> {
+    ns: &'a Namespace<A>,
+    eid: Sid,
+}
+impl<'a, A: Adapter> AliasGuard<'a, A> {
+    fn new(ns: &'a Namespace<A>, eid: Sid, sid: Sid) -> Self {
+        ns.restored_ids.write().unwrap().insert(eid, sid);
+        Self { ns, eid }
+    }
+}
+impl<A: Adapter> Drop for AliasGuard<'_, A> {
+    fn drop(&mut self) {
+        self.ns.restored_ids.write().unwrap().remove(&self.eid);
     }
 }
 
@@ -113,6 +135,8 @@ impl<A: Adapter> Namespace<A> {
             parser,
             sockets: HashMap::new().into(),
             connecting: HashSet::new().into(),
+            restored_ids: HashMap::new().into(),
+            recovery: config.recovery.clone(),
             adapter: Arc::new(A::new(
                 adapter_state,
                 CoreLocalAdapter::new(Emitter::new(ns.clone(), parser, path, ack_timeout, uid)),
@@ -131,18 +155,22 @@ impl<A: Adapter> Namespace<A> {
     /// it) the socket with the same id, without calling its disconnect handler.
     pub(crate) async fn connect(
         self: Arc<Self>,
-        sid: Sid,
+        eid: Sid,
         esocket: Arc<engineioxide::Socket<SocketData<A>>>,
         auth: Option<Value>,
     ) -> Result<(), ConnectFail> {
-        let Some(_guard) = ConnectingGuard::new(&self, sid) else {
+        let Some(_guard) = ConnectingGuard::new(&self, eid) else {
             #[cfg(feature = "tracing")]
-            tracing::debug!(%sid, ?self.path, "ignoring duplicate connect packet");
+            tracing::debug!(%eid, ?self.path, "ignoring duplicate connect packet");
             return Err(ConnectFail);
         };
 
-        let socket: Arc<Socket<A>> =
-            Socket::new(sid, self.clone(), esocket.clone(), self.parser).into();
+        let (sid, session) = self.restore_session(eid, &auth).await;
+        // A restored socket: the client's packets come with the engine.io id.
+        let _alias = (sid != eid).then(|| AliasGuard::new(&self, eid, sid));
+        let socket: Arc<Socket<A>> = Socket::new(sid, self.clone(), esocket.clone(), self.parser)
+            .with_session(session)
+            .into();
 
         if let Err(e) = self.handler.call_middleware(socket.clone(), &auth).await {
             #[cfg(feature = "tracing")]
@@ -163,12 +191,37 @@ impl<A: Adapter> Namespace<A> {
             return Err(ConnectFail);
         }
 
-        self.sockets.write().unwrap().insert(sid, socket.clone());
+        {
+            let mut sockets = self.sockets.write().unwrap();
+            if sid != eid && sockets.contains_key(&sid) {
+                // The previous socket of a restored session reconnected meanwhile: never two
+                // sockets with one id. (The live socket keeps its rooms: they are the same
+                // adapter entries, so nothing is removed here.)
+                drop(sockets);
+                esocket.close(engineioxide::DisconnectReason::TransportError);
+                return Err(ConnectFail);
+            }
+            sockets.insert(sid, socket.clone());
+        }
+        // The alias now lives as long as the socket: `remove_socket` removes it.
+        if let Some(alias) = _alias {
+            std::mem::forget(alias);
+        }
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
+        /// The CONNECT reply: `pid` only with connection state recovery.
+        #[derive(serde::Serialize)]
+        struct ConnectReply<'a> {
+            sid: Sid,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pid: Option<&'a str>,
+        }
+        let payload = ConnectReply {
+            sid: socket.id,
+            pid: socket.pid(),
+        };
         let payload = match protocol {
             ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
             ProtocolVersion::V4 => None,
@@ -193,8 +246,83 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?sid, ?self.path, "removing socket from namespace");
 
-        self.sockets.write().unwrap().remove(&sid);
+        let removed = self.sockets.write().unwrap().remove(&sid);
+        if let Some(s) = removed
+            && s.engine_sid() != sid
+        {
+            let mut ids = self.restored_ids.write().unwrap();
+            if ids.get(&s.engine_sid()) == Some(&sid) {
+                ids.remove(&s.engine_sid());
+            }
+        }
         self.adapter.get_local().del_all(sid);
+    }
+
+    /// The socket id and the session state of a connecting socket: a restored session's
+    /// when connection state recovery is enabled and the store restores the one claimed in
+    /// `auth`, otherwise the engine.io id and (with recovery enabled) a new pid.
+    async fn restore_session(
+        &self,
+        eid: Sid,
+        auth: &Option<Value>,
+    ) -> (Sid, crate::recovery::SessionState) {
+        use crate::recovery::{RecoveryClaim, SessionState};
+        let Some(recovery) = &self.recovery else {
+            return (eid, SessionState::default());
+        };
+        let claim: RecoveryClaim = auth
+            .as_ref()
+            .and_then(|v| self.parser.decode_default(Some(v)).ok())
+            .unwrap_or_default();
+        if let Some(pid) = claim.pid {
+            let restored = recovery
+                .0
+                .restore(&self.path, &pid, claim.offset.as_deref())
+                .await;
+            if let Some(r) = restored {
+                let in_use = r.sid != eid
+                    && (self.sockets.read().unwrap().contains_key(&r.sid)
+                        || self.restored_ids.read().unwrap().values().any(|s| *s == r.sid)
+                        || self.connecting.lock().unwrap().contains(&r.sid));
+                if !in_use {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(%eid, sid = %r.sid, ?self.path, "session restored");
+                    return (
+                        r.sid,
+                        SessionState {
+                            pid: Some(pid),
+                            restored: Some(r.data),
+                        },
+                    );
+                }
+                #[cfg(feature = "tracing")]
+                tracing::debug!(%eid, sid = %r.sid, "restored socket id in use: new session");
+            }
+        }
+        (
+            eid,
+            SessionState {
+                pid: Some(recovery.0.new_pid()),
+                restored: None,
+            },
+        )
+    }
+
+    /// The socket of an engine.io session.
+    pub(crate) fn get_socket_by_eid(&self, eid: Sid) -> Result<Arc<Socket<A>>, Error> {
+        let sid = self
+            .restored_ids
+            .read()
+            .unwrap()
+            .get(&eid)
+            .copied()
+            .unwrap_or(eid);
+        let socket = self.get_socket(sid)?;
+        if socket.engine_sid() == eid {
+            Ok(socket)
+        } else {
+            Err(Error::SocketGone(eid))
+        }
     }
 
     pub fn has(&self, sid: Sid) -> bool {
@@ -205,7 +333,7 @@ impl<A: Adapter> Namespace<A> {
         match packet {
             PacketData::Connect(_) => unreachable!("connect packets should be handled before"),
             PacketData::ConnectError(_) => Err(Error::InvalidPacketType),
-            packet => self.get_socket(sid)?.recv(packet),
+            packet => self.get_socket_by_eid(sid)?.recv(packet),
         }
     }
 

@@ -93,6 +93,20 @@ impl std::fmt::Display for DisconnectReason {
     }
 }
 
+impl DisconnectReason {
+    /// Whether socket.io keeps the session of a socket that left for this reason, so that
+    /// the client can recover it (see [`crate::recovery`]): a lost, failed or timed out
+    /// transport, or a closing server. A disconnection the client or the server asked for
+    /// (a namespace DISCONNECT), or a protocol violation, ends the session.
+    pub fn is_recoverable(&self) -> bool {
+        use DisconnectReason::*;
+        matches!(
+            self,
+            TransportClose | TransportError | HeartbeatTimeout | ClosingServer
+        )
+    }
+}
+
 impl From<EIoDisconnectReason> for DisconnectReason {
     fn from(reason: EIoDisconnectReason) -> Self {
         use DisconnectReason::*;
@@ -306,6 +320,8 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     #[cfg(feature = "extensions")]
     pub extensions: Extensions,
     esocket: Arc<engineioxide::Socket<SocketData<A>>>,
+    /// Connection state recovery: the private session id and the restored session.
+    session: crate::recovery::SessionState,
 }
 
 impl<A: Adapter> Socket<A> {
@@ -329,7 +345,38 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "extensions")]
             extensions: Extensions::new(),
             esocket,
+            session: Default::default(),
         }
+    }
+
+    /// Sets the recovery state of a socket that is not shared yet.
+    pub(crate) fn with_session(mut self, session: crate::recovery::SessionState) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// The private session id sent to the client, when connection state recovery is enabled.
+    /// It is a secret: whoever presents it can take the session over.
+    pub fn pid(&self) -> Option<&str> {
+        self.session.pid.as_deref()
+    }
+
+    /// Whether this socket restored a previous session (the client sees
+    /// `socket.recovered === true`): it has the previous socket's id and pid.
+    pub fn recovered(&self) -> bool {
+        self.session.restored.is_some()
+    }
+
+    /// What the [`SessionStore`](crate::recovery::SessionStore) returned with the restored
+    /// session, if this socket restored one and it is a `T`.
+    pub fn restored<T: std::any::Any>(&self) -> Option<&T> {
+        self.session.restored.as_ref()?.downcast_ref()
+    }
+
+    /// The id of the underlying engine.io session. It is the socket id, except for a socket
+    /// that restored a previous session (it keeps the previous socket's id).
+    pub fn engine_sid(&self) -> Sid {
+        self.esocket.id
     }
 
     /// # Registers a [`MessageHandler`] for the given event.
