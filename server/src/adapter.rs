@@ -176,6 +176,11 @@ impl RedisDriver {
         tokio::spawn(Monitor::new(self.clone(), probe_chan, rx).run())
     }
 
+    /// The client, for commands beyond pub/sub (the recovery log).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
     /// Closes the Redis connection (after the adapter has unsubscribed).
     pub async fn quit(&self) {
         self.inner

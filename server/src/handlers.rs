@@ -33,7 +33,7 @@ use socketioxide::{
     extract::{AckSender, SocketRef, State, TryData},
     handler::FromMessageParts,
     operators::BroadcastOperators,
-    socket::{Sid, Socket},
+    socket::{DisconnectReason, Sid, Socket},
 };
 use socketioxide_core::Value;
 use tokio::sync::oneshot;
@@ -44,6 +44,7 @@ use crate::{
     health::{Health, Mode},
     metrics::{AdapterOp, Metrics, OutKind},
     protocol::{self, Command, EventKind, InputError, Target},
+    recovery::{ALL_ROOM, Recovery},
 };
 
 /// What every handler shares.
@@ -52,6 +53,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub verifier: Option<Verifier>,
+    /// Connection state recovery, when enabled (every message then goes through its log).
+    pub recovery: Option<Arc<Recovery>>,
 }
 
 /// The namespace clients connect to.
@@ -67,7 +70,7 @@ pub fn user_room(user: &str) -> String {
     format!("user:{user}")
 }
 
-const MEMBER_PREFIX: &str = "member:";
+pub const MEMBER_PREFIX: &str = "member:";
 
 /// One member of a room, as `presence` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -110,7 +113,7 @@ pub fn members_from_rooms<'a>(rooms: impl IntoIterator<Item = &'a str>) -> Vec<M
 
 /// The user id a verified handshake left on the socket.
 #[derive(Clone)]
-struct UserId(Arc<str>);
+pub struct UserId(pub Arc<str>);
 
 /// Connect middleware: with an auth secret configured, a valid token is required. The error
 /// text reaches the client as the `connect_error` message.
@@ -154,20 +157,39 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
     if let Some(u) = &user {
         rooms.push(user_room(u));
     }
-    s.join(rooms);
-
-    app.metrics.connected.inc();
-    app.metrics.connections.inc();
-    let metrics = app.metrics.clone();
-    s.on_disconnect(move || {
-        metrics.connected.dec();
-        ready(())
-    });
-
     let ctx = Arc::new(SocketCtx {
         app: app.clone(),
         order: Order::default(),
     });
+    match &app.recovery {
+        None => s.join(rooms),
+        // In the log's delivery order, before the socket's first event (see recovery.rs).
+        Some(rec) => {
+            let (rec, s) = (rec.clone(), s.clone());
+            tokio::spawn(ctx.order.enqueue(async move {
+                if s.recovered() {
+                    rec.resume(&s).await;
+                } else {
+                    rec.attach(&s, rooms).await;
+                }
+            }));
+        }
+    }
+
+    app.metrics.connected.inc();
+    app.metrics.connections.inc();
+    let metrics = app.metrics.clone();
+    let recovery = app.recovery.clone();
+    s.on_disconnect(move |s: SocketRef<A>, reason: DisconnectReason| {
+        metrics.connected.dec();
+        let recovery = recovery.clone();
+        async move {
+            if let Some(rec) = recovery {
+                rec.on_disconnect(&s, reason).await;
+            }
+        }
+    });
+
     s.on_fallback(
         move |s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>, frame: Frame| {
             on_event(&ctx, s, io, ack, frame)
@@ -300,10 +322,16 @@ async fn handle_event<A: Adapter>(
     match cmd {
         Command::Join(room) => {
             s.join(client_room(&room));
+            if let Some(rec) = &app.recovery {
+                rec.save(&s).await;
+            }
             send_ack(app, ack, &OK);
         }
         Command::Leave(room) => {
             s.leave(client_room(&room));
+            if let Some(rec) = &app.recovery {
+                rec.save(&s).await;
+            }
             send_ack(app, ack, &OK);
         }
         Command::Publish(p) => {
@@ -410,6 +438,13 @@ pub async fn deliver<A: Adapter>(
     event: &str,
     data: &RawValue,
 ) -> bool {
+    if let Some(rec) = &app.recovery {
+        let room = match dest {
+            Dest::All => ALL_ROOM,
+            Dest::Room(r) | Dest::LocalRoom(r) => r.as_str(),
+        };
+        return rec.publish(room, event, data).await;
+    }
     let cross_node = app.health.mode() == Mode::Redis && !matches!(dest, Dest::LocalRoom(_));
     // With Redis known to be down, go local at once rather than wait for a timeout.
     let try_remote = cross_node && app.health.redis_usable();

@@ -356,6 +356,7 @@ mod tests {
                     metrics: Arc::new(Metrics::new("n1", "memory")),
                     health: Arc::new(Health::new(Mode::Memory)),
                     verifier: None,
+                    recovery: None,
                 }),
                 io,
                 api_key: Some(KEY.into()),

@@ -277,7 +277,12 @@ impl<A: Adapter> Namespace<A> {
         if let Some(pid) = claim.pid {
             let restored = recovery
                 .0
-                .restore(&self.path, &pid, claim.offset.as_deref())
+                .restore(crate::recovery::RestoreRequest {
+                    ns: &self.path,
+                    pid: &pid,
+                    offset: claim.offset.as_deref(),
+                    auth: auth.as_ref(),
+                })
                 .await;
             if let Some(r) = restored {
                 let in_use = r.sid != eid

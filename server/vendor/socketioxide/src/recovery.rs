@@ -23,7 +23,7 @@
 //! default skips them; running them keeps authentication checks in force).
 use std::{any::Any, fmt, future::Future, pin::Pin, sync::Arc};
 
-use socketioxide_core::Sid;
+use socketioxide_core::{Sid, Value};
 
 /// A future returned by a [`SessionStore`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -53,15 +53,23 @@ pub trait SessionStore: Send + Sync + 'static {
         random_pid()
     }
 
-    /// The session of `pid` in namespace `ns`, if it can be restored from `offset` (the last
-    /// offset the client received, `None` if it received none). `None` gives the client a new
+    /// The session claimed by `req`, if it can be restored. `None` gives the client a new
     /// session. Called on the CONNECT packet, before the middlewares.
-    fn restore(
-        &self,
-        ns: &str,
-        pid: &str,
-        offset: Option<&str>,
-    ) -> BoxFuture<Option<RestoredSession>>;
+    fn restore(&self, req: RestoreRequest<'_>) -> BoxFuture<Option<RestoredSession>>;
+}
+
+/// A client's claim to a previous session (from its CONNECT packet).
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRequest<'a> {
+    /// The namespace.
+    pub ns: &'a str,
+    /// The private session id the client presents.
+    pub pid: &'a str,
+    /// The last offset the client received (`None` if it received none).
+    pub offset: Option<&'a str>,
+    /// The whole CONNECT data (the client's `auth` plus `pid` and `offset`), so that a store
+    /// can check that the session belongs to whoever authenticates now.
+    pub auth: Option<&'a Value>,
 }
 
 #[derive(Clone)]

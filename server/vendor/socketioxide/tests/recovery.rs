@@ -12,7 +12,7 @@ use engineioxide::Packet::*;
 use socketioxide::{
     SocketIo,
     extract::SocketRef,
-    recovery::{BoxFuture, RestoredSession, SessionStore},
+    recovery::{BoxFuture, RestoreRequest, RestoredSession, SessionStore},
     socket::{DisconnectReason, Sid},
 };
 use socketioxide_core::{Value, packet::Packet, parser::Parse};
@@ -34,12 +34,9 @@ struct Restored {
 }
 
 impl SessionStore for Store {
-    fn restore(
-        &self,
-        _ns: &str,
-        pid: &str,
-        offset: Option<&str>,
-    ) -> BoxFuture<Option<RestoredSession>> {
+    fn restore(&self, req: RestoreRequest<'_>) -> BoxFuture<Option<RestoredSession>> {
+        let (pid, offset) = (req.pid, req.offset);
+        assert!(req.auth.is_some(), "the whole CONNECT data is given");
         self.asked
             .lock()
             .unwrap()
