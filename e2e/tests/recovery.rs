@@ -348,7 +348,8 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
     let (alice, ha) = s.client_on(0, 0, opts("alice")).await;
     let (z, _) = s.client_on(1, 0, opts("carol")).await;
     alice.join("r").await.unwrap();
-    send(&z, 2, &ha.id, "alice").await; // a private message: alice has an offset
+    // numbers 2 and 6 are private messages, 3 a user message (see `send`)
+    send(&z, 2, &ha.id, "alice").await; // alice has an offset now
     alice
         .wait_event_where("priv", T, |d| d == &json!(2))
         .await
@@ -373,7 +374,7 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
         assert_ne!(mid, hm.id, "{what}: a new id");
         // alice's traffic does not reach mallory
         send(&z, 3, &ha.id, "alice").await;
-        send(&z, 5, &ha.id, "alice").await;
+        send(&z, 6, &ha.id, "alice").await;
         z.publish(None, "all", json!(1000 + k as u64)).await.unwrap();
         m.wait_event_where("all", T, |d| d == &json!(1000 + k as u64))
             .await
@@ -410,13 +411,13 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
     assert!(arec, "the owner still recovers");
     assert_eq!(aid, ha.id);
     alice
-        .wait_event_where("priv", T, |d| d == &json!(5))
+        .wait_event_where("priv", T, |d| d == &json!(6))
         .await
         .unwrap();
     let got: Vec<u64> = numbered(&alice).iter().map(|g| g.0).collect();
     assert_eq!(
         got.iter().filter(|n| **n < 1000).copied().collect::<Vec<_>>(),
-        vec![2, 3, 5, 3, 5, 3, 5],
+        vec![2, 3, 6, 3, 6, 3, 6],
         "alice: her private messages, each once"
     );
 }
