@@ -1,0 +1,216 @@
+//! Connection state recovery on one node without Redis (the in-memory log), over the raw
+//! socket.io protocol: the CONNECT reply's pid, a reconnect with `{pid, offset}`, the replay of
+//! what was missed (offset as the last argument), and clean sessions for bad claims.
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::{Server, WAIT};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw client that keeps every event's whole argument list.
+struct Raw {
+    ws: Ws,
+    sid: String,
+    pid: Option<String>,
+    next_ack: u64,
+}
+
+async fn text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr, data: Option<Value>) -> Raw {
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        assert!(text(&mut ws).await.unwrap().starts_with('0'));
+        let connect = match data {
+            Some(d) => format!("40{d}"),
+            None => "40".into(),
+        };
+        ws.send(Message::text(connect)).await.unwrap();
+        loop {
+            let p = timeout(WAIT, text(&mut ws)).await.unwrap().unwrap();
+            if p == "2" {
+                ws.send(Message::text("3")).await.unwrap();
+            } else if let Some(body) = p.strip_prefix("40") {
+                let v: Value = serde_json::from_str(body).unwrap();
+                return Raw {
+                    ws,
+                    sid: v["sid"].as_str().unwrap().into(),
+                    pid: v["pid"].as_str().map(str::to_string),
+                    next_ack: 0,
+                };
+            } else {
+                panic!("unexpected packet during connect: {p}");
+            }
+        }
+    }
+
+    /// The next event's `[name, args...]`, skipping pings and `hello`.
+    async fn event(&mut self) -> Vec<Value> {
+        loop {
+            let p = timeout(WAIT, text(&mut self.ws))
+                .await
+                .expect("an event in time")
+                .expect("open");
+            if p == "2" {
+                self.ws.send(Message::text("3")).await.unwrap();
+            } else if let Some(body) = p.strip_prefix("42") {
+                let v: Vec<Value> = serde_json::from_str(body).unwrap();
+                if v[0] != "hello" {
+                    return v;
+                }
+            }
+        }
+    }
+
+    async fn silence(&mut self, within: Duration) {
+        if let Ok(Some(p)) = timeout(within, text(&mut self.ws)).await {
+            assert!(p == "2" || p.starts_with("42[\"hello\""), "expected nothing, got {p}");
+        }
+    }
+
+    async fn ack(&mut self, event: &str, arg: Value) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let frame = format!("42{id}{}", json!([event, arg]));
+        self.ws.send(Message::text(frame)).await.unwrap();
+        let prefix = format!("43{id}");
+        loop {
+            let p = timeout(WAIT, text(&mut self.ws)).await.unwrap().unwrap();
+            if let Some(body) = p.strip_prefix(&prefix) {
+                let v: Value = serde_json::from_str(body).unwrap();
+                assert_eq!(v[0]["ok"], true, "{event} {arg}: {v}");
+                return v[0].clone();
+            }
+        }
+    }
+
+    /// Drops the connection without a socket.io DISCONNECT (a lost transport).
+    async fn lose(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A stream id as a comparable pair.
+fn id(s: &str) -> (u64, u64) {
+    let (a, b) = s.split_once('-').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+async fn server() -> Server {
+    Server::start(&["--recovery-window=30s", "--recovery-max-packets=100"]).await
+}
+
+#[tokio::test]
+async fn a_lost_client_recovers_its_id_rooms_and_missed_messages_in_order() {
+    let s = server().await;
+    let mut a = Raw::connect(s.addr, None).await;
+    let mut b = Raw::connect(s.addr, None).await;
+    let pid = a.pid.clone().expect("a pid with recovery on");
+    assert_eq!(pid.len(), 32);
+    a.ack("join", json!("x")).await;
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 0}))
+        .await;
+    let first = a.event().await;
+    assert_eq!(first[0], "m");
+    assert_eq!(first[1], 0);
+    let offset = first[2].as_str().expect("the offset, last").to_string();
+    let sid = a.sid.clone();
+    a.lose().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // missed: a room message, a broadcast, a private message; and one for another room
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 1}))
+        .await;
+    b.ack("publish", json!({"room": "other", "event": "m", "data": -1}))
+        .await;
+    b.ack("publish", json!({"event": "m", "data": 2})).await;
+    b.ack("send", json!({"to": sid, "event": "m", "data": 3}))
+        .await;
+
+    let mut a = Raw::connect(s.addr, Some(json!({"pid": pid, "offset": offset}))).await;
+    assert_eq!(a.sid, sid, "the old socket id");
+    assert_eq!(a.pid.as_deref(), Some(pid.as_str()));
+    let mut last = offset;
+    for want in 1..=3 {
+        let e = a.event().await;
+        assert_eq!(e[1], want, "{e:?}");
+        let o = e[2].as_str().unwrap().to_string();
+        assert!(id(&o) > id(&last), "offsets increase: {o} after {last}");
+        last = o;
+    }
+    // live again, once
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 4}))
+        .await;
+    assert_eq!(a.event().await[1], 4);
+    a.silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn bad_claims_get_a_clean_session() {
+    let s = server().await;
+    let mut b = Raw::connect(s.addr, None).await;
+    // logged before `a` exists: "0-0" is older than a's session
+    b.ack("publish", json!({"room": "x", "event": "m", "data": -2}))
+        .await;
+    let mut a = Raw::connect(s.addr, None).await;
+    a.ack("join", json!("x")).await;
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 0}))
+        .await;
+    let offset = a.event().await[2].as_str().unwrap().to_string();
+    let (sid, pid) = (a.sid.clone(), a.pid.clone().unwrap());
+    a.lose().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 1}))
+        .await;
+
+    for claim in [
+        json!({"pid": "A".repeat(32), "offset": offset}),
+        json!({"pid": pid, "offset": "0-0"}),
+        json!({"pid": pid, "offset": "99999999999999-0"}),
+        json!({"pid": pid, "offset": "x"}),
+        json!({"pid": [pid], "offset": offset}),
+    ] {
+        let mut c = Raw::connect(s.addr, Some(claim.clone())).await;
+        assert_ne!(c.sid, sid, "{claim}: a new id");
+        assert_ne!(c.pid.as_deref(), Some(pid.as_str()), "{claim}: a new pid");
+        c.silence(Duration::from_millis(150)).await;
+    }
+    // the owner still recovers, with what it missed
+    let mut a = Raw::connect(s.addr, Some(json!({"pid": pid, "offset": offset}))).await;
+    assert_eq!(a.sid, sid);
+    assert_eq!(a.event().await[1], 1);
+}
+
+#[tokio::test]
+async fn a_client_side_disconnect_ends_the_session() {
+    let s = server().await;
+    let mut a = Raw::connect(s.addr, None).await;
+    let pid = a.pid.clone().unwrap();
+    a.ws.send(Message::text("41")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = Raw::connect(s.addr, Some(json!({"pid": pid}))).await;
+    assert_ne!(c.sid, a.sid, "not recovered after a socket.io DISCONNECT");
+}
+
+#[tokio::test]
+async fn recovery_off_sends_no_pid() {
+    let s = Server::start(&[]).await;
+    let a = Raw::connect(s.addr, None).await;
+    assert!(a.pid.is_none());
+}
