@@ -123,7 +123,10 @@ where
     match driver {
         None => {
             let (layer, io) = builder.build_layer();
-            let _tasks = recovery.as_ref().map(|rec| start_recovery(rec, &io, None));
+            if let Some(rec) = &recovery {
+                // One node: the in-memory log delivers to this node's sockets only.
+                rec.set_sink(io.clone());
+            }
             io.ns(
                 NAMESPACE,
                 handlers::on_connect::<socketioxide::adapter::LocalAdapter>
@@ -158,7 +161,7 @@ where
                 "redis adapter; ready once Redis is connected and subscribed"
             );
             let tasks = match &recovery {
-                Some(rec) => Some(start_recovery(rec, &io, Some(&driver)).await),
+                Some(rec) => Some(start_recovery(rec, &io, &driver).await),
                 None => None,
             };
             let res = run_http(&settings, app, io, layer, listeners, stop, Some(&driver)).await;
@@ -182,34 +185,29 @@ impl RecoveryTasks {
     }
 }
 
-/// Points the log at this node's sockets; with Redis, follows the log's channel and keeps the
+/// Points the log at this node's sockets, follows the log's Redis channel and keeps the
 /// connected sessions from expiring.
-fn start_recovery<A: Adapter>(
+async fn start_recovery<A: Adapter>(
     rec: &Arc<Recovery>,
     io: &SocketIo<A>,
-    driver: Option<&RedisDriver>,
-) -> impl Future<Output = RecoveryTasks> + use<A> {
+    driver: &RedisDriver,
+) -> RecoveryTasks {
+    use futures::StreamExt as _;
+    use socketioxide_redis::drivers::Driver as _;
     rec.set_sink(io.clone());
-    let rec = rec.clone();
-    let io = io.clone();
-    let driver = driver.cloned();
-    async move {
-        let Some(driver) = driver else {
-            return RecoveryTasks(Vec::new());
-        };
-        use socketioxide_redis::drivers::Driver as _;
-        // The driver never fails a SUBSCRIBE: it retries until Redis is there.
-        let stream = driver
-            .subscribe(recovery::log_channel(), RECOVERY_STREAM_BUFFER)
-            .await
-            .ok();
-        let mut tasks = vec![tokio::spawn(rec.clone().refresh_loop(io))];
-        if let Some(stream) = stream {
-            use futures::StreamExt as _;
-            tasks.push(tokio::spawn(rec.follow(stream.map(|(_, data)| data))));
-        }
-        RecoveryTasks(tasks)
+    let mut tasks = vec![tokio::spawn(rec.clone().refresh_loop(io.clone()))];
+    // The driver never fails a SUBSCRIBE: it retries until Redis is there, and resubscribes
+    // after every reconnection (a message missed meanwhile is read back: sequence gap).
+    match driver
+        .subscribe(recovery::log_channel(), RECOVERY_STREAM_BUFFER)
+        .await
+    {
+        Ok(stream) => tasks.push(tokio::spawn(
+            rec.clone().follow(stream.map(|(_, data)| data)),
+        )),
+        Err(e) => warn!("cannot follow the recovery log: {e}"),
     }
+    RecoveryTasks(tasks)
 }
 
 /// Buffer of the log's channel between the pub/sub pump and the log's follower. A message
