@@ -59,7 +59,11 @@ impl Setup {
             .connect_hello(&self.cluster.url(), opts.local_address(src.clone()), T)
             .await
             .unwrap_or_else(|e| panic!("client from {src} to node {node}: {e:#}"));
-        assert_eq!(hello.node, self.cluster.node(node).name, "ip_hash placement");
+        assert_eq!(
+            hello.node,
+            self.cluster.node(node).name,
+            "ip_hash placement"
+        );
         (c, hello)
     }
 }
@@ -109,7 +113,10 @@ fn check_exact(c: &Client, total: u64, what: &str) {
     let mut seen = std::collections::HashSet::new();
     let dups = ns.iter().filter(|n| !seen.insert(**n)).count();
     let lost = (0..total).filter(|n| !seen.contains(n)).count();
-    println!("MEASURE {what}: {total} sent, {} received, {lost} lost, {dups} duplicated", ns.len());
+    println!(
+        "MEASURE {what}: {total} sent, {} received, {lost} lost, {dups} duplicated",
+        ns.len()
+    );
     assert_eq!(
         ns,
         (0..total).collect::<Vec<_>>(),
@@ -135,12 +142,7 @@ async fn connect_n(c: &Client, n: usize, timeout: Duration) -> (String, bool) {
 /// session (same id, rooms, user) and gets every message sent meanwhile, in order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_client_recovers_elsewhere_with_every_missed_message_once_in_order() {
-    let Some(s) = setup(
-        3,
-        &[("RECOVERY_WINDOW", "30s"), ("SHUTDOWN_GRACE", "5s")],
-    )
-    .await
-    else {
+    let Some(s) = setup(3, &[("RECOVERY_WINDOW", "30s"), ("SHUTDOWN_GRACE", "5s")]).await else {
         return;
     };
     let (x, hx) = s.client_on(0, 0, opts("alice")).await;
@@ -178,7 +180,10 @@ async fn sigterm_client_recovers_elsewhere_with_every_missed_message_once_in_ord
         if after_back.is_some_and(|b| n >= b + 20) {
             break;
         }
-        assert!(t_term.elapsed() < Duration::from_secs(20), "x never came back");
+        assert!(
+            t_term.elapsed() < Duration::from_secs(20),
+            "x never came back"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (id2, recovered) = connect_n(&x, 2, T).await;
@@ -222,10 +227,7 @@ async fn sigterm_client_recovers_elsewhere_with_every_missed_message_once_in_ord
         .nth(1)
         .unwrap()
         .t_ms;
-    let replayed = numbered(&x)
-        .iter()
-        .filter(|(_, _, t)| *t >= conn)
-        .count();
+    let replayed = numbered(&x).iter().filter(|(_, _, t)| *t >= conn).count();
     println!(
         "MEASURE sigterm: disconnect -> recovered connect {:.0} ms (client reconnection delay 100 ms); {n} messages, {replayed} received after the reconnect",
         conn - disc
@@ -233,7 +235,9 @@ async fn sigterm_client_recovers_elsewhere_with_every_missed_message_once_in_ord
     let m = s.cluster.metrics(h2_index(&s, &h2.node)).await.unwrap();
     let restored = metric_value(&m, "realtime_recovery_restored_total", &[]).unwrap_or(0.0);
     let replayed_m = metric_value(&m, "realtime_recovery_replayed_total", &[]).unwrap_or(0.0);
-    println!("MEASURE sigterm: new node restored {restored} session(s), replayed {replayed_m} packet(s)");
+    println!(
+        "MEASURE sigterm: new node restored {restored} session(s), replayed {replayed_m} packet(s)"
+    );
     assert_eq!(restored, 1.0);
 }
 
@@ -375,7 +379,9 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
         // alice's traffic does not reach mallory
         send(&z, 3, &ha.id, "alice").await;
         send(&z, 6, &ha.id, "alice").await;
-        z.publish(None, "all", json!(1000 + k as u64)).await.unwrap();
+        z.publish(None, "all", json!(1000 + k as u64))
+            .await
+            .unwrap();
         m.wait_event_where("all", T, |d| d == &json!(1000 + k as u64))
             .await
             .unwrap();
@@ -398,7 +404,9 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
         k += 1;
         c.join("r").await.unwrap();
         let pid = c.state().await.unwrap().pid.unwrap();
-        c.forge_session(Some(json!(pid)), Some(offset)).await.unwrap();
+        c.forge_session(Some(json!(pid)), Some(offset))
+            .await
+            .unwrap();
         c.drop_transport().await.unwrap();
         let (cid, crec) = connect_n(&c, 2, T).await;
         assert!(!crec, "{what}: not recovered");
@@ -416,8 +424,117 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
         .unwrap();
     let got: Vec<u64> = numbered(&alice).iter().map(|g| g.0).collect();
     assert_eq!(
-        got.iter().filter(|n| **n < 1000).copied().collect::<Vec<_>>(),
+        got.iter()
+            .filter(|n| **n < 1000)
+            .copied()
+            .collect::<Vec<_>>(),
         vec![2, 3, 6, 3, 6, 3, 6],
         "alice: her private messages, each once"
     );
+}
+
+/// The (sender tag, number, offset) of the messages of two concurrent senders a client got,
+/// in arrival order.
+fn tagged(c: &Client) -> Vec<(String, u64, String)> {
+    c.log()
+        .into_iter()
+        .filter_map(|r| match r.what {
+            Incoming::Event { name, args } if name == "room" || name == "all" => {
+                let d = args.first()?;
+                Some((
+                    d["t"].as_str()?.to_string(),
+                    d["n"].as_u64()?,
+                    args.get(1)?.as_str()?.to_string(),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two senders on two other nodes publish concurrently while the client's node drains: the
+/// recovered client gets every message once, and in the same order as a client that never
+/// left (the log's order, the same on every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_on_two_nodes_keep_one_order_across_a_recovery() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(s) = setup(3, &[("RECOVERY_WINDOW", "30s"), ("SHUTDOWN_GRACE", "5s")]).await else {
+        return;
+    };
+    let (x, _) = s.client_on(0, 0, opts("alice")).await;
+    let (y, _) = s.client_on(1, 0, opts("bob")).await;
+    let (p1, _) = s.client_on(1, 1, opts("p1")).await;
+    let (p2, _) = s.client_on(2, 0, opts("p2")).await;
+    x.join("r").await.unwrap();
+    y.join("r").await.unwrap();
+    let stop = AtomicBool::new(false);
+    let control = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.cluster.signal_node(0, libc::SIGTERM).unwrap();
+        let (_, recovered) = connect_n(&x, 2, T).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        recovered
+    };
+    let (n1, n2, recovered) = tokio::join!(
+        send_until("a", &p1, &stop),
+        send_until("b", &p2, &stop),
+        control
+    );
+    assert!(recovered, "x recovered");
+    // a marker from each sender, after which everything has arrived everywhere
+    for p in [&p1, &p2] {
+        p.publish(None, "done", json!(null)).await.unwrap();
+    }
+    for c in [&x, &y] {
+        c.wait_until(T, "both markers", |log| {
+            (log.iter()
+                .filter(|r| r.event_name() == Some("done"))
+                .count()
+                >= 2)
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let xs = tagged(&x);
+    let ys = tagged(&y);
+    for (tag, total) in [("a", n1), ("b", n2)] {
+        let got: Vec<u64> = xs.iter().filter(|m| m.0 == tag).map(|m| m.1).collect();
+        let lost = total as usize - got.iter().collect::<std::collections::HashSet<_>>().len();
+        println!(
+            "MEASURE concurrent: sender {tag} sent {total}, x received {} ({lost} lost)",
+            got.len()
+        );
+        assert_eq!(
+            got,
+            (0..total).collect::<Vec<_>>(),
+            "x: sender {tag}'s messages once, in order"
+        );
+    }
+    let mut last = (0, 0);
+    for m in &xs {
+        let id = stream_id(&m.2);
+        assert!(id > last, "x: offsets increase");
+        last = id;
+    }
+    assert_eq!(
+        xs, ys,
+        "x (recovered) and y (never left) saw one order, with the same offsets"
+    );
+}
+
+/// Publishes `{t: tag, n}` for n = 0, 1, ... (to room `r` and to everyone, alternately), each
+/// acknowledged before the next, until `stop`; returns how many.
+async fn send_until(tag: &str, p: &Client, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let room = (n % 2 == 0).then_some("r");
+        let ev = if room.is_some() { "room" } else { "all" };
+        p.publish(room, ev, json!({"t": tag, "n": n}))
+            .await
+            .unwrap();
+        n += 1;
+    }
+    n
 }

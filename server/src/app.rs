@@ -90,7 +90,11 @@ where
     };
     // With Redis, the driver is needed first: the recovery log uses its client.
     let driver = match &settings.redis {
-        Some(redis) => Some(RedisDriver::connect(redis, health.clone(), metrics.clone())?),
+        Some(redis) => Some(RedisDriver::connect(
+            redis,
+            health.clone(),
+            metrics.clone(),
+        )?),
         None => None,
     };
     let recovery = settings.recovery.map(|r| match &driver {
@@ -139,7 +143,10 @@ where
             run_http(&settings, app, io, layer, listeners, stop, None).await
         }
         Some(driver) => {
-            let redis = settings.redis.as_ref().expect("a driver means Redis settings");
+            let redis = settings
+                .redis
+                .as_ref()
+                .expect("a driver means Redis settings");
             let monitor = driver.spawn_monitor(&socketioxide_core::Uid::new().to_string());
             let config = RedisAdapterConfig::new()
                 .with_prefix(adapter::CHANNEL_PREFIX)

@@ -226,6 +226,7 @@ struct MemoryLog {
     /// The newest offset removed by trimming.
     trimmed_to: Option<Offset>,
     sessions: HashMap<String, (Session, u64)>,
+    writes: u64,
 }
 
 struct RedisLog {
@@ -406,7 +407,9 @@ impl Recovery {
                     Ok(_) => false,
                     Err(e) => {
                         self.metrics.recovery_unlogged.inc();
-                        warn!("the log is unreachable, delivering on this node without offset: {e}");
+                        warn!(
+                            "the log is unreachable, delivering on this node without offset: {e}"
+                        );
                         let _pos = self.delivery.lock().await;
                         if let Some(sink) = self.sink.get() {
                             let failed = sink.deliver(room, event, data, None).await;
@@ -525,7 +528,10 @@ impl Recovery {
             s.join(rooms);
             since
         };
-        let user = s.extensions.get::<crate::handlers::UserId>().map(|u| u.0.to_string());
+        let user = s
+            .extensions
+            .get::<crate::handlers::UserId>()
+            .map(|u| u.0.to_string());
         let owned = Owned {
             pid,
             token: socketioxide::recovery::random_pid(),
@@ -543,7 +549,11 @@ impl Recovery {
         };
         let started = std::time::Instant::now();
         let mut rooms = r.rooms.clone();
-        rooms.push(member_room(&s.id.to_string(), &self.node, r.user.as_deref()));
+        rooms.push(member_room(
+            &s.id.to_string(),
+            &self.node,
+            r.user.as_deref(),
+        ));
         if !rooms.iter().any(|x| x == ALL_ROOM) {
             rooms.push(ALL_ROOM.to_string());
         }
@@ -610,7 +620,11 @@ impl Recovery {
         match &self.backend {
             Backend::Memory(log) => {
                 let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                if log.sessions.get(&o.pid).is_some_and(|(x, _)| x.token == o.token) {
+                if log
+                    .sessions
+                    .get(&o.pid)
+                    .is_some_and(|(x, _)| x.token == o.token)
+                {
                     log.sessions.remove(&o.pid);
                 }
             }
@@ -650,8 +664,14 @@ impl Recovery {
                     .get(pid)
                     .is_some_and(|(x, _)| x.token != session.token);
                 if !taken {
-                    let exp = now_ms() + self.window_ms();
-                    log.sessions.insert(pid.to_string(), (session, exp));
+                    let now = now_ms();
+                    log.sessions
+                        .insert(pid.to_string(), (session, now + self.window_ms()));
+                    // expired sessions go at publishes, and here every 1024 writes
+                    log.writes = log.writes.wrapping_add(1);
+                    if log.writes % 1024 == 0 {
+                        log.sessions.retain(|_, (_, exp)| *exp > now);
+                    }
                 }
             }
             Backend::Redis(r) => {
@@ -751,8 +771,7 @@ impl Recovery {
                 if !r.health.redis_usable() {
                     return None;
                 }
-                let map: HashMap<String, String> =
-                    r.client.hgetall(session_key(pid)).await.ok()?;
+                let map: HashMap<String, String> = r.client.hgetall(session_key(pid)).await.ok()?;
                 session_from_map(&map)
             }
         }
@@ -770,10 +789,7 @@ impl Recovery {
                 let key = session_key(pid);
                 let res: Result<(), _> = r
                     .client
-                    .hset(
-                        &key,
-                        [("tok", session.token.as_str()), ("disc", "0")],
-                    )
+                    .hset(&key, [("tok", session.token.as_str()), ("disc", "0")])
                     .await;
                 if let Err(e) = res {
                     debug!("session claim failed: {e}");
@@ -949,7 +965,11 @@ fn parse_read(v: &[String]) -> Result<Read, String> {
             }
             Ok(Read {
                 last: v[1].parse().ok(),
-                trimmed_to: if v[2].is_empty() { None } else { Some(v[2].parse().unwrap_or_default()) },
+                trimmed_to: if v[2].is_empty() {
+                    None
+                } else {
+                    Some(v[2].parse().unwrap_or_default())
+                },
                 first: opt(&v[3]),
                 read_to: v[4].parse().unwrap_or_default(),
                 entries,
@@ -1119,13 +1139,7 @@ impl Scripts {
         lua: &'static str,
         reload: bool,
     ) -> Result<String, fred::error::Error> {
-        if !reload
-            && let Some(s) = self
-                .shas
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(lua)
-        {
+        if !reload && let Some(s) = self.shas.lock().unwrap_or_else(|e| e.into_inner()).get(lua) {
             return Ok(s.clone());
         }
         let sha: String = client.script_load(lua).await?;
@@ -1152,8 +1166,21 @@ mod tests {
         );
         assert_eq!("0-0".parse::<Offset>(), Ok(Offset::default()));
         for bad in [
-            "", "-", "1-", "-1", "01-0", "1-01", "+1-0", "1-0-0", "a-1", "1 -0",
-            "99999999999999999999-0", "1.5-0", "*", "$", "(1-0",
+            "",
+            "-",
+            "1-",
+            "-1",
+            "01-0",
+            "1-01",
+            "+1-0",
+            "1-0-0",
+            "a-1",
+            "1 -0",
+            "99999999999999999999-0",
+            "1.5-0",
+            "*",
+            "$",
+            "(1-0",
         ] {
             assert!(bad.parse::<Offset>().is_err(), "{bad}");
         }
@@ -1204,15 +1231,27 @@ mod tests {
             ..Default::default()
         };
         // Redis 7: exact
-        assert!(read("9-0", Some("3-0"), Some("4-0")).check(off("3-0")).is_ok());
-        assert!(read("9-0", Some("3-0"), Some("4-0")).check(off("2-0")).is_err());
+        assert!(
+            read("9-0", Some("3-0"), Some("4-0"))
+                .check(off("3-0"))
+                .is_ok()
+        );
+        assert!(
+            read("9-0", Some("3-0"), Some("4-0"))
+                .check(off("2-0"))
+                .is_err()
+        );
         // without max-deleted-entry-id: the oldest entry must be at or before the offset
         assert!(read("9-0", None, Some("4-0")).check(off("4-0")).is_ok());
         assert!(read("9-0", None, Some("4-0")).check(off("3-0")).is_err());
         // nothing newer than the offset: nothing to replay, nothing missing
         assert!(read("9-0", Some("9-0"), None).check(off("9-0")).is_ok());
         // a future offset is forged
-        assert!(read("9-0", Some("0-0"), Some("1-0")).check(off("9-1")).is_err());
+        assert!(
+            read("9-0", Some("0-0"), Some("1-0"))
+                .check(off("9-1"))
+                .is_err()
+        );
         // no log at all: only the start
         assert!(Read::default().check(Offset::default()).is_ok());
         assert!(Read::default().check(off("1-0")).is_err());

@@ -80,7 +80,10 @@ impl Raw {
 
     async fn silence(&mut self, within: Duration) {
         if let Ok(Some(p)) = timeout(within, text(&mut self.ws)).await {
-            assert!(p == "2" || p.starts_with("42[\"hello\""), "expected nothing, got {p}");
+            assert!(
+                p == "2" || p.starts_with("42[\"hello\""),
+                "expected nothing, got {p}"
+            );
         }
     }
 
@@ -137,8 +140,11 @@ async fn a_lost_client_recovers_its_id_rooms_and_missed_messages_in_order() {
     // missed: a room message, a broadcast, a private message; and one for another room
     b.ack("publish", json!({"room": "x", "event": "m", "data": 1}))
         .await;
-    b.ack("publish", json!({"room": "other", "event": "m", "data": -1}))
-        .await;
+    b.ack(
+        "publish",
+        json!({"room": "other", "event": "m", "data": -1}),
+    )
+    .await;
     b.ack("publish", json!({"event": "m", "data": 2})).await;
     b.ack("send", json!({"to": sid, "event": "m", "data": 3}))
         .await;
