@@ -156,7 +156,11 @@ impl<A: Adapter> Sink for SocketIo<A> {
         offset: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = usize> + Send + 'a>> {
         Box::pin(async move {
-            let op = self.local().to(room.to_string());
+            // `of`, not `local()`: the namespace is gone once a drain has closed it.
+            let Some(root) = self.of(crate::handlers::NAMESPACE) else {
+                return 0;
+            };
+            let op = root.local().to(room.to_string());
             let res = match offset {
                 Some(o) => op.emit(event, &(data, o)).await,
                 None => op.emit(event, data).await,
