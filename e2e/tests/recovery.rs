@@ -398,10 +398,8 @@ async fn forged_or_foreign_claims_get_a_clean_session() {
         ("a future offset", json!("99999999999999-0")),
         ("a malformed offset", json!("1-0; DEL x")),
     ];
-    let mut k = 10;
-    for (what, offset) in bad_offsets {
+    for (k, (what, offset)) in (10..).zip(bad_offsets) {
         let (c, hc) = s.client_on(0, k, opts("erin")).await;
-        k += 1;
         c.join("r").await.unwrap();
         let pid = c.state().await.unwrap().pid.unwrap();
         c.forge_session(Some(json!(pid)), Some(offset))
@@ -529,7 +527,7 @@ async fn concurrent_senders_on_two_nodes_keep_one_order_across_a_recovery() {
 async fn send_until(tag: &str, p: &Client, stop: &std::sync::atomic::AtomicBool) -> u64 {
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let room = (n % 2 == 0).then_some("r");
+        let room = n.is_multiple_of(2).then_some("r");
         let ev = if room.is_some() { "room" } else { "all" };
         p.publish(room, ev, json!({"t": tag, "n": n}))
             .await

@@ -673,7 +673,7 @@ impl Recovery {
                         .insert(pid.to_string(), (session, now + self.window_ms()));
                     // expired sessions go at publishes, and here every 1024 writes
                     log.writes = log.writes.wrapping_add(1);
-                    if log.writes % 1024 == 0 {
+                    if log.writes.is_multiple_of(1024) {
                         log.sessions.retain(|_, (_, exp)| *exp > now);
                     }
                 }
@@ -957,7 +957,7 @@ fn parse_read(v: &[String]) -> Result<Read, String> {
     let opt = |s: &str| -> Option<Offset> { s.parse().ok().filter(|o| *o != Offset::default()) };
     match v.first().map(String::as_str) {
         Some("none") => Ok(Read::default()),
-        Some("ok") if v.len() >= 5 && (v.len() - 5) % 3 == 0 => {
+        Some("ok") if v.len() >= 5 && (v.len() - 5).is_multiple_of(3) => {
             let mut entries = Vec::new();
             for c in v[5..].chunks(3) {
                 let offset = c[0].parse().map_err(|_| "bad stream id")?;

@@ -220,3 +220,59 @@ async fn recovery_off_sends_no_pid() {
     let a = Raw::connect(s.addr, None).await;
     assert!(a.pid.is_none());
 }
+
+/// With Redis: the log is trimmed by count and by age, and sessions expire one window after
+/// their last write (Redis memory is bounded by the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_log_and_sessions_are_bounded() {
+    let Some(redis) = common::Redis::start() else {
+        return;
+    };
+    let url = format!("--redis-url={}", redis.url());
+    let s = Server::start(&[&url, "--recovery-window=2s", "--recovery-max-packets=100"]).await;
+    let (ok, body) = s
+        .wait_readyz_body(Duration::from_secs(10), |status, body| {
+            status == 200 && !body.contains("degraded")
+        })
+        .await;
+    assert!(ok, "{body}");
+    let mut a = Raw::connect(s.addr, None).await;
+    let pid = a.pid.clone().unwrap();
+    let key = format!("realtime:{{csr}}:s:{pid}");
+    for i in 0..1000 {
+        a.ack("publish", json!({"event": "m", "data": i})).await;
+    }
+    let xlen: u64 = redis
+        .cli(&["XLEN", "realtime:{csr}:log"])
+        .trim()
+        .parse()
+        .unwrap();
+    println!("MEASURE bounded: XLEN after 1000 messages with RECOVERY_MAX_PACKETS=100: {xlen}");
+    // `MAXLEN ~` trims whole stream nodes (100 entries by default)
+    assert!((100..=200).contains(&xlen), "XLEN {xlen}");
+    let pttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(
+        pttl > 0 && pttl <= 2000,
+        "a connected session expires within the window: {pttl}"
+    );
+    // age: 2.5 s later, one more message trims everything older than the window
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.ack("publish", json!({"event": "m", "data": "late"}))
+        .await;
+    let xlen: u64 = redis
+        .cli(&["XLEN", "realtime:{csr}:log"])
+        .trim()
+        .parse()
+        .unwrap();
+    println!("MEASURE bounded: XLEN after the window: {xlen}");
+    assert!(xlen <= 100, "XLEN {xlen}");
+    // the connected session is refreshed (every window / 3), a disconnected one expires
+    assert_eq!(redis.cli(&["EXISTS", &key]).trim(), "1");
+    a.lose().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        redis.cli(&["EXISTS", &key]).trim(),
+        "0",
+        "expired after the window"
+    );
+}
