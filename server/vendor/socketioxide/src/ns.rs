@@ -287,7 +287,12 @@ impl<A: Adapter> Namespace<A> {
             if let Some(r) = restored {
                 let in_use = r.sid != eid
                     && (self.sockets.read().unwrap().contains_key(&r.sid)
-                        || self.restored_ids.read().unwrap().values().any(|s| *s == r.sid)
+                        || self
+                            .restored_ids
+                            .read()
+                            .unwrap()
+                            .values()
+                            .any(|s| *s == r.sid)
                         || self.connecting.lock().unwrap().contains(&r.sid));
                 if !in_use {
                     #[cfg(feature = "tracing")]

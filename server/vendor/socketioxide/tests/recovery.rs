@@ -19,12 +19,17 @@ use socketioxide_core::{Value, packet::Packet, parser::Parse};
 use socketioxide_parser_common::CommonParser;
 use tokio::sync::mpsc;
 
-/// Sessions kept in memory: pid -> (sid, rooms), written by the disconnect handler.
+/// pid -> (sid, rooms).
+type Sessions = HashMap<String, (Sid, Vec<String>)>;
+/// (pid, offset) claims.
+type Claims = Vec<(String, Option<String>)>;
+
+/// Sessions kept in memory, written by the disconnect handler.
 #[derive(Clone, Default)]
 struct Store {
-    sessions: Arc<Mutex<HashMap<String, (Sid, Vec<String>)>>>,
-    /// Every (pid, offset) the namespace asked for.
-    asked: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    sessions: Arc<Mutex<Sessions>>,
+    /// Every claim the namespace asked about.
+    asked: Arc<Mutex<Claims>>,
 }
 
 /// What the store hands to the connect handler.
@@ -127,7 +132,9 @@ async fn without_recovery_the_connect_reply_has_no_pid() {
     io.ns("/", async |s: SocketRef| {
         assert!(s.pid().is_none() && !s.recovered());
     });
-    let (_tx, mut rx) = io.new_dummy_sock("/", serde_json::json!({"pid": "x"})).await;
+    let (_tx, mut rx) = io
+        .new_dummy_sock("/", serde_json::json!({"pid": "x"}))
+        .await;
     let reply = connect_reply(recv(&mut rx).await);
     assert!(reply.pid.is_none());
 }
@@ -141,14 +148,20 @@ async fn a_reconnect_with_the_pid_restores_the_socket_id_and_its_rooms() {
     let first = connect_reply(recv(&mut rx).await);
     let pid = first.pid.clone().expect("a pid with recovery on");
     assert_eq!(pid.len(), 32);
-    assert_eq!(connected.recv().await.unwrap(), (first.sid.clone(), false, None));
+    assert_eq!(
+        connected.recv().await.unwrap(),
+        (first.sid.clone(), false, None)
+    );
     // the transport is lost: the session is persisted
     tx.send(Close).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(io.sockets().is_empty());
 
     let (tx2, mut rx2) = io
-        .new_dummy_sock("/", serde_json::json!({"pid": pid, "offset": "7-0", "token": "t"}))
+        .new_dummy_sock(
+            "/",
+            serde_json::json!({"pid": pid, "offset": "7-0", "token": "t"}),
+        )
         .await;
     let second = connect_reply(recv(&mut rx2).await);
     assert_eq!(second.sid, first.sid, "the old socket id");
@@ -170,7 +183,10 @@ async fn a_reconnect_with_the_pid_restores_the_socket_id_and_its_rooms() {
     assert_ne!(s.engine_sid(), sid);
     tx2.send(event("ping", ())).await.unwrap();
     let pong = recv(&mut rx2).await;
-    assert_eq!(pong, Message(format!("2[\"pong\",\"{}\"]", first.sid).into()));
+    assert_eq!(
+        pong,
+        Message(format!("2[\"pong\",\"{}\"]", first.sid).into())
+    );
     // and its rooms
     io.to("room:a").emit("news", &1).await.unwrap();
     assert_eq!(recv(&mut rx2).await, Message("2[\"news\",1]".into()));
@@ -228,7 +244,12 @@ async fn a_session_whose_socket_is_still_connected_is_not_restored_twice() {
 #[test]
 fn recoverable_reasons_are_socket_io_s() {
     use DisconnectReason::*;
-    for r in [TransportClose, TransportError, HeartbeatTimeout, ClosingServer] {
+    for r in [
+        TransportClose,
+        TransportError,
+        HeartbeatTimeout,
+        ClosingServer,
+    ] {
         assert!(r.is_recoverable(), "{r:?}");
     }
     for r in [
