@@ -163,15 +163,17 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
     });
     match &app.recovery {
         None => s.join(rooms),
-        // In the log's delivery order, before the socket's first event (see recovery.rs).
+        // In the log's delivery order, before the socket's first event (see recovery.rs); the
+        // `hello` once the socket is in its rooms (after the replay of a restored one).
         Some(rec) => {
-            let (rec, s) = (rec.clone(), s.clone());
+            let (rec, s, app) = (rec.clone(), s.clone(), app.clone());
             tokio::spawn(ctx.order.enqueue(async move {
                 if s.recovered() {
                     rec.resume(&s).await;
                 } else {
                     rec.attach(&s, rooms).await;
                 }
+                send_hello(&app, &s);
             }));
         }
     }
@@ -179,16 +181,18 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
     app.metrics.connected.inc();
     app.metrics.connections.inc();
     let metrics = app.metrics.clone();
-    let recovery = app.recovery.clone();
-    s.on_disconnect(move |s: SocketRef<A>, reason: DisconnectReason| {
-        metrics.connected.dec();
-        let recovery = recovery.clone();
-        async move {
-            if let Some(rec) = recovery {
-                rec.on_disconnect(&s, reason).await;
-            }
-        }
-    });
+    match app.recovery.clone() {
+        None => s.on_disconnect(move || {
+            metrics.connected.dec();
+            ready(())
+        }),
+        // Keeps (or ends) the session; the socket leaves its rooms after this.
+        Some(rec) => s.on_disconnect(move |s: SocketRef<A>, reason: DisconnectReason| {
+            metrics.connected.dec();
+            let rec = rec.clone();
+            async move { rec.on_disconnect(&s, reason).await }
+        }),
+    }
 
     s.on_fallback(
         move |s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>, frame: Frame| {
@@ -196,6 +200,15 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         },
     );
 
+    if app.recovery.is_none() {
+        send_hello(&app, &s);
+    }
+    ready(())
+}
+
+/// The `hello` event: this node and the socket id.
+fn send_hello<A: Adapter>(app: &App, s: &SocketRef<A>) {
+    let id = s.id.to_string();
     #[derive(Serialize)]
     struct Hello<'a> {
         node: &'a str,
@@ -211,7 +224,6 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         Ok(()) => app.metrics.event_out(OutKind::Hello),
         Err(e) => debug!(sid = %id, "hello not sent: {e}"),
     }
-    ready(())
 }
 
 /// The raw event packet (`["event", args...]` plus binary attachments), taken as is so it
@@ -321,16 +333,22 @@ async fn handle_event<A: Adapter>(
 
     match cmd {
         Command::Join(room) => {
-            s.join(client_room(&room));
-            if let Some(rec) = &app.recovery {
-                rec.save(&s).await;
+            match &app.recovery {
+                None => s.join(client_room(&room)),
+                Some(rec) => {
+                    rec.join(&s, client_room(&room)).await;
+                    rec.save(&s).await;
+                }
             }
             send_ack(app, ack, &OK);
         }
         Command::Leave(room) => {
-            s.leave(client_room(&room));
-            if let Some(rec) = &app.recovery {
-                rec.save(&s).await;
+            match &app.recovery {
+                None => s.leave(client_room(&room)),
+                Some(rec) => {
+                    rec.leave(&s, client_room(&room));
+                    rec.save(&s).await;
+                }
             }
             send_ack(app, ack, &OK);
         }

@@ -184,11 +184,18 @@ pub struct Restored {
     pub rooms: Vec<String>,
     pub user: Option<String>,
     pub since: Offset,
+    /// Rooms joined after the session began, with the log position at the join.
+    pub joined: Joined,
     /// The entries after the client's offset in its rooms, as read at restore time.
     pub entries: Vec<Entry>,
     /// The last log position the read covered (entries after it have not been read).
     pub read_to: Offset,
 }
+
+/// Room -> the log position when the socket joined it, for the rooms joined after the session
+/// began (the others count from the session's start): a restore replays a room's entries only
+/// from the join on.
+pub type Joined = HashMap<String, Offset>;
 
 /// What a connected socket keeps of its session.
 #[derive(Clone)]
@@ -197,6 +204,13 @@ pub struct Owned {
     pub token: String,
     pub since: Offset,
     pub user: Option<String>,
+    pub joined: Arc<Mutex<Joined>>,
+}
+
+/// Whether a restore sends `e` to a session that joined its rooms as `joined` says (the
+/// entry's room is one of the session's).
+fn joined_before(e: &Entry, joined: &Joined) -> bool {
+    e.room == ALL_ROOM || joined.get(&e.room).is_none_or(|j| e.offset > *j)
 }
 
 /// One session as stored.
@@ -205,6 +219,7 @@ struct Session {
     sid: String,
     since: Offset,
     rooms: Vec<String>,
+    joined: Joined,
     user: Option<String>,
     token: String,
     /// Unix ms of the disconnection; 0 while connected.
@@ -541,6 +556,7 @@ impl Recovery {
             token: socketioxide::recovery::random_pid(),
             since,
             user,
+            joined: Arc::default(),
         };
         s.extensions.insert(owned);
         self.save(s).await;
@@ -572,7 +588,11 @@ impl Recovery {
             if r.read_to < upto {
                 match self.read(r.read_to, Some(upto), Some(&wanted)).await {
                     Ok(more) => {
-                        for e in more.entries.iter().filter(|e| e.offset <= upto) {
+                        for e in more
+                            .entries
+                            .iter()
+                            .filter(|e| e.offset <= upto && joined_before(e, &r.joined))
+                        {
                             replayed += self.emit_to(s, e);
                         }
                     }
@@ -586,6 +606,7 @@ impl Recovery {
             token: r.token.clone(),
             since: r.since,
             user: r.user.clone(),
+            joined: Arc::new(Mutex::new(r.joined.clone())),
         });
         self.metrics.recovery_restored.inc();
         self.metrics.recovery_replayed.inc_by(replayed as u64);
@@ -604,6 +625,35 @@ impl Recovery {
                 self.metrics.delivery_failures.inc();
                 0
             }
+        }
+    }
+
+    /// `s` joins `room` in the delivery order; the session remembers from where.
+    pub async fn join<A: Adapter>(&self, s: &SocketRef<A>, room: String) {
+        let Some(o) = s.extensions.get::<Owned>() else {
+            s.join(room);
+            return;
+        };
+        let at = {
+            let mut pos = self.delivery.lock().await;
+            let at = self.position(&mut pos).await;
+            s.join(room.clone());
+            at
+        };
+        o.joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room, at);
+    }
+
+    /// `s` leaves `room`.
+    pub fn leave<A: Adapter>(&self, s: &SocketRef<A>, room: String) {
+        s.leave(room.clone());
+        if let Some(o) = s.extensions.get::<Owned>() {
+            o.joined
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&room);
         }
     }
 
@@ -648,10 +698,19 @@ impl Recovery {
         let Some(o) = s.extensions.get::<Owned>() else {
             return;
         };
+        let rooms = stored_rooms(s.rooms().into_iter().map(|r| r.to_string()));
+        let joined = {
+            let j = o.joined.lock().unwrap_or_else(|e| e.into_inner());
+            rooms
+                .iter()
+                .filter_map(|r| j.get(r).map(|at| (r.clone(), *at)))
+                .collect()
+        };
         let session = Session {
             sid: s.id.to_string(),
             since: o.since,
-            rooms: stored_rooms(s.rooms().into_iter().map(|r| r.to_string())),
+            rooms,
+            joined,
             user: o.user.clone(),
             token: o.token.clone(),
             disc,
@@ -680,6 +739,12 @@ impl Recovery {
             }
             Backend::Redis(r) => {
                 let rooms = serde_json::to_string(&session.rooms).unwrap_or_default();
+                let joined: HashMap<&String, String> = session
+                    .joined
+                    .iter()
+                    .map(|(r, at)| (r, at.to_string()))
+                    .collect();
+                let joined = serde_json::to_string(&joined).unwrap_or_default();
                 let res = r
                     .scripts
                     .run::<i64>(
@@ -694,6 +759,7 @@ impl Recovery {
                             rooms,
                             session.user.unwrap_or_default(),
                             session.disc.to_string(),
+                            joined,
                         ],
                     )
                     .await;
@@ -847,6 +913,12 @@ impl Recovery {
             Ok(()) => {}
             Err(why) => return refuse(why),
         }
+        let joined = session.joined.clone();
+        let entries = read
+            .entries
+            .into_iter()
+            .filter(|e| joined_before(e, &joined))
+            .collect();
         session.token = socketioxide::recovery::random_pid();
         session.disc = 0;
         self.claim(req.pid, &session).await;
@@ -858,7 +930,8 @@ impl Recovery {
                 rooms: session.rooms,
                 user: session.user,
                 since: session.since,
-                entries: read.entries,
+                joined: session.joined,
+                entries,
                 read_to: read.read_to.max(from),
             }),
         })
@@ -988,6 +1061,13 @@ fn session_from_map(m: &HashMap<String, String>) -> Option<Session> {
         sid: m.get("sid")?.clone(),
         since: m.get("since")?.parse().ok()?,
         rooms: serde_json::from_str(m.get("rooms")?).ok()?,
+        joined: m
+            .get("joined")
+            .and_then(|j| serde_json::from_str::<HashMap<String, String>>(j).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(r, at)| Some((r, at.parse().ok()?)))
+            .collect(),
         user: m.get("user").filter(|u| !u.is_empty()).cloned(),
         token: m.get("tok")?.clone(),
         disc: m.get("disc").and_then(|d| d.parse().ok()).unwrap_or(0),
@@ -1093,12 +1173,12 @@ end
 return out
 "#;
 
-/// KEYS: session. ARGV: token, ttl ms, sid, since, rooms, user, disc. Written only by the
+/// KEYS: session. ARGV: token, ttl ms, sid, since, rooms, user, disc, joined. Written only by the
 /// connection that owns the session (its token), or when there is none.
 const WRITE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'tok')
 if cur and cur ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'tok', ARGV[1], 'sid', ARGV[3], 'since', ARGV[4], 'rooms', ARGV[5], 'user', ARGV[6], 'disc', ARGV[7])
+redis.call('HSET', KEYS[1], 'tok', ARGV[1], 'sid', ARGV[3], 'since', ARGV[4], 'rooms', ARGV[5], 'user', ARGV[6], 'disc', ARGV[7], 'joined', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
@@ -1282,6 +1362,43 @@ mod tests {
         assert_eq!(parse_read(&v).unwrap().trimmed_to, None);
         assert!(parse_read(&["ok".to_string()]).is_err());
         assert!(parse_read(&["none".to_string()]).unwrap().last.is_none());
+    }
+
+    #[test]
+    fn sessions_read_back_with_their_join_offsets() {
+        let m: HashMap<String, String> = [
+            ("sid", "AbCdEfGhIjKlMnOp"),
+            ("since", "5-0"),
+            ("rooms", r#"["room:x","room:y","sid:AbCdEfGhIjKlMnOp"]"#),
+            ("joined", r#"{"room:y":"7-1","room:z":"bad"}"#),
+            ("user", ""),
+            ("tok", "t"),
+            ("disc", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = session_from_map(&m).unwrap();
+        assert_eq!(s.since, off("5-0"));
+        assert_eq!(s.user, None);
+        assert_eq!(s.joined.len(), 1);
+        let entry = |room: &str, o: &str| Entry {
+            offset: off(o),
+            room: room.into(),
+            payload: "{}".into(),
+        };
+        assert!(joined_before(&entry("room:x", "6-0"), &s.joined));
+        assert!(!joined_before(&entry("room:y", "7-1"), &s.joined));
+        assert!(joined_before(&entry("room:y", "7-2"), &s.joined));
+        assert!(joined_before(&entry(ALL_ROOM, "1-0"), &s.joined));
+        // an older session without the field
+        let mut old = m.clone();
+        old.remove("joined");
+        assert!(session_from_map(&old).unwrap().joined.is_empty());
+        // a broken one is no session
+        let mut bad = m;
+        bad.insert("since".into(), "x".into());
+        assert!(session_from_map(&bad).is_none());
     }
 
     #[test]

@@ -276,3 +276,31 @@ async fn the_redis_log_and_sessions_are_bounded() {
         "expired after the window"
     );
 }
+
+/// A room joined after the client's offset is replayed from the join on, not from the offset:
+/// a restore never sends a room's messages from before the socket was in it.
+#[tokio::test]
+async fn a_room_joined_later_is_replayed_from_the_join_only() {
+    let s = server().await;
+    let mut a = Raw::connect(s.addr, None).await;
+    let mut b = Raw::connect(s.addr, None).await;
+    a.ack("join", json!("x")).await;
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 0}))
+        .await;
+    let e = a.event().await;
+    assert_eq!(e[1], 0);
+    let offset = e[2].as_str().unwrap().to_string();
+    // before a joins y: not a's business
+    b.ack("publish", json!({"room": "y", "event": "m", "data": -1}))
+        .await;
+    a.ack("join", json!("y")).await;
+    let (sid, pid) = (a.sid.clone(), a.pid.clone().unwrap());
+    a.lose().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.ack("publish", json!({"room": "y", "event": "m", "data": 1}))
+        .await;
+    let mut a = Raw::connect(s.addr, Some(json!({"pid": pid, "offset": offset}))).await;
+    assert_eq!(a.sid, sid);
+    assert_eq!(a.event().await[1], 1, "only y's message after the join");
+    a.silence(Duration::from_millis(200)).await;
+}
