@@ -232,6 +232,23 @@ async fn sigterm_client_recovers_elsewhere_with_every_missed_message_once_in_ord
         "MEASURE sigterm: disconnect -> recovered connect {:.0} ms (client reconnection delay 100 ms); {n} messages, {replayed} received after the reconnect",
         conn - disc
     );
+    // presence: x is a member of r again, on its new node, with its user
+    let members = y.presence("r").await.unwrap();
+    assert!(
+        members
+            .iter()
+            .any(|m| m.id == id1 && m.node == h2.node && m.user.as_deref() == Some("alice")),
+        "presence after the recovery: {members:?}"
+    );
+    let restored_line = s
+        .cluster
+        .node_proc(h2_index(&s, &h2.node))
+        .log_tail(400)
+        .lines()
+        .find(|l| l.contains("session restored"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    println!("MEASURE sigterm: server log: {restored_line}");
     let m = s.cluster.metrics(h2_index(&s, &h2.node)).await.unwrap();
     let restored = metric_value(&m, "realtime_recovery_restored_total", &[]).unwrap_or(0.0);
     let replayed_m = metric_value(&m, "realtime_recovery_replayed_total", &[]).unwrap_or(0.0);
