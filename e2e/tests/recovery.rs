@@ -553,3 +553,59 @@ async fn send_until(tag: &str, p: &Client, stop: &std::sync::atomic::AtomicBool)
     }
     n
 }
+
+/// A recovered socket (its socket id is not its engine.io id) drains like any other: the
+/// paced close finds its transport, and the client recovers once more on the third node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_client_recovers_again_after_a_second_drain() {
+    let Some(s) = setup(3, &[("RECOVERY_WINDOW", "30s"), ("SHUTDOWN_GRACE", "5s")]).await else {
+        return;
+    };
+    let (x, hx) = s.client_on(0, 0, opts("alice")).await;
+    let src = s.cluster.source_address_for(0, 0);
+    let second = s.cluster.ip_hash_node(&src, &[0]).unwrap();
+    let third = (0..3).find(|i| *i != 0 && *i != second).unwrap();
+    let (z, _) = s.client_on(third, 0, opts("carol")).await;
+    x.join("r").await.unwrap();
+    let mut n = 0u64;
+    for (k, node) in [0, second].into_iter().enumerate() {
+        for _ in 0..8 {
+            send(&z, n, &hx.id, "alice").await;
+            n += 1;
+        }
+        s.cluster.signal_node(node, libc::SIGTERM).unwrap();
+        // messages while x moves
+        for _ in 0..8 {
+            send(&z, n, &hx.id, "alice").await;
+            n += 1;
+        }
+        let (id, recovered) = connect_n(&x, k + 2, T).await;
+        assert!(recovered, "move {}: recovered", k + 1);
+        assert_eq!(id, hx.id, "move {}: the same id", k + 1);
+        s.cluster
+            .node_proc(node)
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let closed = s
+            .cluster
+            .node_proc(node)
+            .log_tail(400)
+            .lines()
+            .find(|l| l.contains("transports closed"))
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert!(
+            closed.contains("closed=1"),
+            "node {node}: the paced close found x's transport: {closed}"
+        );
+    }
+    let h = x.hello_n(3, T).await.unwrap();
+    assert_eq!(h.node, s.cluster.node(third).name);
+    send(&z, n, &hx.id, "alice").await;
+    n += 1;
+    x.wait_event_where(KINDS[((n - 1) % 4) as usize], T, |d| d == &json!(n - 1))
+        .await
+        .unwrap();
+    check_exact(&x, n, "two drains");
+}

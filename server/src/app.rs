@@ -341,7 +341,9 @@ where
     }
     // Engine.io close for every socket (no socket.io DISCONNECT), a few at a time: the
     // namespace keeps serving the sockets that wait for their turn.
-    let sids: Vec<_> = io.sockets().iter().map(|s| s.id).collect();
+    // Engine.io session ids: a restored socket (connection state recovery) keeps its old
+    // socket id on a new engine.io session.
+    let sids: Vec<_> = io.sockets().iter().map(|s| s.engine_sid()).collect();
     let window = deadlines
         .close_transports
         .saturating_duration_since(tokio::time::Instant::now());
