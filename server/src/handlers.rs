@@ -16,6 +16,12 @@
 //! ([`Order`]) for the part that waits on Redis: the events of one socket take effect in the
 //! order they were sent (a 500-event burst arrives in order on every node), while different
 //! sockets never wait on each other.
+//!
+//! Connection state recovery (`RECOVERY_WINDOW`, see `recovery.rs`): every outgoing message
+//! then goes through the recovery log instead of the adapter's broadcast, rooms are joined in
+//! the log's delivery order (a new socket's first rooms and a restored socket's rooms as the
+//! first item of its [`Order`] queue, before its first event; `hello` after them), and
+//! "everyone" is the internal room `all`.
 
 use std::{
     convert::Infallible,
