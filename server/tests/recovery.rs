@@ -304,3 +304,50 @@ async fn a_room_joined_later_is_replayed_from_the_join_only() {
     assert_eq!(a.event().await[1], 1, "only y's message after the join");
     a.silence(Duration::from_millis(200)).await;
 }
+
+/// Redis down: a message is still delivered on this node, without an offset (not recoverable),
+/// acked `partial`, and counted; once Redis is back, messages are logged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_messages_are_delivered_locally_without_offset() {
+    let Some(mut redis) = common::Redis::start() else {
+        return;
+    };
+    let url = format!("--redis-url={}", redis.url());
+    let s = Server::start(&[&url, "--recovery-window=30s"]).await;
+    let ready = |status: u16, body: &str| status == 200 && !body.contains("degraded");
+    assert!(s.wait_readyz_body(Duration::from_secs(10), ready).await.0);
+    let mut a = Raw::connect(s.addr, None).await;
+    let mut b = Raw::connect(s.addr, None).await;
+    a.ack("join", json!("x")).await;
+    b.ack("publish", json!({"room": "x", "event": "m", "data": 0}))
+        .await;
+    assert_eq!(a.event().await.len(), 3, "logged: with an offset");
+
+    redis.stop();
+    let ack = b
+        .ack("publish", json!({"room": "x", "event": "m", "data": 1}))
+        .await;
+    assert_eq!(ack["partial"], true, "{ack}");
+    let e = a.event().await;
+    assert_eq!(
+        e,
+        vec![json!("m"), json!(1)],
+        "delivered here, without offset"
+    );
+    let (_, metrics) = s.admin_get("/metrics").await;
+    let unlogged = metrics
+        .lines()
+        .find(|l| l.starts_with("realtime_recovery_unlogged_total "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(unlogged.ends_with(" 1"), "{unlogged}");
+
+    redis.restart();
+    assert!(s.wait_readyz_body(Duration::from_secs(15), ready).await.0);
+    let ack = b
+        .ack("publish", json!({"room": "x", "event": "m", "data": 2}))
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    let e = a.event().await;
+    assert_eq!(e.len(), 3, "logged again: {e:?}");
+}
