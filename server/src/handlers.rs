@@ -167,22 +167,28 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         app: app.clone(),
         order: Order::default(),
     });
-    match &app.recovery {
-        None => s.join(rooms),
-        // In the log's delivery order, before the socket's first event (see recovery.rs); the
-        // `hello` once the socket is in its rooms (after the replay of a restored one).
+    // With recovery, the rooms are joined in the log's delivery order (see recovery.rs), as
+    // the first item of the socket's queue (before its first event), and `hello` follows once
+    // the socket is in its rooms (after the replay of a restored one). The item only starts
+    // once the event handler below is registered: a client that waits for `hello` never
+    // sends an event the socket cannot take yet.
+    let first = match &app.recovery {
+        None => {
+            s.join(rooms);
+            None
+        }
         Some(rec) => {
             let (rec, s, app) = (rec.clone(), s.clone(), app.clone());
-            tokio::spawn(ctx.order.enqueue(async move {
+            Some(ctx.order.enqueue(async move {
                 if s.recovered() {
                     rec.resume(&s).await;
                 } else {
                     rec.attach(&s, rooms).await;
                 }
                 send_hello(&app, &s);
-            }));
+            }))
         }
-    }
+    };
 
     app.metrics.connected.inc();
     app.metrics.connections.inc();
@@ -206,8 +212,9 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         },
     );
 
-    if app.recovery.is_none() {
-        send_hello(&app, &s);
+    match first {
+        Some(first) => drop(tokio::spawn(first)),
+        None => send_hello(&app, &s),
     }
     ready(())
 }

@@ -77,6 +77,11 @@ pub const ALL_ROOM: &str = "all";
 
 const KEY_PREFIX: &str = "realtime:{csr}";
 
+/// The most missed packets a restore replays: they are queued to the socket at once, and a
+/// socket's send buffer holds [`crate::app::SOCKET_BUFFER`] packets (an emit to a full one
+/// fails). A client that missed more gets a clean session instead of a partial replay.
+pub const MAX_REPLAY: usize = crate::app::SOCKET_BUFFER / 2;
+
 /// A position in the log: a Redis stream id (`ms-seq`), also used by the in-memory log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset {
@@ -914,11 +919,14 @@ impl Recovery {
             Err(why) => return refuse(why),
         }
         let joined = session.joined.clone();
-        let entries = read
+        let entries: Vec<Entry> = read
             .entries
             .into_iter()
             .filter(|e| joined_before(e, &joined))
             .collect();
+        if entries.len() > MAX_REPLAY {
+            return refuse("more missed packets than a socket's send buffer takes");
+        }
         session.token = socketioxide::recovery::random_pid();
         session.disc = 0;
         self.claim(req.pid, &session).await;
