@@ -192,7 +192,8 @@ pub struct Restored {
     /// Rooms joined after the session began, with the log position at the join.
     pub joined: Joined,
     /// The entries after the client's offset in its rooms, as read at restore time.
-    pub entries: Vec<Entry>,
+    /// (Taken by the replay: the socket keeps what the store returned for its lifetime.)
+    pub entries: Mutex<Vec<Entry>>,
     /// The last log position the read covered (entries after it have not been read).
     pub read_to: Offset,
 }
@@ -587,7 +588,8 @@ impl Recovery {
             let mut pos = self.delivery.lock().await;
             let upto = self.position(&mut pos).await;
             let wanted: HashSet<&str> = r.rooms.iter().map(String::as_str).collect();
-            for e in r.entries.iter().filter(|e| e.offset <= upto) {
+            let entries = std::mem::take(&mut *r.entries.lock().unwrap_or_else(|e| e.into_inner()));
+            for e in entries.iter().filter(|e| e.offset <= upto) {
                 replayed += self.emit_to(s, e);
             }
             if r.read_to < upto {
@@ -939,7 +941,7 @@ impl Recovery {
                 user: session.user,
                 since: session.since,
                 joined: session.joined,
-                entries,
+                entries: Mutex::new(entries),
                 read_to: read.read_to.max(from),
             }),
         })
