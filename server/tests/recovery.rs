@@ -277,6 +277,11 @@ async fn the_redis_log_and_sessions_are_bounded() {
     println!("MEASURE bounded: XLEN after 1000 messages with RECOVERY_MAX_PACKETS=100: {xlen}");
     // `MAXLEN ~` trims whole stream nodes (100 entries by default)
     assert!((100..=200).contains(&xlen), "XLEN {xlen}");
+    println!(
+        "MEASURE bounded: MEMORY USAGE log {} B (100 small entries), session {} B",
+        redis.cli(&["MEMORY", "USAGE", "realtime:{csr}:log"]).trim(),
+        redis.cli(&["MEMORY", "USAGE", &key]).trim()
+    );
     let pttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().unwrap();
     assert!(
         pttl > 0 && pttl <= 2000,
