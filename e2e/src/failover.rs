@@ -18,12 +18,15 @@ pub struct Receipt {
     pub got: BTreeMap<u64, f64>,
     pub duplicates: usize,
     pub out_of_order: usize,
+    /// The seq numbers that arrived after a higher one.
+    pub late: Vec<u64>,
 }
 
 /// The `seq` events `c` received so far.
 pub fn receipt(c: &Client, name: &str) -> Receipt {
     let mut got = BTreeMap::new();
     let (mut duplicates, mut out_of_order, mut last) = (0, 0, None);
+    let mut late = Vec::new();
     for r in c.events("seq") {
         let k = r.data().as_u64().expect("seq numbers");
         if got.insert(k, r.t_ms).is_some() {
@@ -31,6 +34,7 @@ pub fn receipt(c: &Client, name: &str) -> Receipt {
         }
         if last.is_some_and(|l| k < l) {
             out_of_order += 1;
+            late.push(k);
         }
         last = Some(k);
     }
@@ -39,6 +43,7 @@ pub fn receipt(c: &Client, name: &str) -> Receipt {
         got,
         duplicates,
         out_of_order,
+        late,
     }
 }
 
@@ -123,6 +128,7 @@ mod tests {
             got,
             duplicates: 0,
             out_of_order: 0,
+            late: Vec::new(),
         }
     }
 

@@ -213,6 +213,21 @@ impl RedisDriver {
         tokio::spawn(Monitor::new(self.clone(), probe_chan, tx, rx).run())
     }
 
+    /// The client, for commands beyond pub/sub (the recovery log).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The publish command this driver's subscriptions hear: `SPUBLISH` on a Redis Cluster
+    /// (the driver subscribes with SSUBSCRIBE there), `PUBLISH` otherwise.
+    pub fn publish_command(&self) -> &'static str {
+        if self.inner.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// Closes the Redis connection (after the adapter has unsubscribed).
     pub async fn quit(&self) {
         self.inner

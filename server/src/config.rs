@@ -116,6 +116,30 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Connection state recovery (socket.io 4.6+): how long a disconnected client can come
+    /// back, to any node, and get its id, rooms and the messages it missed (`2m`, `30s`); 0
+    /// turns recovery off. Also how long the message log keeps messages.
+    #[arg(long, env = "RECOVERY_WINDOW", default_value = "0s")]
+    pub recovery_window: humantime::Duration,
+
+    /// The most messages the recovery log keeps (all rooms together), whatever their age.
+    #[arg(long, env = "RECOVERY_MAX_PACKETS", default_value_t = DEFAULT_RECOVERY_MAX_PACKETS)]
+    pub recovery_max_packets: u64,
+}
+
+/// Default of RECOVERY_MAX_PACKETS.
+pub const DEFAULT_RECOVERY_MAX_PACKETS: u64 = 10_000;
+/// Upper bound of RECOVERY_MAX_PACKETS (a restore reads at most this many entries).
+pub const MAX_RECOVERY_MAX_PACKETS: u64 = 1_000_000;
+/// Upper bound of RECOVERY_WINDOW.
+pub const MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Connection state recovery settings (see `recovery.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverySettings {
+    pub window: Duration,
+    pub max_packets: u32,
 }
 
 /// How log lines are written to stderr.
@@ -217,6 +241,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// socket.io's request path on the public port (no trailing slash).
     pub socketio_path: String,
+    /// Connection state recovery, when RECOVERY_WINDOW is not 0.
+    pub recovery: Option<RecoverySettings>,
 }
 
 /// A configuration value that cannot be used.
@@ -266,6 +292,10 @@ pub enum ConfigError {
         "SOCKETIO_PATH must be / followed by segments of letters, digits and -._~ separated by single slashes, without a trailing slash (got {0:?})"
     )]
     SocketioPath(String),
+    #[error("RECOVERY_WINDOW must be 0 (off) or between 1s and 24h (got {0:?})")]
+    RecoveryWindow(Duration),
+    #[error("RECOVERY_MAX_PACKETS must be between 1 and {max} (got {got})")]
+    RecoveryMaxPackets { got: u64, max: u64 },
 }
 
 /// The content of a mounted secret file, without one trailing newline.
@@ -423,6 +453,8 @@ impl Cli {
             return Err(ConfigError::SocketioPath(socketio_path));
         }
 
+        let recovery = recovery_settings(self.recovery_window.into(), self.recovery_max_packets)?;
+
         Ok(Settings {
             socketio_path,
             bind: self.bind,
@@ -443,8 +475,32 @@ impl Cli {
             drain_close_rate,
             redis_startup_grace: self.redis_startup_grace.into(),
             log_format: self.log_format,
+            recovery,
         })
     }
+}
+
+/// RECOVERY_WINDOW and RECOVERY_MAX_PACKETS, checked.
+fn recovery_settings(
+    window: Duration,
+    max_packets: u64,
+) -> Result<Option<RecoverySettings>, ConfigError> {
+    if max_packets == 0 || max_packets > MAX_RECOVERY_MAX_PACKETS {
+        return Err(ConfigError::RecoveryMaxPackets {
+            got: max_packets,
+            max: MAX_RECOVERY_MAX_PACKETS,
+        });
+    }
+    if window.is_zero() {
+        return Ok(None);
+    }
+    if window < Duration::from_secs(1) || window > MAX_RECOVERY_WINDOW {
+        return Err(ConfigError::RecoveryWindow(window));
+    }
+    Ok(Some(RecoverySettings {
+        window,
+        max_packets: max_packets as u32,
+    }))
 }
 
 /// A boolean switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case); empty counts
@@ -677,6 +733,45 @@ mod tests {
 
     fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
         cli(args).validate_with_hostname(|| "host-1".to_owned())
+    }
+
+    #[test]
+    fn recovery_is_off_by_default_and_bounded() {
+        assert_eq!(settings(&[]).unwrap().recovery, None);
+        let s = settings(&["--recovery-window", "2m", "--recovery-max-packets", "500"]).unwrap();
+        assert_eq!(
+            s.recovery,
+            Some(RecoverySettings {
+                window: Duration::from_secs(120),
+                max_packets: 500
+            })
+        );
+        assert_eq!(
+            settings(&["--recovery-window", "30s"])
+                .unwrap()
+                .recovery
+                .unwrap()
+                .max_packets,
+            10_000
+        );
+        for bad in ["500ms", "25h"] {
+            assert!(
+                matches!(
+                    settings(&["--recovery-window", bad]),
+                    Err(ConfigError::RecoveryWindow(_))
+                ),
+                "{bad}"
+            );
+        }
+        for bad in ["0", "1000001"] {
+            assert!(
+                matches!(
+                    settings(&["--recovery-window", "1m", "--recovery-max-packets", bad]),
+                    Err(ConfigError::RecoveryMaxPackets { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -122,7 +122,12 @@ async fn api_shed<A: Adapter>(State(st): State<HttpState<A>>, body: Bytes) -> Re
     }
     let sockets = root.sockets();
     let plan = crate::shed::plan(req, sockets.len());
-    let sids: Vec<_> = sockets.iter().take(plan.count).map(|s| s.id).collect();
+    // Engine.io session ids (a restored socket keeps its old socket id on a new session).
+    let sids: Vec<_> = sockets
+        .iter()
+        .take(plan.count)
+        .map(|s| s.engine_sid())
+        .collect();
     drop(sockets);
     tracing::info!(
         asked = req.count,
@@ -407,6 +412,7 @@ mod tests {
                     metrics: Arc::new(Metrics::new("n1", "memory")),
                     health: Arc::new(Health::new(Mode::Memory)),
                     verifier: None,
+                    recovery: None,
                 }),
                 io,
                 api_key: Some(KEY.into()),
