@@ -1365,7 +1365,14 @@ async fn scale_down_removes_the_emptiest_pod() {
             Ok((p.len() == 1).then_some(p))
         }).await?;
         let removed: Vec<&String> = left.iter().filter(|n| **n != remaining[0].name).collect();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The removed pod drains (preStop, then its transports close): wait until it is gone.
+        node.control_plane().poll_until("the removed pod to be gone", Duration::from_secs(90), || async {
+            let all = k.get_json(&["pods"]).await?;
+            let names: Vec<&str> = all["items"].as_array().into_iter().flatten()
+                .filter_map(|p| p["metadata"]["name"].as_str()).collect();
+            Ok((!removed.iter().any(|r| names.contains(&r.as_str()))).then_some(()))
+        }).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let discon_after: usize = clients.iter().map(|p| p.client.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count()).sum();
         let emptier = before.values().min().copied().unwrap_or(0);
         eprintln!(
