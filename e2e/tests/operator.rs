@@ -550,6 +550,12 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "rebalance needs realtime-server",
         ),
         (
+            "app-recovery",
+            "your own server with realtime-server's recovery",
+            json!({"image": "acme/chat:1", "app": {"port": 8080}, "recovery": {"enabled": true}}),
+            "enable connectionStateRecovery in your own server",
+        ),
+        (
             "9lives",
             "a name children cannot derive from",
             json!({}),

@@ -94,6 +94,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
 #[x_kube(validation = Rule::new("!has(self.expose) || !self.expose.publishApi || (has(self.env) && self.env.exists(e, e.name == 'API_KEY'))")
     .message("expose.publishApi needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key"))]
+#[x_kube(validation = Rule::new("!has(self.recovery) || !self.recovery.enabled || !has(self.app)")
+    .message("recovery is realtime-server's connection state recovery: with app, enable connectionStateRecovery in your own server"))]
 #[x_kube(validation = Rule::new("!has(self.rebalance) || !self.rebalance.enabled || !has(self.app)")
     .message("rebalance needs realtime-server's connection counts and shed API: not available with app"))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.app)")
@@ -117,6 +119,10 @@ pub struct RealtimeClusterSpec {
     /// Scale on connections, by the operator itself (no HPA, no metrics pipeline): it reads each ready pod's connection count every 10 s and keeps replicas at ceil(connections / targetConnectionsPerPod) within [minReplicas, maxReplicas]; it scales down only when every recommendation of the stabilization window was lower. Not for your own server (spec.app), which has no connection count the operator can read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+
+    /// Connection state recovery (socket.io 4.6+ clients, off by default like socket.io's connectionStateRecovery): a client that lost its connection (a rolling update, a drain, a crashed pod, a network blip) comes back to any pod within the window with its socket id, rooms and user, and gets every message it missed, in order, once. Sessions and a bounded message log live in Redis. Clients see one extra last argument on every event (the offset socket.io-client keeps), as with socket.io.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
 
     /// Moving connections to new pods after a scale-up (off by default): new pods get no existing connections, so the operator asks a pod far above the average to close a bounded share of its transports, spread over time; their clients reconnect through the load balancer and part of them land on the emptier pods. With cookie affinity, clients that keep the affinity cookie (browsers) return to the same pod unless the ingress rebalances sticky sessions itself (ingress-nginx affinity-mode balanced). Not for your own server (spec.app).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +231,33 @@ pub struct Autoscaling {
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+}
+
+/// Connection state recovery.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    /// Whether clients can recover their sessions.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// How long a disconnected client's session and the messages published since are kept.
+    #[serde(default = "default_recovery_window")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub window_seconds: i32,
+
+    /// The most messages the log keeps, all rooms together, whatever their age: bounds Redis memory (about this many times the average message size).
+    #[serde(default = "default_recovery_packets")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_packets: i32,
+}
+
+fn default_recovery_window() -> i32 {
+    120
+}
+
+fn default_recovery_packets() -> i32 {
+    10_000
 }
 
 /// Moving connections to new pods.

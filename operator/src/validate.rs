@@ -126,6 +126,8 @@ pub struct ServerModel {
     pub app: Option<AppSpec>,
     /// Constraints with their labelSelector filled in.
     pub topology_spread: Vec<TopologySpreadConstraint>,
+    /// Connection state recovery: (window seconds, max packets), when enabled.
+    pub recovery: Option<(i32, i32)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -389,6 +391,11 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
             tolerations: spec.tolerations.clone(),
             topology_spread,
             app: spec.app.clone(),
+            recovery: spec
+                .recovery
+                .as_ref()
+                .filter(|r| r.enabled)
+                .map(|r| (r.window_seconds, r.max_packets)),
         },
         redis,
         ingress,
@@ -593,6 +600,25 @@ fn check_server(
         check_app(spec, app, err);
     }
     check_autoscaling(spec, err);
+    if spec.recovery.as_ref().is_some_and(|r| r.enabled)
+        && let Some(e) = spec
+            .env
+            .iter()
+            .find(|e| e.name == "RECOVERY_WINDOW" || e.name == "RECOVERY_MAX_PACKETS")
+    {
+        err(
+            "spec.env",
+            format!("{} is set by spec.recovery: set it there", e.name),
+        );
+    }
+    if spec.app.is_some() && spec.recovery.as_ref().is_some_and(|r| r.enabled) {
+        err(
+            "spec.recovery",
+            "is realtime-server's connection state recovery: with app, enable \
+             connectionStateRecovery in your own server"
+                .into(),
+        );
+    }
     if spec.app.is_some() && spec.rebalance.as_ref().is_some_and(|r| r.enabled) {
         err(
             "spec.rebalance",

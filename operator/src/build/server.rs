@@ -198,6 +198,10 @@ fn realtime_server(model: &Model) -> Flavour {
         env_value("DEMO_PAGE", &s.expose.demo_page.to_string()),
         env_value("PUBLIC_PUBLISH_API", &s.expose.publish_api.to_string()),
     ]);
+    if let Some((window, max_packets)) = s.recovery {
+        env.push(env_value("RECOVERY_WINDOW", &format!("{window}s")));
+        env.push(env_value("RECOVERY_MAX_PACKETS", &max_packets.to_string()));
+    }
     env.extend(s.env.iter().cloned());
     Flavour {
         env,
@@ -722,6 +726,23 @@ mod tests {
                 .iter()
                 .all(|e| e.name != "REDIS_SENTINEL_PASSWORD")
         );
+    }
+
+    #[test]
+    fn recovery_sets_the_window_and_the_log_bound() {
+        let env = env_of(&deployment(
+            &model(json!({"recovery": {"enabled": true, "windowSeconds": 90}})),
+            None,
+        ));
+        assert_eq!(find(&env, "RECOVERY_WINDOW").value.as_deref(), Some("90s"));
+        assert_eq!(
+            find(&env, "RECOVERY_MAX_PACKETS").value.as_deref(),
+            Some("10000")
+        );
+        for spec in [json!({}), json!({"recovery": {"enabled": false}})] {
+            let env = env_of(&deployment(&model(spec), None));
+            assert!(env.iter().all(|e| e.name != "RECOVERY_WINDOW"));
+        }
     }
 
     #[test]
