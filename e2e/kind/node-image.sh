@@ -72,6 +72,8 @@ COREDNS_IMAGE=$(image_for coredns)
 [[ ${COREDNS_IMAGE##*:} == "$COREDNS_VERSION" ]] ||
 	log "note: kubeadm expects $COREDNS_IMAGE; it gets the local CoreDNS $COREDNS_VERSION under that name"
 ETCD_IMAGE=registry.k8s.io/etcd:$ETCD_VERSION
+grep -q "imageTag: $ETCD_VERSION\$" "$ROOT/e2e/kind/cluster-offline.yaml" ||
+	die "e2e/kind/cluster-offline.yaml must set kubeadm's etcd imageTag to $ETCD_VERSION (versions.env)"
 
 KEY=$({
 	sha256sum "$SELF" | cut -d' ' -f1
