@@ -150,7 +150,7 @@ start_cluster() {
     local p i ready
     for p in 3001 3002; do
       ready=0
-      for i in $(seq 1 100); do
+      for _ in $(seq 1 100); do
         [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((p + ADMIN_OFFSET))/readyz")" == 200 ]] && { ready=1; break; }
         sleep 0.1
       done

@@ -15,9 +15,11 @@
 # kind (the kind path, e2e/kind): kind-<v>-k8s-<v>/bin
 #   kind                                                sigs.k8s.io/kind (go/kind)
 #   kubeadm                                             k8s.io/kubernetes (go/kubeadm), for the offline node image
+# lint: lint-actionlint-<v>/bin
+#   actionlint                                          github.com/rhysd/actionlint (go/actionlint), make lint
 # A second run finds the binaries and does nothing. Prints each selected bin folder, the control
 # plane's on the last line.
-#   e2e/tools/install.sh [control-plane] [node] [kind]   (none: control-plane and node)
+#   e2e/tools/install.sh [control-plane] [node] [kind] [lint]   (none: control-plane and node)
 #   e2e/tools/install.sh --print-dir | --print-node-dir | --print-kind-dir
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -27,7 +29,8 @@ TOOLS="${RT_TOOLS_DIR:-$HOME/.cache/realtime-operator/tools}"
 BIN="$TOOLS/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 NODE_BIN="$TOOLS/node-k8s-$K8S_VERSION-coredns-$COREDNS_VERSION-traefik-$TRAEFIK_VERSION/bin"
 KIND_BIN="$TOOLS/kind-$KIND_VERSION-k8s-$K8S_VERSION/bin"
-want_cp=false want_node=false want_kind=false
+LINT_BIN="$TOOLS/lint-actionlint-$ACTIONLINT_VERSION/bin"
+want_cp=false want_node=false want_kind=false want_lint=false
 for arg in "$@"; do
   case "$arg" in
     --print-dir) echo "$BIN"; exit 0 ;;
@@ -36,10 +39,11 @@ for arg in "$@"; do
     control-plane) want_cp=true ;;
     node) want_node=true ;;
     kind) want_kind=true ;;
-    *) echo "usage: install.sh [control-plane] [node] [kind] | --print-dir | --print-node-dir | --print-kind-dir" >&2; exit 2 ;;
+    lint) want_lint=true ;;
+    *) echo "usage: install.sh [control-plane] [node] [kind] [lint] | --print-dir | --print-node-dir | --print-kind-dir" >&2; exit 2 ;;
   esac
 done
-if ! $want_cp && ! $want_node && ! $want_kind; then want_cp=true want_node=true; fi
+if ! $want_cp && ! $want_node && ! $want_kind && ! $want_lint; then want_cp=true want_node=true; fi
 
 # -mod=readonly: the committed go.mod/go.sum are the pin; a drifted module fails loudly here
 # instead of being rewritten (regen-go-mods.sh is the way to change them).
@@ -124,6 +128,14 @@ kind_tools() {
   echo "$KIND_BIN"
 }
 
+# actionlint for make lint (the GitHub workflows).
+lint_tools() {
+  use "$LINT_BIN"
+  build actionlint actionlint github.com/rhysd/actionlint/cmd/actionlint "-X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
+  echo "$LINT_BIN"
+}
+
+if $want_lint; then lint_tools; fi
 if $want_kind; then kind_tools; fi
 if $want_cp; then control_plane_tools; fi
 if $want_node; then node_tools; fi

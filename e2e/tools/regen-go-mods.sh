@@ -108,6 +108,14 @@ kind() {
     && go get -tool "sigs.k8s.io/kind@$KIND_VERSION" && go mod tidy)
 }
 
+actionlint() {
+  local d="$HERE/go/actionlint"
+  mkdir -p "$d"
+  rm -f "$d/go.mod" "$d/go.sum"
+  (cd "$d" && go mod init realtime-operator/e2e/tools/actionlint >/dev/null 2>&1 \
+    && go get -tool "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" && go mod tidy)
+}
+
 # No argument: all of them.
-if [[ $# -eq 0 ]]; then set -- k8s etcd helm coredns traefik kubeadm kind; fi
+if [[ $# -eq 0 ]]; then set -- k8s etcd helm coredns traefik kubeadm kind actionlint; fi
 for what in "$@"; do $what; done
