@@ -147,7 +147,7 @@ start_cluster() {
   env RUN="$CUR_RUN" "${cmd[@]}" "$A" start >/dev/null ||
     { tail -n 20 "$CUR_RUN"/*.log >&2; die "$sys cluster did not start (logs in $CUR_RUN)"; }
   if [[ $sys == ours ]]; then   # ready = Redis connected and subscribed
-    local p i ready
+    local p ready
     for p in 3001 3002; do
       ready=0
       for _ in $(seq 1 100); do
