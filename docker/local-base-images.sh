@@ -34,7 +34,6 @@ umask 022
 
 PROG=local-base-images.sh
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SELF=$(readlink -f "${BASH_SOURCE[0]}")
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() {
 	log "error: $*"
@@ -69,7 +68,8 @@ SOURCES=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECUR
 DPKG_OPTS=('path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/doc/*'
 	'path-include=/usr/share/doc/*/copyright' 'path-exclude=/usr/share/locale/*' 'path-exclude=/usr/share/lintian/*')
 MERGED_USR_HOOK=/usr/share/mmdebstrap/hooks/merged-usr
-SELF_SHA=$(sha256sum "$SELF" | cut -c1-16)
+# Bump when the way an image is made changes (packages, hooks, layout): it is part of every key.
+RECIPE=1
 PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # Builds (once) a root filesystem tarball of minbase + PACKAGES, extra mmdebstrap args after --.
@@ -117,7 +117,7 @@ import() { # IMAGE TARBALL CHANGE...
 	echo "$IMAGE_VAR=$image"
 }
 
-key_of() { printf '%s\n' "self=$SELF_SHA" "suite=$SUITE" "arch=$ARCH" "${SOURCES[@]}" "$@" | sha256sum | cut -c1-12; }
+key_of() { printf '%s\n' "recipe=$RECIPE" "suite=$SUITE" "arch=$ARCH" "${SOURCES[@]}" "$@" | sha256sum | cut -c1-12; }
 
 runtime() {
 	local key
@@ -209,7 +209,8 @@ SOURCES=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECUR
 DPKG_OPTS=('path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/doc/*'
 	'path-include=/usr/share/doc/*/copyright' 'path-exclude=/usr/share/locale/*' 'path-exclude=/usr/share/lintian/*')
 MERGED_USR_HOOK=/usr/share/mmdebstrap/hooks/merged-usr
-SELF_SHA=$(sha256sum "$SELF" | cut -c1-16)
+# Bump when the way an image is made changes (packages, hooks, layout): it is part of every key.
+RECIPE=1
 PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 # Builds (once) a root filesystem tarball of minbase + PACKAGES, extra mmdebstrap args after --.
@@ -257,7 +258,7 @@ import() { # IMAGE TARBALL CHANGE...
 	echo "$IMAGE_VAR=$image"
 }
 
-key_of() { printf '%s\n' "self=$SELF_SHA" "suite=$SUITE" "arch=$ARCH" "${SOURCES[@]}" "$@" | sha256sum | cut -c1-12; }
+key_of() { printf '%s\n' "recipe=$RECIPE" "suite=$SUITE" "arch=$ARCH" "${SOURCES[@]}" "$@" | sha256sum | cut -c1-12; }
 
 runtime() {
 	local key
