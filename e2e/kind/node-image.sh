@@ -30,7 +30,6 @@ set -euo pipefail
 umask 022
 PROG=node-image.sh
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SELF=$(readlink -f "${BASH_SOURCE[0]}")
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() {
 	log "error: $*"
@@ -75,12 +74,18 @@ ETCD_IMAGE=registry.k8s.io/etcd:$ETCD_VERSION
 grep -q "imageTag: $ETCD_VERSION\$" "$ROOT/e2e/kind/cluster-offline.yaml" ||
 	die "e2e/kind/cluster-offline.yaml must set kubeadm's etcd imageTag to $ETCD_VERSION (versions.env)"
 
+# Bump when the way the image is made changes (packages, customize.sh, component images).
+RECIPE=1
 KEY=$({
-	sha256sum "$SELF" | cut -d' ' -f1
+	echo "recipe=$RECIPE"
 	echo "$K8S_VERSION $KIND_VERSION $ETCD_VERSION $COREDNS_VERSION $POD_BRIDGE_SUBNET"
 	for b in $(printf '%s\n' "${!BIN[@]}" | sort); do sha256sum "${BIN[$b]}" | cut -d' ' -f1; done
 } | sha256sum | cut -c1-12)
 NODE_IMAGE=localhost/realtime-operator/kind-node:$K8S_VERSION-$KEY
+if [[ ${1:-} == --print-key ]]; then
+	echo "$KEY"
+	exit 0
+fi
 if [[ $PREPARE == 0 ]] && docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
 	log "$NODE_IMAGE exists"
 	echo "node=$NODE_IMAGE"
