@@ -36,7 +36,7 @@ die() {
 	exit 1
 }
 PREPARE=0
-[[ ${1:-} == --prepare ]] && PREPARE=1
+[[ ${1:-} == --prepare || ${1:-} == --print-key ]] && PREPARE=1
 [[ $EUID -eq 0 ]] || die "needs root (mmdebstrap --mode=root)"
 for tool in mmdebstrap go jq sha256sum; do command -v "$tool" >/dev/null || die "$tool not found"; done
 if [[ $PREPARE == 0 ]] && ! docker version >/dev/null 2>&1; then
