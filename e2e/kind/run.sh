@@ -167,7 +167,10 @@ if [ "$OFFLINE" = 1 ]; then
     phase "node image $NODE_IMAGE" "$t"
     t=$SECONDS
     say "offline: local base images and Redis (docker/local-base-images.sh)"
-    bases=$(docker/local-base-images.sh runtime builder redis)
+    want=(runtime redis)
+    # The builder (toolchain + vendored crates) only when an image is to be built.
+    if [ -z "${RT_SERVER_IMAGE:-}" ] || [ -z "${RT_OPERATOR_IMAGE:-}" ]; then want+=(builder); fi
+    bases=$(docker/local-base-images.sh "${want[@]}")
     [ -n "$BUILDER_IMAGE" ] || BUILDER_IMAGE=$(sed -n 's/^builder=//p' <<<"$bases")
     [ -n "$RUNTIME_IMAGE" ] || RUNTIME_IMAGE=$(sed -n 's/^runtime=//p' <<<"$bases")
     [ -n "$REDIS_IMAGE" ] || REDIS_IMAGE=$(sed -n 's/^redis=//p' <<<"$bases")
