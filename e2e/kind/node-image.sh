@@ -191,9 +191,12 @@ if [[ $PREPARE == 1 ]]; then
 	log "prepared $NODE_TAR, $MINBASE_TAR, $PROXYBASE_TAR in $((SECONDS - T0)) s"
 	exit 0
 fi
-docker import --change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' \
+docker import --change 'ENV container=docker' \
 	--change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
 	"$NODE_TAR" "localhost/realtime-operator/kind-node-base:$KEY" >/dev/null
+# systemd stops on SIGRTMIN+3 (docker import/commit cannot set STOPSIGNAL; a build step can).
+printf 'FROM localhost/realtime-operator/kind-node-base:%s\nSTOPSIGNAL SIGRTMIN+3\n' "$KEY" |
+	DOCKER_BUILDKIT=0 docker build -q --network none -t "localhost/realtime-operator/kind-node-base:$KEY" - >/dev/null
 log "base: $((SECONDS - t)) s"
 
 # ---- 2. the control plane's images -----------------------------------------------------------
@@ -246,8 +249,9 @@ for i in "${IMAGES[@]}"; do grep -qxF "$i" "$WORK/imported" || die "$i not in th
 docker exec "$BUILD_CONTAINER" pkill containerd
 sleep 1
 docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
-	--change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' \
+	--change 'ENV container=docker' \
 	"$BUILD_CONTAINER" "$NODE_IMAGE" >/dev/null
+[[ $(docker image inspect -f '{{.Config.StopSignal}}' "$NODE_IMAGE") == SIGRTMIN+3 ]] || die "$NODE_IMAGE lost its STOPSIGNAL"
 docker rmi "localhost/realtime-operator/kind-node-base:$KEY" >/dev/null 2>&1 || true
 log "import + commit: $((SECONDS - t)) s; $NODE_IMAGE built in $((SECONDS - T0)) s"
 echo "node=$NODE_IMAGE"
