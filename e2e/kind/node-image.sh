@@ -251,7 +251,10 @@ sleep 1
 docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
 	--change 'ENV container=docker' \
 	"$BUILD_CONTAINER" "$NODE_IMAGE" >/dev/null
-[[ $(docker image inspect -f '{{.Config.StopSignal}}' "$NODE_IMAGE") == SIGRTMIN+3 ]] || die "$NODE_IMAGE lost its STOPSIGNAL"
+if [[ $(docker image inspect -f '{{.Config.StopSignal}}' "$NODE_IMAGE") != SIGRTMIN+3 ]]; then
+	printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$NODE_IMAGE" |
+		DOCKER_BUILDKIT=0 docker build -q --network none -t "$NODE_IMAGE" - >/dev/null
+fi
 docker rmi "localhost/realtime-operator/kind-node-base:$KEY" >/dev/null 2>&1 || true
 log "import + commit: $((SECONDS - t)) s; $NODE_IMAGE built in $((SECONDS - T0)) s"
 echo "node=$NODE_IMAGE"
