@@ -19,9 +19,11 @@ test:
 	@scripts/timed.sh vendor-test $(MAKE) --no-print-directory vendor-test
 	@scripts/timed.sh --summary
 
-## vendor-test: the tests of the patched engineioxide (server/vendor, its own workspace)
+## vendor-test: the tests of the patched engineioxide and socketioxide (server/vendor, their own
+## workspaces)
 vendor-test:
 	cd server/vendor/engineioxide && $(CARGO) test --locked --features tracing,__test_harness
+	cd server/vendor/socketioxide && $(CARGO) test --locked --features tracing,state,extensions,__test_harness --lib --tests
 
 ## lint: formatting and clippy, warnings are errors; shellcheck of the scripts and actionlint of
 ## the GitHub workflows (actionlint built by e2e/tools/install.sh lint, a few seconds)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and the project does not build itself:
-#   Debian packages: redis-server, redis-sentinel and nginx (tier 1); containerd, runc, CNI plugins, iptables,
+#   Debian packages: redis-server, redis-tools (redis-cli), redis-sentinel and nginx (tier 1); containerd, runc, CNI plugins, iptables,
 #   conntrack, iproute2, mmdebstrap and jq (the real node and its locally built images);
 #   socket.io-client (npm, pinned by e2e/client's package-lock.json);
 #   checkov (PyPI, CHECKOV_VERSION in e2e/tools/versions.env) in its own Python venv, cached
@@ -15,6 +15,8 @@ missing=()
 have() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
 have redis-server || missing+=(redis-server)
 have redis-sentinel || missing+=(redis-sentinel)
+# redis-cli joins the Redis Cluster of e2e/tests/redis_cluster.rs (redis-server depends on it).
+have redis-cli || missing+=(redis-tools)
 have nginx || missing+=(nginx)
 have containerd || missing+=(containerd)
 have runc || missing+=(runc)

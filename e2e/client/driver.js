@@ -18,14 +18,21 @@
 //   emitMany   {client, event, args: [[...], ...]}     emits one event per argument list, in order, in
 //              one tick (bursts without a stdin round trip per event); result: send time (epoch ms).
 //   setAuth    {client, auth}                          used by the next (re)connection handshakes.
-//   state      {client}                                {connected, active, id, transport}.
+//   state      {client}                                {connected, active, id, transport, recovered,
+//                                                      pid, lastOffset} (pid and lastOffset: the
+//                                                      client's connection state recovery fields).
+//   forgeSession {client, pid?, offset?}               overwrites the client's private session id and
+//                                                      last offset (tests of forged claims); a field
+//                                                      given as null is removed.
+//   dropTransport {client}                             closes the Engine.IO connection as a network
+//                                                      loss would: the client reconnects by itself.
 //   disconnect {client}                                socket.disconnect(): no automatic reconnection.
 //   connectAgain {client}                              socket.connect() after a disconnect.
 //   remove     {client}                                disconnects and forgets the client.
 //   exit       {}                                      closes every client and exits.
 // events:
 //   event {name, args}            every event the server emits (socket.onAny)
-//   connect {id, transport}       connect_error {message, data}    disconnect {reason, description}
+//   connect {id, transport, recovered}   connect_error {message, data}    disconnect {reason, description}
 //   reconnect_attempt {attempt}   reconnect {attempt}               upgrade {transport}
 //   open {transport}              a new Engine.IO connection (first connect and every reconnection)
 "use strict";
@@ -94,7 +101,9 @@ function connect(cmd) {
   clients.set(name, { socket, agent });
 
   socket.onAny((event, ...args) => push(name, "event", { name: event, args }));
-  socket.on("connect", () => push(name, "connect", { id: socket.id, transport: transportOf(socket) }));
+  socket.on("connect", () =>
+    push(name, "connect", { id: socket.id, transport: transportOf(socket), recovered: socket.recovered === true }),
+  );
   socket.on("connect_error", (err) =>
     push(name, "connect_error", { message: err && err.message, data: err && err.data !== undefined ? err.data : null }),
   );
@@ -140,7 +149,26 @@ const handlers = {
   },
   state: (cmd, reply) => {
     const { socket } = get(cmd.client);
-    reply({ connected: socket.connected, active: socket.active, id: socket.id || null, transport: transportOf(socket) });
+    reply({
+      connected: socket.connected,
+      active: socket.active,
+      id: socket.id || null,
+      transport: transportOf(socket),
+      recovered: socket.recovered === true,
+      pid: socket._pid || null,
+      lastOffset: socket._lastOffset || null,
+    });
+  },
+  forgeSession: (cmd, reply) => {
+    const { socket } = get(cmd.client);
+    if ("pid" in cmd) socket._pid = cmd.pid === null ? undefined : cmd.pid;
+    if ("offset" in cmd) socket._lastOffset = cmd.offset === null ? undefined : cmd.offset;
+    reply(null);
+  },
+  dropTransport: (cmd, reply) => {
+    const engine = get(cmd.client).socket.io.engine;
+    if (engine) engine.close();
+    reply(null);
   },
   disconnect: (cmd, reply) => {
     get(cmd.client).socket.disconnect();

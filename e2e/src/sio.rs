@@ -202,10 +202,12 @@ pub enum Incoming {
         name: String,
         args: Vec<Value>,
     },
-    /// The socket.io CONNECT succeeded; `id` is `socket.id`.
+    /// The socket.io CONNECT succeeded; `id` is `socket.id`; `recovered` is
+    /// `socket.recovered` (connection state recovery restored the previous session).
     Connect {
         id: String,
         transport: String,
+        recovered: bool,
     },
     ConnectError {
         message: String,
@@ -268,6 +270,15 @@ pub struct State {
     pub active: bool,
     pub id: Option<String>,
     pub transport: Option<String>,
+    /// `socket.recovered`.
+    #[serde(default)]
+    pub recovered: bool,
+    /// The client's private session id (`socket._pid`), with connection state recovery.
+    #[serde(default)]
+    pub pid: Option<String>,
+    /// The last offset the client received (`socket._lastOffset`).
+    #[serde(default, rename = "lastOffset")]
+    pub last_offset: Option<String>,
 }
 
 /// A presence member.
@@ -529,6 +540,7 @@ pub fn parse_incoming(v: &Value) -> Option<Received> {
         "connect" => Incoming::Connect {
             id: s("id"),
             transport: s("transport"),
+            recovered: v["recovered"].as_bool().unwrap_or(false),
         },
         "connect_error" => Incoming::ConnectError {
             message: s("message"),
@@ -705,6 +717,45 @@ impl Client {
         self.request(json!({"cmd": "disconnect"}), ACK_TIMEOUT)
             .await?;
         Ok(())
+    }
+
+    /// Overwrites the client's private session id and/or last offset (`Some(Value::Null)`
+    /// removes it): the next reconnection presents them.
+    pub async fn forge_session(&self, pid: Option<Value>, offset: Option<Value>) -> Result<()> {
+        let mut cmd = json!({"cmd": "forgeSession"});
+        if let Some(p) = pid {
+            cmd["pid"] = p;
+        }
+        if let Some(o) = offset {
+            cmd["offset"] = o;
+        }
+        self.request(cmd, ACK_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Closes the Engine.IO connection from the client side, as a network loss would: the
+    /// client reconnects by itself (the server sees a transport close).
+    pub async fn drop_transport(&self) -> Result<()> {
+        self.request(json!({"cmd": "dropTransport"}), ACK_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    /// The `n`-th (1-based) connection's id and `socket.recovered`.
+    pub async fn wait_connect_recovered_n(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(String, bool)> {
+        self.wait_until(timeout, &format!("connect #{n}"), |log| {
+            log.iter()
+                .filter_map(|r| match &r.what {
+                    Incoming::Connect { id, recovered, .. } => Some((id.clone(), *recovered)),
+                    _ => None,
+                })
+                .nth(n - 1)
+        })
+        .await
     }
 
     /// `socket.connect()` again after [`Client::disconnect`].

@@ -349,6 +349,12 @@ async fn crd_is_structural_and_explained() {
         flat.contains("masterName") && flat.contains("endpoints"),
         "{text}"
     );
+    let mut kubectl = cp.kubectl().unwrap();
+    kubectl.args(["explain", "rtc.spec.redis.external.cluster"]);
+    let text = run_kubectl(kubectl);
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("sharded pub/sub"), "{text}");
+    assert!(flat.contains("endpoints"), "{text}");
 }
 
 #[tokio::test]
@@ -408,14 +414,40 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             "url-and-host",
             "url and host",
             json!({"redis": {"external": {"url": "redis://cache", "host": "cache"}}}),
-            "redis.external needs exactly one of url, host or sentinel",
+            "redis.external needs exactly one of url, host, sentinel or cluster",
         ),
         (
             "host-and-sentinel",
             "host and sentinel",
             json!({"redis": {"external": {"host": "cache",
                 "sentinel": {"masterName": "m", "endpoints": ["s"]}}}}),
-            "redis.external needs exactly one of url, host or sentinel",
+            "redis.external needs exactly one of url, host, sentinel or cluster",
+        ),
+        (
+            "host-and-cluster",
+            "host and cluster",
+            json!({"redis": {"external": {"host": "cache",
+                "cluster": {"endpoints": ["c:7000"]}}}}),
+            "redis.external needs exactly one of url, host, sentinel or cluster",
+        ),
+        (
+            "cluster-url",
+            "a cluster node written as a URL",
+            json!({"redis": {"external": {
+                "cluster": {"endpoints": ["c:7000", "redis-cluster://c:7001"]}}}}),
+            "cluster.endpoints entries must be host or host:port",
+        ),
+        (
+            "no-cluster-nodes",
+            "a Redis Cluster without endpoints",
+            json!({"redis": {"external": {"cluster": {"endpoints": []}}}}),
+            "should have at least 1 items",
+        ),
+        (
+            "cluster-scheme-url",
+            "a Redis Cluster given as url",
+            json!({"redis": {"external": {"url": "redis-cluster://c:7000"}}}),
+            "redis.external.url must start with redis:// or rediss://",
         ),
         (
             "sentinel-url",
@@ -510,6 +542,12 @@ async fn invalid_specs_are_rejected_with_readable_messages() {
             json!({"image": "acme/chat:1", "app": {"port": 8080},
                 "redis": {"managed": {"highAvailability": {}}}}),
             "a Redis behind Sentinel",
+        ),
+        (
+            "app-rebalance",
+            "your own server with rebalancing",
+            json!({"image": "acme/chat:1", "app": {"port": 8080}, "rebalance": {"enabled": true}}),
+            "rebalance needs realtime-server",
         ),
         (
             "9lives",
@@ -892,11 +930,44 @@ async fn spec_changes_update_or_remove_the_right_children() {
         },
     )
     .await;
+    // Then a Redis Cluster by its seed nodes (the data nodes' password as before, mounted).
     merge_spec(
         &client,
         &ns,
         "chat",
-        json!({"redis": {"external": {"sentinel": null, "host": "cache.example"}}}),
+        json!({"redis": {"external": {"sentinel": null,
+            "cluster": {"endpoints": ["redis-cluster.cache", "10.0.0.7:7001"]}}}}),
+    )
+    .await;
+    let d = eventually(&cp, "REDIS_URL naming the cluster's seed nodes", || async {
+        let d = get_opt::<Deployment>(&client, &ns, "chat").await.unwrap();
+        let url = env_value(&d, "REDIS_URL").and_then(|e| e.value);
+        Ok(
+            (url.as_deref() == Some("redis-cluster://redis-cluster.cache:6379?node=10.0.0.7:7001"))
+                .then_some(d),
+        )
+    })
+    .await;
+    assert_eq!(
+        mounted_password(&d),
+        Some(("creds".to_string(), "password".to_string()))
+    );
+    assert!(env_value(&d, "REDIS_SENTINEL_PASSWORD").is_none());
+    eventually(&cp, "the status to report the Cluster topology", || async {
+        let rc = rc_api(&client, &ns).get("chat").await?;
+        let r = rc.status.and_then(|s| s.redis);
+        Ok(r.filter(|r| {
+            r.topology == realtime_operator::api::RedisTopology::Cluster
+                && r.master_name.is_none()
+                && r.endpoint == "redis-cluster.cache:6379,10.0.0.7:7001"
+        }))
+    })
+    .await;
+    merge_spec(
+        &client,
+        &ns,
+        "chat",
+        json!({"redis": {"external": {"cluster": null, "host": "cache.example"}}}),
     )
     .await;
     let d = eventually(&cp, "REDIS_URL pointing at the external Redis", || async {

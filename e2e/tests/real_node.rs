@@ -1334,6 +1334,51 @@ async fn scale_down_removes_the_emptiest_pod() {
         eprintln!(
             "deletion costs current {costs_after:.1?} after the clients connected; scale 3 -> 2 removed {emptiest} (1 client of 6 disconnected, the average pod holds 2)"
         );
+
+        // Without: the same step as a plain Deployment does it. The operator is paused (it writes
+        // no cost and leaves the replicas alone), the costs are removed, and the Deployment is
+        // scaled 2 -> 1 directly: the ReplicaSet controller then ranks the pods by readiness age
+        // and creation time, blind to their clients.
+        k.ok(&["patch", "rtc", "chat", "--type=merge", "-p", r#"{"spec":{"paused":true}}"#]).await?;
+        tokio::time::sleep(realtime_operator::load::INTERVAL).await;
+        let held = |c: &[scenarios::Placed]| -> BTreeMap<String, usize> {
+            let mut m = BTreeMap::new();
+            for p in c {
+                if let Some(node) = p.client.log().iter().rev().find_map(|r| match &r.what {
+                    Incoming::Event { name, args } if name == "hello" => args.first()?["node"].as_str().map(str::to_string),
+                    _ => None,
+                }) {
+                    *m.entry(node).or_insert(0) += 1;
+                }
+            }
+            m
+        };
+        // Every client says hello again after a reconnection: the latest names its pod.
+        let before = held(&clients);
+        for p in &left {
+            k.ok(&["annotate", "pod", p, "controller.kubernetes.io/pod-deletion-cost-"]).await?;
+        }
+        let discon_before: usize = clients.iter().map(|p| p.client.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count()).sum();
+        k.ok(&["scale", "deployment", "chat", "--replicas=1"]).await?;
+        let remaining = node.control_plane().poll_until("one pod left", Duration::from_secs(60), || async {
+            let p = server_pods(&k, "chat").await?;
+            Ok((p.len() == 1).then_some(p))
+        }).await?;
+        let removed: Vec<&String> = left.iter().filter(|n| **n != remaining[0].name).collect();
+        // The removed pod drains (preStop, then its transports close): wait until it is gone.
+        node.control_plane().poll_until("the removed pod to be gone", Duration::from_secs(90), || async {
+            let all = k.get_json(&["pods"]).await?;
+            let names: Vec<&str> = all["items"].as_array().into_iter().flatten()
+                .filter_map(|p| p["metadata"]["name"].as_str()).collect();
+            Ok((!removed.iter().any(|r| names.contains(&r.as_str()))).then_some(()))
+        }).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let discon_after: usize = clients.iter().map(|p| p.client.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count()).sum();
+        let emptier = before.values().min().copied().unwrap_or(0);
+        eprintln!(
+            "MEASURE scale-down with deletion costs: 3 -> 2 disconnected 1 of 6 (the emptiest pod's). Without (operator paused, costs removed, Deployment 2 -> 1): clients per pod {before:?}, the ReplicaSet removed {removed:?}, {} client(s) disconnected (with costs: {emptier})",
+            discon_after - discon_before
+        );
         drop(driver);
         Ok(())
     })
@@ -1400,6 +1445,86 @@ async fn autoscaling_follows_connections() {
         );
         eprintln!(
             "autoscaling: 5 connections -> 3 ready pods in {up:.1?}; 4 clients gone -> 1 pod after {down:.1?} (window 15 s), remaining client kept"
+        );
+        drop(driver);
+        Ok(())
+    })
+    .await;
+}
+
+/// Rebalance after a scale-up (issue 14, `spec.rebalance`): 6 clients on the one pod, then 2
+/// replicas. The new pod gets nothing by itself; the operator asks the full pod to shed (here up
+/// to 50 % per step, a step every 10 s), its clients reconnect through Traefik (websocket
+/// clients without the affinity cookie: browsers that keep it need ingress-nginx's
+/// `affinity-mode: balanced`), and within a few steps both pods hold at least 2. Measured: the
+/// time from the second pod's readiness to balance, the steps (Rebalanced Events) and the
+/// reconnections they cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_moves_connections_to_a_new_pod() {
+    use realtime_e2e::sio::{ConnectOptions, Incoming, Transport};
+    let Some(paths) = driver_paths() else { return };
+    on_node(|node| async move {
+        let manifest = CLUSTER.replace(
+            "replicas: 2",
+            "replicas: 1\n  rebalance: {enabled: true, tolerancePercent: 20, maxShedPercent: 50, intervalSeconds: 10}",
+        );
+        ensure!(manifest.contains("rebalance:"));
+        let (k, _ns, _) = apply_ready(&node, "rt-rebal", &manifest, "chat").await?;
+        let mut t = target(&node, &k, "chat");
+        let first = t.nodes().await?;
+        ensure!(first.len() == 1, "one pod to start: {first:?}");
+        let driver = Driver::start(&paths).await?;
+        let opts = ConnectOptions::default()
+            .transports(&[Transport::Websocket])
+            .reconnection_delay_ms(200, 1000);
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            let (c, _) = driver
+                .connect_hello(&t.endpoint_url(), opts.clone(), Duration::from_secs(20))
+                .await?;
+            clients.push(c);
+        }
+        t.scale(2).await?;
+        let scaled = Instant::now();
+        let per_pod = || async {
+            let mut counts = BTreeMap::new();
+            for p in server_pods(&k, "chat").await? {
+                let m = pod_metrics(&p.ip).await.unwrap_or_default();
+                let c = metric_value(&m, "realtime_connected_sockets", &[]).unwrap_or(0.0) as u64;
+                counts.insert(p.name, c);
+            }
+            anyhow::Ok(counts)
+        };
+        let balanced = node.control_plane().poll_until("both pods to hold at least 2 of the 6 clients", Duration::from_secs(150), || async {
+            let counts = per_pod().await?;
+            Ok((counts.len() == 2 && counts.values().all(|&c| c >= 2) && counts.values().sum::<u64>() == 6).then_some(counts))
+        });
+        let counts = balanced.await?;
+        let took = scaled.elapsed();
+        let events = k.get_json(&["events", "--field-selector", "reason=Rebalanced"]).await?;
+        let steps: Vec<String> = events["items"].as_array().into_iter().flatten()
+            .filter_map(|e| e["note"].as_str().or(e["message"].as_str()).map(str::to_string))
+            .collect();
+        ensure!(!steps.is_empty(), "no Rebalanced Event: {events}");
+        let reconnects: usize = clients.iter()
+            .map(|c| c.log().iter().filter(|r| matches!(r.what, Incoming::Disconnect { .. })).count())
+            .sum();
+        ensure!(
+            clients.iter().all(|c| c.log().iter().filter(|r| matches!(r.what, Incoming::Connect { .. })).count() >= 1),
+            "every client is connected"
+        );
+        // Balanced, it stays: no further steps once within the tolerance.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let after = k.get_json(&["events", "--field-selector", "reason=Rebalanced"]).await?["items"]
+            .as_array().map(Vec::len).unwrap_or(0);
+        let counts_after = per_pod().await?;
+        eprintln!(
+            "MEASURE rebalance: 6 clients on 1 pod, scaled to 2: balanced {counts:?} {took:.1?} after the scale (incl. the new pod's start), {} step(s) {steps:?}, {reconnects} reconnection(s); 25 s later {counts_after:?}, {after} step(s) in all",
+            steps.len()
+        );
+        ensure!(
+            counts_after.values().all(|&c| c >= 2) || after == steps.len(),
+            "rebalancing went on after balance: {counts_after:?}, {after} steps"
         );
         drop(driver);
         Ok(())

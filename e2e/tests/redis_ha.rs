@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use realtime_e2e::data_plane::{Cluster, ClusterConfig, ServerCommand, metric_value};
+use realtime_e2e::failover::{heard_after, outcome, publish_steadily, receipt};
 use realtime_e2e::redis_ha::{self, Resp, SentinelConfig, SentinelGroup, command};
 use realtime_e2e::require;
 use realtime_e2e::sio::{self, Client, ConnectOptions, Driver, Incoming, now_ms};
@@ -137,82 +138,6 @@ impl Setup {
     }
 }
 
-/// What one receiver got of the publisher's messages.
-struct Receipt {
-    name: String,
-    /// seq -> receive time (ms, [`now_ms`] base), first copy only.
-    got: BTreeMap<u64, f64>,
-    duplicates: usize,
-    out_of_order: usize,
-}
-
-fn receipt(c: &Client, name: &str) -> Receipt {
-    let mut got = BTreeMap::new();
-    let (mut duplicates, mut out_of_order, mut last) = (0, 0, None);
-    for r in c.events("seq") {
-        let k = r.data().as_u64().expect("seq numbers");
-        if got.insert(k, r.t_ms).is_some() {
-            duplicates += 1;
-        }
-        if last.is_some_and(|l| k < l) {
-            out_of_order += 1;
-        }
-        last = Some(k);
-    }
-    Receipt {
-        name: name.into(),
-        got,
-        duplicates,
-        out_of_order,
-    }
-}
-
-/// One failover's numbers for one receiver.
-struct Outcome {
-    /// From the kill until the first message published after the kill arrived.
-    gap_ms: f64,
-    /// Messages published from the kill on that never arrived.
-    lost: usize,
-    /// Of those, published after delivery had resumed (should be none).
-    lost_after_resume: usize,
-}
-
-/// `sent` is seq -> send time; only messages sent at or after `from_ms` count.
-fn outcome(r: &Receipt, sent: &BTreeMap<u64, f64>, kill_ms: f64, from_ms: f64) -> Outcome {
-    let resumed = sent
-        .iter()
-        .filter(|(_, t)| **t > kill_ms)
-        .filter_map(|(k, _)| r.got.get(k))
-        .fold(f64::INFINITY, |a, b| a.min(*b));
-    let counted = sent.iter().filter(|(_, t)| **t >= from_ms);
-    let lost: Vec<f64> = counted
-        .filter(|(k, _)| !r.got.contains_key(k))
-        .map(|(_, t)| *t)
-        .collect();
-    Outcome {
-        gap_ms: resumed - kill_ms,
-        lost: lost.len(),
-        lost_after_resume: lost.iter().filter(|t| **t > resumed).count(),
-    }
-}
-
-/// Publishes `{room: r, event: seq, data: k}` from `from` every [`EVERY`] until `stop` says so,
-/// recording each seq's send time.
-async fn publish_steadily(from: &Client, sent: &RefCell<BTreeMap<u64, f64>>, stop: &RefCell<bool>) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut k = 0u64;
-    while !*stop.borrow() {
-        tick.tick().await;
-        let t = now_ms();
-        from.emit("publish", json!({"room": "r", "event": "seq", "data": k}))
-            .await
-            .expect("the publisher's socket stays up");
-        sent.borrow_mut().insert(k, t);
-        k += 1;
-    }
-}
-
 /// Kills the current primary and watches the recovery: returns the kill time ([`now_ms`]), the
 /// new primary's port and how long its promotion took. Fails when a node turns deaf or leaves
 /// rotation, when Sentinel promotes nobody, or when a receiver hears nothing published after the
@@ -247,16 +172,7 @@ async fn kill_primary_and_watch(
             assert_eq!(deaf, Some(0.0), "{name} turned deaf during the failover");
             degraded_seen[i] |= body.contains("degraded");
         }
-        let heard = receivers.iter().all(|c| {
-            let sent = sent.borrow();
-            c.events("seq").iter().rev().any(|r| {
-                r.data()
-                    .as_u64()
-                    .and_then(|k| sent.get(&k))
-                    .is_some_and(|t| *t > kill_ms)
-            })
-        });
-        if heard {
+        if receivers.iter().all(|c| heard_after(c, sent, kill_ms)) {
             break;
         }
         assert!(
@@ -346,7 +262,7 @@ async fn sentinel_failover_of_a_killed_primary_keeps_delivery_across_nodes() {
         }
         *stop.borrow_mut() = true;
     };
-    tokio::join!(publish_steadily(&a, &sent, &stop), watch);
+    tokio::join!(publish_steadily(&a, "r", EVERY, &sent, &stop), watch);
 
     // A marker after the last publish: everything before it has arrived too.
     a.publish(Some("r"), "end", json!(1)).await.unwrap();

@@ -94,6 +94,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("ingress.timeouts.sendSeconds must exceed pingIntervalSeconds + pingTimeoutSeconds, or the proxy cuts idle websockets"))]
 #[x_kube(validation = Rule::new("!has(self.expose) || !self.expose.publishApi || (has(self.env) && self.env.exists(e, e.name == 'API_KEY'))")
     .message("expose.publishApi needs API_KEY in env (for example from a Secret through valueFrom): the publish API is disabled without a key"))]
+#[x_kube(validation = Rule::new("!has(self.rebalance) || !self.rebalance.enabled || !has(self.app)")
+    .message("rebalance needs realtime-server's connection counts and shed API: not available with app"))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.app)")
     .message("autoscaling needs realtime-server's connection counts: not available with app"))]
 #[x_kube(validation = Rule::new("!has(self.app) || has(self.image)")
@@ -102,8 +104,8 @@ pub const MAX_NAME_LEN: usize = 40;
     .message("expose.demoPage and expose.publishApi are realtime-server features: leave them off with app"))]
 #[x_kube(validation = Rule::new("!has(self.app) || !has(self.ingress) || !self.ingress.enabled || self.ingress.path == '/'")
     .message("with app, ingress.path must be / (your server chooses its own socket.io path)"))]
-#[x_kube(validation = Rule::new("!has(self.app) || !has(self.redis) || ((!has(self.redis.managed) || !has(self.redis.managed.highAvailability)) && (!has(self.redis.external) || !has(self.redis.external.sentinel)))")
-    .message("app gets REDIS_HOST and REDIS_PORT of one Redis: a Redis behind Sentinel (redis.managed.highAvailability, redis.external.sentinel) is for realtime-server"))]
+#[x_kube(validation = Rule::new("!has(self.app) || !has(self.redis) || ((!has(self.redis.managed) || !has(self.redis.managed.highAvailability)) && (!has(self.redis.external) || (!has(self.redis.external.sentinel) && !has(self.redis.external.cluster))))")
+    .message("app gets REDIS_HOST and REDIS_PORT of one Redis: a Redis behind Sentinel (redis.managed.highAvailability, redis.external.sentinel) or a Redis Cluster (redis.external.cluster) is for realtime-server"))]
 #[x_kube(validation = Rule::new("has(self.app) == has(oldSelf.app)")
     .message("app cannot be added or removed: a rollout would run realtime-server and your server side by side, and their Redis adapters do not understand each other; create a new RealtimeCluster instead"))]
 pub struct RealtimeClusterSpec {
@@ -115,6 +117,10 @@ pub struct RealtimeClusterSpec {
     /// Scale on connections, by the operator itself (no HPA, no metrics pipeline): it reads each ready pod's connection count every 10 s and keeps replicas at ceil(connections / targetConnectionsPerPod) within [minReplicas, maxReplicas]; it scales down only when every recommendation of the stabilization window was lower. Not for your own server (spec.app), which has no connection count the operator can read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+
+    /// Moving connections to new pods after a scale-up (off by default): new pods get no existing connections, so the operator asks a pod far above the average to close a bounded share of its transports, spread over time; their clients reconnect through the load balancer and part of them land on the emptier pods. With cookie affinity, clients that keep the affinity cookie (browsers) return to the same pod unless the ingress rebalances sticky sessions itself (ingress-nginx affinity-mode balanced). Not for your own server (spec.app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
 
     /// realtime-server container image. Defaults to the image the operator was started with (--default-server-image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +225,42 @@ pub struct Autoscaling {
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+}
+
+/// Moving connections to new pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalance {
+    /// Whether the operator rebalances at all.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// A pod sheds only when it holds more than (100 + tolerancePercent) % of the average and another pod holds less than (100 - tolerancePercent) %.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 5, max = 90))]
+    pub tolerance_percent: i32,
+
+    /// The largest share of a pod's connections closed in one step (never more than brings it to the average).
+    #[serde(default = "default_max_shed")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max_shed_percent: i32,
+
+    /// Time between two steps in the cluster; a step spreads its closes over half of it.
+    #[serde(default = "default_rebalance_interval")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub interval_seconds: i32,
+}
+
+fn default_tolerance() -> i32 {
+    20
+}
+
+fn default_max_shed() -> i32 {
+    10
+}
+
+fn default_rebalance_interval() -> i32 {
+    60
 }
 
 fn default_min_replicas() -> i32 {
@@ -391,17 +433,17 @@ impl Default for RedisHighAvailability {
     }
 }
 
-/// Connection to an externally run Redis: url, host and port, or the Sentinels of a primary.
+/// Connection to an externally run Redis: url, host and port, the Sentinels of a primary, or the seed nodes of a Redis Cluster.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.host) ? 1 : 0) + (has(self.sentinel) ? 1 : 0) == 1").message("redis.external needs exactly one of url, host or sentinel"))]
+#[x_kube(validation = Rule::new("(has(self.url) ? 1 : 0) + (has(self.host) ? 1 : 0) + (has(self.sentinel) ? 1 : 0) + (has(self.cluster) ? 1 : 0) == 1").message("redis.external needs exactly one of url, host, sentinel or cluster"))]
 #[x_kube(validation = Rule::new("!has(self.port) || has(self.host)").message("redis.external.port needs redis.external.host (with url, put the port in the url)"))]
 #[x_kube(validation = Rule::new("!has(self.url) || !self.tls || self.url.startsWith('rediss://')").message("redis.external.tls is true but url does not start with rediss://"))]
 pub struct ExternalRedis {
-    /// redis:// or rediss:// URL without a password (put the password in passwordSecretRef), for example redis://redis.cache.svc:6379/0. For Sentinel, use sentinel instead.
+    /// redis:// or rediss:// URL without a password (put the password in passwordSecretRef), for example redis://redis.cache.svc:6379/0. For Sentinel or Redis Cluster, use sentinel or cluster instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("redis.external.url must start with redis:// or rediss:// (for Sentinel, use redis.external.sentinel)"))]
+    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("redis.external.url must start with redis:// or rediss:// (for Sentinel or Redis Cluster, use redis.external.sentinel or redis.external.cluster)"))]
     #[x_kube(validation = Rule::new("!self.matches('^rediss?://[^/@]*:[^/@]*@')").message("redis.external.url must not contain a password: use passwordSecretRef"))]
     pub url: Option<String>,
 
@@ -420,11 +462,15 @@ pub struct ExternalRedis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel: Option<ExternalSentinel>,
 
-    /// Secret key holding the Redis password (of the primary and its replicas, with sentinel), mounted as a file for realtime-server (REDIS_PASSWORD_FILE) or given as REDIS_PASSWORD to your own server (spec.app); never written into the pod spec.
+    /// A Redis Cluster (Redis 7 or later): the servers discover its masters from these seed nodes and use sharded pub/sub (SSUBSCRIBE/SPUBLISH), following its failovers and slot moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ExternalCluster>,
+
+    /// Secret key holding the Redis password (of the primary and its replicas, with sentinel; of every node, with cluster), mounted as a file for realtime-server (REDIS_PASSWORD_FILE) or given as REDIS_PASSWORD to your own server (spec.app); never written into the pod spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
 
-    /// Connect with TLS (rediss://). With host, selects the scheme; with url, the url must use rediss://; with sentinel, TLS to the Sentinels and to the data nodes.
+    /// Connect with TLS (rediss://). With host, selects the scheme; with url, the url must use rediss://; with sentinel, TLS to the Sentinels and to the data nodes; with cluster, TLS to every node.
     #[serde(default)]
     pub tls: bool,
 }
@@ -446,6 +492,16 @@ pub struct ExternalSentinel {
     /// Secret key holding the Sentinels' own password (their requirepass), passed to the server as REDIS_SENTINEL_PASSWORD. Leave unset when the Sentinels need none: the Redis password (passwordSecretRef) is not sent to them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The seed nodes of an external Redis Cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalCluster {
+    /// Cluster node addresses, host or host:port (6379 when the port is omitted); the servers read the cluster's slot map from the first that answers. One Service in front of every node is enough.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 259)))]
+    #[x_kube(validation = Rule::new("self.all(e, e.matches('^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$'))").message("redis.external.cluster.endpoints entries must be host or host:port (a DNS name or an IPv4 address)"))]
+    pub endpoints: Vec<String>,
 }
 
 /// A key of a Secret in the RealtimeCluster's namespace.
@@ -655,10 +711,10 @@ pub struct RedisStatus {
     /// Pending (managed Redis not ready yet), Ready (managed Redis ready) or External (run elsewhere; its health shows in the server pods' readiness).
     pub phase: RedisPhase,
 
-    /// host:port the servers connect to; with Sentinel, the Sentinels' host:port list, comma-separated (never includes credentials).
+    /// host:port the servers connect to; with Sentinel, the Sentinels' host:port list; with Cluster, the seed nodes' (comma-separated, never includes credentials).
     pub endpoint: String,
 
-    /// Standalone (one Redis server) or Sentinel (the primary of masterName, found through the Sentinels at endpoint).
+    /// Standalone (one Redis server), Sentinel (the primary of masterName, found through the Sentinels at endpoint) or Cluster (a Redis Cluster, discovered from the seed nodes at endpoint).
     #[serde(default)]
     pub topology: RedisTopology,
 
@@ -679,6 +735,8 @@ pub enum RedisTopology {
     Standalone,
     /// A primary found through Redis Sentinel; the servers follow its failovers.
     Sentinel,
+    /// A Redis Cluster; the servers use sharded pub/sub and follow its failovers.
+    Cluster,
 }
 
 impl RedisTopology {
@@ -686,6 +744,7 @@ impl RedisTopology {
         match self {
             RedisTopology::Standalone => "Standalone",
             RedisTopology::Sentinel => "Sentinel",
+            RedisTopology::Cluster => "Cluster",
         }
     }
 }

@@ -21,6 +21,13 @@
 //!   cut off it is Redis that is down, and restarting servers would only drop their clients:
 //!   nothing is deleted. A pod that stops answering altogether is the kubelet's to restart (the
 //!   liveness probe on `/healthz`).
+//! - **Rebalance** (`spec.rebalance`, off by default). After a scale-up the new pods hold
+//!   nothing. When every pod is Ready and answered, and one holds more than the average plus the
+//!   tolerance while another holds less than the average minus it, the fullest pod is asked to
+//!   shed (`POST /api/v1/shed` on its admin port) at most `maxShedPercent` of its connections and
+//!   never more than brings it to the average, spread over half the interval; one step per
+//!   cluster every `intervalSeconds`, a `Rebalanced` Event each. The pod bounds the request
+//!   itself too (realtime-server's `shed` module).
 //! - **Conditions** `Scaling` (with autoscaling) and `Healing`, written under this module's
 //!   field manager; the controller neither compares nor writes them ([`strip_owned`]).
 //!
@@ -40,7 +47,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::{Autoscaling, PodConnections, RealtimeCluster, RealtimeClusterStatus};
+use crate::api::{Autoscaling, PodConnections, RealtimeCluster, RealtimeClusterStatus, Rebalance};
 use crate::build::labels;
 use crate::status::{Cond, merge_conditions};
 use crate::validate::ADMIN_PORT;
@@ -111,6 +118,10 @@ pub struct PodLoad {
     pub cost: Option<i64>,
     /// `None`: the pod did not answer.
     pub link: Option<Link>,
+    /// The pod's IP (where its admin port is).
+    pub ip: Option<String>,
+    /// The pod's Ready condition.
+    pub ready: bool,
 }
 
 /// `realtime_connected_sockets` from a Prometheus text exposition.
@@ -180,6 +191,35 @@ pub fn stabilized(
         history.pop_front();
     }
     history.iter().map(|(_, r)| *r).max().unwrap_or(raw)
+}
+
+/// One rebalance step (pure): the pod to shed from and how many connections, or `None` when the
+/// pods are balanced enough, when one has not answered or is not Ready, or with fewer than 2.
+pub fn rebalance_step(pods: &[PodLoad], r: &Rebalance) -> Option<(String, u32)> {
+    if pods.len() < 2
+        || !pods
+            .iter()
+            .all(|p| p.ready && p.connections.is_some() && !p.link.is_some_and(Link::cut_off))
+    {
+        return None;
+    }
+    let counts: Vec<u64> = pods.iter().filter_map(|p| p.connections).collect();
+    let average = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+    let tolerance = f64::from(r.tolerance_percent) / 100.0;
+    let low = counts
+        .iter()
+        .any(|&c| (c as f64) < average * (1.0 - tolerance));
+    let (fullest, c) = pods
+        .iter()
+        .filter_map(|p| Some((p, p.connections?)))
+        .max_by_key(|(p, c)| (*c, std::cmp::Reverse(p.name.clone())))?;
+    if !low || (c as f64) <= average * (1.0 + tolerance) {
+        return None;
+    }
+    let above = (c as f64 - average).floor() as u64;
+    let share = (c as f64 * f64::from(r.max_shed_percent) / 100.0).ceil() as u64;
+    let n = above.min(share);
+    (n > 0).then(|| (fullest.name.clone(), n.min(u64::from(u32::MAX)) as u32))
 }
 
 /// What the healer decided this round.
@@ -376,6 +416,7 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>, recorder: Rec
     let mut last_writes: HashMap<(String, String), Instant> = HashMap::new();
     let mut histories: HashMap<(String, String), VecDeque<(Instant, i32)>> = HashMap::new();
     let mut healers: HashMap<(String, String), Healer> = HashMap::new();
+    let mut rebalanced: HashMap<(String, String), Option<Instant>> = HashMap::new();
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -386,11 +427,13 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>, recorder: Rec
             }
             let key = (rc.namespace().unwrap_or_default(), rc.name_any());
             let history = histories.entry(key.clone()).or_default();
-            let healer = healers.entry(key).or_default();
+            let healer = healers.entry(key.clone()).or_default();
+            let last_rebalance = rebalanced.entry(key).or_default();
             let mut state = Round {
                 last_writes: &mut last_writes,
                 history,
                 healer,
+                last_rebalance,
                 recorder: &recorder,
             };
             if let Err(e) = round(&client, &http, &rc, &mut state).await {
@@ -405,6 +448,8 @@ struct Round<'a> {
     last_writes: &'a mut HashMap<(String, String), Instant>,
     history: &'a mut VecDeque<(Instant, i32)>,
     healer: &'a mut Healer,
+    /// When this cluster's last rebalance step was taken.
+    last_rebalance: &'a mut Option<Instant>,
     recorder: &'a Recorder,
 }
 
@@ -418,6 +463,7 @@ async fn round(
         last_writes,
         history,
         healer,
+        last_rebalance,
         recorder,
     } = state;
     let ns = rc.namespace().unwrap_or_default();
@@ -435,9 +481,14 @@ async fn round(
             .get(DELETION_COST)
             .and_then(|v| v.parse::<i64>().ok());
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        let metrics = match ip {
-            Some(ip) if running => scrape(http, &ip).await,
+        let metrics = match &ip {
+            Some(ip) if running => scrape(http, ip).await,
             _ => None,
         };
         loads.push(PodLoad {
@@ -445,6 +496,8 @@ async fn round(
             connections: metrics.as_deref().and_then(connected_sockets),
             cost,
             link: metrics.as_deref().and_then(link),
+            ip,
+            ready,
         });
     }
     let now = Instant::now();
@@ -473,6 +526,18 @@ async fn round(
     if let Verdict::Restart { pod, .. } = &verdict {
         heal(&pods, rc, recorder, &verdict, pod).await?;
         healer.restarted(pod, now);
+    }
+
+    if let Some(r) = rc.spec.rebalance.as_ref().filter(|r| r.enabled)
+        && verdict == Verdict::Healthy
+    {
+        let interval = Duration::from_secs(r.interval_seconds.max(1) as u64);
+        if last_rebalance.is_none_or(|t| now.duration_since(t) >= interval)
+            && let Some((pod, n)) = rebalance_step(&loads, r)
+        {
+            **last_rebalance = Some(now);
+            rebalance(http, rc, recorder, &loads, &pod, n, interval / 2).await;
+        }
     }
 
     let (total, per) = summary(&loads);
@@ -573,14 +638,64 @@ async fn heal(
     Ok(())
 }
 
-/// The pod's metrics from its admin port; `None` when it does not answer in time.
-async fn scrape(http: &reqwest::Client, ip: &str) -> Option<String> {
-    let host = if ip.contains(':') {
+/// Asks `pod` to shed `n` connections over `over`; an Event says what was asked (a refusal is
+/// only logged: the pod's own bounds are the last word).
+async fn rebalance(
+    http: &reqwest::Client,
+    rc: &RealtimeCluster,
+    recorder: &Recorder,
+    loads: &[PodLoad],
+    pod: &str,
+    n: u32,
+    over: Duration,
+) {
+    let Some(p) = loads.iter().find(|p| p.name == pod) else {
+        return;
+    };
+    let (Some(ip), Some(held)) = (p.ip.as_deref(), p.connections) else {
+        return;
+    };
+    let total: u64 = loads.iter().filter_map(|p| p.connections).sum();
+    let body = serde_json::json!({"count": n, "overSeconds": over.as_secs()});
+    let url = format!("http://{}:{ADMIN_PORT}/api/v1/shed", bracketed(ip));
+    match http.post(url).json(&body).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+            let note = format!(
+                "{pod} held {held} of {total} connections on {} pods: asked to shed {n} over {} s",
+                loads.len(),
+                over.as_secs()
+            );
+            tracing::info!(cluster = %rc.name_any(), "{note}");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "Rebalanced".into(),
+                note: Some(note),
+                action: "ShedConnections".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &rc.object_ref(&())).await {
+                tracing::warn!(error = %e, "publishing an Event failed");
+            }
+        }
+        Ok(r) => {
+            tracing::info!(cluster = %rc.name_any(), pod, status = %r.status(), "shed request refused")
+        }
+        Err(e) => tracing::debug!(cluster = %rc.name_any(), pod, error = %e, "shed request"),
+    }
+}
+
+/// An IP as the host of a URL.
+fn bracketed(ip: &str) -> String {
+    if ip.contains(':') {
         format!("[{ip}]")
     } else {
         ip.to_string()
-    };
-    let url = format!("http://{host}:{ADMIN_PORT}/metrics");
+    }
+}
+
+/// The pod's metrics from its admin port; `None` when it does not answer in time.
+async fn scrape(http: &reqwest::Client, ip: &str) -> Option<String> {
+    let url = format!("http://{}:{ADMIN_PORT}/metrics", bracketed(ip));
     http.get(url).send().await.ok()?.text().await.ok()
 }
 
@@ -668,18 +783,24 @@ mod tests {
                 connections: Some(3),
                 cost: None,
                 link: None,
+                ip: None,
+                ready: true,
             },
             PodLoad {
                 name: "a".into(),
                 connections: Some(2),
                 cost: None,
                 link: None,
+                ip: None,
+                ready: true,
             },
             PodLoad {
                 name: "c".into(),
                 connections: None,
                 cost: Some(7),
                 link: None,
+                ip: None,
+                ready: true,
             },
         ];
         let (total, per) = summary(&pods);
@@ -698,7 +819,62 @@ mod tests {
             connections: Some(1),
             cost: None,
             link: link.map(|(connected, deaf)| Link { connected, deaf }),
+            ip: None,
+            ready: true,
         }
+    }
+
+    fn held(name: &str, c: u64) -> PodLoad {
+        PodLoad {
+            connections: Some(c),
+            ..pod(name, Some((true, false)))
+        }
+    }
+
+    #[test]
+    fn rebalance_sheds_from_the_fullest_when_another_is_far_below() {
+        let r = Rebalance {
+            enabled: true,
+            tolerance_percent: 20,
+            max_shed_percent: 10,
+            interval_seconds: 60,
+        };
+        // 40 and 0: average 20; 10 % of 40 = 4.
+        assert_eq!(
+            rebalance_step(&[held("a", 40), held("b", 0)], &r),
+            Some(("a".into(), 4))
+        );
+        // Never below the average: 50 % of 30 would be 15, the excess is 10.
+        let half = Rebalance {
+            max_shed_percent: 50,
+            ..r.clone()
+        };
+        assert_eq!(
+            rebalance_step(&[held("a", 30), held("b", 10), held("c", 20)], &half),
+            Some(("a".into(), 10))
+        );
+        // Within the tolerance, or nobody far below: nothing.
+        assert_eq!(rebalance_step(&[held("a", 22), held("b", 18)], &r), None);
+        assert_eq!(
+            rebalance_step(&[held("a", 30), held("b", 30), held("c", 18)], &r),
+            None,
+            "30 is within 20 % of the average 26"
+        );
+        // A pod not Ready, silent, or cut off: wait.
+        let mut unready = held("b", 0);
+        unready.ready = false;
+        assert_eq!(rebalance_step(&[held("a", 40), unready], &r), None);
+        let silent = PodLoad {
+            connections: None,
+            ..held("b", 0)
+        };
+        assert_eq!(rebalance_step(&[held("a", 40), silent], &r), None);
+        assert_eq!(rebalance_step(&[held("a", 40)], &r), None, "one pod");
+        // Small numbers: one connection at least, when above the average by one.
+        assert_eq!(
+            rebalance_step(&[held("a", 3), held("b", 0)], &r),
+            Some(("a".into(), 1))
+        );
     }
 
     #[test]

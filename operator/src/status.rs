@@ -608,6 +608,23 @@ mod tests {
     }
 
     #[test]
+    fn an_external_redis_cluster_reports_its_topology_and_seed_nodes() {
+        let m = model(json!({"redis": {"external": {"cluster": {
+            "endpoints": ["c-0.cache", "c-1.cache:7001"]}}}}));
+        let s = compute(&m, Observed::default(), None, t(1));
+        assert_eq!(
+            s.redis,
+            Some(RedisStatus {
+                phase: RedisPhase::External,
+                endpoint: "c-0.cache:6379,c-1.cache:7001".into(),
+                topology: RedisTopology::Cluster,
+                master_name: None,
+                primary: None,
+            })
+        );
+    }
+
+    #[test]
     fn stale_deployment_status_is_not_ready() {
         let m = model(json!({"replicas": 2, "redis": {"external": {"host": "cache"}}}));
         let d = deployment(6, 5, 2, 2, 2, 2);

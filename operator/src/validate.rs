@@ -17,8 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::Resource;
 
 use crate::api::{
-    Affinity, AppSpec, Expose, ExternalSentinel, MAX_NAME_LEN, NetworkPolicies, RESERVED_ENV,
-    RealtimeCluster, RealtimeClusterSpec, RedisSpec, RedisTopology, SecretKeyRef, Transport,
+    Affinity, AppSpec, Expose, ExternalCluster, ExternalSentinel, MAX_NAME_LEN, NetworkPolicies,
+    RESERVED_ENV, RealtimeCluster, RealtimeClusterSpec, RedisSpec, RedisTopology, SecretKeyRef,
+    Transport,
 };
 use crate::build::labels;
 
@@ -136,10 +137,11 @@ pub enum RedisModel {
         ha: Option<HaModel>,
     },
     External {
-        /// The servers' REDIS_URL: redis://, rediss://, redis-sentinel:// or rediss-sentinel://,
-        /// never with a password.
+        /// The servers' REDIS_URL: redis://, rediss://, redis-sentinel://, rediss-sentinel://,
+        /// redis-cluster:// or rediss-cluster://, never with a password.
         url: String,
-        /// host:port shown in the status; with Sentinel, the Sentinels' comma-separated.
+        /// host:port shown in the status; with Sentinel or Cluster, the Sentinels' or the seed
+        /// nodes', comma-separated.
         endpoint: String,
         /// With Sentinel: the monitored primary's name.
         master_name: Option<String>,
@@ -277,6 +279,14 @@ impl Model {
             } => (RedisTopology::Sentinel, Some(m)),
             RedisModel::Managed { ha: Some(_), .. } => {
                 (RedisTopology::Sentinel, Some(SENTINEL_MASTER_NAME))
+            }
+            // The scheme is what tells the server, too.
+            RedisModel::External { url, .. }
+                if url
+                    .split_once("://")
+                    .is_some_and(|(s, _)| s.ends_with("-cluster")) =>
+            {
+                (RedisTopology::Cluster, None)
             }
             _ => (RedisTopology::Standalone, None),
         }
@@ -487,16 +497,17 @@ fn check_app(spec: &RealtimeClusterSpec, app: &AppSpec, err: &mut impl FnMut(&st
         .managed
         .as_ref()
         .is_some_and(|m| m.high_availability.is_some());
-    let external_sentinel = spec
+    let external_topology = spec
         .redis
         .external
         .as_ref()
-        .is_some_and(|e| e.sentinel.is_some());
-    if managed_ha || external_sentinel {
+        .is_some_and(|e| e.sentinel.is_some() || e.cluster.is_some());
+    if managed_ha || external_topology {
         err(
             "spec.redis",
             "app gets REDIS_HOST and REDIS_PORT of one Redis: a Redis behind Sentinel \
-             (managed.highAvailability, external.sentinel) is for realtime-server"
+             (managed.highAvailability, external.sentinel) or a Redis Cluster \
+             (external.cluster) is for realtime-server"
                 .into(),
         );
     }
@@ -582,6 +593,12 @@ fn check_server(
         check_app(spec, app, err);
     }
     check_autoscaling(spec, err);
+    if spec.app.is_some() && spec.rebalance.as_ref().is_some_and(|r| r.enabled) {
+        err(
+            "spec.rebalance",
+            "needs realtime-server's connection counts and shed API: not available with app".into(),
+        );
+    }
 
     let mut transports = spec.transports.clone();
     transports.sort();
@@ -680,8 +697,8 @@ fn check_redis(
             }
         }
         (None, Some(x)) => {
-            let (url, endpoint) = match (&x.url, &x.host, &x.sentinel) {
-                (Some(url), None, None) => {
+            let (url, endpoint) = match (&x.url, &x.host, &x.sentinel, &x.cluster) {
+                (Some(url), None, None, None) => {
                     let rest = url
                         .strip_prefix("rediss://")
                         .or_else(|| url.strip_prefix("redis://"));
@@ -724,7 +741,7 @@ fn check_redis(
                     let endpoint = url_endpoint(url);
                     (url.clone(), endpoint)
                 }
-                (None, Some(host), None) => {
+                (None, Some(host), None, None) => {
                     if host.is_empty() || host.contains(['/', '@', ' ']) {
                         err(
                             "spec.redis.external.host",
@@ -748,7 +765,7 @@ fn check_redis(
                     let endpoint = format!("{host_part}:{port}");
                     (format!("{scheme}://{endpoint}"), endpoint)
                 }
-                (None, None, Some(sentinel)) => {
+                (None, None, Some(sentinel), None) => {
                     if x.port.is_some() {
                         err(
                             "spec.redis.external.port",
@@ -758,10 +775,19 @@ fn check_redis(
                     }
                     sentinel_url(sentinel, x.tls, err)
                 }
+                (None, None, None, Some(cluster)) => {
+                    if x.port.is_some() {
+                        err(
+                            "spec.redis.external.port",
+                            "needs host (with cluster, put the ports in cluster.endpoints)".into(),
+                        );
+                    }
+                    cluster_url(cluster, x.tls, err)
+                }
                 _ => {
                     err(
                         "spec.redis.external",
-                        "needs exactly one of url, host or sentinel".into(),
+                        "needs exactly one of url, host, sentinel or cluster".into(),
                     );
                     (String::new(), String::new())
                 }
@@ -842,9 +868,55 @@ fn sentinel_url(
     (url, endpoints.join(","))
 }
 
+/// `spec.redis.external.cluster`: the servers' `redis-cluster://` URL (the server's and fred's
+/// form: the first seed node as the host, the others as `node` parameters) and the status
+/// endpoint (every seed's host:port).
+fn cluster_url(
+    c: &ExternalCluster,
+    tls: bool,
+    err: &mut impl FnMut(&str, String),
+) -> (String, String) {
+    if c.endpoints.is_empty() || c.endpoints.len() > 16 {
+        err(
+            "spec.redis.external.cluster.endpoints",
+            format!("needs 1 to 16 entries, got {}", c.endpoints.len()),
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in c.endpoints.iter().enumerate() {
+        match endpoint_with_default(e, REDIS_PORT) {
+            Some(hp) => endpoints.push(hp),
+            None => err(
+                &format!("spec.redis.external.cluster.endpoints[{i}]"),
+                format!("{e:?} is not host or host:port (a DNS name or an IPv4 address)"),
+            ),
+        }
+    }
+    let scheme = if tls {
+        "rediss-cluster"
+    } else {
+        "redis-cluster"
+    };
+    let Some((first, others)) = endpoints.split_first() else {
+        return (String::new(), String::new());
+    };
+    let mut url = format!("{scheme}://{first}");
+    for (i, o) in others.iter().enumerate() {
+        url.push_str(if i == 0 { "?node=" } else { "&node=" });
+        url.push_str(o);
+    }
+    (url, endpoints.join(","))
+}
+
 /// `host` or `host:port` (port 1-65535, [`SENTINEL_PORT`] when omitted) with a DNS name or
 /// IPv4 host, as `host:port` (pure).
 fn sentinel_endpoint(e: &str) -> Option<String> {
+    endpoint_with_default(e, SENTINEL_PORT)
+}
+
+/// `host` or `host:port` (port 1-65535, `default_port` when omitted) with a DNS name or IPv4
+/// host, as `host:port` (pure).
+fn endpoint_with_default(e: &str, default_port: i32) -> Option<String> {
     let (host, port) = match e.split_once(':') {
         Some((h, p)) => {
             let port: i32 = p.parse().ok().filter(|p| (1..=65535).contains(p))?;
@@ -853,7 +925,7 @@ fn sentinel_endpoint(e: &str) -> Option<String> {
             }
             (h, port)
         }
-        None => (e, SENTINEL_PORT),
+        None => (e, default_port),
     };
     let label_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
     let ok = !host.is_empty()
@@ -1483,6 +1555,76 @@ mod tests {
     }
 
     #[test]
+    fn external_redis_cluster() {
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {
+                "passwordSecretRef": {"name": "data"},
+                "cluster": {"endpoints": ["redis-cluster.cache.svc", "10.0.0.7:7001", "n-2.cache:7002"]}}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.redis_url(),
+            "redis-cluster://redis-cluster.cache.svc:6379?node=10.0.0.7:7001&node=n-2.cache:7002"
+        );
+        assert_eq!(
+            m.redis_endpoint(),
+            "redis-cluster.cache.svc:6379,10.0.0.7:7001,n-2.cache:7002"
+        );
+        assert_eq!(m.redis_topology(), (RedisTopology::Cluster, None));
+        let RedisModel::External {
+            password,
+            sentinel_password,
+            ..
+        } = &m.redis
+        else {
+            panic!("external")
+        };
+        assert_eq!(password.as_ref().unwrap().name, "data");
+        assert!(sentinel_password.is_none());
+        // TLS to every node; one seed
+        let m = validate(
+            &cluster(serde_json::json!({"redis": {"external": {"tls": true,
+                "cluster": {"endpoints": ["c:7000"]}}}})),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(m.redis_url(), "rediss-cluster://c:7000");
+        assert_eq!(m.redis_topology(), (RedisTopology::Cluster, None));
+    }
+
+    #[test]
+    fn cluster_mistakes_are_named() {
+        let errs = errors(serde_json::json!({"redis": {"external": {"port": 1,
+            "cluster": {"endpoints": ["ok", "c:0", "redis://c:7000", "[::1]:7000"]}}}}));
+        assert!(has_error(&errs, "spec.redis.external.port", "needs host"));
+        for i in 1..=3 {
+            assert!(
+                has_error(
+                    &errs,
+                    &format!("spec.redis.external.cluster.endpoints[{i}]"),
+                    "is not host or host:port"
+                ),
+                "entry {i}: {errs:?}"
+            );
+        }
+        let errs =
+            errors(serde_json::json!({"redis": {"external": {"cluster": {"endpoints": []}}}}));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external.cluster.endpoints",
+            "needs 1 to 16 entries"
+        ));
+        let errs = errors(serde_json::json!({"redis": {"external": {"host": "h",
+            "cluster": {"endpoints": ["c"]}}}}));
+        assert!(has_error(
+            &errs,
+            "spec.redis.external",
+            "exactly one of url, host, sentinel or cluster"
+        ));
+    }
+
+    #[test]
     fn sentinel_mistakes_are_named() {
         let errs = errors(serde_json::json!({"redis": {"external": {"port": 1,
             "sentinel": {"masterName": "my master", "endpoints":
@@ -1545,14 +1687,14 @@ mod tests {
         assert!(has_error(
             &errs,
             "spec.redis.external",
-            "exactly one of url, host or sentinel"
+            "exactly one of url, host, sentinel or cluster"
         ));
         let errs = errors(serde_json::json!({"redis": {"external": {"host": "x",
             "sentinel": {"masterName": "m", "endpoints": ["s"]}}}}));
         assert!(has_error(
             &errs,
             "spec.redis.external",
-            "exactly one of url, host or sentinel"
+            "exactly one of url, host, sentinel or cluster"
         ));
         let errs = errors(serde_json::json!({"redis": {"external": {"host": "redis://x"}}}));
         assert!(has_error(&errs, "spec.redis.external.host", "bare host"));

@@ -14,22 +14,49 @@
 //!   through Redis every [`PROBE_INTERVAL`] proves the whole receive path works. Any failure
 //!   turns `/readyz` to 503 and shows in the metrics.
 //!
-//! Plain PUBLISH/SUBSCRIBE (not the sharded variants) is used, so any Redis >= 6 with RESP3
-//! works.
+//! One server and Sentinel use plain PUBLISH/SUBSCRIBE, so any Redis >= 6 with RESP3 works.
+//!
+//! A Redis Cluster (`redis-cluster://`, Redis >= 7) uses sharded pub/sub instead: SPUBLISH,
+//! SSUBSCRIBE and `PUBSUB SHARDNUMSUB`, each routed by fred to the master that owns the
+//! channel's hash slot. A plain PUBLISH on a cluster is copied to every node over the cluster
+//! bus (it does not scale with shards), and a sharded message reaches a subscriber once, from
+//! its slot's master. The adapter's channels of one namespace (the broadcast channel, this
+//! node's request and response channels) hash to different slots, so a node holds a
+//! subscription on up to as many masters. What changes with the sharded commands:
+//! - SSUBSCRIBE is sent one channel per command: fred pairs the reply (a push per channel) with
+//!   the command to follow MOVED redirections, so a multi-channel SSUBSCRIBE would leave the
+//!   extra replies to be taken for the answers of later commands;
+//! - a slot that moves (a failover, a resharding) takes its sharded subscriptions with it:
+//!   Redis drops them (a dead master's connection, or a `sunsubscribe` push that fred does not
+//!   surface). fred re-reads the slot map after a lost connection or a MOVED reply, and
+//!   reports each new master connection (`reconnect_rx`) and each re-read (`cluster_change_rx`).
+//!   The monitor resubscribes every channel after each new connection, and after a re-read
+//!   that gives one of its channels' slots another master (SSUBSCRIBE is idempotent on a
+//!   connection that already has it, and fred closes its connection to a node that is no
+//!   longer a master before the new SSUBSCRIBEs go out: no message comes twice);
+//! - a switchover (`CLUSTER FAILOVER`) turns the old master into a replica that still serves
+//!   SSUBSCRIBE and SPUBLISH for its old slots, locally, without MOVED: the clients that used it
+//!   keep working, but one that re-read the slot map meanwhile listens on the new master and
+//!   misses what the others publish on the old one. So the monitor re-reads the map itself
+//!   every [`CLUSTER_SYNC_INTERVAL`], which bounds that split;
+//! - one probe cannot prove several masters: the monitor probes every hash slot the adapter's
+//!   channels are in, with one probe channel per slot (a `{tag}` that hashes to that slot), and
+//!   a probe round succeeds only when every slot's probe came back.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface},
     types::{
         Message, RespVersion,
         config::{Config, ReconnectPolicy, ServerConfig, TcpConfig, UnresponsiveConfig},
     },
+    util::redis_keyslot,
 };
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -68,6 +95,12 @@ const TICK: Duration = Duration::from_millis(200);
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a probe may take before the node resubscribes.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a cluster's slot map is read again (`CLUSTER SLOTS`), besides the re-reads fred
+/// does after a lost connection or a MOVED reply: a master turned replica by a switchover
+/// (`CLUSTER FAILOVER`) still serves the sharded commands of its old slots, locally, so no
+/// MOVED ever comes, and nodes that re-read the map at different times would publish and
+/// listen on different nodes of the shard.
+const CLUSTER_SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// How long Redis may answer this node while the node hears nothing before it counts as deaf
 /// (and leaves rotation): longer than a resubscription and a probe round trip.
 pub const DEAF_GRACE: Duration = Duration::from_secs(10);
@@ -92,6 +125,8 @@ pub struct RedisDriver {
 
 struct Inner {
     client: Client,
+    /// Sharded pub/sub (SPUBLISH, SSUBSCRIBE): on a Redis Cluster.
+    sharded: bool,
     /// Every channel the adapter wants, with the buffer its messages go to.
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
     health: Arc<Health>,
@@ -131,6 +166,7 @@ impl RedisDriver {
         {
             *password = Some(pw.clone());
         }
+        let sharded = config.server.is_clustered();
         let client = fred::types::Builder::from_config(config)
             .with_performance_config(|p| {
                 p.broadcast_channel_capacity = FRED_BROADCAST_CAPACITY;
@@ -158,6 +194,7 @@ impl RedisDriver {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                sharded,
                 handlers: RwLock::new(HashMap::new()),
                 health,
                 metrics,
@@ -171,9 +208,24 @@ impl RedisDriver {
     /// this node's probe channel. Returns its task; abort it on shutdown.
     pub fn spawn_monitor(&self, node_id: &str) -> tokio::task::JoinHandle<()> {
         let probe_chan = format!("{CHANNEL_PREFIX}-probe#{node_id}#");
-        let (tx, rx) = mpsc::channel(16);
-        self.handlers().insert(probe_chan.clone(), tx);
-        tokio::spawn(Monitor::new(self.clone(), probe_chan, rx).run())
+        let (tx, rx) = mpsc::channel(64);
+        self.handlers().insert(probe_chan.clone(), tx.clone());
+        tokio::spawn(Monitor::new(self.clone(), probe_chan, tx, rx).run())
+    }
+
+    /// The client, for commands beyond pub/sub (the recovery log).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The publish command this driver's subscriptions hear: `SPUBLISH` on a Redis Cluster
+    /// (the driver subscribes with SSUBSCRIBE there), `PUBLISH` otherwise.
+    pub fn publish_command(&self) -> &'static str {
+        if self.inner.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Closes the Redis connection (after the adapter has unsubscribed).
@@ -215,11 +267,11 @@ impl Driver for RedisDriver {
             // the caller can fall back to local delivery.
             return Err(DriverError::NotConnected);
         }
-        let res = self.inner.client.publish::<i64, _, _>(chan, val).await;
+        let res = publish(&self.inner, chan, val).await;
         if res.is_err() {
             self.inner.metrics.adapter_error(AdapterOp::Publish);
         }
-        res.map(drop).map_err(Into::into)
+        res.map_err(Into::into)
     }
 
     async fn subscribe(
@@ -230,7 +282,7 @@ impl Driver for RedisDriver {
         let (tx, rx) = mpsc::channel(size);
         self.handlers().insert(chan.clone(), tx);
         if self.inner.health.redis_usable()
-            && let Err(e) = self.inner.client.subscribe(chan.as_str()).await
+            && let Err(e) = subscribe_one(&self.inner, &chan).await
         {
             warn!(chan, "redis SUBSCRIBE failed, the monitor will retry: {e}");
             self.inner.metrics.adapter_error(AdapterOp::Subscribe);
@@ -244,7 +296,11 @@ impl Driver for RedisDriver {
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         self.handlers().remove(&chan);
         if self.inner.health.redis_usable() {
-            self.inner.client.unsubscribe(chan).await?;
+            if self.inner.sharded {
+                self.inner.client.sunsubscribe(chan).await?;
+            } else {
+                self.inner.client.unsubscribe(chan).await?;
+            }
         }
         Ok(())
     }
@@ -253,16 +309,101 @@ impl Driver for RedisDriver {
         if !self.inner.health.redis_usable() {
             return Err(DriverError::NotConnected);
         }
-        let res = self
-            .inner
-            .client
-            .pubsub_numsub::<(String, u16), _>(chan)
-            .await;
+        // A sharded channel's subscribers are all on its slot's master, where fred sends the
+        // SHARDNUMSUB (routed by the channel like SSUBSCRIBE).
+        let res = if self.inner.sharded {
+            self.inner
+                .client
+                .pubsub_shardnumsub::<(String, u16), _>(chan)
+                .await
+        } else {
+            self.inner
+                .client
+                .pubsub_numsub::<(String, u16), _>(chan)
+                .await
+        };
         if res.is_err() {
             self.inner.metrics.adapter_error(AdapterOp::Publish);
         }
         Ok(res?.1)
     }
+}
+
+/// PUBLISH, or SPUBLISH on a cluster (to the master of the channel's slot).
+async fn publish(inner: &Inner, chan: String, val: Vec<u8>) -> Result<(), fred::error::Error> {
+    if inner.sharded {
+        inner
+            .client
+            .spublish::<i64, _, _>(chan, val)
+            .await
+            .map(drop)
+    } else {
+        inner.client.publish::<i64, _, _>(chan, val).await.map(drop)
+    }
+}
+
+/// SUBSCRIBE, or SSUBSCRIBE on a cluster: one channel per command (see the module doc).
+async fn subscribe_one(inner: &Inner, chan: &str) -> Result<(), fred::error::Error> {
+    if inner.sharded {
+        inner.client.ssubscribe(chan).await
+    } else {
+        inner.client.subscribe(chan).await
+    }
+}
+
+/// Subscribes `channels`, each command bounded by [`COMMAND_TIMEOUT`]: one SUBSCRIBE for them
+/// all, or one SSUBSCRIBE each on a cluster (all of them even when one fails, so that one
+/// master refusing does not keep the others' channels unsubscribed; the first failure is
+/// returned, a refusal by Redis before a timeout).
+async fn subscribe_all(inner: &Inner, channels: Vec<String>) -> Result<(), SubscribeError> {
+    if inner.sharded {
+        let mut failed = None;
+        for chan in &channels {
+            let res = tokio::time::timeout(COMMAND_TIMEOUT, inner.client.ssubscribe(chan.as_str()))
+                .await
+                .map_err(|_| SubscribeError::TimedOut)
+                .and_then(|r| r.map_err(SubscribeError::from));
+            match (res, &failed) {
+                (Ok(()), _) | (Err(_), Some(SubscribeError::Redis(_))) => {}
+                (Err(e), _) => {
+                    debug!(chan, "redis SSUBSCRIBE failed: {e}");
+                    failed = Some(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    } else {
+        tokio::time::timeout(COMMAND_TIMEOUT, inner.client.subscribe(channels))
+            .await
+            .map_err(|_| SubscribeError::TimedOut)?
+            .map_err(Into::into)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SubscribeError {
+    #[error("timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// A hash tag (`{tag}`) whose key hashes to `slot`: the smallest decimal number that does
+/// (pure; every slot has one below 100 000).
+fn slot_tag(slot: u16) -> String {
+    (0u32..)
+        .map(|i| i.to_string())
+        .find(|t| redis_keyslot(t.as_bytes()) == slot)
+        .expect("every slot has a decimal tag")
+}
+
+/// This node's probe channel for `slot` on a cluster: `base` with a hash tag for that slot
+/// (pure). `base` has no braces (it is `realtime-probe#<uid>#`), so the tag is the key's first.
+fn probe_channel_for_slot(base: &str, slot: u16) -> String {
+    if redis_keyslot(base.as_bytes()) == slot {
+        return base.to_owned();
+    }
+    format!("{base}{{{}}}", slot_tag(slot))
 }
 
 /// Moves messages from fred's broadcast channel to the adapter's per-channel buffers.
@@ -305,7 +446,12 @@ fn dispatch(inner: &Inner, msg: Message) {
 /// The state machine behind readiness: connection, subscription, pump and probe.
 struct Monitor {
     driver: RedisDriver,
+    /// This node's probe channel; on a cluster, the base name of one per hash slot.
     probe_chan: String,
+    /// The probe channels by hash slot (one without sharding): every slot an adapter channel
+    /// is in has one, so a probe round proves every master this node listens to.
+    probe_chans: BTreeMap<u16, String>,
+    probe_tx: mpsc::Sender<ChanItem>,
     probe_rx: mpsc::Receiver<ChanItem>,
     pump: Option<tokio::task::JoinHandle<()>>,
     connected: bool,
@@ -313,27 +459,51 @@ struct Monitor {
     /// Wait before retrying a failed resubscription.
     resubscribe_after: Instant,
     probe_seq: u64,
-    /// The probe in flight: its sequence number, when it was sent, and whether Redis
-    /// acknowledged its PUBLISH (then losing it means this node cannot hear, not an outage).
-    probe_sent: Option<(u64, Instant, bool)>,
+    /// The probe round in flight.
+    probe_sent: Option<ProbeRound>,
     /// Since when Redis answers this node while the node cannot hear (a SUBSCRIBE refused by
     /// Redis, or an acknowledged probe lost); cleared by a probe heard or a lost connection.
     deaf_since: Option<Instant>,
     next_probe: Instant,
     dropped_seen: u64,
-    connects: u64,
+    /// Set by the first successful subscription: later connections count as reconnects.
+    subscribed_once: bool,
+    /// On a cluster: the master of each wanted channel's slot (fred's slot map) when the
+    /// channels were last subscribed; a different map means a subscription is on the wrong node.
+    subscribed_routes: BTreeMap<u16, String>,
+    next_cluster_sync: Instant,
     /// Set by a connection error, cleared by the next successful connection.
     lost_since: Option<Instant>,
     last_error: Option<String>,
     last_down_log: Option<Instant>,
 }
 
+/// One probe round: the same sequence number published on every probe channel.
+struct ProbeRound {
+    seq: u64,
+    sent: Instant,
+    /// The probe channels not heard back yet.
+    pending: HashSet<String>,
+    /// The probe channels whose PUBLISH Redis acknowledged (then losing the probe means this
+    /// node cannot hear, not an outage).
+    acked: HashSet<String>,
+}
+
 impl Monitor {
-    fn new(driver: RedisDriver, probe_chan: String, probe_rx: mpsc::Receiver<ChanItem>) -> Self {
+    fn new(
+        driver: RedisDriver,
+        probe_chan: String,
+        probe_tx: mpsc::Sender<ChanItem>,
+        probe_rx: mpsc::Receiver<ChanItem>,
+    ) -> Self {
         let now = Instant::now();
+        let probe_chans =
+            BTreeMap::from([(redis_keyslot(probe_chan.as_bytes()), probe_chan.clone())]);
         Self {
             driver,
             probe_chan,
+            probe_chans,
+            probe_tx,
             probe_rx,
             pump: None,
             connected: false,
@@ -344,7 +514,9 @@ impl Monitor {
             deaf_since: None,
             next_probe: now,
             dropped_seen: 0,
-            connects: 0,
+            subscribed_once: false,
+            subscribed_routes: BTreeMap::new(),
+            next_cluster_sync: now,
             lost_since: None,
             last_error: None,
             last_down_log: None,
@@ -354,6 +526,7 @@ impl Monitor {
     async fn run(mut self) {
         let inner = self.driver.inner.clone();
         let mut reconnects = inner.client.reconnect_rx();
+        let mut cluster_changes = inner.client.cluster_change_rx();
         let mut errors = inner.client.error_rx();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -365,15 +538,17 @@ impl Monitor {
                 _ = tick.tick() => {}
                 _ = inner.resubscribe.notified() => self.subscribed = false,
                 ev = reconnects.recv() => match ev {
-                    // A new connection has none of the old subscriptions.
-                    Ok(server) => {
-                        self.connects += 1;
-                        if self.connects > 1 {
-                            inner.metrics.redis_reconnects.inc();
-                        }
-                        info!(%server, "redis connected");
-                        self.subscribed = false;
-                        self.lost_since = None;
+                    Ok(server) => self.connected_to(&server.to_string()),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.subscribed = false,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                // A cluster's slot map was read again (after a lost connection, a MOVED reply
+                // or by `step`): a channel's slot may have moved to a master where this node
+                // has no subscription yet.
+                ev = cluster_changes.recv() => match ev {
+                    Ok(changes) => {
+                        debug!(?changes, "redis cluster slot map re-read");
+                        self.check_routes();
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.subscribed = false,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -391,16 +566,96 @@ impl Monitor {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                Some((_, data)) = self.probe_rx.recv() => self.probe_answered(&data),
+                Some((chan, data)) = self.probe_rx.recv() => self.probe_answered(&chan, &data),
             }
-            self.step().await;
+            self.step(&mut reconnects).await;
         }
     }
 
-    async fn step(&mut self) {
+    /// A new connection (to the server, or to one cluster master) has none of the old
+    /// subscriptions.
+    fn connected_to(&mut self, server: &str) {
+        if self.subscribed_once {
+            self.driver.inner.metrics.redis_reconnects.inc();
+        }
+        info!(%server, "redis connected");
+        self.subscribed = false;
+        self.lost_since = None;
+    }
+
+    /// On a cluster: the master of each wanted channel's slot in fred's slot map (empty without
+    /// one).
+    fn routes(&self) -> BTreeMap<u16, String> {
+        let Some(map) = self.driver.inner.client.cached_cluster_state() else {
+            return BTreeMap::new();
+        };
+        self.driver
+            .channels()
+            .iter()
+            .map(|c| redis_keyslot(c.as_bytes()))
+            .filter_map(|slot| Some((slot, map.get_server(slot)?.to_string())))
+            .collect()
+    }
+
+    /// On a cluster: resubscribes when a wanted channel's slot has another master than when
+    /// the channels were subscribed (a failover, a resharding).
+    fn check_routes(&mut self) {
+        if !self.driver.inner.sharded || !self.subscribed {
+            return;
+        }
+        let routes = self.routes();
+        if routes != self.subscribed_routes {
+            info!(
+                before = ?self.subscribed_routes,
+                now = ?routes,
+                "redis cluster: a channel's slot has another master; resubscribing"
+            );
+            self.subscribed = false;
+        }
+    }
+
+    /// On a cluster: a probe channel for every hash slot an adapter channel is in (added to
+    /// the wanted channels). Returns whether one was added.
+    fn ensure_probe_channels(&mut self) -> bool {
+        if !self.driver.inner.sharded {
+            return false;
+        }
+        let slots: Vec<u16> = self
+            .driver
+            .channels()
+            .iter()
+            .filter(|c| !c.starts_with(&self.probe_chan))
+            .map(|c| redis_keyslot(c.as_bytes()))
+            .filter(|slot| !self.probe_chans.contains_key(slot))
+            .collect();
+        for slot in &slots {
+            let chan = probe_channel_for_slot(&self.probe_chan, *slot);
+            self.driver
+                .handlers()
+                .insert(chan.clone(), self.probe_tx.clone());
+            self.probe_chans.insert(*slot, chan);
+        }
+        !slots.is_empty()
+    }
+
+    async fn step(&mut self, reconnects: &mut broadcast::Receiver<fred::prelude::Server>) {
         let inner = self.driver.inner.clone();
         if inner.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return;
+        }
+        // fred reports every connection before it reports the client connected: with the state
+        // read first, every connection made until then is handled here, before subscribing (a
+        // cluster's first connections, one per master, then do not count as reconnects).
+        let fred_connected = inner.client.is_connected();
+        loop {
+            match reconnects.try_recv() {
+                Ok(server) => self.connected_to(&server.to_string()),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.subscribed = false,
+                Err(_) => break,
+            }
+        }
+        if self.ensure_probe_channels() {
+            self.subscribed = false;
         }
         let (health, metrics) = (&inner.health, &inner.metrics);
 
@@ -421,7 +676,7 @@ impl Monitor {
             self.lost_since = None;
         }
         let lost = self.lost_since.is_some();
-        let connected = inner.client.is_connected() && !lost;
+        let connected = fred_connected && !lost;
         if connected != self.connected {
             if connected {
                 info!("redis connection up; subscribing");
@@ -448,15 +703,28 @@ impl Monitor {
         if connected && !self.subscribed && Instant::now() >= self.resubscribe_after {
             let channels = self.driver.channels();
             let n = channels.len();
-            match tokio::time::timeout(COMMAND_TIMEOUT, inner.client.subscribe(channels)).await {
-                Ok(Ok(())) => {
-                    info!(channels = n, "redis channels subscribed");
+            // The map the SSUBSCRIBEs are routed by (read before: a change meanwhile shows at
+            // the next check).
+            let routes = if inner.sharded {
+                self.routes()
+            } else {
+                BTreeMap::new()
+            };
+            match subscribe_all(&inner, channels).await {
+                Ok(()) => {
+                    info!(
+                        channels = n,
+                        sharded = inner.sharded,
+                        "redis channels subscribed"
+                    );
                     self.subscribed = true;
+                    self.subscribed_once = true;
+                    self.subscribed_routes = routes;
                     // Prove the path right away rather than at the next interval.
                     self.probe_sent = None;
                     self.next_probe = Instant::now();
                 }
-                Ok(Err(e)) => {
+                Err(SubscribeError::Redis(e)) => {
                     // Refused by Redis (e.g. NOPERM): this node cannot listen while its peers
                     // may. A timeout or an I/O error would be an outage.
                     if redis_answered(&e) {
@@ -464,7 +732,7 @@ impl Monitor {
                     }
                     self.subscribe_failed(&e.to_string())
                 }
-                Err(_) => self.subscribe_failed("timed out"),
+                Err(SubscribeError::TimedOut) => self.subscribe_failed("timed out"),
             }
         }
         if !self.subscribed {
@@ -475,6 +743,17 @@ impl Monitor {
 
         if connected && self.subscribed {
             self.probe().await;
+        }
+        if inner.sharded && connected && self.subscribed && Instant::now() >= self.next_cluster_sync
+        {
+            self.next_cluster_sync = Instant::now() + CLUSTER_SYNC_INTERVAL;
+            // fred re-reads the map, drops connections to nodes that are no longer masters
+            // (their subscriptions go with them) and connects to new ones.
+            match tokio::time::timeout(COMMAND_TIMEOUT, inner.client.sync_cluster()).await {
+                Ok(Ok(())) => self.check_routes(),
+                Ok(Err(e)) => debug!("redis cluster slot map re-read failed: {e}"),
+                Err(_) => debug!("redis cluster slot map re-read timed out"),
+            }
         }
         if !connected {
             // An outage, not deafness: every node is in the same boat.
@@ -521,15 +800,17 @@ impl Monitor {
     async fn probe(&mut self) {
         let inner = self.driver.inner.clone();
         let now = Instant::now();
-        if let Some((seq, sent, acked)) = self.probe_sent {
-            if now.duration_since(sent) > PROBE_TIMEOUT {
+        if let Some(round) = &self.probe_sent {
+            if now.duration_since(round.sent) > PROBE_TIMEOUT {
+                let acked = round.pending.iter().any(|c| round.acked.contains(c));
                 warn!(
-                    seq,
+                    seq = round.seq,
                     acked,
+                    missing = ?round.pending,
                     "redis probe did not come back within {PROBE_TIMEOUT:?}: the node cannot hear Redis; resubscribing"
                 );
                 if acked {
-                    self.deaf_since.get_or_insert(sent);
+                    self.deaf_since.get_or_insert(round.sent);
                 }
                 inner.metrics.redis_probe_failures.inc();
                 inner.health.set_probe_ok(false);
@@ -544,52 +825,66 @@ impl Monitor {
         }
         self.probe_seq += 1;
         let seq = self.probe_seq;
-        self.probe_sent = Some((seq, now, false));
+        let chans: Vec<String> = self.probe_chans.values().cloned().collect();
+        self.probe_sent = Some(ProbeRound {
+            seq,
+            sent: now,
+            pending: chans.iter().cloned().collect(),
+            acked: HashSet::new(),
+        });
         self.next_probe = now + PROBE_INTERVAL;
-        let publish = inner
-            .client
-            .publish::<i64, _, _>(self.probe_chan.as_str(), seq.to_string());
-        match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
-            Ok(Ok(_receivers)) => {
-                if let Some((s, _, acked)) = self.probe_sent.as_mut()
-                    && *s == seq
-                {
-                    *acked = true;
-                }
+        // One PUBLISH per probe channel, all at once (a cluster's go to different masters).
+        let publishes = chans.iter().map(|chan| {
+            let inner = &inner;
+            async move {
+                let publish = publish(inner, chan.clone(), seq.to_string().into_bytes());
+                (chan, tokio::time::timeout(COMMAND_TIMEOUT, publish).await)
             }
-            // Counted as a probe failure when the timeout passes. An error reply is Redis
-            // answering (fred may hand a refused SUBSCRIBE's reply to the next command on the
-            // connection, this PUBLISH); a timeout or I/O error is an outage, not deafness.
-            Ok(Err(e)) => {
-                debug!("redis probe publish failed: {e}");
-                if redis_answered(&e)
-                    && let Some((s, _, acked)) = self.probe_sent.as_mut()
-                    && *s == seq
-                {
-                    *acked = true;
+        });
+        for (chan, res) in futures::future::join_all(publishes).await {
+            let acked = match res {
+                Ok(Ok(())) => true,
+                // Counted as a probe failure when the timeout passes. An error reply is Redis
+                // answering (fred may hand a refused SUBSCRIBE's reply to the next command on
+                // the connection, this PUBLISH); a timeout or I/O error is an outage, not
+                // deafness.
+                Ok(Err(e)) => {
+                    debug!(chan, "redis probe publish failed: {e}");
+                    redis_answered(&e)
                 }
+                Err(_) => {
+                    debug!(chan, "redis probe publish timed out");
+                    false
+                }
+            };
+            if acked
+                && let Some(round) = self.probe_sent.as_mut()
+                && round.seq == seq
+            {
+                round.acked.insert(chan.clone());
             }
-            Err(_) => debug!("redis probe publish timed out"),
         }
     }
 
-    fn probe_answered(&mut self, data: &[u8]) {
+    fn probe_answered(&mut self, chan: &str, data: &[u8]) {
         let inner = &self.driver.inner;
         let seq = std::str::from_utf8(data)
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
-        if let (Some(seq), Some((want, sent, _))) = (seq, self.probe_sent)
-            && seq == want
-        {
-            self.deaf_since = None;
-            let rtt = sent.elapsed();
-            inner.metrics.redis_probe_seconds.set(rtt.as_secs_f64());
-            if !inner.health.snapshot().probe_ok {
-                info!(?rtt, "redis pub/sub path verified; node is ready");
-            }
-            inner.health.set_probe_ok(true);
-            self.probe_sent = None;
+        let Some(round) = self.probe_sent.as_mut() else {
+            return;
+        };
+        if seq != Some(round.seq) || !round.pending.remove(chan) || !round.pending.is_empty() {
+            return;
         }
+        self.deaf_since = None;
+        let rtt = round.sent.elapsed();
+        inner.metrics.redis_probe_seconds.set(rtt.as_secs_f64());
+        if !inner.health.snapshot().probe_ok {
+            info!(?rtt, "redis pub/sub path verified; node is ready");
+        }
+        inner.health.set_probe_ok(true);
+        self.probe_sent = None;
     }
 }
 
@@ -618,10 +913,15 @@ mod tests {
 
     /// A driver whose client is never connected: enough for the pump and the bookkeeping.
     fn driver() -> RedisDriver {
+        driver_with(false)
+    }
+
+    fn driver_with(sharded: bool) -> RedisDriver {
         let client = fred::types::Builder::default_centralized().build().unwrap();
         RedisDriver {
             inner: Arc::new(Inner {
                 client,
+                sharded,
                 handlers: RwLock::new(HashMap::new()),
                 health: Arc::new(Health::new(Mode::Redis)),
                 metrics: Arc::new(Metrics::new("t", "redis")),
@@ -715,5 +1015,88 @@ mod tests {
             .await
             .expect("pump ends when fred closes its channel")
             .unwrap();
+    }
+
+    #[test]
+    fn probe_channels_hash_to_the_slot_they_probe() {
+        let base = "realtime-probe#QwErTy123#";
+        for chan in [
+            "realtime-request#/#",
+            "realtime-request#/#AbCdEf#",
+            "realtime-response#/#AbCdEf#",
+        ] {
+            let slot = redis_keyslot(chan.as_bytes());
+            let probe = probe_channel_for_slot(base, slot);
+            assert!(probe.starts_with(base), "{probe}");
+            assert_eq!(redis_keyslot(probe.as_bytes()), slot, "{probe} for {chan}");
+        }
+        // the base itself needs no tag for its own slot
+        let own = redis_keyslot(base.as_bytes());
+        assert_eq!(probe_channel_for_slot(base, own), base);
+        // every slot has a tag, and it is a short one
+        for slot in [0, 1, 5461, 10922, 16383] {
+            let t = slot_tag(slot);
+            assert_eq!(redis_keyslot(t.as_bytes()), slot);
+            assert!(t.len() <= 5, "{t}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_probes_every_slot_of_the_adapter_channels() {
+        let d = driver_with(true);
+        let (tx, rx) = mpsc::channel(16);
+        let base = "realtime-probe#node1#".to_string();
+        d.handlers().insert(base.clone(), tx.clone());
+        let mut m = Monitor::new(d.clone(), base.clone(), tx, rx);
+        assert!(!m.ensure_probe_channels(), "no adapter channel yet");
+        let chans = ["realtime-request#/#", "realtime-response#/#x#"];
+        for c in chans {
+            let _ = d.subscribe(c.into(), 4).await.unwrap();
+        }
+        assert!(m.ensure_probe_channels());
+        assert!(!m.ensure_probe_channels(), "nothing more to add");
+        let mut slots: Vec<u16> = chans
+            .iter()
+            .chain([&base.as_str()])
+            .map(|c| redis_keyslot(c.as_bytes()))
+            .collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(m.probe_chans.keys().copied().collect::<Vec<_>>(), slots);
+        for (slot, chan) in &m.probe_chans {
+            assert_eq!(redis_keyslot(chan.as_bytes()), *slot);
+            assert!(d.channels().contains(chan), "{chan} is subscribed");
+        }
+
+        // A round succeeds only once every slot's probe came back, with its sequence number.
+        let probes: Vec<String> = m.probe_chans.values().cloned().collect();
+        m.probe_sent = Some(ProbeRound {
+            seq: 7,
+            sent: Instant::now(),
+            pending: probes.iter().cloned().collect(),
+            acked: HashSet::new(),
+        });
+        let health = d.inner.health.clone();
+        m.probe_answered(&probes[0], b"6"); // an old round's
+        m.probe_answered(&probes[0], b"7");
+        m.probe_answered(&probes[0], b"7"); // twice counts once
+        assert!(!health.snapshot().probe_ok);
+        for p in &probes[1..] {
+            m.probe_answered(p, b"7");
+        }
+        assert!(health.snapshot().probe_ok);
+        assert!(m.probe_sent.is_none());
+    }
+
+    #[tokio::test]
+    async fn without_sharding_one_probe_channel_is_enough() {
+        let d = driver();
+        let (tx, rx) = mpsc::channel(16);
+        let base = "realtime-probe#node1#".to_string();
+        d.handlers().insert(base.clone(), tx.clone());
+        let mut m = Monitor::new(d.clone(), base.clone(), tx, rx);
+        let _ = d.subscribe("realtime-request#/#".into(), 4).await.unwrap();
+        assert!(!m.ensure_probe_channels());
+        assert_eq!(m.probe_chans.values().collect::<Vec<_>>(), [&base]);
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     health::{Health, Mode},
     http::{self, HttpState},
     metrics::Metrics,
+    recovery::{self, Recovery, Store},
     shutdown,
 };
 
@@ -81,20 +82,56 @@ where
         },
     ));
     let health = Arc::new(Health::new(mode).with_startup_grace(settings.redis_startup_grace));
+    let verifier = || {
+        settings
+            .auth_secret
+            .as_ref()
+            .map(|s| Verifier::new(s.as_bytes()))
+    };
+    // With Redis, the driver is needed first: the recovery log uses its client.
+    let driver = match &settings.redis {
+        Some(redis) => Some(RedisDriver::connect(
+            redis,
+            health.clone(),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
+    let recovery = settings.recovery.map(|r| match &driver {
+        None => Recovery::memory(&r, &settings.node_name, metrics.clone(), verifier()),
+        Some(d) => Recovery::redis(
+            &r,
+            &settings.node_name,
+            d.client().clone(),
+            d.publish_command(),
+            health.clone(),
+            metrics.clone(),
+            verifier(),
+        ),
+    });
     let app = Arc::new(App {
         node: settings.node_name.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        verifier: settings
-            .auth_secret
-            .as_ref()
-            .map(|s| Verifier::new(s.as_bytes())),
+        verifier: verifier(),
+        recovery: recovery.clone(),
     });
 
-    let builder = socketio_builder(&settings).with_state(app.clone());
-    match &settings.redis {
+    let mut builder = socketio_builder(&settings).with_state(app.clone());
+    if let Some(rec) = &recovery {
+        builder = builder.with_connection_state_recovery(Store(rec.clone()));
+        info!(
+            window = ?settings.recovery.map(|r| r.window),
+            "connection state recovery on"
+        );
+    }
+    match driver {
         None => {
             let (layer, io) = builder.build_layer();
+            if let Some(rec) = &recovery {
+                // One node: the in-memory log delivers to this node's sockets only.
+                rec.set_sink(io.clone());
+            }
             io.ns(
                 NAMESPACE,
                 handlers::on_connect::<socketioxide::adapter::LocalAdapter>
@@ -106,8 +143,11 @@ where
             );
             run_http(&settings, app, io, layer, listeners, stop, None).await
         }
-        Some(redis) => {
-            let driver = RedisDriver::connect(redis, health.clone(), metrics.clone())?;
+        Some(driver) => {
+            let redis = settings
+                .redis
+                .as_ref()
+                .expect("a driver means Redis settings");
             let monitor = driver.spawn_monitor(&socketioxide_core::Uid::new().to_string());
             let config = RedisAdapterConfig::new()
                 .with_prefix(adapter::CHANNEL_PREFIX)
@@ -128,12 +168,60 @@ where
                 redis = %redact_url(&redis.url),
                 "redis adapter; ready once Redis is connected and subscribed"
             );
+            let tasks = match &recovery {
+                Some(rec) => Some(start_recovery(rec, &io, &driver).await),
+                None => None,
+            };
             let res = run_http(&settings, app, io, layer, listeners, stop, Some(&driver)).await;
             monitor.abort();
+            if let Some(tasks) = tasks {
+                tasks.abort();
+            }
             res
         }
     }
 }
+
+/// The recovery tasks of a node, aborted on exit.
+struct RecoveryTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl RecoveryTasks {
+    fn abort(self) {
+        for t in self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Points the log at this node's sockets, follows the log's Redis channel and keeps the
+/// connected sessions from expiring.
+async fn start_recovery<A: Adapter>(
+    rec: &Arc<Recovery>,
+    io: &SocketIo<A>,
+    driver: &RedisDriver,
+) -> RecoveryTasks {
+    use futures::StreamExt as _;
+    use socketioxide_redis::drivers::Driver as _;
+    rec.set_sink(io.clone());
+    let mut tasks = vec![tokio::spawn(rec.clone().refresh_loop(io.clone()))];
+    // The driver never fails a SUBSCRIBE: it retries until Redis is there, and resubscribes
+    // after every reconnection (a message missed meanwhile is read back: sequence gap).
+    match driver
+        .subscribe(recovery::log_channel(), RECOVERY_STREAM_BUFFER)
+        .await
+    {
+        Ok(stream) => tasks.push(tokio::spawn(
+            rec.clone().follow(stream.map(|(_, data)| data)),
+        )),
+        Err(e) => warn!("cannot follow the recovery log: {e}"),
+    }
+    RecoveryTasks(tasks)
+}
+
+/// Buffer of the log's channel between the pub/sub pump and the log's follower. A message
+/// dropped because it is full is read back from the log (sequence gap), so this only bounds
+/// how far the follower may lag before it reads from Redis instead.
+const RECOVERY_STREAM_BUFFER: usize = 16 * 1024;
 
 fn socketio_builder(s: &Settings) -> SocketIoBuilder {
     let max = usize::try_from(s.max_payload).unwrap_or(usize::MAX);
@@ -172,6 +260,7 @@ where
         app: app.clone(),
         io: io.clone(),
         api_key: settings.api_key.clone(),
+        shedder: Default::default(),
     };
     let max_body = usize::try_from(settings.max_payload).unwrap_or(usize::MAX);
     let routes = http::PublicRoutes {
@@ -246,9 +335,17 @@ where
     );
 
     let _ = stop_accepting.send(());
+    if let Some(rec) = &app.recovery {
+        // Written through already; saved once more so the newest rooms are in Redis before
+        // the clients reconnect elsewhere.
+        let saved = tokio::time::timeout_at(deadlines.close_transports, rec.save_all(&io)).await;
+        info!(?saved, took = ?start.elapsed(), "sessions saved");
+    }
     // Engine.io close for every socket (no socket.io DISCONNECT), a few at a time: the
     // namespace keeps serving the sockets that wait for their turn.
-    let sids: Vec<_> = io.sockets().iter().map(|s| s.id).collect();
+    // Engine.io session ids: a restored socket (connection state recovery) keeps its old
+    // socket id on a new engine.io session.
+    let sids: Vec<_> = io.sockets().iter().map(|s| s.engine_sid()).collect();
     let window = deadlines
         .close_transports
         .saturating_duration_since(tokio::time::Instant::now());

@@ -40,13 +40,15 @@ pub struct Cli {
 
     /// Redis URL: `redis://` or `rediss://` (TLS) for one server; `redis-sentinel://` or
     /// `rediss-sentinel://` for a primary found through Sentinel
-    /// (`redis-sentinel://SENTINEL[:26379][/DB]?sentinelServiceName=NAME&node=SENTINEL2:PORT...`).
+    /// (`redis-sentinel://SENTINEL[:26379][/DB]?sentinelServiceName=NAME&node=SENTINEL2:PORT...`);
+    /// `redis-cluster://` or `rediss-cluster://` for a Redis Cluster (>= 7, sharded pub/sub),
+    /// given by seed nodes (`redis-cluster://NODE:PORT?node=NODE2:PORT&node=NODE3:PORT`).
     /// Without it the node runs alone on the in-memory adapter.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Password of the Redis data nodes (the primary and its replicas); overrides the password
-    /// of the URL (for a Kubernetes Secret).
+    /// Password of the Redis data nodes (the primary and its replicas, or every cluster node);
+    /// overrides the password of the URL (for a Kubernetes Secret).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
@@ -114,6 +116,30 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Connection state recovery (socket.io 4.6+): how long a disconnected client can come
+    /// back, to any node, and get its id, rooms and the messages it missed (`2m`, `30s`); 0
+    /// turns recovery off. Also how long the message log keeps messages.
+    #[arg(long, env = "RECOVERY_WINDOW", default_value = "0s")]
+    pub recovery_window: humantime::Duration,
+
+    /// The most messages the recovery log keeps (all rooms together), whatever their age.
+    #[arg(long, env = "RECOVERY_MAX_PACKETS", default_value_t = DEFAULT_RECOVERY_MAX_PACKETS)]
+    pub recovery_max_packets: u64,
+}
+
+/// Default of RECOVERY_MAX_PACKETS.
+pub const DEFAULT_RECOVERY_MAX_PACKETS: u64 = 10_000;
+/// Upper bound of RECOVERY_MAX_PACKETS (a restore reads at most this many entries).
+pub const MAX_RECOVERY_MAX_PACKETS: u64 = 1_000_000;
+/// Upper bound of RECOVERY_WINDOW.
+pub const MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Connection state recovery settings (see `recovery.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverySettings {
+    pub window: Duration,
+    pub max_packets: u32,
 }
 
 /// How log lines are written to stderr.
@@ -150,7 +176,8 @@ pub enum Cors {
 /// The Redis connection the adapter uses.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// The URL as given (`redis://`, `rediss://`, `redis-sentinel://` or `rediss-sentinel://`).
+    /// The URL as given (`redis://`, `rediss://`, `redis-sentinel://`, `rediss-sentinel://`,
+    /// `redis-cluster://` or `rediss-cluster://`).
     pub url: String,
     /// What the URL points at.
     pub topology: RedisTopology,
@@ -171,6 +198,9 @@ pub enum RedisTopology {
         master_name: String,
         sentinels: Vec<String>,
     },
+    /// A Redis Cluster, discovered from the seed nodes `seeds` (`host:port`, the URL's host
+    /// first); the client follows its slot map (`CLUSTER SLOTS`) and uses sharded pub/sub.
+    Cluster { seeds: Vec<String> },
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -211,6 +241,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// socket.io's request path on the public port (no trailing slash).
     pub socketio_path: String,
+    /// Connection state recovery, when RECOVERY_WINDOW is not 0.
+    pub recovery: Option<RecoverySettings>,
 }
 
 /// A configuration value that cannot be used.
@@ -219,7 +251,7 @@ pub enum ConfigError {
     #[error("ADMIN_PORT must differ from PORT (both {0})")]
     AdminPort(u16),
     #[error(
-        "REDIS_URL must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel:// (got {0:?})"
+        "REDIS_URL must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster:// or rediss-cluster:// (got {0:?})"
     )]
     RedisScheme(String),
     #[error("REDIS_URL has no host")]
@@ -260,6 +292,10 @@ pub enum ConfigError {
         "SOCKETIO_PATH must be / followed by segments of letters, digits and -._~ separated by single slashes, without a trailing slash (got {0:?})"
     )]
     SocketioPath(String),
+    #[error("RECOVERY_WINDOW must be 0 (off) or between 1s and 24h (got {0:?})")]
+    RecoveryWindow(Duration),
+    #[error("RECOVERY_MAX_PACKETS must be between 1 and {max} (got {got})")]
+    RecoveryMaxPackets { got: u64, max: u64 },
 }
 
 /// The content of a mounted secret file, without one trailing newline.
@@ -342,7 +378,9 @@ impl Cli {
             None => None,
             Some(url) => {
                 let topology = validate_redis_url(&url)?;
-                if topology == RedisTopology::Standalone && sentinel_password.is_some() {
+                if !matches!(topology, RedisTopology::Sentinel { .. })
+                    && sentinel_password.is_some()
+                {
                     return Err(ConfigError::SentinelPasswordWithoutSentinel);
                 }
                 let password = match &self.redis_password_file {
@@ -415,6 +453,8 @@ impl Cli {
             return Err(ConfigError::SocketioPath(socketio_path));
         }
 
+        let recovery = recovery_settings(self.recovery_window.into(), self.recovery_max_packets)?;
+
         Ok(Settings {
             socketio_path,
             bind: self.bind,
@@ -435,8 +475,32 @@ impl Cli {
             drain_close_rate,
             redis_startup_grace: self.redis_startup_grace.into(),
             log_format: self.log_format,
+            recovery,
         })
     }
+}
+
+/// RECOVERY_WINDOW and RECOVERY_MAX_PACKETS, checked.
+fn recovery_settings(
+    window: Duration,
+    max_packets: u64,
+) -> Result<Option<RecoverySettings>, ConfigError> {
+    if max_packets == 0 || max_packets > MAX_RECOVERY_MAX_PACKETS {
+        return Err(ConfigError::RecoveryMaxPackets {
+            got: max_packets,
+            max: MAX_RECOVERY_MAX_PACKETS,
+        });
+    }
+    if window.is_zero() {
+        return Ok(None);
+    }
+    if window < Duration::from_secs(1) || window > MAX_RECOVERY_WINDOW {
+        return Err(ConfigError::RecoveryWindow(window));
+    }
+    Ok(Some(RecoverySettings {
+        window,
+        max_packets: max_packets as u32,
+    }))
 }
 
 /// A boolean switch: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case); empty counts
@@ -462,16 +526,19 @@ const SENTINEL_PASSWORD_PARAM: &str = "sentinelPassword";
 /// Checks a REDIS_URL and says what it points at. The rules are fred's, checked here so that
 /// a bad URL fails at start with a message naming the mistake; fred then parses the same URL.
 fn validate_redis_url(url: &str) -> Result<RedisTopology, ConfigError> {
-    let (rest, sentinel) = if let Some(r) = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-    {
-        (r, false)
-    } else if let Some(r) = url
-        .strip_prefix("redis-sentinel://")
-        .or_else(|| url.strip_prefix("rediss-sentinel://"))
-    {
-        (r, true)
+    #[derive(PartialEq)]
+    enum Scheme {
+        Plain,
+        Sentinel,
+        Cluster,
+    }
+    let strip = |a: &str, b: &str| url.strip_prefix(a).or_else(|| url.strip_prefix(b));
+    let (rest, scheme) = if let Some(r) = strip("redis://", "rediss://") {
+        (r, Scheme::Plain)
+    } else if let Some(r) = strip("redis-sentinel://", "rediss-sentinel://") {
+        (r, Scheme::Sentinel)
+    } else if let Some(r) = strip("redis-cluster://", "rediss-cluster://") {
+        (r, Scheme::Cluster)
     } else {
         return Err(ConfigError::RedisScheme(redact_url(url)));
     };
@@ -490,7 +557,38 @@ fn validate_redis_url(url: &str) -> Result<RedisTopology, ConfigError> {
             "the path must be a database number (got /{path})"
         )));
     }
-    let topology = if sentinel {
+    let topology = if scheme == Scheme::Cluster {
+        if host.contains(',') {
+            return Err(bad(format!(
+                "{host:?}: name further seed nodes as ?node=HOST:PORT&node=HOST:PORT, not with commas"
+            )));
+        }
+        if !path.is_empty() && path != "0" {
+            return Err(bad(format!(
+                "a Redis Cluster has only database 0 (got /{path})"
+            )));
+        }
+        let first = if host_port(host).is_some() {
+            host.to_owned()
+        } else if !host.contains(':') {
+            format!("{host}:6379")
+        } else {
+            return Err(bad(format!("{host:?} is not host:port")));
+        };
+        let mut seeds = vec![first];
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            match k {
+                "node" if host_port(v).is_some() => seeds.push(v.to_owned()),
+                "node" => {
+                    return Err(bad(format!(
+                        "node={v} is not a cluster node's host:port (the port is required)"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        RedisTopology::Cluster { seeds }
+    } else if scheme == Scheme::Sentinel {
         let first = if host_port(host).is_some() {
             host.to_owned()
         } else if !host.contains(':') {
@@ -635,6 +733,45 @@ mod tests {
 
     fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
         cli(args).validate_with_hostname(|| "host-1".to_owned())
+    }
+
+    #[test]
+    fn recovery_is_off_by_default_and_bounded() {
+        assert_eq!(settings(&[]).unwrap().recovery, None);
+        let s = settings(&["--recovery-window", "2m", "--recovery-max-packets", "500"]).unwrap();
+        assert_eq!(
+            s.recovery,
+            Some(RecoverySettings {
+                window: Duration::from_secs(120),
+                max_packets: 500
+            })
+        );
+        assert_eq!(
+            settings(&["--recovery-window", "30s"])
+                .unwrap()
+                .recovery
+                .unwrap()
+                .max_packets,
+            10_000
+        );
+        for bad in ["500ms", "25h"] {
+            assert!(
+                matches!(
+                    settings(&["--recovery-window", bad]),
+                    Err(ConfigError::RecoveryWindow(_))
+                ),
+                "{bad}"
+            );
+        }
+        for bad in ["0", "1000001"] {
+            assert!(
+                matches!(
+                    settings(&["--recovery-window", "1m", "--recovery-max-packets", bad]),
+                    Err(ConfigError::RecoveryMaxPackets { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -852,8 +989,7 @@ mod tests {
         assert!(e.contains("node=s2:0"), "{e}");
         let e = err("redis-sentinel://?sentinelServiceName=m");
         assert_eq!(e, "REDIS_URL has no host");
-        // Redis Cluster is not a form this server takes
-        let e = err("redis-cluster://c1:7000");
+        let e = err("redis-clustre://c1:7000");
         assert!(e.starts_with("REDIS_URL must start with"), "{e}");
         // a Sentinel password without Sentinel is a mistake, not something to ignore
         for args in [
@@ -866,6 +1002,75 @@ mod tests {
                 "{args:?}"
             );
         }
+    }
+
+    #[test]
+    fn cluster_urls_name_every_seed_node() {
+        let s = settings(&[
+            "--redis-url=redis-cluster://:pw@c1:7000?node=c2:7001&node=10.0.0.3:7002",
+            "--redis-password=data",
+        ])
+        .unwrap();
+        let r = s.redis.unwrap();
+        assert_eq!(
+            r.topology,
+            RedisTopology::Cluster {
+                seeds: vec!["c1:7000".into(), "c2:7001".into(), "10.0.0.3:7002".into()]
+            }
+        );
+        assert_eq!(r.password.as_deref(), Some("data"));
+        // the port defaults to 6379, TLS has its own scheme, database 0 is the only one
+        for url in ["rediss-cluster://c1", "redis-cluster://c1/0"] {
+            let r = settings(&[&format!("--redis-url={url}")])
+                .unwrap()
+                .redis
+                .unwrap();
+            assert_eq!(
+                r.topology,
+                RedisTopology::Cluster {
+                    seeds: vec!["c1:6379".into()]
+                },
+                "{url}"
+            );
+        }
+        // fred parses the same URL into a clustered config with every seed
+        let cfg = fred::types::config::Config::from_url(
+            "redis-cluster://c1:7000?node=c2:7001&node=c3:7002",
+        )
+        .unwrap();
+        assert!(cfg.server.is_clustered());
+        let mut hosts: Vec<String> = cfg.server.hosts().iter().map(|h| h.to_string()).collect();
+        hosts.sort();
+        assert_eq!(hosts, ["c1:7000", "c2:7001", "c3:7002"]);
+    }
+
+    #[test]
+    fn cluster_mistakes_are_named() {
+        let err = |args: &[&str]| settings(args).unwrap_err().to_string();
+        let e = err(&["--redis-url=redis-cluster://c1:7000,c2:7001"]);
+        assert!(e.contains("?node=HOST:PORT"), "{e}");
+        let e = err(&["--redis-url=redis-cluster://c1:7000?node=c2"]);
+        assert!(
+            e.contains("node=c2 is not a cluster node's host:port"),
+            "{e}"
+        );
+        let e = err(&["--redis-url=redis-cluster://c1:7000/1"]);
+        assert!(e.contains("only database 0"), "{e}");
+        let e = err(&["--redis-url=redis-cluster://:7000"]);
+        assert_eq!(e, "REDIS_URL has no host");
+        // Sentinel's password means nothing to a cluster
+        assert_eq!(
+            settings(&[
+                "--redis-url=redis-cluster://c1:7000",
+                "--redis-sentinel-password=x"
+            ])
+            .unwrap_err(),
+            ConfigError::SentinelPasswordWithoutSentinel
+        );
+        assert_eq!(
+            redact_url("redis-cluster://u:secret@c1:7000?node=c2:7001"),
+            "redis-cluster://u:<redacted>@c1:7000?node=c2:7001"
+        );
     }
 
     #[test]

@@ -16,6 +16,12 @@
 //! ([`Order`]) for the part that waits on Redis: the events of one socket take effect in the
 //! order they were sent (a 500-event burst arrives in order on every node), while different
 //! sockets never wait on each other.
+//!
+//! Connection state recovery (`RECOVERY_WINDOW`, see `recovery.rs`): every outgoing message
+//! then goes through the recovery log instead of the adapter's broadcast, rooms are joined in
+//! the log's delivery order (a new socket's first rooms and a restored socket's rooms as the
+//! first item of its [`Order`] queue, before its first event; `hello` after them), and
+//! "everyone" is the internal room `all`.
 
 use std::{
     convert::Infallible,
@@ -33,7 +39,7 @@ use socketioxide::{
     extract::{AckSender, SocketRef, State, TryData},
     handler::FromMessageParts,
     operators::BroadcastOperators,
-    socket::{Sid, Socket},
+    socket::{DisconnectReason, Sid, Socket},
 };
 use socketioxide_core::Value;
 use tokio::sync::oneshot;
@@ -44,6 +50,7 @@ use crate::{
     health::{Health, Mode},
     metrics::{AdapterOp, Metrics, OutKind},
     protocol::{self, Command, EventKind, InputError, Target},
+    recovery::{ALL_ROOM, Recovery},
 };
 
 /// What every handler shares.
@@ -52,6 +59,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub verifier: Option<Verifier>,
+    /// Connection state recovery, when enabled (every message then goes through its log).
+    pub recovery: Option<Arc<Recovery>>,
 }
 
 /// The namespace clients connect to.
@@ -67,7 +76,7 @@ pub fn user_room(user: &str) -> String {
     format!("user:{user}")
 }
 
-const MEMBER_PREFIX: &str = "member:";
+pub const MEMBER_PREFIX: &str = "member:";
 
 /// One member of a room, as `presence` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -110,7 +119,7 @@ pub fn members_from_rooms<'a>(rooms: impl IntoIterator<Item = &'a str>) -> Vec<M
 
 /// The user id a verified handshake left on the socket.
 #[derive(Clone)]
-struct UserId(Arc<str>);
+pub struct UserId(pub Arc<str>);
 
 /// Connect middleware: with an auth secret configured, a valid token is required. The error
 /// text reaches the client as the `connect_error` message.
@@ -154,26 +163,65 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
     if let Some(u) = &user {
         rooms.push(user_room(u));
     }
-    s.join(rooms);
-
-    app.metrics.connected.inc();
-    app.metrics.connections.inc();
-    let metrics = app.metrics.clone();
-    s.on_disconnect(move || {
-        metrics.connected.dec();
-        ready(())
-    });
-
     let ctx = Arc::new(SocketCtx {
         app: app.clone(),
         order: Order::default(),
     });
+    // With recovery, the rooms are joined in the log's delivery order (see recovery.rs), as
+    // the first item of the socket's queue (before its first event), and `hello` follows once
+    // the socket is in its rooms (after the replay of a restored one). The item only starts
+    // once the event handler below is registered: a client that waits for `hello` never
+    // sends an event the socket cannot take yet.
+    let first = match &app.recovery {
+        None => {
+            s.join(rooms);
+            None
+        }
+        Some(rec) => {
+            let (rec, s, app) = (rec.clone(), s.clone(), app.clone());
+            Some(ctx.order.enqueue(async move {
+                if s.recovered() {
+                    rec.resume(&s).await;
+                } else {
+                    rec.attach(&s, rooms).await;
+                }
+                send_hello(&app, &s);
+            }))
+        }
+    };
+
+    app.metrics.connected.inc();
+    app.metrics.connections.inc();
+    let metrics = app.metrics.clone();
+    match app.recovery.clone() {
+        None => s.on_disconnect(move || {
+            metrics.connected.dec();
+            ready(())
+        }),
+        // Keeps (or ends) the session; the socket leaves its rooms after this.
+        Some(rec) => s.on_disconnect(move |s: SocketRef<A>, reason: DisconnectReason| {
+            metrics.connected.dec();
+            let rec = rec.clone();
+            async move { rec.on_disconnect(&s, reason).await }
+        }),
+    }
+
     s.on_fallback(
         move |s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>, frame: Frame| {
             on_event(&ctx, s, io, ack, frame)
         },
     );
 
+    match first {
+        Some(first) => drop(tokio::spawn(first)),
+        None => send_hello(&app, &s),
+    }
+    ready(())
+}
+
+/// The `hello` event: this node and the socket id.
+fn send_hello<A: Adapter>(app: &App, s: &SocketRef<A>) {
+    let id = s.id.to_string();
     #[derive(Serialize)]
     struct Hello<'a> {
         node: &'a str,
@@ -189,7 +237,6 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         Ok(()) => app.metrics.event_out(OutKind::Hello),
         Err(e) => debug!(sid = %id, "hello not sent: {e}"),
     }
-    ready(())
 }
 
 /// The raw event packet (`["event", args...]` plus binary attachments), taken as is so it
@@ -299,11 +346,23 @@ async fn handle_event<A: Adapter>(
 
     match cmd {
         Command::Join(room) => {
-            s.join(client_room(&room));
+            match &app.recovery {
+                None => s.join(client_room(&room)),
+                Some(rec) => {
+                    rec.join(&s, client_room(&room)).await;
+                    rec.save(&s).await;
+                }
+            }
             send_ack(app, ack, &OK);
         }
         Command::Leave(room) => {
-            s.leave(client_room(&room));
+            match &app.recovery {
+                None => s.leave(client_room(&room)),
+                Some(rec) => {
+                    rec.leave(&s, client_room(&room));
+                    rec.save(&s).await;
+                }
+            }
             send_ack(app, ack, &OK);
         }
         Command::Publish(p) => {
@@ -410,6 +469,13 @@ pub async fn deliver<A: Adapter>(
     event: &str,
     data: &RawValue,
 ) -> bool {
+    if let Some(rec) = &app.recovery {
+        let room = match dest {
+            Dest::All => ALL_ROOM,
+            Dest::Room(r) | Dest::LocalRoom(r) => r.as_str(),
+        };
+        return rec.publish(room, event, data).await;
+    }
     let cross_node = app.health.mode() == Mode::Redis && !matches!(dest, Dest::LocalRoom(_));
     // With Redis known to be down, go local at once rather than wait for a timeout.
     let try_remote = cross_node && app.health.redis_usable();

@@ -36,6 +36,8 @@ pub struct HttpState<A: Adapter> {
     pub app: Arc<App>,
     pub io: SocketIo<A>,
     pub api_key: Option<String>,
+    /// The cooldown of `POST /api/v1/shed`.
+    pub shedder: Arc<crate::shed::Shedder>,
 }
 
 impl<A: Adapter> Clone for HttpState<A> {
@@ -44,6 +46,7 @@ impl<A: Adapter> Clone for HttpState<A> {
             app: self.app.clone(),
             io: self.io.clone(),
             api_key: self.api_key.clone(),
+            shedder: self.shedder.clone(),
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct PublicRoutes {
 
 /// Path of the publish API (on the admin port, and on the public port when enabled).
 pub const PUBLISH_PATH: &str = "/api/v1/publish";
+/// Path of the shed API (admin port only; see [`crate::shed`]).
+pub const SHED_PATH: &str = "/api/v1/shed";
 
 /// The public port's plain routes: none unless enabled (the socket.io layer and CORS are added
 /// by the caller; everything else answers 404).
@@ -77,14 +82,64 @@ pub fn public_router<A: Adapter>(
     r.with_state(state)
 }
 
-/// The admin port's routes: probes, metrics and the publish API.
+/// The admin port's routes: probes, metrics, the publish API and the shed API.
 pub fn admin_router<A: Adapter>(state: HttpState<A>, max_body: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<A>))
         .route("/metrics", get(metrics::<A>))
         .route(PUBLISH_PATH, publish_route::<A>(max_body))
+        .route(
+            SHED_PATH,
+            post(api_shed::<A>).layer(DefaultBodyLimit::max(1024)),
+        )
         .with_state(state)
+}
+
+/// `POST /api/v1/shed`: closes a bounded number of this pod's transports, spread over time, so
+/// that their clients reconnect through the load balancer (the operator's rebalance). Answers
+/// 202 with the granted plan, 400 for a bad body, 429 within the cooldown, 503 while draining.
+async fn api_shed<A: Adapter>(State(st): State<HttpState<A>>, body: Bytes) -> Response {
+    let req: crate::shed::ShedRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be {{\"count\": n, \"overSeconds\": s}}: {e}"),
+            );
+        }
+    };
+    let Some(root) = st.io.of(NAMESPACE) else {
+        return api_error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    };
+    let draining = st.app.health.snapshot().draining;
+    if let Err(refused) = st.shedder.admit(std::time::Instant::now(), draining) {
+        let code = match refused {
+            crate::shed::Refused::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            crate::shed::Refused::TooSoon(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        return api_error(code, &refused.to_string());
+    }
+    let sockets = root.sockets();
+    let plan = crate::shed::plan(req, sockets.len());
+    // Engine.io session ids (a restored socket keeps its old socket id on a new session).
+    let sids: Vec<_> = sockets
+        .iter()
+        .take(plan.count)
+        .map(|s| s.engine_sid())
+        .collect();
+    drop(sockets);
+    tracing::info!(
+        asked = req.count,
+        granted = plan.count,
+        interval = ?plan.interval,
+        "shedding connections: their clients reconnect through the load balancer"
+    );
+    tokio::spawn(async move {
+        let closed = engineioxide::drain::close_paced(sids, plan.interval).await;
+        tracing::info!(closed, "shed done");
+    });
+    (StatusCode::ACCEPTED, axum::Json(plan)).into_response()
 }
 
 fn publish_route<A: Adapter>(max_body: usize) -> axum::routing::MethodRouter<HttpState<A>> {
@@ -350,15 +405,18 @@ mod tests {
 
         fn state() -> HttpState<socketioxide::adapter::LocalAdapter> {
             let (_layer, io) = SocketIo::new_layer();
+            io.ns(NAMESPACE, async || {});
             HttpState {
                 app: Arc::new(App {
                     node: "n1".into(),
                     metrics: Arc::new(Metrics::new("n1", "memory")),
                     health: Arc::new(Health::new(Mode::Memory)),
                     verifier: None,
+                    recovery: None,
                 }),
                 io,
                 api_key: Some(KEY.into()),
+                shedder: Default::default(),
             }
         }
 
@@ -409,6 +467,44 @@ mod tests {
         async fn the_admin_port_serves_probes_metrics_and_the_publish_api() {
             let r = admin_router(state(), 1 << 20);
             assert_eq!(statuses(&r).await, [404, 200, 200, 200, 401]);
+        }
+
+        async fn shed(router: &Router, body: &str) -> u16 {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(SHED_PATH)
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            router.clone().oneshot(req).await.unwrap().status().as_u16()
+        }
+
+        #[tokio::test]
+        async fn shedding_is_admin_only_bounded_and_rate_limited() {
+            let r = public_router(
+                state(),
+                PublicRoutes {
+                    demo_page: true,
+                    publish_api: true,
+                },
+                1 << 20,
+            );
+            assert_eq!(
+                shed(&r, r#"{"count":1}"#).await,
+                404,
+                "not on the public port"
+            );
+            let r = admin_router(state(), 1 << 20);
+            assert_eq!(shed(&r, "{}").await, 400);
+            assert_eq!(
+                shed(
+                    &r,
+                    &format!(r#"{{"count":1,"pad":"{}"}}"#, "x".repeat(2000))
+                )
+                .await,
+                413
+            );
+            assert_eq!(shed(&r, r#"{"count":1}"#).await, 202);
+            assert_eq!(shed(&r, r#"{"count":1}"#).await, 429, "cooldown");
         }
     }
 

@@ -11,4 +11,6 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod recovery;
+pub mod shed;
 pub mod shutdown;

@@ -149,6 +149,13 @@ pub struct Metrics {
     pub redis_probe_seconds: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub draining: Gauge,
+    /// Connection state recovery (all zero while it is off).
+    pub recovery_restored: Counter,
+    pub recovery_replayed: Counter,
+    pub recovery_refused: Counter,
+    pub recovery_unlogged: Counter,
+    pub recovery_gaps: Counter,
+    pub recovery_session_errors: Counter,
 }
 
 impl Metrics {
@@ -240,7 +247,7 @@ impl Metrics {
         let redis_reconnects = Counter::default();
         r.register(
             "redis_reconnects",
-            "Redis reconnections",
+            "Redis connections made after the node first subscribed (with a cluster, each new master connection: a failover, a restarted node)",
             redis_reconnects.clone(),
         );
         let redis_messages = Counter::default();
@@ -289,6 +296,36 @@ impl Metrics {
         let draining = Gauge::default();
         r.register("draining", "1 once shutdown has begun", draining.clone());
 
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let recovery_restored = counter(
+            "recovery_restored",
+            "Sessions restored for a reconnecting client (socket.recovered === true)",
+        );
+        let recovery_replayed = counter(
+            "recovery_replayed",
+            "Missed packets replayed to restored sockets",
+        );
+        let recovery_refused = counter(
+            "recovery_refused",
+            "Session claims refused (unknown or expired pid, bad offset, trimmed log, other user): clean session",
+        );
+        let recovery_unlogged = counter(
+            "recovery_unlogged",
+            "Messages delivered on this node only, without an offset, because the log was unreachable",
+        );
+        let recovery_gaps = counter(
+            "recovery_gaps",
+            "Sequence gaps in the log's pub/sub stream, filled from the log",
+        );
+        let recovery_session_errors = counter(
+            "recovery_session_errors",
+            "Session writes or expiry refreshes that failed",
+        );
+
         Self {
             registry: r,
             connected,
@@ -308,6 +345,12 @@ impl Metrics {
             redis_deaf,
             redis_probe_seconds,
             ready,
+            recovery_restored,
+            recovery_replayed,
+            recovery_refused,
+            recovery_unlogged,
+            recovery_gaps,
+            recovery_session_errors,
             draining,
         }
     }

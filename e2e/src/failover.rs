@@ -1,0 +1,158 @@
+//! Measuring a Redis failover from the clients' side, shared by the Sentinel and the Redis
+//! Cluster tests (`e2e/tests/redis_ha.rs`, `e2e/tests/redis_cluster.rs`): a publisher sends a
+//! numbered message to a room every period; each receiver's log says what arrived, when, and
+//! whether anything came twice or out of order.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::sio::{Client, now_ms};
+
+/// What one receiver got of the publisher's messages.
+pub struct Receipt {
+    pub name: String,
+    /// seq -> receive time (ms, [`now_ms`] base), first copy only.
+    pub got: BTreeMap<u64, f64>,
+    pub duplicates: usize,
+    pub out_of_order: usize,
+    /// The seq numbers that arrived after a higher one.
+    pub late: Vec<u64>,
+}
+
+/// The `seq` events `c` received so far.
+pub fn receipt(c: &Client, name: &str) -> Receipt {
+    let mut got = BTreeMap::new();
+    let (mut duplicates, mut out_of_order, mut last) = (0, 0, None);
+    let mut late = Vec::new();
+    for r in c.events("seq") {
+        let k = r.data().as_u64().expect("seq numbers");
+        if got.insert(k, r.t_ms).is_some() {
+            duplicates += 1;
+        }
+        if last.is_some_and(|l| k < l) {
+            out_of_order += 1;
+            late.push(k);
+        }
+        last = Some(k);
+    }
+    Receipt {
+        name: name.into(),
+        got,
+        duplicates,
+        out_of_order,
+        late,
+    }
+}
+
+/// One failover's numbers for one receiver.
+pub struct Outcome {
+    /// From the kill until the first message published after the kill arrived.
+    pub gap_ms: f64,
+    /// Messages published from the kill on that never arrived.
+    pub lost: usize,
+    /// Of those, published after delivery had resumed (should be none).
+    pub lost_after_resume: usize,
+    /// Their send times, in ms after the kill.
+    pub lost_after_resume_at: Vec<f64>,
+}
+
+/// `sent` is seq -> send time; only messages sent at or after `from_ms` count (pure).
+pub fn outcome(r: &Receipt, sent: &BTreeMap<u64, f64>, kill_ms: f64, from_ms: f64) -> Outcome {
+    let resumed = sent
+        .iter()
+        .filter(|(_, t)| **t > kill_ms)
+        .filter_map(|(k, _)| r.got.get(k))
+        .fold(f64::INFINITY, |a, b| a.min(*b));
+    let counted = sent.iter().filter(|(_, t)| **t >= from_ms);
+    let lost: Vec<f64> = counted
+        .filter(|(k, _)| !r.got.contains_key(k))
+        .map(|(_, t)| *t)
+        .collect();
+    let after: Vec<f64> = lost
+        .iter()
+        .filter(|t| **t > resumed)
+        .map(|t| t - kill_ms)
+        .collect();
+    Outcome {
+        gap_ms: resumed - kill_ms,
+        lost: lost.len(),
+        lost_after_resume: after.len(),
+        lost_after_resume_at: after,
+    }
+}
+
+/// Whether `c` received a `seq` published after `kill_ms`.
+pub fn heard_after(c: &Client, sent: &RefCell<BTreeMap<u64, f64>>, kill_ms: f64) -> bool {
+    let sent = sent.borrow();
+    c.events("seq").iter().rev().any(|r| {
+        r.data()
+            .as_u64()
+            .and_then(|k| sent.get(&k))
+            .is_some_and(|t| *t > kill_ms)
+    })
+}
+
+/// Publishes `{room, event: seq, data: k}` from `from` every `every` until `stop` says so,
+/// recording each seq's send time.
+pub async fn publish_steadily(
+    from: &Client,
+    room: &str,
+    every: Duration,
+    sent: &RefCell<BTreeMap<u64, f64>>,
+    stop: &RefCell<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut k = 0u64;
+    while !*stop.borrow() {
+        tick.tick().await;
+        let t = now_ms();
+        from.emit("publish", json!({"room": room, "event": "seq", "data": k}))
+            .await
+            .expect("the publisher's socket stays up");
+        sent.borrow_mut().insert(k, t);
+        k += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt_of(got: BTreeMap<u64, f64>) -> Receipt {
+        Receipt {
+            name: "r".into(),
+            got,
+            duplicates: 0,
+            out_of_order: 0,
+            late: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_gap_and_the_losses_count_from_the_kill() {
+        // sent every 10 ms from t=0, the kill at 25: 30, 40 and 50 are lost, 60 on arrive
+        let sent: BTreeMap<u64, f64> = (0..10).map(|k| (k, k as f64 * 10.0)).collect();
+        let got: BTreeMap<u64, f64> = (0..10)
+            .filter(|k| !(3..=5).contains(k))
+            .map(|k| (k, k as f64 * 10.0 + 1.0))
+            .collect();
+        let r = receipt_of(got);
+        let o = outcome(&r, &sent, 25.0, 25.0);
+        assert_eq!(o.gap_ms, 61.0 - 25.0);
+        assert_eq!(o.lost, 3);
+        assert_eq!(o.lost_after_resume, 0);
+        // a message lost after delivery resumed is told apart
+        let mut r2 = r;
+        r2.got.remove(&8);
+        let o = outcome(&r2, &sent, 25.0, 25.0);
+        assert_eq!((o.lost, o.lost_after_resume), (4, 1));
+        assert_eq!(o.lost_after_resume_at, [80.0 - 25.0]);
+        // nothing after the kill ever arrived: the gap is infinite (fails any bound)
+        let none = receipt_of(BTreeMap::new());
+        assert!(outcome(&none, &sent, 25.0, 25.0).gap_ms.is_infinite());
+    }
+}
