@@ -80,8 +80,9 @@ bench-drain:
 e2e-kind:
 	e2e/kind/run.sh
 
-## e2e-kind-offline: the same on this kind of machine with nothing from a registry (root; ~25 min
-## cold, most of it the two image builds): Debian's docker.io, a private dockerd under the real-node
+## e2e-kind-offline: the same on this kind of machine with nothing from a registry (root; cold about
+## 35 min on 2 shared cores, most of it the image builds; 1.5-2.5 min with the node image in the
+## data root and RT_SERVER_IMAGE/RT_OPERATOR_IMAGE given): Debian's docker.io, a private dockerd under the real-node
 ## lock (e2e/kind/with-docker.sh), the node image of e2e/kind/node-image.sh, Traefik as the nginx
 ## IngressClass, images from local base images. Not in `make test` (see docker/README.md).
 e2e-kind-offline: deps
