@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind bench bench-drain clean-cache
+.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter and the demo page
 ## (probes and metrics on the admin port :9090)
@@ -25,10 +25,13 @@ vendor-test:
 	cd server/vendor/engineioxide && $(CARGO) test --locked --features tracing,__test_harness
 	cd server/vendor/socketioxide && $(CARGO) test --locked --features tracing,state,extensions,__test_harness --lib --tests
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting and clippy, warnings are errors; shellcheck of the scripts and actionlint of
+## the GitHub workflows (actionlint built by e2e/tools/install.sh lint, a few seconds)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck -S warning $$(git ls-files '*.sh')
+	"$$(e2e/tools/install.sh lint | tail -n1)/actionlint" .github/workflows/*.yml
 
 deps:
 	scripts/deps.sh
@@ -72,6 +75,28 @@ bench-drain:
 	bench/drain.sh
 
 ## e2e-kind: the end-to-end scenarios on a kind cluster through ingress-nginx (needs Docker, kind,
-## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some
+## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some;
+## the variables of e2e/kind/run.sh replace the node image, the ingress and the images
 e2e-kind:
 	e2e/kind/run.sh
+
+## e2e-kind-offline: the same on this kind of machine with nothing from a registry (root; cold about
+## 35 min on 2 shared cores, most of it the image builds; 1.5-2.5 min with the node image in the
+## data root and RT_SERVER_IMAGE/RT_OPERATOR_IMAGE given): Debian's docker.io, a private dockerd under the real-node
+## lock (e2e/kind/with-docker.sh), the node image of e2e/kind/node-image.sh, Traefik as the nginx
+## IngressClass, images from local base images. Not in `make test` (see docker/README.md).
+e2e-kind-offline: deps
+	@command -v dockerd >/dev/null || apt-get install -y -qq --no-install-recommends docker.io
+	docker/local-base-images.sh --prepare
+	e2e/kind/node-image.sh --prepare
+	e2e/tools/install.sh node kind control-plane >/dev/null
+	$(CARGO) build --locked -q -p realtime-e2e --bin e2e-kind
+	e2e/kind/with-docker.sh env RT_KIND_OFFLINE=1 e2e/kind/run.sh
+
+## docker-test: builds both images offline (local base images, Debian's legacy builder) and runs the
+## server image as 65532 with a read-only root until /healthz answers (root; RT_BUILDER=buildkit
+## for the daemon's BuildKit)
+docker-test:
+	@command -v dockerd >/dev/null || apt-get install -y -qq --no-install-recommends docker.io
+	docker/local-base-images.sh --prepare runtime builder
+	e2e/kind/with-docker.sh env RT_OFFLINE=1 docker/test-images.sh

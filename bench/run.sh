@@ -147,10 +147,10 @@ start_cluster() {
   env RUN="$CUR_RUN" "${cmd[@]}" "$A" start >/dev/null ||
     { tail -n 20 "$CUR_RUN"/*.log >&2; die "$sys cluster did not start (logs in $CUR_RUN)"; }
   if [[ $sys == ours ]]; then   # ready = Redis connected and subscribed
-    local p i ready
+    local p ready
     for p in 3001 3002; do
       ready=0
-      for i in $(seq 1 100); do
+      for _ in $(seq 1 100); do
         [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((p + ADMIN_OFFSET))/readyz")" == 200 ]] && { ready=1; break; }
         sleep 0.1
       done

@@ -26,6 +26,8 @@ have conntrack || missing+=(conntrack)
 have ip || missing+=(iproute2)
 have mmdebstrap || missing+=(mmdebstrap)
 have jq || missing+=(jq)
+# make lint checks the shell scripts.
+have shellcheck || missing+=(shellcheck)
 # gcc with a static libc builds the pause binary (e2e/tools/install.sh).
 have gcc || missing+=(gcc)
 [[ -n "$(gcc -print-file-name=libc.a 2>/dev/null | grep /)" ]] || missing+=(libc6-dev)

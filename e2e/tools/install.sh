@@ -12,10 +12,15 @@
 #   kube-network-policies                               sigs.k8s.io/kube-network-policies, patched
 #                                                       (go/kube-network-policies, prepare-knp.sh)
 #   pause                                               build/pause/linux/pause.c of k8s.io/kubernetes (gcc -static)
+# kind (the kind path, e2e/kind): kind-<v>-k8s-<v>/bin
+#   kind                                                sigs.k8s.io/kind (go/kind)
+#   kubeadm                                             k8s.io/kubernetes (go/kubeadm), for the offline node image
+# lint: lint-actionlint-<v>/bin
+#   actionlint                                          github.com/rhysd/actionlint (go/actionlint), make lint
 # A second run finds the binaries and does nothing. Prints each selected bin folder, the control
 # plane's on the last line.
-#   e2e/tools/install.sh [control-plane] [node]   (neither: both)
-#   e2e/tools/install.sh --print-dir | --print-node-dir
+#   e2e/tools/install.sh [control-plane] [node] [kind] [lint]   (none: control-plane and node)
+#   e2e/tools/install.sh --print-dir | --print-node-dir | --print-kind-dir
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
@@ -23,17 +28,22 @@ source "$HERE/versions.env"
 TOOLS="${RT_TOOLS_DIR:-$HOME/.cache/realtime-operator/tools}"
 BIN="$TOOLS/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
 NODE_BIN="$TOOLS/node-k8s-$K8S_VERSION-coredns-$COREDNS_VERSION-traefik-$TRAEFIK_VERSION/bin"
-want_cp=false want_node=false
+KIND_BIN="$TOOLS/kind-$KIND_VERSION-k8s-$K8S_VERSION/bin"
+LINT_BIN="$TOOLS/lint-actionlint-$ACTIONLINT_VERSION/bin"
+want_cp=false want_node=false want_kind=false want_lint=false
 for arg in "$@"; do
   case "$arg" in
     --print-dir) echo "$BIN"; exit 0 ;;
     --print-node-dir) echo "$NODE_BIN"; exit 0 ;;
+    --print-kind-dir) echo "$KIND_BIN"; exit 0 ;;
     control-plane) want_cp=true ;;
     node) want_node=true ;;
-    *) echo "usage: install.sh [control-plane] [node] | --print-dir | --print-node-dir" >&2; exit 2 ;;
+    kind) want_kind=true ;;
+    lint) want_lint=true ;;
+    *) echo "usage: install.sh [control-plane] [node] [kind] [lint] | --print-dir | --print-node-dir | --print-kind-dir" >&2; exit 2 ;;
   esac
 done
-if ! $want_cp && ! $want_node; then want_cp=true want_node=true; fi
+if ! $want_cp && ! $want_node && ! $want_kind && ! $want_lint; then want_cp=true want_node=true; fi
 
 # -mod=readonly: the committed go.mod/go.sum are the pin; a drifted module fails loudly here
 # instead of being rewritten (regen-go-mods.sh is the way to change them).
@@ -110,6 +120,23 @@ node_tools() {
   echo "$NODE_BIN"
 }
 
+# kind and kubeadm: the kind path's tools (e2e/kind/run.sh, e2e/kind/node-image.sh).
+kind_tools() {
+  use "$KIND_BIN"
+  build kind kind sigs.k8s.io/kind ""
+  build kubeadm kubeadm k8s.io/kubernetes/cmd/kubeadm "$KV"
+  echo "$KIND_BIN"
+}
+
+# actionlint for make lint (the GitHub workflows).
+lint_tools() {
+  use "$LINT_BIN"
+  build actionlint actionlint github.com/rhysd/actionlint/cmd/actionlint "-X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
+  echo "$LINT_BIN"
+}
+
+if $want_lint; then lint_tools; fi
+if $want_kind; then kind_tools; fi
 if $want_cp; then control_plane_tools; fi
 if $want_node; then node_tools; fi
 if $want_cp; then echo "$BIN"; fi

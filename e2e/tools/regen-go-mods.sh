@@ -81,6 +81,41 @@ EOF
   (cd "$d" && go get -tool "github.com/traefik/traefik/v3/cmd/traefik@$TRAEFIK_VERSION" && go mod tidy)
 }
 
+# The kind path's own tools (install.sh kind): kubeadm for the offline node image (same staging
+# replaces as go/k8s) and kind itself.
+kubeadm() {
+  local d="$HERE/go/kubeadm" mod staging
+  mod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  staging=$(awk '/=> \.\/staging\/src\// {print $1}' "$mod")
+  mkdir -p "$d"
+  rm -f "$d/go.mod" "$d/go.sum"
+  (cd "$d" && go mod init realtime-operator/e2e/tools/kubeadm >/dev/null 2>&1)
+  {
+    echo
+    echo "replace ("
+    for m in $staging; do echo "	$m => $m v0.${K8S_VERSION#v1.}"; done
+    echo ")"
+  } >> "$d/go.mod"
+  (cd "$d" && go get "k8s.io/kubernetes@$K8S_VERSION" \
+    && go get -tool k8s.io/kubernetes/cmd/kubeadm@"$K8S_VERSION" && go mod tidy)
+}
+
+kind() {
+  local d="$HERE/go/kind"
+  mkdir -p "$d"
+  rm -f "$d/go.mod" "$d/go.sum"
+  (cd "$d" && go mod init realtime-operator/e2e/tools/kind >/dev/null 2>&1 \
+    && go get -tool "sigs.k8s.io/kind@$KIND_VERSION" && go mod tidy)
+}
+
+actionlint() {
+  local d="$HERE/go/actionlint"
+  mkdir -p "$d"
+  rm -f "$d/go.mod" "$d/go.sum"
+  (cd "$d" && go mod init realtime-operator/e2e/tools/actionlint >/dev/null 2>&1 \
+    && go get -tool "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" && go mod tidy)
+}
+
 # No argument: all of them.
-if [[ $# -eq 0 ]]; then set -- k8s etcd helm coredns traefik; fi
+if [[ $# -eq 0 ]]; then set -- k8s etcd helm coredns traefik kubeadm kind actionlint; fi
 for what in "$@"; do $what; done
