@@ -288,6 +288,11 @@ impl SentinelGroup {
         s
     }
 
+    /// The Sentinels' ports.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|m| m.port).collect()
+    }
+
     /// The data nodes' ports; index 0 was the first primary.
     pub fn server_ports(&self) -> Vec<u16> {
         self.servers.iter().map(|m| m.port).collect()

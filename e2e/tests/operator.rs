@@ -2482,3 +2482,105 @@ async fn previous_version_children_are_replaced_keeping_their_dependents() {
     );
     operator.stop().await;
 }
+
+/// An external Sentinel setup (tier 1's real `redis-server` primary and replicas and three
+/// `redis-sentinel` on loopback, the Sentinels with a password of their own): the operator asks
+/// the Sentinels for the primary and reports it as `status.redis.primary` (host:port); when the
+/// primary is killed and the Sentinels promote a replica, the status follows and a
+/// `RedisFailover` Event names the new primary. The data nodes' password never goes to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_sentinel_primary_and_its_failover_are_reported() {
+    use realtime_e2e::redis_ha::{SentinelConfig, SentinelGroup};
+    let Some((redis_bin, sentinel_bin)) = realtime_e2e::redis_ha::require_parts() else {
+        return;
+    };
+    setup!(cp, client, ns, "op-sentinel");
+    let group = SentinelGroup::start(
+        SentinelConfig {
+            password: Some("data-pw-0123456789".into()),
+            sentinel_password: Some("sentinel-pw-0123456789".into()),
+            ..SentinelConfig::default()
+        },
+        redis_bin,
+        sentinel_bin,
+    )
+    .await
+    .expect("starting the Sentinel group");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for (name, key, value) in [
+        ("creds", "password", "data-pw-0123456789"),
+        ("sentinel-creds", "pw", "sentinel-pw-0123456789"),
+    ] {
+        let s: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {key: value}}))
+                .unwrap();
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let operator = Operator::start(&client, &ns, Duration::from_secs(300));
+    let endpoints: Vec<String> = group
+        .sentinel_ports()
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    create(
+        &client,
+        &ns,
+        "ext",
+        json!({"redis": {"external": {
+            "passwordSecretRef": {"name": "creds", "key": "password"},
+            "sentinel": {"masterName": group.config().master_name, "endpoints": endpoints,
+                "passwordSecretRef": {"name": "sentinel-creds", "key": "pw"}}}}}),
+    )
+    .await;
+    let primary_in_status = |want: String| {
+        let (client, ns) = (client.clone(), ns.clone());
+        move || {
+            let (client, ns, want) = (client.clone(), ns.clone(), want.clone());
+            async move {
+                let rc = rc_api(&client, &ns).get("ext").await?;
+                let p = rc.status.and_then(|s| s.redis).and_then(|r| r.primary);
+                Ok((p.as_deref() == Some(want.as_str())).then_some(()))
+            }
+        }
+    };
+    let first = group.primary().await.unwrap();
+    eventually(
+        &cp,
+        "status.redis.primary naming the Sentinels' primary",
+        primary_in_status(format!("127.0.0.1:{first}")),
+    )
+    .await;
+    group.signal_server(first, libc::SIGKILL).unwrap();
+    let (second, _) = group
+        .wait_new_primary(first, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The operator looks at the Sentinels at least every HA_REQUEUE (30 s); the first that
+    // answers counts, and one may still name the old primary for a moment after the others.
+    cp.poll_until(
+        "the new primary in the status",
+        realtime_operator::controller::HA_REQUEUE * 2 + WAIT,
+        primary_in_status(format!("127.0.0.1:{second}")),
+    )
+    .await
+    .unwrap();
+    let events = eventually(&cp, "a RedisFailover Event", || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, &ns);
+            let list = api.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("RedisFailover"))
+                .map(|e| e.note.unwrap_or_default()))
+        }
+    })
+    .await;
+    assert!(
+        events.contains(&format!("127.0.0.1:{second}")),
+        "the Event names the new primary: {events}"
+    );
+    operator.stop().await;
+}

@@ -32,7 +32,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::{RealtimeCluster, RealtimeClusterStatus};
+use crate::api::{RealtimeCluster, RealtimeClusterStatus, RedisTopology};
 use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{self, labels};
 use crate::fetch;
@@ -254,9 +254,10 @@ async fn reconcile_inner(
         let primary = match model.redis_ha() {
             Some(_) => {
                 let pw = fetch::existing_redis_password(&ctx.client, &model).await?;
-                fetch::redis_primary(&model, pw.as_deref()).await
+                fetch::redis_primary(&model, pw.as_deref(), None).await
             }
-            None => None,
+            // (paused: an external Sentinel's password is not read)
+            None => fetch::redis_primary(&model, None, None).await,
         };
         (
             existing.deployment,
@@ -342,7 +343,12 @@ async fn reconcile_inner(
             )
             .await;
         }
-        let primary = fetch::redis_primary(&model, redis_password.as_deref()).await;
+        let primary = fetch::redis_primary(
+            &model,
+            redis_password.as_deref(),
+            sentinel_password.as_deref(),
+        )
+        .await;
         (
             Some(applied.deployment),
             applied.statefulset,
@@ -364,9 +370,9 @@ async fn reconcile_inner(
     write_status(ctx, rc, new).await?;
     // A failover changes no Kubernetes object the controller watches when no pod restarts:
     // look at the Sentinels more often than the resync.
-    let next = match model.redis_ha() {
-        Some(_) => ctx.config.resync.min(HA_REQUEUE),
-        None => ctx.config.resync,
+    let next = match model.redis_topology().0 {
+        RedisTopology::Sentinel => ctx.config.resync.min(HA_REQUEUE),
+        _ => ctx.config.resync,
     };
     Ok((Action::requeue(next), outcome))
 }

@@ -150,28 +150,78 @@ pub async fn observe(client: &Client, model: &Model) -> Result<Existing, Error> 
 /// How long asking one Sentinel for the primary may take (connect, AUTH, command).
 const SENTINEL_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// The managed Redis pod that the Sentinels name as primary (`<name>-redis-<i>`), asking them
-/// in pod order until one answers; `None` without `highAvailability`, or when none answers
-/// (not running yet, or the network between the operator and the pods is closed). The password
-/// is only sent to the Sentinels.
-pub async fn redis_primary(model: &Model, password: Option<&str>) -> Option<String> {
-    let ha = model.redis_ha()?;
-    let pw = password?;
-    for i in 0..ha.sentinel_pods {
-        let host = model.sentinel_pod_host(i);
-        let asked = tokio::time::timeout(
-            SENTINEL_ASK_TIMEOUT,
-            ask_sentinel(&host, crate::validate::SENTINEL_PORT, pw),
-        )
-        .await;
+/// The primary the Sentinels name: for a highly available managed Redis its pod
+/// (`<name>-redis-<i>`, asking the Sentinel pods in order with the generated password); for an
+/// external Sentinel setup its host, asking the `spec.redis.external.sentinel.endpoints` in order
+/// (with their own password when they have one). `None` for other topologies, or when no
+/// Sentinel answers (not running yet, or no network path from the operator). Passwords go to
+/// the Sentinels only.
+pub async fn redis_primary(
+    model: &Model,
+    password: Option<&str>,
+    sentinel_password: Option<&str>,
+) -> Option<String> {
+    let (sentinels, master, pw) = sentinels_to_ask(model, password, sentinel_password)?;
+    for (host, port) in sentinels {
+        let asked =
+            tokio::time::timeout(SENTINEL_ASK_TIMEOUT, ask_sentinel(&host, port, pw, master)).await;
         match asked {
-            Ok(Ok(Some(primary))) => return Some(primary_pod(model, &primary)),
+            Ok(Ok(Some((primary, port)))) => {
+                return Some(match model.redis {
+                    RedisModel::Managed { .. } => primary_pod(model, &primary),
+                    // Outside the cluster hosts may share an address (ports tell them apart).
+                    RedisModel::External { .. } => format!("{primary}:{port}"),
+                });
+            }
             Ok(Ok(None)) => tracing::debug!(sentinel = %host, "knows no primary"),
             Ok(Err(e)) => tracing::debug!(sentinel = %host, "cannot be asked: {e}"),
             Err(_) => tracing::debug!(sentinel = %host, "did not answer in time"),
         }
     }
     None
+}
+
+/// The Sentinels (host, port) to ask, the master name, and the password they need.
+type SentinelQuery<'a> = (Vec<(String, u16)>, &'a str, Option<&'a str>);
+
+/// Whom to ask for the primary, under which master name, with which password (pure).
+fn sentinels_to_ask<'a>(
+    model: &'a Model,
+    password: Option<&'a str>,
+    sentinel_password: Option<&'a str>,
+) -> Option<SentinelQuery<'a>> {
+    match &model.redis {
+        RedisModel::Managed { ha: Some(ha), .. } => Some((
+            (0..ha.sentinel_pods)
+                .map(|i| {
+                    (
+                        model.sentinel_pod_host(i),
+                        crate::validate::SENTINEL_PORT as u16,
+                    )
+                })
+                .collect(),
+            crate::validate::SENTINEL_MASTER_NAME,
+            // The managed Sentinels always require the generated password.
+            Some(password?),
+        )),
+        RedisModel::External {
+            master_name: Some(master),
+            endpoint,
+            ..
+        } => Some((
+            endpoint.split(',').filter_map(host_port).collect(),
+            master.as_str(),
+            sentinel_password,
+        )),
+        _ => None,
+    }
+}
+
+/// `host:port` or `[v6]:port` (the status endpoint's form) as (host, port) (pure).
+fn host_port(e: &str) -> Option<(String, u16)> {
+    let (host, port) = e.trim().rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| Some((host.to_string(), port.parse().ok()?)))?
 }
 
 /// The pod name of a primary host the Sentinels announce (`<name>-redis-<i>.<svc>...`), or the
@@ -189,21 +239,31 @@ pub fn primary_pod(model: &Model, host: &str) -> String {
     }
 }
 
-/// `AUTH` then `SENTINEL GET-MASTER-ADDR-BY-NAME` on one Sentinel: the primary's host.
-async fn ask_sentinel(host: &str, port: i32, password: &str) -> std::io::Result<Option<String>> {
+/// `AUTH` (when there is a password) then `SENTINEL GET-MASTER-ADDR-BY-NAME` on one
+/// Sentinel: the primary's host and port.
+async fn ask_sentinel(
+    host: &str,
+    port: u16,
+    password: Option<&str>,
+    master: &str,
+) -> std::io::Result<Option<(String, String)>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((host, port as u16)).await?;
-    let mut req = resp_command(&["AUTH", password]);
+    let mut s = tokio::net::TcpStream::connect((host, port)).await?;
+    let mut req = Vec::new();
+    if let Some(pw) = password {
+        req.extend(resp_command(&["AUTH", pw]));
+    }
     req.extend(resp_command(&[
         "SENTINEL",
         "GET-MASTER-ADDR-BY-NAME",
-        crate::validate::SENTINEL_MASTER_NAME,
+        master,
     ]));
     s.write_all(&req).await?;
+    let expected = if password.is_some() { 2 } else { 1 };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        if let Some(replies) = resp_replies(&buf, 2) {
+        if let Some(replies) = resp_replies(&buf, expected) {
             return Ok(sentinel_answer(&replies));
         }
         let n = s.read(&mut chunk).await?;
@@ -279,12 +339,16 @@ fn resp_replies(buf: &[u8], n: usize) -> Option<Vec<Reply>> {
 
 /// The primary's host from the replies to AUTH and GET-MASTER-ADDR-BY-NAME (pure): `None`
 /// when AUTH failed or the Sentinel knows no such primary.
-fn sentinel_answer(replies: &[Reply]) -> Option<String> {
-    match replies {
-        [Reply::Line(Some(ok)), Reply::Many(addr)] if ok == "OK" => match addr.first() {
-            Some(Reply::Line(Some(host))) if !host.is_empty() => Some(host.clone()),
-            _ => None,
-        },
+fn sentinel_answer(replies: &[Reply]) -> Option<(String, String)> {
+    let addr = match replies {
+        [Reply::Line(Some(ok)), Reply::Many(addr)] if ok == "OK" => addr,
+        [Reply::Many(addr)] => addr,
+        _ => return None,
+    };
+    match addr.as_slice() {
+        [Reply::Line(Some(host)), Reply::Line(Some(port)), ..] if !host.is_empty() => {
+            Some((host.clone(), port.clone()))
+        }
         _ => None,
     }
 }
@@ -294,6 +358,43 @@ mod tests {
     use super::*;
     use crate::build::test_support::model;
     use serde_json::json;
+
+    #[test]
+    fn whom_to_ask_for_the_primary() {
+        let m = model(
+            json!({"redis": {"external": {"sentinel": {"masterName": "mymaster",
+            "endpoints": ["s-0.sentinel", "s-1.sentinel:26380", "10.0.0.5:26381"]}}}}),
+        );
+        let (hosts, master, pw) = sentinels_to_ask(&m, Some("data-pw"), None).unwrap();
+        assert_eq!(
+            hosts,
+            [
+                ("s-0.sentinel".to_string(), 26379),
+                ("s-1.sentinel".into(), 26380),
+                ("10.0.0.5".into(), 26381)
+            ]
+        );
+        assert_eq!(
+            (master, pw),
+            ("mymaster", None),
+            "the data password never goes there"
+        );
+        let (_, _, pw) = sentinels_to_ask(&m, Some("data-pw"), Some("s-pw")).unwrap();
+        assert_eq!(pw, Some("s-pw"));
+        let m = model(json!({"redis": {"managed": {"highAvailability": {}}}}));
+        let (hosts, master, pw) = sentinels_to_ask(&m, Some("gen"), None).unwrap();
+        assert_eq!((hosts.len(), master, pw), (3, "realtime", Some("gen")));
+        assert!(
+            sentinels_to_ask(&m, None, None).is_none(),
+            "no password yet"
+        );
+        assert!(sentinels_to_ask(&model(json!({})), Some("gen"), None).is_none());
+        assert_eq!(
+            host_port("[fd00::5]:26381"),
+            Some(("fd00::5".into(), 26381))
+        );
+        assert_eq!(host_port("no-port"), None);
+    }
 
     #[test]
     fn sentinel_replies_parse() {
@@ -306,8 +407,14 @@ mod tests {
         }
         let r = resp_replies(ok, 2).unwrap();
         assert_eq!(
-            sentinel_answer(&r).as_deref(),
-            Some("chat-redis-1.chat-redis.apps.svc")
+            sentinel_answer(&r),
+            Some(("chat-redis-1.chat-redis.apps.svc".into(), "6379".into()))
+        );
+        // without AUTH: the answer alone
+        let alone = resp_replies(b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n7001\r\n", 1).unwrap();
+        assert_eq!(
+            sentinel_answer(&alone),
+            Some(("127.0.0.1".into(), "7001".into()))
         );
         let refused = resp_replies(b"-WRONGPASS invalid\r\n-NOAUTH x\r\n", 2).unwrap();
         assert_eq!(sentinel_answer(&refused), None);

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{RealtimeCluster, RealtimeClusterStatus, RedisPhase, RedisStatus};
+use crate::api::{RealtimeCluster, RealtimeClusterStatus, RedisPhase, RedisStatus, RedisTopology};
 use crate::validate::{Model, RedisModel, SpecErrors};
 
 pub const READY: &str = "Ready";
@@ -22,8 +22,8 @@ pub struct Observed<'a> {
     pub statefulset: Option<&'a StatefulSet>,
     /// The managed Sentinels (highly available Redis).
     pub sentinels: Option<&'a StatefulSet>,
-    /// The managed Redis pod the Sentinels name as primary (`None` when they could not be
-    /// asked).
+    /// The primary the Sentinels name: the managed Redis pod, or an external Sentinel setup's
+    /// host:port (`None` when they could not be asked).
     pub primary: Option<&'a str>,
 }
 
@@ -193,7 +193,11 @@ pub fn compute(
                 endpoint: model.redis_endpoint(),
                 topology,
                 master_name: master_name.map(str::to_owned),
-                primary: model.redis_ha().and(observed.primary).map(str::to_owned),
+                // Only Sentinels name a primary.
+                primary: (topology == RedisTopology::Sentinel)
+                    .then_some(observed.primary)
+                    .flatten()
+                    .map(str::to_owned),
             }
         }),
         endpoint: Some(model.endpoint()),
@@ -569,7 +573,7 @@ mod tests {
             r.endpoint
                 .starts_with("chat-sentinel-0.chat-sentinel.apps.svc:26379,")
         );
-        // a primary is only reported for a highly available Redis
+        // a primary is only reported with Sentinels
         let single = model(json!({}));
         let s = compute(
             &single,
