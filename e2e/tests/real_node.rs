@@ -1443,8 +1443,16 @@ async fn autoscaling_follows_connections() {
                 .any(|r| matches!(r.what, Incoming::Disconnect { .. })),
             "the remaining client was not disconnected by the scale-down"
         );
+        // The Scaling condition (the load reader's) settles at the recommendation.
+        let scaling = node.control_plane().poll_until("Scaling at the recommendation", Duration::from_secs(40), || async {
+            let c = k.get_json(&["rtc", "chat"]).await?["status"]["conditions"]
+                .as_array().into_iter().flatten()
+                .find(|c| c["type"] == "Scaling").cloned();
+            Ok(c.filter(|c| c["status"] == "False" && c["reason"] == "AtRecommendation"))
+        }).await?;
         eprintln!(
-            "autoscaling: 5 connections -> 3 ready pods in {up:.1?}; 4 clients gone -> 1 pod after {down:.1?} (window 15 s), remaining client kept"
+            "autoscaling: 5 connections -> 3 ready pods in {up:.1?}; 4 clients gone -> 1 pod after {down:.1?} (window 15 s), remaining client kept; Scaling: {}",
+            scaling["message"]
         );
         drop(driver);
         Ok(())
