@@ -1521,7 +1521,15 @@ async fn a_rolling_restart_loses_nothing_with_recovery() {
         let took = restarted?;
         publisher.client.publish(Some("r"), &ev, json!("end")).await?;
         for p in &receivers {
-            p.client.wait_event_where(&ev, Duration::from_secs(30), |d| d == &json!("end")).await?;
+            if let Err(e) = p.client.wait_event_where(&ev, Duration::from_secs(30), |d| d == &json!("end")).await {
+                // What the servers said (for a failure on real pods).
+                let mut logs = String::new();
+                for p in server_pods(&k, "chat").await.unwrap_or_default() {
+                    let out = k.run(&["logs", &p.name, "--tail=30"], None).await.map(|o| o.stdout).unwrap_or_default();
+                    logs.push_str(&format!("\n--- {} ---\n{out}", p.name));
+                }
+                return Err(e.context(format!("server logs:{logs}")));
+            }
         }
         let acked = acked.into_inner();
         let (mut reconnections, mut recovered) = (0usize, 0usize);

@@ -146,12 +146,15 @@ pub fn link(metrics: &str) -> Option<Link> {
     })
 }
 
-/// Whether a pod's cost should be rewritten to `connections` now.
+/// Whether a pod's cost should be rewritten to `connections` now. `scaling_down`: this round
+/// is about to lower the replicas (autoscaling), so the costs are what the ReplicaSet
+/// controller is about to read: the rate limit does not hold them back.
 pub fn cost_due(
     current: Option<i64>,
     connections: u64,
     last_write: Option<Instant>,
     now: Instant,
+    scaling_down: bool,
 ) -> bool {
     let target = connections as i64;
     let Some(current) = current else {
@@ -160,7 +163,7 @@ pub fn cost_due(
     if current == target {
         return false;
     }
-    if last_write.is_some_and(|t| now.duration_since(t) < COST_MIN_AGE) {
+    if !scaling_down && last_write.is_some_and(|t| now.duration_since(t) < COST_MIN_AGE) {
         return false;
     }
     let step = ((current.unsigned_abs() as f64) * COST_STEP).max(1.0);
@@ -501,10 +504,18 @@ async fn round(
         });
     }
     let now = Instant::now();
+    // The recommendation first: a scale-down it asks for reads the costs written below (the
+    // status write that resizes the Deployment comes after them).
+    let (total, per) = summary(&loads);
+    let recommended = rc.spec.autoscaling.as_ref().map(|a| {
+        let window = Duration::from_secs(a.scale_down_stabilization_seconds.max(0) as u64);
+        stabilized(history, now, recommend(total, a), window)
+    });
+    let scaling_down = recommended.is_some_and(|r| (r as usize) < loads.len());
     for p in &loads {
         let Some(c) = p.connections else { continue };
         let key = (ns.clone(), p.name.clone());
-        if !cost_due(p.cost, c, last_writes.get(&key).copied(), now) {
+        if !cost_due(p.cost, c, last_writes.get(&key).copied(), now, scaling_down) {
             continue;
         }
         let patch =
@@ -540,11 +551,6 @@ async fn round(
         }
     }
 
-    let (total, per) = summary(&loads);
-    let recommended = rc.spec.autoscaling.as_ref().map(|a| {
-        let window = Duration::from_secs(a.scale_down_stabilization_seconds.max(0) as u64);
-        stabilized(history, now, recommend(total, a), window)
-    });
     let mut conds = vec![healing_condition(&verdict)];
     if let (Some(r), Some(a)) = (recommended, rc.spec.autoscaling.as_ref()) {
         conds.push(scaling_condition(r, loads.len(), total, a));
@@ -721,26 +727,45 @@ mod tests {
     fn costs_are_written_on_real_change_and_not_too_often() {
         let now = Instant::now();
         assert!(
-            cost_due(None, 0, None, now),
+            cost_due(None, 0, None, now, false),
             "a pod without a cost gets one"
         );
-        assert!(!cost_due(Some(5), 5, None, now));
+        assert!(!cost_due(Some(5), 5, None, now, false));
         assert!(
-            cost_due(Some(5), 6, None, now),
+            cost_due(Some(5), 6, None, now, false),
             "small counts: a change of 1 counts"
         );
-        assert!(!cost_due(Some(1000), 1050, None, now), "under 10 %");
-        assert!(cost_due(Some(1000), 1100, None, now));
+        assert!(!cost_due(Some(1000), 1050, None, now, false), "under 10 %");
+        assert!(cost_due(Some(1000), 1100, None, now, false));
         assert!(
-            !cost_due(Some(1000), 2000, Some(now), now + Duration::from_secs(5)),
+            !cost_due(
+                Some(1000),
+                2000,
+                Some(now),
+                now + Duration::from_secs(5),
+                false
+            ),
             "rate-limited"
         );
         assert!(cost_due(
             Some(1000),
             2000,
             Some(now),
-            now + COST_MIN_AGE + Duration::from_secs(1)
+            now + COST_MIN_AGE + Duration::from_secs(1),
+            false
         ));
+        // A scale-down is about to read the costs: not held back by the rate limit.
+        assert!(cost_due(
+            Some(5),
+            1,
+            Some(now),
+            now + Duration::from_secs(5),
+            true
+        ));
+        assert!(
+            !cost_due(Some(1000), 1050, Some(now), now, true),
+            "still not for less than a step"
+        );
     }
 
     #[test]
