@@ -416,58 +416,55 @@ pub async fn run(client: Client, clusters: Store<RealtimeCluster>, recorder: Rec
             return std::future::pending().await;
         }
     };
-    let mut last_writes: HashMap<(String, String), Instant> = HashMap::new();
-    let mut histories: HashMap<(String, String), VecDeque<(Instant, i32)>> = HashMap::new();
-    let mut healers: HashMap<(String, String), Healer> = HashMap::new();
-    let mut rebalanced: HashMap<(String, String), Option<Instant>> = HashMap::new();
+    let mut states: HashMap<(String, String), ClusterState> = HashMap::new();
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        for rc in clusters.state() {
+        let clusters = clusters.state();
+        // A deleted cluster's memory goes with it.
+        states.retain(|(ns, name), _| {
+            clusters
+                .iter()
+                .any(|rc| rc.namespace().as_deref() == Some(ns.as_str()) && &rc.name_any() == name)
+        });
+        for rc in clusters {
             if rc.spec.paused || rc.spec.app.is_some() || rc.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let key = (rc.namespace().unwrap_or_default(), rc.name_any());
-            let history = histories.entry(key.clone()).or_default();
-            let healer = healers.entry(key.clone()).or_default();
-            let last_rebalance = rebalanced.entry(key).or_default();
-            let mut state = Round {
-                last_writes: &mut last_writes,
-                history,
-                healer,
-                last_rebalance,
-                recorder: &recorder,
-            };
-            if let Err(e) = round(&client, &http, &rc, &mut state).await {
+            let state = states.entry(key).or_default();
+            if let Err(e) = round(&client, &http, &rc, state, &recorder).await {
                 tracing::debug!(cluster = %rc.name_any(), error = %e, "reading pod load");
             }
         }
     }
 }
 
-/// What one cluster's round reads and updates besides the API.
-struct Round<'a> {
-    last_writes: &'a mut HashMap<(String, String), Instant>,
-    history: &'a mut VecDeque<(Instant, i32)>,
-    healer: &'a mut Healer,
-    /// When this cluster's last rebalance step was taken.
-    last_rebalance: &'a mut Option<Instant>,
-    recorder: &'a Recorder,
+/// What this module remembers of one cluster between rounds.
+#[derive(Default)]
+struct ClusterState {
+    /// When each pod's deletion cost was last written.
+    last_writes: HashMap<String, Instant>,
+    /// The autoscaling recommendations of the stabilization window.
+    history: VecDeque<(Instant, i32)>,
+    healer: Healer,
+    /// When the last rebalance step was taken.
+    last_rebalance: Option<Instant>,
 }
 
 async fn round(
     client: &Client,
     http: &reqwest::Client,
     rc: &RealtimeCluster,
-    state: &mut Round<'_>,
+    state: &mut ClusterState,
+    recorder: &Recorder,
 ) -> Result<(), kube::Error> {
-    let Round {
+    let ClusterState {
         last_writes,
         history,
         healer,
         last_rebalance,
-        recorder,
     } = state;
     let ns = rc.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -514,8 +511,13 @@ async fn round(
     let scaling_down = recommended.is_some_and(|r| (r as usize) < loads.len());
     for p in &loads {
         let Some(c) = p.connections else { continue };
-        let key = (ns.clone(), p.name.clone());
-        if !cost_due(p.cost, c, last_writes.get(&key).copied(), now, scaling_down) {
+        if !cost_due(
+            p.cost,
+            c,
+            last_writes.get(&p.name).copied(),
+            now,
+            scaling_down,
+        ) {
             continue;
         }
         let patch =
@@ -525,13 +527,13 @@ async fn round(
             .await
         {
             Ok(_) => {
-                last_writes.insert(key, now);
+                last_writes.insert(p.name.clone(), now);
             }
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(e) => return Err(e),
         }
     }
-    last_writes.retain(|(n, pod), _| n != &ns || loads.iter().any(|p| &p.name == pod));
+    last_writes.retain(|pod, _| loads.iter().any(|p| &p.name == pod));
 
     let verdict = healer.judge(&loads, now);
     if let Verdict::Restart { pod, .. } = &verdict {
@@ -546,7 +548,7 @@ async fn round(
         if last_rebalance.is_none_or(|t| now.duration_since(t) >= interval)
             && let Some((pod, n)) = rebalance_step(&loads, r)
         {
-            **last_rebalance = Some(now);
+            *last_rebalance = Some(now);
             rebalance(http, rc, recorder, &loads, &pod, n, interval / 2).await;
         }
     }

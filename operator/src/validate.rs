@@ -862,22 +862,12 @@ fn sentinel_url(
             "must be 1-128 letters, digits and ._~-".into(),
         );
     }
-    if s.endpoints.is_empty() || s.endpoints.len() > 16 {
-        err(
-            "spec.redis.external.sentinel.endpoints",
-            format!("needs 1 to 16 entries, got {}", s.endpoints.len()),
-        );
-    }
-    let mut endpoints = Vec::new();
-    for (i, e) in s.endpoints.iter().enumerate() {
-        match sentinel_endpoint(e) {
-            Some(hp) => endpoints.push(hp),
-            None => err(
-                &format!("spec.redis.external.sentinel.endpoints[{i}]"),
-                format!("{e:?} is not host or host:port (a DNS name or an IPv4 address)"),
-            ),
-        }
-    }
+    let endpoints = checked_endpoints(
+        "spec.redis.external.sentinel.endpoints",
+        &s.endpoints,
+        SENTINEL_PORT,
+        err,
+    );
     let scheme = if tls {
         "rediss-sentinel"
     } else {
@@ -902,22 +892,12 @@ fn cluster_url(
     tls: bool,
     err: &mut impl FnMut(&str, String),
 ) -> (String, String) {
-    if c.endpoints.is_empty() || c.endpoints.len() > 16 {
-        err(
-            "spec.redis.external.cluster.endpoints",
-            format!("needs 1 to 16 entries, got {}", c.endpoints.len()),
-        );
-    }
-    let mut endpoints = Vec::new();
-    for (i, e) in c.endpoints.iter().enumerate() {
-        match endpoint_with_default(e, REDIS_PORT) {
-            Some(hp) => endpoints.push(hp),
-            None => err(
-                &format!("spec.redis.external.cluster.endpoints[{i}]"),
-                format!("{e:?} is not host or host:port (a DNS name or an IPv4 address)"),
-            ),
-        }
-    }
+    let endpoints = checked_endpoints(
+        "spec.redis.external.cluster.endpoints",
+        &c.endpoints,
+        REDIS_PORT,
+        err,
+    );
     let scheme = if tls {
         "rediss-cluster"
     } else {
@@ -936,8 +916,28 @@ fn cluster_url(
 
 /// `host` or `host:port` (port 1-65535, [`SENTINEL_PORT`] when omitted) with a DNS name or
 /// IPv4 host, as `host:port` (pure).
-fn sentinel_endpoint(e: &str) -> Option<String> {
-    endpoint_with_default(e, SENTINEL_PORT)
+/// A list of 1 to 16 `host[:port]` entries at `field`, as `host:port` (`default_port` when
+/// omitted); every bad entry is reported and left out.
+fn checked_endpoints(
+    field: &str,
+    list: &[String],
+    default_port: i32,
+    err: &mut impl FnMut(&str, String),
+) -> Vec<String> {
+    if list.is_empty() || list.len() > 16 {
+        err(field, format!("needs 1 to 16 entries, got {}", list.len()));
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        match endpoint_with_default(e, default_port) {
+            Some(hp) => endpoints.push(hp),
+            None => err(
+                &format!("{field}[{i}]"),
+                format!("{e:?} is not host or host:port (a DNS name or an IPv4 address)"),
+            ),
+        }
+    }
+    endpoints
 }
 
 /// `host` or `host:port` (port 1-65535, `default_port` when omitted) with a DNS name or IPv4
