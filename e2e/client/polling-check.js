@@ -7,6 +7,10 @@
 // balancer that sends a session's requests to different servers breaks it ("Session ID unknown",
 // then a transport error). Prints one JSON line: {ok, clients, nodes, acks, echoes, errors} and
 // exits 0 only when every client completed its session.
+// Timeouts are generous on purpose: every poll is a new TCP connection (socket.io-client's Node
+// XHR uses no keep-alive agent), and on the test node the first packet of each connection is
+// judged in user space by the NetworkPolicy enforcer (nfqueue); a dropped SYN is retried after
+// 1 s, then 3 s. Correctness is checked here, not latency.
 "use strict";
 
 const { io } = require("socket.io-client");
@@ -21,6 +25,8 @@ if (!url) {
 
 const errors = [];
 const nodes = new Set();
+const t0 = Date.now();
+const ms = () => Date.now() - t0;
 let acks = 0;
 let echoes = 0;
 
@@ -31,13 +37,25 @@ function one(i) {
       transports: ["polling"],
       reconnection: false,
       forceNew: true,
-      timeout: 10000,
+      timeout: 20000,
     });
     let done = false;
+    // What the transport did last (ms since start), so that a stuck session says which request
+    // hung: the long-poll GET (poll without pollComplete) or a POST (packets written, no drain).
+    const seen = {};
+    const track = (t) => {
+      for (const ev of ["poll", "pollComplete", "drain", "error", "close"]) t.on(ev, () => (seen[ev] = ms()));
+    };
+    socket.io.on("open", () => {
+      seen.open = ms();
+      track(socket.io.engine.transport);
+      socket.io.engine.on("packetCreate", () => (seen.packetCreate = ms()));
+      socket.io.engine.on("packet", () => (seen.packet = ms()));
+    });
     const finish = (err) => {
       if (done) return;
       done = true;
-      if (err) errors.push(`client ${i}: ${err}`);
+      if (err) errors.push(`client ${i}: ${err} at ${ms()} ms, last transport events ${JSON.stringify(seen)}`);
       socket.close();
       resolve();
     };
@@ -48,14 +66,15 @@ function one(i) {
     socket.on("chat", () => echoes++);
     socket.on("hello", async ({ node }) => {
       nodes.add(node);
+      seen.hello = ms();
       try {
-        const joined = await socket.timeout(5000).emitWithAck("join", room);
+        const joined = await socket.timeout(15000).emitWithAck("join", room);
         if (!joined || joined.ok !== true) throw new Error(`join: ${JSON.stringify(joined)}`);
         acks++;
         for (let k = 0; k < seconds; k++) {
           await new Promise((r) => setTimeout(r, 1000));
           const r = await socket
-            .timeout(5000)
+            .timeout(15000)
             .emitWithAck("publish", { room, event: "chat", data: k });
           if (!r || r.ok !== true) throw new Error(`publish: ${JSON.stringify(r)}`);
           acks++;
