@@ -151,34 +151,62 @@ pub async fn observe(client: &Client, model: &Model) -> Result<Existing, Error> 
 const SENTINEL_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// The primary the Sentinels name: for a highly available managed Redis its pod
-/// (`<name>-redis-<i>`, asking the Sentinel pods in order with the generated password); for an
-/// external Sentinel setup its host, asking the `spec.redis.external.sentinel.endpoints` in order
-/// (with their own password when they have one). `None` for other topologies, or when no
-/// Sentinel answers (not running yet, or no network path from the operator). Passwords go to
-/// the Sentinels only.
+/// (`<name>-redis-<i>`, asking the Sentinel pods with the generated password); for an external
+/// Sentinel setup its host, asking the `spec.redis.external.sentinel.endpoints` (with their own
+/// password when they have one). Every Sentinel is asked at once and the answer most of them
+/// give wins ([`most_named`]): right after a failover a Sentinel that has not heard of it yet
+/// still names the old primary. `None` for other topologies, or when no Sentinel answers (not
+/// running yet, or no network path from the operator). Passwords go to the Sentinels only.
 pub async fn redis_primary(
     model: &Model,
     password: Option<&str>,
     sentinel_password: Option<&str>,
 ) -> Option<String> {
     let (sentinels, master, pw) = sentinels_to_ask(model, password, sentinel_password)?;
-    for (host, port) in sentinels {
+    let asks = sentinels.iter().map(|(host, port)| async move {
         let asked =
-            tokio::time::timeout(SENTINEL_ASK_TIMEOUT, ask_sentinel(&host, port, pw, master)).await;
+            tokio::time::timeout(SENTINEL_ASK_TIMEOUT, ask_sentinel(host, *port, pw, master)).await;
         match asked {
-            Ok(Ok(Some((primary, port)))) => {
-                return Some(match model.redis {
-                    RedisModel::Managed { .. } => primary_pod(model, &primary),
-                    // Outside the cluster hosts may share an address (ports tell them apart).
-                    RedisModel::External { .. } => format!("{primary}:{port}"),
-                });
+            Ok(Ok(Some(primary))) => Some(primary),
+            Ok(Ok(None)) => {
+                tracing::debug!(sentinel = %host, "knows no primary");
+                None
             }
-            Ok(Ok(None)) => tracing::debug!(sentinel = %host, "knows no primary"),
-            Ok(Err(e)) => tracing::debug!(sentinel = %host, "cannot be asked: {e}"),
-            Err(_) => tracing::debug!(sentinel = %host, "did not answer in time"),
+            Ok(Err(e)) => {
+                tracing::debug!(sentinel = %host, "cannot be asked: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(sentinel = %host, "did not answer in time");
+                None
+            }
+        }
+    });
+    let answers: Vec<(String, String)> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let (primary, port) = most_named(&answers)?;
+    Some(match model.redis {
+        RedisModel::Managed { .. } => primary_pod(model, primary),
+        // Outside the cluster hosts may share an address (ports tell them apart).
+        RedisModel::External { .. } => format!("{primary}:{port}"),
+    })
+}
+
+/// The answer given most often; between equally named ones, the first given (the Sentinels are
+/// asked in their configured order).
+fn most_named<T: PartialEq>(answers: &[T]) -> Option<&T> {
+    let count = |a: &T| answers.iter().filter(|b| *b == a).count();
+    let mut best: Option<(&T, usize)> = None;
+    for a in answers {
+        let n = count(a);
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((a, n));
         }
     }
-    None
+    best.map(|(a, _)| a)
 }
 
 /// The Sentinels (host, port) to ask, the master name, and the password they need.
@@ -358,6 +386,21 @@ mod tests {
     use super::*;
     use crate::build::test_support::model;
     use serde_json::json;
+
+    #[test]
+    fn the_primary_most_sentinels_name_wins() {
+        let a = ("10.0.0.1".to_string(), 6379);
+        let b = ("10.0.0.2".to_string(), 6379);
+        assert_eq!(most_named::<(String, u16)>(&[]), None);
+        assert_eq!(most_named(std::slice::from_ref(&a)), Some(&a));
+        // One Sentinel still names the old primary after a failover: the majority wins.
+        assert_eq!(most_named(&[a.clone(), b.clone(), b.clone()]), Some(&b));
+        // A tie goes to the first answer.
+        assert_eq!(most_named(&[a.clone(), b.clone()]), Some(&a));
+        // Same host, another port: another answer.
+        let a2 = ("10.0.0.1".to_string(), 6380);
+        assert_eq!(most_named(&[a2.clone(), a.clone(), a.clone()]), Some(&a));
+    }
 
     #[test]
     fn whom_to_ask_for_the_primary() {
