@@ -18,7 +18,11 @@
 #
 # Environment:
 #   SECTIONS="cluster single conns"  what to measure (see above)
-#   ROUNDS=N           rounds of cluster/single (default 2; the order of the systems alternates)
+#   ROUNDS=N           rounds of cluster/single (default 1, about 7 min; the order of the systems
+#                      alternates: ours first in odd rounds, the floor first in even ones)
+#   FIRST_ROUND=N      number of the first round (default 1): a second invocation with
+#                      OUT=<the first one's folder> FIRST_ROUND=2 adds round 2 to it (each
+#                      invocation holds the lock on its own, so each stays well under 15 min)
 #   QUICK=1            short debug run (small numbers); not for reporting
 #   CONNS_MAX=N        connections for the large conns figure (default 19900: the open-files limit
 #                      of every process here is 20000, rtbench's and the node's included)
@@ -34,7 +38,8 @@ BENCH_CACHE="${BENCH_CACHE:-$HOME/.cache/realtime-operator/bench}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/realtime-operator/target}"
 FLOOR_TARGET="${FLOOR_TARGET:-$BENCH_CACHE/floor-target}"
 SECTIONS="${SECTIONS:-cluster single}"
-ROUNDS="${ROUNDS:-2}"
+ROUNDS="${ROUNDS:-1}"
+FIRST_ROUND="${FIRST_ROUND:-1}"
 QUICK="${QUICK:-0}"
 CONNS_MAX="${CONNS_MAX:-19900}"
 BENCH_LOCK="${BENCH_LOCK:-/tmp/rt-bench.lock}"
@@ -96,9 +101,9 @@ load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
   model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "machine: $(nproc) CPUs ($model), Linux $(uname -r); $(redis-server --version | grep -o 'v=[^ ]*' | sed 's/v=/redis /'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |'), $(rustc --version | cut -d' ' -f1-2)"
   echo "server: realtime-server $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- server bench/floor || echo '+local changes')"
-  echo "sections: $SECTIONS; rounds $ROUNDS; $([[ $QUICK == 1 ]] && echo 'QUICK (debug run, not for reporting)' || echo full)"
+  echo "sections: $SECTIONS; rounds $FIRST_ROUND..$((FIRST_ROUND + ROUNDS - 1)); $([[ $QUICK == 1 ]] && echo 'QUICK (debug run, not for reporting)' || echo full)"
   echo "load: 1/5/15-min load $load_start at start"
-} > "$OUT/machine.txt"
+} >> "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
 # ------------------------------------------------------------------ starting and stopping
@@ -201,7 +206,7 @@ else
   # 400/s x 5 s is above both systems' saturation here, 2000 x 1 s a burst; best delivered msg/s.
   RECV=1000; RATE50=20@3,50@10; OVER=400@5,2000@1; DRAIN_MAX=30; SMALL=1000; SETTLE=5; HOLD=10; BIG_RATE=1@3,2@10
 fi
-FAN=(--clients "$RECV" --payload 100 --drain-max-secs "$DRAIN_MAX" --drain-idle-secs 2 --json)
+FAN=(--clients "$RECV" --payload 100 --drain-max-secs "$DRAIN_MAX" --drain-idle-secs 5 --json)
 
 measure() {  # SYS ROUND TOPO: a fresh node set, the 50/s run and the overload run
   local sys=$1 r=$2 topo=$3 url
@@ -233,7 +238,7 @@ conns_section() {  # SYS: one node, fresh process per figure
 }
 
 t0=$SECONDS
-for ((r = 1; r <= ROUNDS; r++)); do
+for ((r = FIRST_ROUND; r < FIRST_ROUND + ROUNDS; r++)); do
   order=(ours floor); (( r % 2 == 0 )) && order=(floor ours)
   for topo in nginx direct single; do
     case $topo in nginx | direct) [[ " $SECTIONS " == *" cluster "* ]] || continue ;; single) [[ " $SECTIONS " == *" single "* ]] || continue ;; esac

@@ -15,7 +15,9 @@
 //! (header + `42[E,D]`, the event and data copied verbatim from the publisher's packet) and that
 //! same buffer is written to every receiver: one `write()` per receiver when its socket takes it,
 //! otherwise the rest goes to a per-connection queue that a flush task writes with `writev` when
-//! the socket is writable again (so under load one syscall carries many frames, as in any server).
+//! the socket is writable again. Frames that queue up for a shard while it writes are written
+//! together, one `writev` per receiver for up to `BATCH` frames (so under load one syscall carries
+//! many frames, as in any server; at a low rate every frame is one `write()`).
 //! Sockets are kept in `SHARDS` shards, each served by its own task, so a broadcast's writes are
 //! spread over the runtime's worker threads (tokio's default: one per core) and stay in order.
 //!
@@ -75,7 +77,12 @@ fn sha1(data: &[u8]) -> [u8; 20] {
                 40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
                 _ => (b ^ c ^ d, 0xCA62C1D6),
             };
-            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
             e = d;
             d = c;
             c = b.rotate_left(30);
@@ -97,7 +104,9 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -110,7 +119,9 @@ fn base64(data: &[u8]) -> String {
 }
 
 fn accept_key(key: &str) -> String {
-    base64(&sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()))
+    base64(&sha1(
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    ))
 }
 
 /// The `Sec-WebSocket-Key` of a complete upgrade request, if the request line asks for the
@@ -118,8 +129,14 @@ fn accept_key(key: &str) -> String {
 fn parse_upgrade(req: &str) -> Result<String, &'static str> {
     let mut lines = req.split("\r\n");
     let first = lines.next().unwrap_or("");
-    let path = first.strip_prefix("GET ").and_then(|r| r.split(' ').next()).ok_or("not a GET")?;
-    if !path.starts_with("/socket.io/") || !path.contains("EIO=4") || !path.contains("transport=websocket") {
+    let path = first
+        .strip_prefix("GET ")
+        .and_then(|r| r.split(' ').next())
+        .ok_or("not a GET")?;
+    if !path.starts_with("/socket.io/")
+        || !path.contains("EIO=4")
+        || !path.contains("transport=websocket")
+    {
         return Err("only /socket.io/?EIO=4&transport=websocket");
     }
     for l in lines {
@@ -173,7 +190,10 @@ fn parse_ws(buf: &[u8]) -> (WsIn, usize) {
     }
     let (len, mut at) = match b1 & 0x7f {
         126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
         126 | 127 => return (WsIn::Partial, 0),
         n => (n as usize, 2),
     };
@@ -185,7 +205,11 @@ fn parse_ws(buf: &[u8]) -> (WsIn, usize) {
     }
     let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
     at += 4;
-    let payload = buf[at..at + len].iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+    let payload = buf[at..at + len]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i & 3])
+        .collect();
     (WsIn::Frame(b0 & 0x0f, payload), at + len)
 }
 
@@ -214,7 +238,9 @@ fn parse_sio(p: &str) -> SioIn {
                 let ack = rest[..digits].parse().ok();
                 let body = &rest[digits..];
                 match serde_json::from_str::<Vec<&RawValue>>(body) {
-                    Ok(a) if a.first().map(|e| e.get()) == Some("\"publish\"") => SioIn::Publish(ack, publish_packet(a.get(1).copied())),
+                    Ok(a) if a.first().map(|e| e.get()) == Some("\"publish\"") => {
+                        SioIn::Publish(ack, publish_packet(a.get(1).copied()))
+                    }
                     Ok(_) => SioIn::Other(ack),
                     Err(_) => SioIn::Publish(ack, Err("malformed packet")),
                 }
@@ -225,12 +251,20 @@ fn parse_sio(p: &str) -> SioIn {
     }
 }
 
-const RESERVED: [&str; 6] = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+const RESERVED: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
 
 /// `{"event": E, "data": D}` (no room) → `42[E,D]`, E and D copied verbatim.
 fn publish_packet(arg: Option<&RawValue>) -> Result<String, &'static str> {
     let arg = arg.ok_or("publish needs a payload")?;
-    let obj: HashMap<String, &RawValue> = serde_json::from_str(arg.get()).map_err(|_| "payload must be an object")?;
+    let obj: HashMap<String, &RawValue> =
+        serde_json::from_str(arg.get()).map_err(|_| "payload must be an object")?;
     if obj.contains_key("room") {
         return Err("rooms are not supported by the floor");
     }
@@ -257,7 +291,9 @@ enum Resp {
 
 /// Parses one RESP2 value from the start of `buf`: Some((value, bytes used)), None if incomplete.
 fn parse_resp(buf: &[u8]) -> Result<Option<(Resp, usize)>, String> {
-    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
     let line = std::str::from_utf8(&buf[1..eol]).map_err(|e| e.to_string())?;
     let at = eol + 2;
     match buf.first() {
@@ -320,6 +356,38 @@ struct Conn {
 }
 
 impl Conn {
+    /// Writes `frames` (their `slices`, `total` bytes) with one `writev` if nothing is queued and
+    /// the socket takes them; otherwise queues what is left.
+    fn send_batch(self: &Arc<Self>, frames: &[Frame], slices: &[IoSlice], total: usize) {
+        let mut o = self.out.lock().unwrap();
+        if o.closed {
+            return;
+        }
+        if o.flushing {
+            o.queue.extend(frames.iter().map(|f| (f.clone(), 0)));
+            return;
+        }
+        let mut written = match self.stream.try_write_vectored(slices) {
+            Ok(n) if n == total => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                o.closed = true;
+                return;
+            }
+        };
+        for f in frames {
+            if written >= f.len() {
+                written -= f.len();
+            } else {
+                o.queue.push_back((f.clone(), written));
+                written = 0;
+            }
+        }
+        o.flushing = true;
+        tokio::spawn(flush(self.clone()));
+    }
+
     /// Writes `f` now if nothing is queued and the socket takes it; otherwise queues (the rest).
     fn send(self: &Arc<Self>, f: &Frame) {
         let mut o = self.out.lock().unwrap();
@@ -352,7 +420,12 @@ async fn flush(c: Arc<Conn>) {
         }
         let mut o = c.out.lock().unwrap();
         loop {
-            let slices: Vec<IoSlice> = o.queue.iter().take(64).map(|(f, off)| IoSlice::new(&f[*off..])).collect();
+            let slices: Vec<IoSlice> = o
+                .queue
+                .iter()
+                .take(64)
+                .map(|(f, off)| IoSlice::new(&f[*off..]))
+                .collect();
             if slices.is_empty() {
                 o.flushing = false;
                 return;
@@ -408,11 +481,25 @@ impl Node {
     }
 }
 
+/// Most frames one shard writes to a socket with one `writev` (frames that queued up meanwhile).
+const BATCH: usize = 64;
+
 async fn shard_task(node: Arc<Node>, k: usize, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    let mut batch = Vec::with_capacity(BATCH);
     while let Some(f) = rx.recv().await {
+        batch.clear();
+        batch.push(f);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let slices: Vec<IoSlice> = batch.iter().map(|f| IoSlice::new(f)).collect();
+        let total = batch.iter().map(|f| f.len()).sum();
         let conns = node.shards[k].lock().unwrap();
         for c in conns.values() {
-            c.send(&f);
+            c.send_batch(&batch, &slices, total);
         }
     }
 }
@@ -462,7 +549,9 @@ async fn handshake(s: &mut TcpStream) -> Result<(), String> {
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                 accept_key(&key)
             );
-            s.write_all(resp.as_bytes()).await.map_err(|e| e.to_string())
+            s.write_all(resp.as_bytes())
+                .await
+                .map_err(|e| e.to_string())
         }
         Err(why) => {
             let _ = s
@@ -480,7 +569,15 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream) {
     }
     let id = node.next_id.fetch_add(1, Relaxed);
     let sid = format!("{}-{id:x}", node.name);
-    let c = Arc::new(Conn { id, stream, out: Mutex::new(Out { queue: VecDeque::new(), flushing: false, closed: false }) });
+    let c = Arc::new(Conn {
+        id,
+        stream,
+        out: Mutex::new(Out {
+            queue: VecDeque::new(),
+            flushing: false,
+            closed: false,
+        }),
+    });
     let open = format!(
         "0{{\"sid\":\"e{sid}\",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":20000,\"maxPayload\":{MAX_FRAME}}}",
         PING_INTERVAL.as_millis()
@@ -511,13 +608,18 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream) {
                 }
                 WsIn::Frame(9, p) => c.send(&ws_frame(10, &p)),
                 WsIn::Frame(1, p) => {
-                    let Ok(p) = std::str::from_utf8(&p) else { break 'conn };
+                    let Ok(p) = std::str::from_utf8(&p) else {
+                        break 'conn;
+                    };
                     match parse_sio(p) {
                         SioIn::Pong => {}
                         SioIn::Close | SioIn::Disconnect => break 'conn,
                         SioIn::Connect if !registered => {
                             c.send(&ws_frame(1, format!("40{{\"sid\":\"{sid}\"}}").as_bytes()));
-                            let hello = format!("42[\"hello\",{{\"node\":{:?},\"id\":\"{sid}\"}}]", node.name);
+                            let hello = format!(
+                                "42[\"hello\",{{\"node\":{:?},\"id\":\"{sid}\"}}]",
+                                node.name
+                            );
                             c.send(&ws_frame(1, hello.as_bytes()));
                             node.shard(id).lock().unwrap().insert(id, c.clone());
                             registered = true;
@@ -529,7 +631,8 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream) {
                                 m.extend_from_slice(node.name.as_bytes());
                                 m.push(b'\n');
                                 m.extend_from_slice(packet.as_bytes());
-                                let _ = tx.send(resp_command(&[b"PUBLISH", CHANNEL.as_bytes(), &m]));
+                                let _ =
+                                    tx.send(resp_command(&[b"PUBLISH", CHANNEL.as_bytes(), &m]));
                             }
                             node.broadcast_local(ws_frame(1, packet.as_bytes()));
                             if let Some(a) = ack {
@@ -537,7 +640,10 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream) {
                             }
                         }
                         SioIn::Publish(Some(a), Err(e)) => {
-                            c.send(&ws_frame(1, format!("43{a}[{{\"ok\":false,\"error\":{e:?}}}]").as_bytes()));
+                            c.send(&ws_frame(
+                                1,
+                                format!("43{a}[{{\"ok\":false,\"error\":{e:?}}}]").as_bytes(),
+                            ));
                         }
                         SioIn::Other(Some(a)) => {
                             c.send(&ws_frame(1, format!("43{a}[{{\"ok\":false,\"error\":\"not supported by the floor\"}}]").as_bytes()));
@@ -564,14 +670,22 @@ async fn connection(node: Arc<Node>, mut stream: TcpStream) {
 // ---------------------------------------------------------------- Redis
 
 fn redis_addr(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("redis://").ok_or("REDIS_URL must be redis://HOST:PORT")?;
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("REDIS_URL must be redis://HOST:PORT")?;
     let hostport = rest.split('/').next().unwrap_or(rest);
-    Ok(if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:6379") })
+    Ok(if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:6379")
+    })
 }
 
 /// One connection for PUBLISH, pipelined: queued commands are written together, replies discarded.
 async fn redis_publisher(addr: String, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let s = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("redis {addr}: {e}"));
+    let s = TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("redis {addr}: {e}"));
     let _ = s.set_nodelay(true);
     let (mut r, mut w) = s.into_split();
     tokio::spawn(async move {
@@ -598,8 +712,12 @@ async fn redis_publisher(addr: String, mut rx: mpsc::UnboundedReceiver<Vec<u8>>)
 }
 
 async fn redis_subscriber(node: Arc<Node>, addr: String, ready: tokio::sync::oneshot::Sender<()>) {
-    let mut s = TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("redis {addr}: {e}"));
-    s.write_all(&resp_command(&[b"SUBSCRIBE", CHANNEL.as_bytes()])).await.expect("subscribe");
+    let mut s = TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("redis {addr}: {e}"));
+    s.write_all(&resp_command(&[b"SUBSCRIBE", CHANNEL.as_bytes()]))
+        .await
+        .expect("subscribe");
     let mut ready = Some(ready);
     let mut acc: Vec<u8> = Vec::new();
     loop {
@@ -646,13 +764,16 @@ async fn redis_subscriber(node: Arc<Node>, addr: String, ready: tokio::sync::one
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
     let name = std::env::var("NAME").unwrap_or_else(|_| "floor".into());
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1".into());
-    let redis = match std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) {
-        Some(u) => Some(redis_addr(&u).unwrap_or_else(|e| panic!("{e}"))),
-        None => None,
-    };
+    let redis = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|u| redis_addr(&u).unwrap_or_else(|e| panic!("{e}")));
     let redis_tx = redis.as_ref().map(|addr| {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(redis_publisher(addr.clone(), rx));
@@ -681,8 +802,14 @@ async fn main() {
         rx.await.expect("redis subscription");
     }
     tokio::spawn(ping_task(node.clone()));
-    let listener = TcpListener::bind((bind.as_str(), port)).await.unwrap_or_else(|e| panic!("bind {bind}:{port}: {e}"));
-    eprintln!("rt-floor {name} listening on {bind}:{port} ({} shards, redis: {})", SHARDS, node.redis_tx.is_some());
+    let listener = TcpListener::bind((bind.as_str(), port))
+        .await
+        .unwrap_or_else(|e| panic!("bind {bind}:{port}: {e}"));
+    eprintln!(
+        "rt-floor {name} listening on {bind}:{port} ({} shards, redis: {})",
+        SHARDS,
+        node.redis_tx.is_some()
+    );
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
@@ -703,7 +830,10 @@ mod tests {
 
     #[test]
     fn accept_key_rfc6455() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"a"), "YQ==");
         let h: String = sha1(b"abc").iter().map(|b| format!("{b:02x}")).collect();
@@ -715,7 +845,9 @@ mod tests {
         let r = "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nsec-websocket-key: abc==\r\n\r\n";
         assert_eq!(parse_upgrade(r), Ok("abc==".into()));
         assert!(parse_upgrade("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n\r\n").is_err());
-        assert!(parse_upgrade("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n\r\n").is_err());
+        assert!(
+            parse_upgrade("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n\r\n").is_err()
+        );
     }
 
     fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -723,7 +855,11 @@ mod tests {
         let mut f = ws_frame(opcode, payload).to_vec();
         let hdr = f.len() - payload.len();
         f[1] |= 0x80;
-        let body: Vec<u8> = payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+        let body: Vec<u8> = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i & 3])
+            .collect();
         f.truncate(hdr);
         f.extend_from_slice(&mask);
         f.extend_from_slice(&body);
@@ -739,7 +875,10 @@ mod tests {
             assert_eq!(parse_ws(&f[..f.len() - 1]).0, WsIn::Partial);
         }
         assert_eq!(&ws_frame(1, b"2")[..], &[0x81, 1, b'2']);
-        assert!(matches!(parse_ws(&ws_frame(1, b"2")).0, WsIn::Bad(_)), "unmasked client frame");
+        assert!(
+            matches!(parse_ws(&ws_frame(1, b"2")).0, WsIn::Bad(_)),
+            "unmasked client frame"
+        );
     }
 
     #[test]
@@ -748,13 +887,72 @@ mod tests {
         assert_eq!(parse_sio("3"), SioIn::Pong);
         assert_eq!(parse_sio("41"), SioIn::Disconnect);
         let p = r#"42["publish",{"event":"bench","data":{"t":5,"i":7,"p":"xx"}}]"#;
-        assert_eq!(parse_sio(p), SioIn::Publish(None, Ok(r#"42["bench",{"t":5,"i":7,"p":"xx"}]"#.into())));
+        assert_eq!(
+            parse_sio(p),
+            SioIn::Publish(None, Ok(r#"42["bench",{"t":5,"i":7,"p":"xx"}]"#.into()))
+        );
         let p = r#"4212["publish",{"data":null,"event":"e"}]"#;
-        assert_eq!(parse_sio(p), SioIn::Publish(Some(12), Ok(r#"42["e",null]"#.into())));
-        assert!(matches!(parse_sio(r#"42["publish",{"event":"e"}]"#), SioIn::Publish(None, Err(_))));
-        assert!(matches!(parse_sio(r#"42["publish",{"event":"connect","data":1}]"#), SioIn::Publish(None, Err(_))));
-        assert!(matches!(parse_sio(r#"42["publish",{"room":"r","event":"e","data":1}]"#), SioIn::Publish(None, Err(_))));
+        assert_eq!(
+            parse_sio(p),
+            SioIn::Publish(Some(12), Ok(r#"42["e",null]"#.into()))
+        );
+        assert!(matches!(
+            parse_sio(r#"42["publish",{"event":"e"}]"#),
+            SioIn::Publish(None, Err(_))
+        ));
+        assert!(matches!(
+            parse_sio(r#"42["publish",{"event":"connect","data":1}]"#),
+            SioIn::Publish(None, Err(_))
+        ));
+        assert!(matches!(
+            parse_sio(r#"42["publish",{"room":"r","event":"e","data":1}]"#),
+            SioIn::Publish(None, Err(_))
+        ));
         assert_eq!(parse_sio(r#"423["join","r"]"#), SioIn::Other(Some(3)));
+    }
+
+    /// Far more than the socket buffers take while the peer does not read: the writes go partial,
+    /// then to the queue and the flush task; the peer must get every byte, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_survive_partial_writes() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (mut client, server) = (client.unwrap(), server.unwrap().0);
+        let c = Arc::new(Conn {
+            id: 1,
+            stream: server,
+            out: Mutex::new(Out {
+                queue: VecDeque::new(),
+                flushing: false,
+                closed: false,
+            }),
+        });
+        let mut want = Vec::new();
+        for b in 0..300u32 {
+            let frames: Vec<Frame> = (0..16u32)
+                .map(|i| ws_frame(1, format!("{b}-{i}-{}", "x".repeat(1000)).as_bytes()))
+                .collect();
+            for f in &frames {
+                want.extend_from_slice(f);
+            }
+            if b % 7 == 0 {
+                c.send(&frames[0]);
+                for f in &frames[1..] {
+                    c.send(f);
+                }
+            } else {
+                let slices: Vec<IoSlice> = frames.iter().map(|f| IoSlice::new(f)).collect();
+                c.send_batch(&frames, &slices, frames.iter().map(|f| f.len()).sum());
+            }
+        }
+        assert!(
+            c.out.lock().unwrap().flushing,
+            "the socket buffers should have filled up"
+        );
+        let mut got = vec![0u8; want.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got == want, "bytes differ or are out of order");
     }
 
     #[test]
@@ -762,11 +960,24 @@ mod tests {
         let m = b"*3\r\n$7\r\nmessage\r\n$8\r\nrt-floor\r\n$5\r\nn1\n42\r\n:1\r\n";
         let (v, n) = parse_resp(m).unwrap().unwrap();
         assert_eq!(n, m.len() - 4);
-        assert_eq!(v, Resp::Array(vec![Resp::Bulk(b"message".to_vec()), Resp::Bulk(b"rt-floor".to_vec()), Resp::Bulk(b"n1\n42".to_vec())]));
+        assert_eq!(
+            v,
+            Resp::Array(vec![
+                Resp::Bulk(b"message".to_vec()),
+                Resp::Bulk(b"rt-floor".to_vec()),
+                Resp::Bulk(b"n1\n42".to_vec())
+            ])
+        );
         assert_eq!(parse_resp(&m[..20]).unwrap(), None);
         assert_eq!(parse_resp(b":12\r\n").unwrap(), Some((Resp::Int(12), 5)));
         assert!(parse_resp(b"-ERR x\r\n").is_err());
-        assert_eq!(resp_command(&[b"PUBLISH", b"c", b"ab"]), b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$2\r\nab\r\n");
-        assert_eq!(redis_addr("redis://127.0.0.1:6379").unwrap(), "127.0.0.1:6379");
+        assert_eq!(
+            resp_command(&[b"PUBLISH", b"c", b"ab"]),
+            b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$2\r\nab\r\n"
+        );
+        assert_eq!(
+            redis_addr("redis://127.0.0.1:6379").unwrap(),
+            "127.0.0.1:6379"
+        );
     }
 }
