@@ -76,7 +76,7 @@ bench-drain:
 
 ## bench-floor: realtime-server against the floor (bench/floor/, a minimal broadcaster writing one
 ## pre-encoded frame per receiver): CPU per delivery at 50/s x 1000 and saturation, through nginx,
-## direct to 2 nodes, 1 node (~7 min a round; SECTIONS=conns for the 20k-connection figures, ~4 min).
+## direct to 2 nodes, 1 node (~4 min a round; SECTIONS=conns for the 20k-connection figures, ~2 min).
 ## Holds /tmp/rt-bench.lock while measuring. Results under ~/.cache/realtime-operator/bench/floor/
 bench-floor:
 	bench/floor.sh

@@ -18,7 +18,7 @@
 #
 # Environment:
 #   SECTIONS="cluster single conns"  what to measure (see above)
-#   ROUNDS=N           rounds of cluster/single (default 1, about 7 min; the order of the systems
+#   ROUNDS=N           rounds of cluster/single (default 1, about 4 min; the order of the systems
 #                      alternates: ours first in odd rounds, the floor first in even ones)
 #   FIRST_ROUND=N      number of the first round (default 1): a second invocation with
 #                      OUT=<the first one's folder> FIRST_ROUND=2 adds round 2 to it (each
