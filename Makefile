@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain clean-cache
+.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain bench-floor clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter and the demo page
 ## (probes and metrics on the admin port :9090)
@@ -73,6 +73,13 @@ bench:
 ## the build done). Results under ~/.cache/realtime-operator/bench/drain/
 bench-drain:
 	bench/drain.sh
+
+## bench-floor: realtime-server against the floor (bench/floor/, a minimal broadcaster writing one
+## pre-encoded frame per receiver): CPU per delivery at 50/s x 1000 and saturation, through nginx,
+## direct to 2 nodes, 1 node (~4 min a round; SECTIONS=conns for the 20k-connection figures, ~2 min).
+## Holds /tmp/rt-bench.lock while measuring. Results under ~/.cache/realtime-operator/bench/floor/
+bench-floor:
+	bench/floor.sh
 
 ## e2e-kind: the end-to-end scenarios on a kind cluster through ingress-nginx (needs Docker, kind,
 ## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some;
