@@ -110,6 +110,9 @@ pub const DEAF_GRACE: Duration = Duration::from_secs(10);
 pub enum DriverError {
     #[error("redis is not connected")]
     NotConnected,
+    /// A node's own request channel had no subscriber: that node is gone (see `route.rs`).
+    #[error("no node listens on {0}")]
+    NoSubscriber(String),
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
 }
@@ -267,11 +270,17 @@ impl Driver for RedisDriver {
             // the caller can fall back to local delivery.
             return Err(DriverError::NotConnected);
         }
+        let node_chan = crate::route::is_node_request_channel(CHANNEL_PREFIX, &chan);
+        let named = node_chan.then(|| chan.clone());
         let res = publish(&self.inner, chan, val).await;
-        if res.is_err() {
-            self.inner.metrics.adapter_error(AdapterOp::Publish);
+        match (res, named) {
+            (Ok(0), Some(chan)) => Err(DriverError::NoSubscriber(chan)),
+            (Ok(_), _) => Ok(()),
+            (Err(e), _) => {
+                self.inner.metrics.adapter_error(AdapterOp::Publish);
+                Err(e.into())
+            }
         }
-        res.map_err(Into::into)
     }
 
     async fn subscribe(
@@ -329,16 +338,13 @@ impl Driver for RedisDriver {
     }
 }
 
-/// PUBLISH, or SPUBLISH on a cluster (to the master of the channel's slot).
-async fn publish(inner: &Inner, chan: String, val: Vec<u8>) -> Result<(), fred::error::Error> {
+/// PUBLISH, or SPUBLISH on a cluster (to the master of the channel's slot): the number of
+/// subscribers that got it (on a cluster, on that shard, where all of the channel's are).
+async fn publish(inner: &Inner, chan: String, val: Vec<u8>) -> Result<i64, fred::error::Error> {
     if inner.sharded {
-        inner
-            .client
-            .spublish::<i64, _, _>(chan, val)
-            .await
-            .map(drop)
+        inner.client.spublish::<i64, _, _>(chan, val).await
     } else {
-        inner.client.publish::<i64, _, _>(chan, val).await.map(drop)
+        inner.client.publish::<i64, _, _>(chan, val).await
     }
 }
 
@@ -843,7 +849,7 @@ impl Monitor {
         });
         for (chan, res) in futures::future::join_all(publishes).await {
             let acked = match res {
-                Ok(Ok(())) => true,
+                Ok(Ok(_)) => true,
                 // Counted as a probe failure when the timeout passes. An error reply is Redis
                 // answering (fred may hand a refused SUBSCRIBE's reply to the next command on
                 // the connection, this PUBLISH); a timeout or I/O error is an outage, not
