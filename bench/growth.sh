@@ -7,10 +7,11 @@
 # Topology, loopback only, no nginx: one redis-server, N release realtime-server nodes with the
 # Redis adapter; rtbench spreads its clients round-robin over the nodes (--url a,b,c...).
 # Each (round, N, mode) starts everything afresh, then measures dm and fanout on the same
-# processes. For each measurement the script takes a snapshot once rtbench has connected its
-# clients (the line `peers:` / `receivers:`) and another when rtbench has exited (its drain
-# included), and subtracts what the same processes used while idle (a 3 s window just before:
-# the nodes' Redis monitor and probes):
+# processes. Each measurement is two rtbench runs with the same clients: a baseline with one
+# message and the full run; the script takes a snapshot just before and just after each, and
+# the figures are (full - baseline) / (messages - 1), so connecting, `hello`, the drain wait and
+# disconnecting cancel out. Each run's share of what the processes use while idle (a 3 s window
+# just before: the nodes' Redis monitor and probes) is subtracted first:
 #   node CPU      sum over the nodes' threads of /proc/PID/task/*/schedstat (ns on CPU)
 #   Redis CPU     INFO cpu used_cpu_user + used_cpu_sys (getrusage, µs)
 #   deliveries    sum over the nodes of realtime_redis_messages_received_total (pub/sub
@@ -25,7 +26,8 @@
 # (make bench-growth does).
 #
 # Environment:
-#   NODES="2 4 8"      node counts (at most 8)
+#   NODES="1 2 4 8"    node counts (at most 8; the 1-node runs give the cost of a same-node
+#                      private message, used for the per-cross-node table)
 #   MODES="broadcast node"   PRIVATE_ROUTING values, in this order within each N
 #   ROUNDS=1           repetitions of the whole sweep (interleaved)
 #   PEERS=200 DM_RATE=500 DM_MSGS=5000          rtbench dm
@@ -40,7 +42,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SHARED_BENCH="${SHARED_BENCH:-$ROOT/../shared/bench}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/realtime-operator/target}"
-NODES="${NODES:-2 4 8}"
+NODES="${NODES:-1 2 4 8}"
 MODES="${MODES:-broadcast node}"
 ROUNDS="${ROUNDS:-1}"
 PEERS="${PEERS:-200}"
@@ -189,27 +191,34 @@ snapshot() {
   echo "$(date +%s.%N) $ns $cpu ${cmds:-0} ${pub:-0} $msgs"
 }
 
-# measure LABEL N MODE KIND MSGS OUTFILE RB-ARGS...: idle window, then rtbench; one MEASURE line
-measure() {
-  local label=$1 n=$2 mode=$3 kind=$4 msgs=$5 file=$6; shift 6
-  local idle0 idle1 s0 s1 pids i
+# run_rb FILE N ARGS...: one rtbench run against N nodes, its output appended to FILE; prints "s0|s1" snapshots
+# taken just before it starts and just after it exits
+run_rb() {
+  local file=$1 n=$2; shift 2
+  local pids a b
   pids="nodes=$(IFS=+; echo "${NODE_PIDS[*]}"),redis=$REDIS_PID"
-  echo "### $label ($(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg)): $RB $* --pids $pids" > "$file"
+  echo "### $(date +%T), load $(cut -d' ' -f1-3 /proc/loadavg): $RB $* --pids $pids" >> "$file"
+  a="$(snapshot "$n")"
+  "$RB" "$@" --json --pids "$pids" >> "$file" 2>&1 || say "rtbench exited with $? (see $file)"
+  b="$(snapshot "$n")"
+  echo "$a|$b"
+}
+
+# measure LABEL N MODE KIND MSGS BASE_MSGS FILE: an idle window, a baseline rtbench run
+# (BASE_ARGS: the same clients, BASE_MSGS messages) and the full run (FULL_ARGS, MSGS
+# messages); the figures are full - baseline (connections, hellos, drain wait and disconnects
+# cancel out), each corrected for idle; one MEASURE line in FILE
+BASE_ARGS=() FULL_ARGS=()
+measure() {
+  local label=$1 n=$2 mode=$3 kind=$4 msgs=$5 base_msgs=$6 file=$7
+  local idle0 idle1 base full
+  : > "$file"
   idle0="$(snapshot "$n")"; sleep "$IDLE_SECS"; idle1="$(snapshot "$n")"
-  "$RB" "$@" --json --pids "$pids" >> "$file" 2>&1 &
-  local rb=$!
-  s0=""
-  for ((i = 0; i < 1200; i++)); do
-    if grep -qE '^(peers|receivers):' "$file"; then s0="$(snapshot "$n")"; break; fi
-    running "$rb" || break
-    sleep 0.05
-  done
-  wait "$rb" || say "$label: rtbench exited with $? (see $file)"
-  s1="$(snapshot "$n")"
-  [[ -n "$s0" ]] || { say "$label: rtbench never connected (see $file)"; return 0; }
+  base="$(run_rb "$file" "$n" "${BASE_ARGS[@]}")"
+  full="$(run_rb "$file" "$n" "${FULL_ARGS[@]}")"
   local load; load="$(cut -d' ' -f1 /proc/loadavg)"
-  echo "MEASURE {\"label\": \"$label\", \"nodes\": $n, \"mode\": \"$mode\", \"kind\": \"$kind\", \"messages\": $msgs, \"load1\": $load, \"idle0\": \"$idle0\", \"idle1\": \"$idle1\", \"s0\": \"$s0\", \"s1\": \"$s1\"}" >> "$file"
-  grep -E '^(receivers|peers):|^rate |^(same|cross)-node|^cpu during|^anomalies|early connection|failed x' "$file" >&2 || true
+  echo "MEASURE {\"label\": \"$label\", \"nodes\": $n, \"mode\": \"$mode\", \"kind\": \"$kind\", \"messages\": $msgs, \"base_messages\": $base_msgs, \"load1\": $load, \"idle0\": \"$idle0\", \"idle1\": \"$idle1\", \"b0\": \"${base%|*}\", \"b1\": \"${base#*|}\", \"s0\": \"${full%|*}\", \"s1\": \"${full#*|}\"}" >> "$file"
+  grep -E '^(receivers|peers):|^rate |^(same|cross)-node|^anomalies|early connection|failed x' "$file" | tail -n +2 >&2 || true
 }
 
 urls() {   # N -> ws://127.0.0.1:P1,ws://...
@@ -226,12 +235,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
       say "[round $r, $n nodes, PRIVATE_ROUTING=$mode] starting redis and $n nodes"
       start_cluster "$n" "$mode" "$dir"
       url="$(urls "$n")"
-      measure "r$r-n$n-$mode-dm" "$n" "$mode" dm "$DM_MSGS" "$dir/dm.txt" \
-        dm --url "$url" --clients "$PEERS" --rate "$DM_RATE" --messages "$DM_MSGS" \
-        --drain-idle-secs 1 --drain-max-secs 20
-      measure "r$r-n$n-$mode-fanout" "$n" "$mode" fanout "$((FAN_RATE * FAN_SECS))" "$dir/fanout.txt" \
-        fanout --url "$url" --clients "$RECEIVERS" --rate "$FAN_RATE@$FAN_SECS" --payload 100 \
-        --drain-idle-secs 1 --drain-max-secs 30
+      BASE_ARGS=(dm --url "$url" --clients "$PEERS" --rate "$DM_RATE" --messages 1
+        --drain-idle-secs 1 --drain-max-secs 20)
+      FULL_ARGS=(dm --url "$url" --clients "$PEERS" --rate "$DM_RATE" --messages "$DM_MSGS"
+        --drain-idle-secs 1 --drain-max-secs 20)
+      measure "r$r-n$n-$mode-dm" "$n" "$mode" dm "$DM_MSGS" 1 "$dir/dm.txt"
+      BASE_ARGS=(fanout --url "$url" --clients "$RECEIVERS" --rate 1@1 --payload 100
+        --drain-idle-secs 1 --drain-max-secs 30)
+      FULL_ARGS=(fanout --url "$url" --clients "$RECEIVERS" --rate "$FAN_RATE@$FAN_SECS" --payload 100
+        --drain-idle-secs 1 --drain-max-secs 30)
+      measure "r$r-n$n-$mode-fanout" "$n" "$mode" fanout "$((FAN_RATE * FAN_SECS))" 1 "$dir/fanout.txt"
       for ((i = 0; i < n; i++)); do
         curl -s -m 2 "http://127.0.0.1:${ADMIN[$i]}/metrics" | grep -E '^realtime_send_routes_total' |
           sed "s/^/n$((i + 1)) /" >> "$dir/routes.txt" || true

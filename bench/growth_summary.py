@@ -4,11 +4,13 @@ message, PRIVATE_ROUTING=broadcast against PRIVATE_ROUTING=node.
 
 Usage: python3 bench/growth_summary.py RESULTS_DIR
 
-Reads every `MEASURE {json}` line (written by growth.sh after each rtbench run) and the rtbench
-`RESULT {json}` line of the same file (loss). A MEASURE line carries four snapshots, each
-"t node_cpu_ns redis_cpu_us redis_cmds redis_publish node_redis_msgs": idle0/idle1 around an
-idle window just before the run, s0 once rtbench had connected, s1 after it exited. The cost of
-a run is (s1 - s0) minus the idle rate times (s1.t - s0.t), divided by the messages sent.
+Reads every `MEASURE {json}` line (written by growth.sh after each measurement) and the last
+rtbench `RESULT {json}` line of the same file (the full run: loss). A MEASURE line carries six
+snapshots, each "t node_cpu_ns redis_cpu_us redis_cmds redis_publish node_redis_msgs": idle0 and
+idle1 around an idle window, b0 and b1 around the baseline rtbench run (`base_messages`
+messages, the same clients), s0 and s1 around the full run (`messages`). Each run's cost is its
+growth minus the idle rate times its duration; the figures are (full - baseline) /
+(messages - base_messages), so connecting, `hello`, the drain wait and disconnecting cancel out.
 """
 
 import json
@@ -28,21 +30,23 @@ def parse_snapshot(s):
 
 
 def cost(m):
-    """Per-message figures of one MEASURE record (idle-corrected)."""
+    """Per-message figures of one MEASURE record (idle-corrected, baseline subtracted)."""
     i0, i1 = parse_snapshot(m["idle0"]), parse_snapshot(m["idle1"])
+    b0, b1 = parse_snapshot(m["b0"]), parse_snapshot(m["b1"])
     s0, s1 = parse_snapshot(m["s0"]), parse_snapshot(m["s1"])
     idle_dt = i1["t"] - i0["t"]
-    dt = s1["t"] - s0["t"]
-    if idle_dt <= 0 or dt <= 0:
+    dt, bdt = s1["t"] - s0["t"], b1["t"] - b0["t"]
+    if idle_dt <= 0 or dt <= 0 or bdt <= 0:
         raise ValueError("snapshots out of order")
-    msgs = m["messages"]
+    msgs = m["messages"] - m.get("base_messages", 0)
     if msgs <= 0:
-        raise ValueError("no messages")
+        raise ValueError("no messages beyond the baseline")
 
     def per_msg(field):
-        busy = s1[field] - s0[field]
-        idle = (i1[field] - i0[field]) / idle_dt * dt
-        return (busy - idle) / msgs
+        rate = (i1[field] - i0[field]) / idle_dt
+        full = s1[field] - s0[field] - rate * dt
+        base = b1[field] - b0[field] - rate * bdt
+        return (full - base) / msgs
 
     return {
         "node_us": per_msg("node_ns") / 1000.0,
@@ -64,6 +68,16 @@ def loss_of(result):
     return result.get("loss")
 
 
+def cross_share(result):
+    """Share of a dm run's messages whose sender and receiver were on different nodes."""
+    if not result or result.get("mode") != "dm":
+        return None
+    r = result.get("results", {})
+    cross = r.get("cross-node", {}).get("sent", 0)
+    total = cross + r.get("same-node", {}).get("sent", 0)
+    return cross / total if total else None
+
+
 def read_dir(path):
     """Every measurement: (MEASURE record, costs, loss) from the *.txt files under path."""
     out = []
@@ -79,7 +93,9 @@ def read_dir(path):
                     elif line.startswith("RESULT "):
                         result = json.loads(line[len("RESULT "):])
             if measure is not None:
-                out.append((measure, cost(measure), loss_of(result)))
+                c = cost(measure)
+                c["cross"] = cross_share(result)
+                out.append((measure, c, loss_of(result)))
     return out
 
 
@@ -147,11 +163,54 @@ def tables(measures):
                 f"| {lost('broadcast')} | {lost('node')} |"
             )
         lines.append("")
+        if kind == "dm":
+            lines.extend(per_cross_node(data, ns))
     if loads:
         lines.append(
             f"1-minute load average at the end of each measurement: {min(loads):.2f} - {max(loads):.2f}"
         )
     return "\n".join(lines)
+
+
+def per_cross_node(data, ns):
+    """The dm figures per cross-node message. A same-node message never touches Redis (no
+    PUBLISH), so Redis CPU and deliveries are divided by the cross-node share. Node CPU: the
+    1-node runs (every message same-node) give the cost of a same-node message, c1; then
+    (node CPU per message - (1 - share) * c1) / share."""
+    local = [c["node_us"] for mode in ("broadcast", "node") for c in data.get(("dm", 1, mode), [])]
+    c1 = mean(local) if local else None
+    lines = [
+        "Per cross-node private message (same-node messages: "
+        + (f"{c1:.1f} µs of node CPU each, from the 1-node runs" if c1 is not None else "no 1-node run")
+        + ")",
+        "",
+        "| nodes | cross-node share | node CPU µs (est.): broadcast | node | node/broadcast "
+        "| Redis CPU µs: broadcast | node | node/broadcast | Redis deliveries: broadcast | node |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in ns:
+        if n == 1:
+            continue
+        row = {}
+        shares = []
+        for mode in ("broadcast", "node"):
+            rows = [c for c in data.get(("dm", n, mode), []) if c.get("cross")]
+            shares += [c["cross"] for c in rows]
+            row[mode] = {
+                "node": [(c["node_us"] - (1 - c["cross"]) * c1) / c["cross"] for c in rows]
+                if c1 is not None
+                else [],
+                "redis": [c["redis_us"] / c["cross"] for c in rows],
+                "del": [c["deliveries"] / c["cross"] for c in rows],
+            }
+        b, r = row["broadcast"], row["node"]
+        lines.append(
+            f"| {n} | {(f'{mean(shares):.2f}' if shares else '-')} | {fmt(b['node'], 1)} | {fmt(r['node'], 1)} | {ratio(r['node'], b['node'])} "
+            f"| {fmt(b['redis'], 2)} | {fmt(r['redis'], 2)} | {ratio(r['redis'], b['redis'])} "
+            f"| {fmt(b['del'], 2)} | {fmt(r['del'], 2)} |"
+        )
+    lines.append("")
+    return lines
 
 
 def main(argv):

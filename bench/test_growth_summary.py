@@ -12,25 +12,31 @@ def snap(t, ns, us, cmds, pub, msgs):
     return f"{t} {ns} {us} {cmds} {pub} {msgs}"
 
 
-def record(kind="dm", nodes=2, mode="node", messages=1000, busy_ns=5_000_000_000):
+def record(kind="dm", nodes=2, mode="node", messages=1001, busy_ns=5_000_000_000):
     # idle: 1 s, 10 ms of node CPU, 100 µs of Redis, 10 commands, 0 publishes, 1 delivery
-    # run: 10 s; idle share over it: 100 ms, 1000 µs, 100 commands, 0 publishes, 10 deliveries
+    # baseline: 2 s (idle share 20 ms, 200 µs, 20, 0, 2) plus 300 ms, 50 µs, 5 commands,
+    #   1 publish, 3 deliveries of its own (one message, connections)
+    # full run: 10 s (idle share 100 ms, 1000 µs, 100, 0, 10) plus the baseline's own work
+    #   plus 1000 messages: busy_ns, 4000 µs, 2000 commands, 1000 publishes, 3000 deliveries
     return {
         "label": "x",
         "nodes": nodes,
         "mode": mode,
         "kind": kind,
         "messages": messages,
+        "base_messages": 1,
         "load1": 0.5,
         "idle0": snap(100.0, 0, 0, 0, 0, 0),
         "idle1": snap(101.0, 10_000_000, 100, 10, 0, 1),
-        "s0": snap(102.0, 20_000_000, 200, 20, 0, 2),
-        "s1": snap(112.0, 20_000_000 + busy_ns + 100_000_000, 200 + 4000 + 1000, 20 + 2000 + 100, 1000, 2 + 3000 + 10),
+        "b0": snap(102.0, 20_000_000, 200, 20, 0, 2),
+        "b1": snap(104.0, 20_000_000 + 20_000_000 + 300_000_000, 200 + 200 + 50, 20 + 20 + 5, 1, 2 + 2 + 3),
+        "s0": snap(105.0, 0, 0, 0, 0, 0),
+        "s1": snap(115.0, 100_000_000 + 300_000_000 + busy_ns, 1000 + 50 + 4000, 100 + 5 + 2000, 1 + 1000, 10 + 3 + 3000),
     }
 
 
 class CostTest(unittest.TestCase):
-    def test_idle_share_is_subtracted_and_divided_by_messages(self):
+    def test_idle_share_and_baseline_are_subtracted_and_divided_by_messages(self):
         c = g.cost(record())
         self.assertAlmostEqual(c["node_us"], 5000.0)  # 5 s / 1000 msgs
         self.assertAlmostEqual(c["redis_us"], 4.0)
@@ -49,7 +55,7 @@ class CostTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             g.cost(r)
         with self.assertRaises(ValueError):
-            g.cost(record(messages=0))
+            g.cost(record(messages=1))
 
     def test_loss_of_dm_and_fanout(self):
         dm = {"mode": "dm", "results": {"same-node": {"sent": 10, "received": 10},
@@ -73,8 +79,9 @@ class TableTest(unittest.TestCase):
             ms = g.read_dir(d)
             self.assertEqual(len(ms), 2)
             out = g.tables(ms)
+        # the per-message table, then the per-cross-node one
         row = [line for line in out.splitlines() if line.startswith("| 4 |")]
-        self.assertEqual(len(row), 1)
+        self.assertEqual(len(row), 2)
         cells = [c.strip() for c in row[0].strip("|").split("|")]
         self.assertEqual(cells[1], "8000.0")
         self.assertEqual(cells[2], "2000.0")
@@ -82,6 +89,30 @@ class TableTest(unittest.TestCase):
         self.assertEqual(cells[-2:], ["0", "0"])
         self.assertIn("Private messages", out)
         self.assertNotIn("Broadcasts", out)
+
+    def test_per_cross_node_figures_use_the_one_node_cost_for_same_node_messages(self):
+        def c(node_us, redis_us, deliveries, cross):
+            return {"node_us": node_us, "redis_us": redis_us, "deliveries": deliveries, "cross": cross}
+
+        data = {
+            ("dm", 1, "node"): [c(100.0, 0.0, 0.0, 0.0)],
+            ("dm", 1, "broadcast"): [c(100.0, 0.0, 0.0, 0.0)],
+            # half cross-node: 0.5 * 100 + 0.5 * 300 = 200 (node); 0.5 * 100 + 0.5 * 500 = 300
+            ("dm", 2, "node"): [c(200.0, 10.0, 0.5, 0.5)],
+            ("dm", 2, "broadcast"): [c(300.0, 20.0, 1.0, 0.5)],
+        }
+        lines = g.per_cross_node(data, [1, 2])
+        row = [x for x in lines if x.startswith("| 2 |")][0]
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        self.assertEqual(cells[1], "0.50")
+        self.assertEqual(cells[2:5], ["500.0", "300.0", "0.60"])
+        self.assertEqual(cells[5:8], ["40.00", "20.00", "0.50"])
+        self.assertEqual(cells[8:10], ["2.00", "1.00"])
+        self.assertIn("100.0 µs", lines[0])
+        self.assertFalse(any(x.startswith("| 1 |") for x in lines))
+        self.assertEqual(g.cross_share({"mode": "dm", "results": {
+            "same-node": {"sent": 1}, "cross-node": {"sent": 3}}}), 0.75)
+        self.assertIsNone(g.cross_share({"mode": "fanout"}))
 
     def test_rounds_show_mean_and_each(self):
         self.assertEqual(g.fmt([1.0, 3.0], 1), "2.0 (1.0, 3.0)")
