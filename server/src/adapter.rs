@@ -289,7 +289,28 @@ impl Driver for RedisDriver {
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
-        self.handlers().insert(chan.clone(), tx);
+        // This node's own request channel (private messages routed to it, route.rs) shares the
+        // buffer of the shared request channel (subscribed first by socketioxide-redis): the
+        // adapter reads its two request streams through `select`, which could let a routed
+        // private message and a broadcast sent after it by the same sender swap places. In one
+        // buffer they stay in the order Redis sent them; the own channel's stream ends at once.
+        let shared = crate::route::shared_request_channel(CHANNEL_PREFIX, &chan).and_then(|c| {
+            let map = self
+                .inner
+                .handlers
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            map.get(&c).cloned()
+        });
+        match shared {
+            Some(shared) => {
+                drop(tx);
+                self.handlers().insert(chan.clone(), shared);
+            }
+            None => {
+                self.handlers().insert(chan.clone(), tx);
+            }
+        }
         if self.inner.health.redis_usable()
             && let Err(e) = subscribe_one(&self.inner, &chan).await
         {
@@ -978,6 +999,56 @@ mod tests {
             d.num_serv("x").await,
             Err(DriverError::NotConnected)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_nodes_own_request_channel_shares_the_shared_channels_buffer_in_order() {
+        use futures::StreamExt;
+        let d = driver();
+        let mut shared = d.subscribe("realtime-request#/#".into(), 16).await.unwrap();
+        let mut own = d
+            .subscribe("realtime-request#/#AbCdEf0000000000#".into(), 16)
+            .await
+            .unwrap();
+        use futures::FutureExt;
+        assert_eq!(
+            own.next().now_or_never(),
+            Some(None),
+            "the own stream ends at once: its messages go to the shared one"
+        );
+        let mut chans = d.channels();
+        chans.sort();
+        assert_eq!(
+            chans.len(),
+            2,
+            "both are subscribed (and resubscribed): {chans:?}"
+        );
+        for (i, chan) in [
+            "realtime-request#/#AbCdEf0000000000#",
+            "realtime-request#/#",
+            "realtime-request#/#AbCdEf0000000000#",
+            "realtime-request#/#",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v: &'static [u8] = [b"0", b"1", b"2", b"3"][i];
+            dispatch(&d.inner, message(chan, v));
+        }
+        for want in [b"0", b"1", b"2", b"3"] {
+            assert_eq!(
+                shared.next().await.unwrap().1,
+                want.to_vec(),
+                "arrival order"
+            );
+        }
+        // any other channel keeps its own buffer
+        let mut other = d
+            .subscribe("realtime-response#/#x#".into(), 4)
+            .await
+            .unwrap();
+        dispatch(&d.inner, message("realtime-response#/#x#", b"r"));
+        assert_eq!(other.next().await.unwrap().1, b"r".to_vec());
     }
 
     #[tokio::test]

@@ -70,6 +70,17 @@ pub fn is_node_request_channel(prefix: &str, chan: &str) -> bool {
         })
 }
 
+/// The shared request channel of a node's own request channel (`<prefix>-request#<ns>#` of
+/// `<prefix>-request#<ns>#<uid>#`).
+pub fn shared_request_channel(prefix: &str, chan: &str) -> Option<String> {
+    if !is_node_request_channel(prefix, chan) {
+        return None;
+    }
+    let body = chan.strip_suffix('#')?;
+    let cut = body.rfind('#')?;
+    Some(chan[..=cut].to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
