@@ -29,7 +29,8 @@
 #   NODES="1 2 4 8"    node counts (at most 8; the 1-node runs give the cost of a same-node
 #                      private message, used for the per-cross-node table)
 #   MODES="broadcast node"   PRIVATE_ROUTING values, in this order within each N
-#   ROUNDS=1           repetitions of the whole sweep (interleaved)
+#   ROUNDS=1           repetitions of the whole sweep (interleaved; even rounds take the modes
+#                      in reverse order)
 #   PEERS=200 DM_RATE=500 DM_MSGS=5000          rtbench dm
 #   RECEIVERS=200 FAN_RATE=100 FAN_SECS=10      rtbench fanout (100-byte payload)
 #   PORT_BASE=23200    Redis on P, nodes on P+1..P+8, their admin ports on P+21..P+28
@@ -229,7 +230,11 @@ urls() {   # N -> ws://127.0.0.1:P1,ws://...
 
 for ((r = 1; r <= ROUNDS; r++)); do
   for n in $NODES; do
-    for mode in $MODES; do
+    # Even rounds take the modes in reverse order, so that a drift of the machine does not
+    # always favour the same mode.
+    order="$MODES"
+    (( r % 2 == 0 )) && order="$(echo "$MODES" | awk '{for (i = NF; i > 0; i--) printf "%s%s", $i, (i > 1 ? " " : "")}')"
+    for mode in $order; do
       dir="$OUT/r$r-n$n-$mode"
       mkdir -p "$dir"
       say "[round $r, $n nodes, PRIVATE_ROUTING=$mode] starting redis and $n nodes"
