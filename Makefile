@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain bench-floor clean-cache
+.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain bench-floor bench-growth clean-cache
 
 ## run: one realtime-server node on :3000 with the in-memory adapter and the demo page
 ## (probes and metrics on the admin port :9090)
@@ -80,6 +80,13 @@ bench-drain:
 ## Holds /tmp/rt-bench.lock while measuring. Results under ~/.cache/realtime-operator/bench/floor/
 bench-floor:
 	bench/floor.sh
+
+## bench-growth: node CPU, Redis CPU and Redis deliveries per private message and per broadcast
+## with 1, 2, 4 and 8 nodes on one Redis, PRIVATE_ROUTING=broadcast against node (loopback, no
+## nginx; ~5 min per round, holds /tmp/rt-bench.lock). Results under
+## ~/.cache/realtime-operator/bench/growth/
+bench-growth:
+	flock /tmp/rt-bench.lock bench/growth.sh
 
 ## e2e-kind: the end-to-end scenarios on a kind cluster through ingress-nginx (needs Docker, kind,
 ## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some;

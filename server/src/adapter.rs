@@ -110,6 +110,9 @@ pub const DEAF_GRACE: Duration = Duration::from_secs(10);
 pub enum DriverError {
     #[error("redis is not connected")]
     NotConnected,
+    /// A node's own request channel had no subscriber: that node is gone (see `route.rs`).
+    #[error("no node listens on {0}")]
+    NoSubscriber(String),
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
 }
@@ -267,11 +270,17 @@ impl Driver for RedisDriver {
             // the caller can fall back to local delivery.
             return Err(DriverError::NotConnected);
         }
+        let node_chan = crate::route::is_node_request_channel(CHANNEL_PREFIX, &chan);
+        let named = node_chan.then(|| chan.clone());
         let res = publish(&self.inner, chan, val).await;
-        if res.is_err() {
-            self.inner.metrics.adapter_error(AdapterOp::Publish);
+        match (res, named) {
+            (Ok(0), Some(chan)) => Err(DriverError::NoSubscriber(chan)),
+            (Ok(_), _) => Ok(()),
+            (Err(e), _) => {
+                self.inner.metrics.adapter_error(AdapterOp::Publish);
+                Err(e.into())
+            }
         }
-        res.map_err(Into::into)
     }
 
     async fn subscribe(
@@ -280,7 +289,28 @@ impl Driver for RedisDriver {
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
-        self.handlers().insert(chan.clone(), tx);
+        // This node's own request channel (private messages routed to it, route.rs) shares the
+        // buffer of the shared request channel (subscribed first by socketioxide-redis): the
+        // adapter reads its two request streams through `select`, which could let a routed
+        // private message and a broadcast sent after it by the same sender swap places. In one
+        // buffer they stay in the order Redis sent them; the own channel's stream ends at once.
+        let shared = crate::route::shared_request_channel(CHANNEL_PREFIX, &chan).and_then(|c| {
+            let map = self
+                .inner
+                .handlers
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            map.get(&c).cloned()
+        });
+        match shared {
+            Some(shared) => {
+                drop(tx);
+                self.handlers().insert(chan.clone(), shared);
+            }
+            None => {
+                self.handlers().insert(chan.clone(), tx);
+            }
+        }
         if self.inner.health.redis_usable()
             && let Err(e) = subscribe_one(&self.inner, &chan).await
         {
@@ -329,16 +359,13 @@ impl Driver for RedisDriver {
     }
 }
 
-/// PUBLISH, or SPUBLISH on a cluster (to the master of the channel's slot).
-async fn publish(inner: &Inner, chan: String, val: Vec<u8>) -> Result<(), fred::error::Error> {
+/// PUBLISH, or SPUBLISH on a cluster (to the master of the channel's slot): the number of
+/// subscribers that got it (on a cluster, on that shard, where all of the channel's are).
+async fn publish(inner: &Inner, chan: String, val: Vec<u8>) -> Result<i64, fred::error::Error> {
     if inner.sharded {
-        inner
-            .client
-            .spublish::<i64, _, _>(chan, val)
-            .await
-            .map(drop)
+        inner.client.spublish::<i64, _, _>(chan, val).await
     } else {
-        inner.client.publish::<i64, _, _>(chan, val).await.map(drop)
+        inner.client.publish::<i64, _, _>(chan, val).await
     }
 }
 
@@ -843,7 +870,7 @@ impl Monitor {
         });
         for (chan, res) in futures::future::join_all(publishes).await {
             let acked = match res {
-                Ok(Ok(())) => true,
+                Ok(Ok(_)) => true,
                 // Counted as a probe failure when the timeout passes. An error reply is Redis
                 // answering (fred may hand a refused SUBSCRIBE's reply to the next command on
                 // the connection, this PUBLISH); a timeout or I/O error is an outage, not
@@ -972,6 +999,56 @@ mod tests {
             d.num_serv("x").await,
             Err(DriverError::NotConnected)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_nodes_own_request_channel_shares_the_shared_channels_buffer_in_order() {
+        use futures::StreamExt;
+        let d = driver();
+        let mut shared = d.subscribe("realtime-request#/#".into(), 16).await.unwrap();
+        let mut own = d
+            .subscribe("realtime-request#/#AbCdEf0000000000#".into(), 16)
+            .await
+            .unwrap();
+        use futures::FutureExt;
+        assert_eq!(
+            own.next().now_or_never(),
+            Some(None),
+            "the own stream ends at once: its messages go to the shared one"
+        );
+        let mut chans = d.channels();
+        chans.sort();
+        assert_eq!(
+            chans.len(),
+            2,
+            "both are subscribed (and resubscribed): {chans:?}"
+        );
+        for (i, chan) in [
+            "realtime-request#/#AbCdEf0000000000#",
+            "realtime-request#/#",
+            "realtime-request#/#AbCdEf0000000000#",
+            "realtime-request#/#",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v: &'static [u8] = [b"0", b"1", b"2", b"3"][i];
+            dispatch(&d.inner, message(chan, v));
+        }
+        for want in [b"0", b"1", b"2", b"3"] {
+            assert_eq!(
+                shared.next().await.unwrap().1,
+                want.to_vec(),
+                "arrival order"
+            );
+        }
+        // any other channel keeps its own buffer
+        let mut other = d
+            .subscribe("realtime-response#/#x#".into(), 4)
+            .await
+            .unwrap();
+        dispatch(&d.inner, message("realtime-response#/#x#", b"r"));
+        assert_eq!(other.next().await.unwrap().1, b"r".to_vec());
     }
 
     #[tokio::test]

@@ -20,13 +20,13 @@ use tracing::{info, warn};
 use crate::{
     adapter::{self, RedisAdapter, RedisDriver},
     auth::Verifier,
-    config::{Settings, Transports, redact_url},
+    config::{PrivateRouting, Settings, Transports, redact_url},
     handlers::{self, App, NAMESPACE},
     health::{Health, Mode},
     http::{self, HttpState},
     metrics::Metrics,
     recovery::{self, Recovery, Store},
-    shutdown,
+    route, shutdown,
 };
 
 /// Packets queued per socket before an emit to it fails (socketioxide's default is 128).
@@ -109,8 +109,16 @@ where
             verifier(),
         ),
     });
+    // Private-message routing (route.rs): only with Redis (several nodes) and without
+    // recovery (a restored socket keeps its id on another node).
+    let route = (settings.redis.is_some()
+        && recovery.is_none()
+        && settings.private_routing == PrivateRouting::Node)
+        .then(route::new_tag)
+        .and_then(|tag| route::uid_of_tag(&tag).map(|uid| (tag, uid)));
     let app = Arc::new(App {
         node: settings.node_name.clone(),
+        route: route.as_ref().map(|(_, uid)| *uid),
         metrics: metrics.clone(),
         health: health.clone(),
         verifier: verifier(),
@@ -118,6 +126,10 @@ where
     });
 
     let mut builder = socketio_builder(&settings).with_state(app.clone());
+    if let Some((tag, uid)) = route {
+        info!(%uid, "private messages go to the node of their socket (socket ids start with {tag})");
+        builder = builder.sid_prefix(tag).server_id(uid);
+    }
     if let Some(rec) = &recovery {
         builder = builder.with_connection_state_recovery(Store(rec.clone()));
         info!(

@@ -113,6 +113,15 @@ pub struct Cli {
     #[arg(long, env = "REDIS_STARTUP_GRACE", default_value = "10s")]
     pub redis_startup_grace: humantime::Duration,
 
+    /// How a private message (`send {to}`) to a socket on another node travels: `node` sends
+    /// it to that node only (the socket id names its node; one Redis delivery whatever the
+    /// number of nodes), `broadcast` to every node, which each check the socket's room (the
+    /// behaviour before routing; kept for comparison). With connection state recovery on,
+    /// every message goes through the recovery log, which every node reads: `node` then has
+    /// no effect.
+    #[arg(long, env = "PRIVATE_ROUTING", value_enum, default_value_t = PrivateRouting::Node)]
+    pub private_routing: PrivateRouting,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -140,6 +149,15 @@ pub const MAX_RECOVERY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub struct RecoverySettings {
     pub window: Duration,
     pub max_packets: u32,
+}
+
+/// PRIVATE_ROUTING (see `route.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrivateRouting {
+    /// To the node whose id the socket id carries.
+    Node,
+    /// To every node.
+    Broadcast,
 }
 
 /// How log lines are written to stderr.
@@ -238,6 +256,7 @@ pub struct Settings {
     /// Transports closed per second while draining (0: all at once).
     pub drain_close_rate: u32,
     pub redis_startup_grace: Duration,
+    pub private_routing: PrivateRouting,
     pub log_format: LogFormat,
     /// socket.io's request path on the public port (no trailing slash).
     pub socketio_path: String,
@@ -474,6 +493,7 @@ impl Cli {
             shutdown_grace,
             drain_close_rate,
             redis_startup_grace: self.redis_startup_grace.into(),
+            private_routing: self.private_routing,
             log_format: self.log_format,
             recovery,
         })

@@ -41,14 +41,14 @@ use socketioxide::{
     operators::BroadcastOperators,
     socket::{DisconnectReason, Sid, Socket},
 };
-use socketioxide_core::Value;
+use socketioxide_core::{Uid, Value};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::{
     auth::{AuthError, HandshakeAuth, Verifier},
     health::{Health, Mode},
-    metrics::{AdapterOp, Metrics, OutKind},
+    metrics::{AdapterOp, Metrics, OutKind, SendRoute},
     protocol::{self, Command, EventKind, InputError, Target},
     recovery::{ALL_ROOM, Recovery},
 };
@@ -61,6 +61,9 @@ pub struct App {
     pub verifier: Option<Verifier>,
     /// Connection state recovery, when enabled (every message then goes through its log).
     pub recovery: Option<Arc<Recovery>>,
+    /// This node's adapter id when private messages are routed to their socket's node
+    /// (`route.rs`); `None`: they are broadcast.
+    pub route: Option<Uid>,
 }
 
 /// The namespace clients connect to.
@@ -380,17 +383,7 @@ async fn handle_event<A: Adapter>(
             data,
         } => {
             let dest = match &target {
-                Target::Socket(to) => {
-                    // A socket on this node gets it directly, without the Redis round trip.
-                    let here = Sid::from_str(to)
-                        .ok()
-                        .is_some_and(|sid| root.get_socket(sid).is_some());
-                    if here {
-                        Dest::LocalRoom(socket_room(to))
-                    } else {
-                        Dest::Room(socket_room(to))
-                    }
-                }
+                Target::Socket(to) => socket_dest(app, &root, to),
                 Target::User(u) => Dest::Room(user_room(u)),
             };
             let partial = deliver(app, &root, &dest, &event, data).await;
@@ -402,6 +395,30 @@ async fn handle_event<A: Adapter>(
             send_ack(app, ack, &PresenceAck { members, partial });
         }
     }
+}
+
+/// Where a `send {to}` goes (see `route.rs`), counted by route.
+fn socket_dest<A: Adapter>(app: &App, root: &BroadcastOperators<A>, to: &str) -> Dest {
+    let room = socket_room(to);
+    // A socket on this node gets it directly, without the Redis round trip.
+    let here = Sid::from_str(to)
+        .ok()
+        .is_some_and(|sid| root.get_socket(sid).is_some());
+    let (dest, route) = if here {
+        (Dest::LocalRoom(room), SendRoute::Local)
+    } else {
+        match (app.route, app.route.and_then(|_| crate::route::node_of(to))) {
+            // Made here and gone (ids do not move without recovery): nobody to reach.
+            (Some(own), Some(node)) if node == own => (Dest::LocalRoom(room), SendRoute::Local),
+            (Some(_), Some(node)) => (Dest::Node(room, node), SendRoute::Node),
+            _ => (Dest::Room(room), SendRoute::Broadcast),
+        }
+    };
+    // With recovery, every message goes through the log whatever the route.
+    if app.recovery.is_none() {
+        app.metrics.send_route(route);
+    }
+    dest
 }
 
 fn refuse<A: Adapter>(app: &App, kind: EventKind, ack: AckSender<A>, error: &str) {
@@ -442,6 +459,10 @@ pub enum Dest {
     Room(String),
     /// A room known to be on this node only (a local `send {to}`).
     LocalRoom(String),
+    /// A room known to be on that node only (a `send {to}` whose socket id names its node,
+    /// `route.rs`): published on that node's own channel, and broadcast to every node if no
+    /// node listens there.
+    Node(String, Uid),
 }
 
 impl Dest {
@@ -449,6 +470,7 @@ impl Dest {
         let op = match self {
             Dest::All => root.clone(),
             Dest::Room(r) | Dest::LocalRoom(r) => root.clone().to(r.clone()),
+            Dest::Node(r, uid) => root.clone().to(r.clone()).on_server(*uid),
         };
         if local || matches!(self, Dest::LocalRoom(_)) {
             op.local()
@@ -472,7 +494,7 @@ pub async fn deliver<A: Adapter>(
     if let Some(rec) = &app.recovery {
         let room = match dest {
             Dest::All => ALL_ROOM,
-            Dest::Room(r) | Dest::LocalRoom(r) => r.as_str(),
+            Dest::Room(r) | Dest::LocalRoom(r) | Dest::Node(r, _) => r.as_str(),
         };
         return rec.publish(room, event, data).await;
     }
@@ -488,6 +510,16 @@ pub async fn deliver<A: Adapter>(
             app.metrics.delivery_failures.inc_by(errs.len() as u64);
             partial
         }
+        Err(BroadcastError::Adapter(e)) if no_subscriber(&e) => {
+            // The node the socket id names is gone, or made the id without routing: every
+            // node checks the room, as without routing.
+            let Dest::Node(room, _) = dest else {
+                return partial;
+            };
+            app.metrics.send_route(SendRoute::Fallback);
+            debug!("{e}: broadcasting instead");
+            Box::pin(deliver(app, root, &Dest::Room(room.clone()), event, data)).await
+        }
         Err(BroadcastError::Adapter(e)) => {
             // Nothing was delivered: the adapter publishes before broadcasting locally.
             app.metrics.adapter_error(AdapterOp::Broadcast);
@@ -502,6 +534,17 @@ pub async fn deliver<A: Adapter>(
             partial
         }
     }
+}
+
+/// Whether the adapter failed because a node's own channel had no subscriber (`route.rs`).
+fn no_subscriber(e: &socketioxide::adapter::AdapterError) -> bool {
+    e.0.downcast_ref::<socketioxide_redis::Error<crate::adapter::RedisDriver>>()
+        .is_some_and(|e| {
+            matches!(
+                e,
+                socketioxide_redis::Error::Driver(crate::adapter::DriverError::NoSubscriber(_))
+            )
+        })
 }
 
 /// The per-socket queue that keeps one socket's events in order (see the module doc).

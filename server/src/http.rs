@@ -408,6 +408,7 @@ mod tests {
             io.ns(NAMESPACE, async || {});
             HttpState {
                 app: Arc::new(App {
+                    route: None,
                     node: "n1".into(),
                     metrics: Arc::new(Metrics::new("n1", "memory")),
                     health: Arc::new(Health::new(Mode::Memory)),

@@ -12,5 +12,6 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod recovery;
+pub mod route;
 pub mod shed;
 pub mod shutdown;

@@ -30,6 +30,11 @@ struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -106,6 +111,32 @@ impl AdapterOp {
 }
 
 /// Why a message from Redis was dropped before reaching the adapter.
+/// How a `send {to}` left this node (see `route.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRoute {
+    /// The socket is on this node (or was: its id names this node): no Redis.
+    Local,
+    /// Published on the request channel of the node its id names: one Redis delivery.
+    Node,
+    /// Broadcast to every node (routing off, connection state recovery on, or an id that names
+    /// no node).
+    Broadcast,
+    /// The named node had no subscriber (gone, or an id made by another version): broadcast.
+    Fallback,
+}
+
+impl SendRoute {
+    const ALL: [SendRoute; 4] = [Self::Local, Self::Node, Self::Broadcast, Self::Fallback];
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Node => "node",
+            Self::Broadcast => "broadcast",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// The pump fell behind fred's broadcast channel.
@@ -135,6 +166,7 @@ pub struct Metrics {
     pub auth_failures: Counter,
     events_in: [[Counter; 2]; EventKind::ALL.len()],
     events_out: [Counter; OutKind::ALL.len()],
+    send_routes: [Counter; SendRoute::ALL.len()],
     /// Emits refused by a socket whose send buffer was full or closed.
     pub delivery_failures: Counter,
     adapter_errors: [Counter; AdapterOp::ALL.len()],
@@ -213,6 +245,17 @@ impl Metrics {
         r.register(
             "events_out",
             "Events emitted by this node, by kind (a broadcast counts once, not per receiver)",
+            fam,
+        );
+
+        let fam = Family::<RouteLabels, Counter>::default();
+        let send_routes = SendRoute::ALL.map(|k| {
+            fam.get_or_create(&RouteLabels { route: k.as_str() })
+                .clone()
+        });
+        r.register(
+            "send_routes",
+            "Private messages (send {to}) by how they left this node: local, node (one node's channel), broadcast, fallback (the named node had no subscriber)",
             fam,
         );
 
@@ -333,6 +376,7 @@ impl Metrics {
             auth_failures,
             events_in,
             events_out,
+            send_routes,
             delivery_failures,
             adapter_errors,
             redis_connected,
@@ -359,6 +403,12 @@ impl Metrics {
     pub fn event_in(&self, kind: EventKind, ok: bool) {
         let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.events_in[i][usize::from(!ok)].inc();
+    }
+
+    #[inline]
+    pub fn send_route(&self, route: SendRoute) {
+        let i = SendRoute::ALL.iter().position(|k| *k == route).unwrap_or(0);
+        self.send_routes[i].inc();
     }
 
     #[inline]

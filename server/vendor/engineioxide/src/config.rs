@@ -87,6 +87,37 @@ pub struct EngineIoConfig {
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
+
+    /// The first characters of every session id this engine makes (at most
+    /// [`MAX_SID_PREFIX`] base64url characters; empty by default: fully random ids). The rest
+    /// stays random. Lets a cluster tell which server made an id (realtime-server routes a
+    /// private message to the node of its socket by it).
+    pub sid_prefix: Cow<'static, str>,
+}
+
+/// The longest [`EngineIoConfig::sid_prefix`]: at least 8 of the 16 characters (48 bits)
+/// stay random.
+pub const MAX_SID_PREFIX: usize = 8;
+
+/// Checks a [`EngineIoConfig::sid_prefix`]: at most [`MAX_SID_PREFIX`] characters of the
+/// base64url alphabet.
+pub fn valid_sid_prefix(prefix: &str) -> bool {
+    prefix.len() <= MAX_SID_PREFIX
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A new random session id that starts with `prefix` (see [`EngineIoConfig::sid_prefix`]).
+pub(crate) fn new_sid(prefix: &str) -> engineioxide_core::Sid {
+    let sid = engineioxide_core::Sid::new();
+    if prefix.is_empty() || !valid_sid_prefix(prefix) {
+        return sid;
+    }
+    let mut id = String::with_capacity(16);
+    id.push_str(prefix);
+    id.push_str(&sid.as_str()[prefix.len()..]);
+    id.parse().unwrap_or(sid)
 }
 
 impl Default for EngineIoConfig {
@@ -102,6 +133,7 @@ impl Default for EngineIoConfig {
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
+            sid_prefix: Cow::Borrowed(""),
         }
     }
 }
@@ -254,6 +286,20 @@ impl EngineIoConfigBuilder {
         self
     }
 
+    /// The first characters of every session id (see [`EngineIoConfig::sid_prefix`]).
+    ///
+    /// # Panics
+    /// If the prefix is longer than [`MAX_SID_PREFIX`] or not base64url.
+    pub fn sid_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+        let prefix = prefix.into();
+        assert!(
+            valid_sid_prefix(&prefix),
+            "sid prefix must be at most {MAX_SID_PREFIX} base64url characters"
+        );
+        self.config.sid_prefix = prefix;
+        self
+    }
+
     /// Build the config
     pub fn build(self) -> EngineIoConfig {
         self.config
@@ -268,6 +314,27 @@ impl Default for EngineIoConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sids_start_with_the_prefix_and_stay_random() {
+        let a = new_sid("n0De_1");
+        let b = new_sid("n0De_1");
+        assert!(a.as_str().starts_with("n0De_1"), "{a}");
+        assert_eq!(a.as_str().len(), 16);
+        assert_ne!(a, b);
+        assert!(!new_sid("").as_str().is_empty());
+        assert!(valid_sid_prefix("abcdEFG-"));
+        assert!(!valid_sid_prefix("abcdEFGH1"));
+        assert!(!valid_sid_prefix("a/b"));
+        let conf = EngineIoConfig::builder().sid_prefix("xY").build();
+        assert_eq!(conf.sid_prefix, "xY");
+    }
+
+    #[test]
+    #[should_panic]
+    fn an_invalid_sid_prefix_is_refused() {
+        let _ = EngineIoConfig::builder().sid_prefix("not base64!");
+    }
 
     #[test]
     pub fn config_transports() {

@@ -179,6 +179,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_get_ids_with_the_configured_prefix() {
+        let config = EngineIoConfig::builder().sid_prefix("Ab-_9").build();
+        let engine = Arc::new(EngineIo::new(Arc::new(MockHandler), config));
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let socket = engine.create_session(
+                ProtocolVersion::V4,
+                TransportType::Polling,
+                Request::<()>::default().into_parts().0,
+                true,
+            );
+            assert!(socket.id.as_str().starts_with("Ab-_9"), "{}", socket.id);
+            ids.insert(socket.id);
+        }
+        assert_eq!(ids.len(), 50, "the rest of the id stays random");
+        let plain = create_engine().create_session(
+            ProtocolVersion::V4,
+            TransportType::Polling,
+            Request::<()>::default().into_parts().0,
+            true,
+        );
+        assert_eq!(plain.id.as_str().len(), 16);
+    }
+
+    #[tokio::test]
     async fn close_session() {
         let engine = create_engine();
         let socket = engine.create_session(

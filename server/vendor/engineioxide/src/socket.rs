@@ -249,7 +249,7 @@ where
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
 
         Self {
-            id: Sid::new(),
+            id: crate::config::new_sid(&config.sid_prefix),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),

@@ -208,6 +208,27 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// The first characters of every engine.io session id, and so of every socket id of a
+    /// socket that is not restored (at most 8 base64url characters, see
+    /// [`engineioxide::config::EngineIoConfig::sid_prefix`]). Empty by default.
+    ///
+    /// # Panics
+    /// If the prefix is longer than 8 characters or not base64url.
+    #[inline]
+    pub fn sid_prefix(mut self, prefix: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.engine_config_builder = self.engine_config_builder.sid_prefix(prefix);
+        self
+    }
+
+    /// This server's id in the cluster (the adapter's [`Uid`]): random by default. Together
+    /// with [`SocketIoBuilder::sid_prefix`] it lets other servers find the server of a socket
+    /// from its id and address it with [`BroadcastOperators::on_server`].
+    #[inline]
+    pub fn server_id(mut self, uid: Uid) -> Self {
+        self.config.server_id = uid;
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///
@@ -894,6 +915,20 @@ mod tests {
     fn get_default_op_panic() {
         let (_, io) = SocketIo::new_svc();
         let _ = io.get_default_op();
+    }
+
+    #[test]
+    fn server_id_and_sid_prefix_reach_the_config() {
+        let uid: Uid = "rOuTe0AAAAAAAAAA".parse().unwrap();
+        let (_, io) = SocketIo::builder()
+            .server_id(uid)
+            .sid_prefix("rOuTe0")
+            .build_svc();
+        assert_eq!(io.config().server_id, uid);
+        assert_eq!(io.config().engine_config.sid_prefix, "rOuTe0");
+        let (_, plain) = SocketIo::new_svc();
+        assert_ne!(plain.config().server_id, uid);
+        assert_eq!(plain.config().engine_config.sid_prefix, "");
     }
 
     #[test]

@@ -242,6 +242,17 @@ impl<A: Adapter> BroadcastOperators<A> {
         self
     }
 
+    /// Only the server `uid` needs this operation: an adapter that can address one server
+    /// sends it there alone instead of to every server (socketioxide-redis publishes it on
+    /// that server's own request channel, which [`crate::extract::SocketRef`]'s remote
+    /// counterpart, `RemoteSocket`, already uses). The rooms and flags still apply on that
+    /// server, and this server still applies them to its own sockets. Use it when the
+    /// sockets of the rooms are known to be on `uid` only (a socket's own room, say).
+    pub fn on_server(mut self, uid: socketioxide_core::Uid) -> Self {
+        self.opts.server_id = Some(uid);
+        self
+    }
+
     #[doc = include_str!("../docs/operators/timeout.md")]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -391,5 +402,26 @@ impl<A: Adapter> fmt::Debug for ConfOperators<'_, A> {
         f.debug_struct("ConfOperators")
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use socketioxide_core::Uid;
+
+    use crate::SocketIo;
+
+    #[test]
+    fn on_server_names_the_server_in_the_broadcast_options() {
+        let uid: Uid = "rOuTe0AAAAAAAAAA".parse().unwrap();
+        let (_, io) = SocketIo::new_svc();
+        io.ns("/", async || {});
+        let op = io.of("/").unwrap().to("sid:x").on_server(uid);
+        assert_eq!(op.opts.server_id, Some(uid));
+        assert!(op.opts.rooms.iter().any(|r| r == "sid:x"));
+        // not "local": the adapter still has to send it to that server
+        assert!(!op.opts.is_local(io.config().server_id));
+        let op = io.of("/").unwrap().to("sid:x");
+        assert_eq!(op.opts.server_id, None);
     }
 }
