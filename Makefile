@@ -17,6 +17,7 @@ test:
 	@scripts/timed.sh lint $(MAKE) --no-print-directory lint
 	@scripts/timed.sh tests $(CARGO) test --workspace --no-fail-fast
 	@scripts/timed.sh vendor-test $(MAKE) --no-print-directory vendor-test
+	@scripts/timed.sh bench-tools python3 -m unittest discover -s bench -p 'test_*.py'
 	@scripts/timed.sh --summary
 
 ## vendor-test: the tests of the patched engineioxide and socketioxide (server/vendor, their own

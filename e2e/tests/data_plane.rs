@@ -14,7 +14,8 @@
 use std::time::{Duration, Instant};
 
 use realtime_e2e::data_plane::{
-    Affinity, Cluster, ClusterConfig, ServerCommand, ServerKind, http_get_with, metric_value,
+    Affinity, Cluster, ClusterConfig, ServerCommand, ServerKind, http_get, http_get_with,
+    metric_value,
 };
 use realtime_e2e::sio::{
     self, Client, ConnectOptions, Driver, Hello, Incoming, Member, Transport, hs256_token,
@@ -1168,4 +1169,64 @@ async fn rolling_replacement_of_a_node_moves_its_clients() {
     for c in [&x, &y, &z] {
         assert_eq!(data_of(c, "after"), vec![json!(1)], "{}", c.name());
     }
+}
+
+/// MAX_CONNECTIONS: a full node answers a new session with 503 (the client's connect_error,
+/// `realtime_sessions_refused_total`), keeps serving the sessions it has and its admin port,
+/// and takes a new session again once one leaves. (At the open-files limit itself nothing could
+/// be accepted, probes included: the default cap keeps a reserve below it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_new_sessions_and_keeps_its_admin_port() {
+    let Some(s) = setup(1, &[("MAX_CONNECTIONS", "2")], Affinity::IpHash).await else {
+        return;
+    };
+    if skip_unless_realtime(&s.cluster, "MAX_CONNECTIONS") {
+        return;
+    }
+    let (a, _) = s.client_on(0, 0, ConnectOptions::default()).await;
+    let (b, _) = s.client_on(0, 1, ConnectOptions::default()).await;
+    let m = s.cluster.metrics(0).await.unwrap();
+    assert_eq!(metric_value(&m, "realtime_max_connections", &[]), Some(2.0));
+
+    let c = s
+        .driver
+        .connect(
+            &s.cluster.url(),
+            ConnectOptions::default()
+                .reconnection(false)
+                .local_address(s.cluster.source_address_for(0, 2)),
+        )
+        .await
+        .unwrap();
+    let msg = c.wait_connect_error(T).await.unwrap();
+    eprintln!("third session: connect_error {msg}");
+    let m = s.cluster.metrics(0).await.unwrap();
+    let refused = metric_value(&m, "realtime_sessions_refused_total", &[]).unwrap_or(0.0);
+    assert!(refused >= 1.0, "refusals counted: {refused}");
+    let health = http_get(s.cluster.node(0).admin_addr(), "/healthz", T)
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200, "the admin port answers while full");
+
+    // The sessions it has keep working.
+    a.join("full").await.unwrap();
+    b.join("full").await.unwrap();
+    a.publish(Some("full"), "still", json!(1)).await.unwrap();
+    b.wait_event("still", T).await.unwrap();
+
+    // One leaves: a new session is taken again.
+    a.disconnect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let m = s.cluster.metrics(0).await.unwrap();
+        if metric_value(&m, "realtime_connected_sockets", &[]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_d, _) = s.client_on(0, 3, ConnectOptions::default()).await;
 }

@@ -24,6 +24,7 @@ use crate::{
     handlers::{self, App, NAMESPACE},
     health::{Health, Mode},
     http::{self, HttpState},
+    limits,
     metrics::Metrics,
     recovery::{self, Recovery, Store},
     route, shutdown,
@@ -279,9 +280,28 @@ where
         demo_page: settings.demo_page,
         publish_api: settings.public_publish_api,
     };
+    let open_files = limits::raise_open_files();
+    let cap = limits::session_cap(settings.max_connections, open_files.soft);
+    app.metrics
+        .max_connections
+        .set(cap.map_or(0, |c| i64::try_from(c).unwrap_or(i64::MAX)));
+    info!(
+        open_files = ?open_files.soft,
+        raised_from = ?open_files.raised_from,
+        max_connections = ?cap,
+        "open-files limit"
+    );
+    let gate = http::SessionGate {
+        path: settings.socketio_path.as_str().into(),
+        cap,
+        app: app.clone(),
+    };
     let mut router = http::public_router(state.clone(), routes, max_body)
         .layer(layer)
-        .layer(axum::middleware::from_fn(http::detach_session_request));
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            http::session_gate,
+        ));
     if let Some(cors) = http::cors_layer(&settings.cors) {
         router = router.layer(cors);
     }

@@ -107,6 +107,12 @@ pub struct Cli {
     #[arg(long, env = "DRAIN_CLOSE_RATE", default_value_t = DEFAULT_DRAIN_CLOSE_RATE)]
     pub drain_close_rate: u64,
 
+    /// Most socket.io sessions this node takes; past it a new session gets 503 (its client
+    /// retries, another node takes it). 0: the open-files limit less a reserve of 64 for the
+    /// admin port and Redis (at the limit nothing can be accepted, probes included).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: u64,
+
     /// How long a new node waits to hear Redis before it turns ready without it (degraded). A
     /// node that joins while Redis works is ready only once subscribed, so it never takes
     /// clients it cannot reach; one that starts during an outage still serves after this.
@@ -255,6 +261,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Transports closed per second while draining (0: all at once).
     pub drain_close_rate: u32,
+    /// MAX_CONNECTIONS (0: from the open-files limit, see `limits::session_cap`).
+    pub max_connections: u64,
     pub redis_startup_grace: Duration,
     pub private_routing: PrivateRouting,
     pub log_format: LogFormat,
@@ -492,6 +500,7 @@ impl Cli {
             api_key,
             shutdown_grace,
             drain_close_rate,
+            max_connections: self.max_connections,
             redis_startup_grace: self.redis_startup_grace.into(),
             private_routing: self.private_routing,
             log_format: self.log_format,

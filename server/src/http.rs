@@ -169,21 +169,51 @@ pub fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
     }
 }
 
-/// Middleware for the socket.io path: a request that opens a session is slimmed down to what
-/// the session needs, in buffers of its own.
+/// What [`session_gate`] needs: the socket.io path, the session cap and where the count is.
+#[derive(Clone)]
+pub struct SessionGate {
+    /// socket.io's request path on the public port (no trailing slash).
+    pub path: Arc<str>,
+    /// MAX_CONNECTIONS in force (`limits::session_cap`); `None`: no cap.
+    pub cap: Option<u64>,
+    pub app: Arc<App>,
+}
+
+/// Whether `uri` opens an engine.io session on `path` (no `sid` yet).
+pub fn opens_session(uri: &Uri, path: &str) -> bool {
+    uri.path().starts_with(path)
+        && !uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")))
+}
+
+/// Middleware for the socket.io path, on requests that open a session:
+/// - past the session cap the request gets 503 (`Retry-After: 1`): the client retries and,
+///   behind a Service or an Ingress, lands on another node; the sessions already open are not
+///   touched. The cap keeps descriptors free for the admin port (see `limits`);
+/// - otherwise the request is slimmed down to what the session needs, in buffers of its own.
 ///
 /// engineioxide keeps the request parts (URI, headers, extensions) of every session for its
 /// lifetime. hyper parses them as slices of the connection's read buffer (8–16 KiB), so without
 /// a copy each connected client pins a whole read buffer (measured with massif: 16 KiB of the
 /// 39 KiB of heap per idle websocket client); and a browser's dozen headers, copied, still
 /// take ~0.6 KiB per client although nothing reads them after the handshake.
-pub async fn detach_session_request(mut req: Request, next: Next) -> Response {
-    let opens_session = req.uri().path().starts_with("/socket.io")
-        && !req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
-    if opens_session {
+pub async fn session_gate(
+    State(gate): State<SessionGate>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if opens_session(req.uri(), &gate.path) {
+        let held = u64::try_from(gate.app.metrics.connected.get()).unwrap_or(0);
+        if gate.cap.is_some_and(|cap| held >= cap) {
+            gate.app.metrics.sessions_refused.inc();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "this node holds its maximum of connections\n",
+            )
+                .into_response();
+        }
         detach_parts(&mut req);
     }
     next.run(req).await

@@ -9,6 +9,7 @@ pub mod config;
 pub mod handlers;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod recovery;

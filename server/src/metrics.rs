@@ -181,6 +181,10 @@ pub struct Metrics {
     pub redis_probe_seconds: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub draining: Gauge,
+    /// New sessions refused at MAX_CONNECTIONS (503).
+    pub sessions_refused: Counter,
+    /// The session cap in force (0: none).
+    pub max_connections: Gauge,
     /// Connection state recovery (all zero while it is off).
     pub recovery_restored: Counter,
     pub recovery_replayed: Counter,
@@ -338,6 +342,18 @@ impl Metrics {
         r.register("ready", "1 while /readyz answers 200", ready.clone());
         let draining = Gauge::default();
         r.register("draining", "1 once shutdown has begun", draining.clone());
+        let sessions_refused = Counter::default();
+        r.register(
+            "sessions_refused",
+            "New socket.io sessions refused with 503 because the node holds MAX_CONNECTIONS",
+            sessions_refused.clone(),
+        );
+        let max_connections = Gauge::default();
+        r.register(
+            "max_connections",
+            "Most socket.io sessions this node takes (0: no cap)",
+            max_connections.clone(),
+        );
 
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
@@ -396,6 +412,8 @@ impl Metrics {
             recovery_gaps,
             recovery_session_errors,
             draining,
+            sessions_refused,
+            max_connections,
         }
     }
 
