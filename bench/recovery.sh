@@ -197,6 +197,9 @@ start_cluster() {
   URLS="http://127.0.0.1:$N1,http://127.0.0.1:$N2"
 }
 
+# Redis' per-command counts and CPU over the cluster's life (what each system asks of Redis)
+redis_stats() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" INFO commandstats > "$1/redis-commandstats.txt" 2>&1 || true; }
+
 lock() {
   (( NO_LOCK )) && return 0
   say "waiting for the benchmark lock $LOCK"
@@ -227,6 +230,7 @@ section_state() {
       start_cluster "$sys" "$OUT/state/sessions-$sys-$n"
       client sessions "$OUT/state/sessions-$sys-$n.json" "sessions $sys $n" \
         CLIENTS="$n" STREAM_KEY="$STREAM" SESSION_PATTERN="$SESSIONS" PACKETS="$PACKETS"
+      redis_stats "$OUT/state/sessions-$sys-$n"
       cleanup
     done
   done
@@ -238,6 +242,7 @@ section_state() {
     [[ $sys == ours-on ]] && for i in 1 2; do
       curl -s -m 2 "http://127.0.0.1:$((PORT_BASE + 10 + i))/metrics" | grep -E '^realtime_recovery_' | sed "s/^/n$i /"
     done > "$OUT/state/replay-$sys-metrics.txt"
+    redis_stats "$OUT/state/replay-$sys"
     cleanup
   done
   echo "state: load at end $(load)" >> "$OUT/machine.txt"
@@ -286,6 +291,7 @@ section_fanout() {
       start_cluster "$sys" "$OUT/fanout/run-r$r-$sys"
       rtb "r$r-$sys-sweep" fanout "${direct[@]}" --rate "$SWEEP" --drain-max-secs 20 --pids "$P"
       rtb "r$r-$sys-over" --threads 2 fanout "${direct[@]}" --rate "$OVER" --drain-max-secs "$DRAIN_MAX" --pids "$P"
+      redis_stats "$OUT/fanout/run-r$r-$sys"
       cleanup
     done
   done

@@ -166,6 +166,9 @@ def render(data, machine=""):
         d = lambda s: [kb_per_1000(s["bytes_per_session_disconnected"] - s["bytes_per_session_connected"])] if s else []  # noqa: E731
         row(f"  of which added by the disconnect, KB ({n} clients)", d(o), d(r))
     if sizes:
+        row("`MEMORY USAGE` of one saved session key (mean of 50, after the disconnect), B",
+            [s.get("memory_usage_per_session_key") for (sy, _), s in sorted(sess.items()) if sy == "ours"][:1],
+            [s.get("memory_usage_per_session_key") for (sy, _), s in sorted(sess.items()) if sy == "ref"][:1], 0)
         row("Redis memory per logged packet (100 B filler; `used_memory` delta / stream entries), B",
             [s["bytes_per_logged_packet"] for (sy, _), s in sorted(sess.items()) if sy == "ours"],
             [s["bytes_per_logged_packet"] for (sy, _), s in sorted(sess.items()) if sy == "ref"], 0)
