@@ -165,6 +165,19 @@ def render(data, machine=""):
             g(o, "bytes_per_session_disconnected"), g(r, "bytes_per_session_disconnected"))
         d = lambda s: [kb_per_1000(s["bytes_per_session_disconnected"] - s["bytes_per_session_connected"])] if s else []  # noqa: E731
         row(f"  of which added by the disconnect, KB ({n} clients)", d(o), d(r))
+    if len(sizes) >= 2:
+        a, b = sizes[0], sizes[-1]
+
+        def marginal(system, base):
+            lo, hi = sess.get((system, a)), sess.get((system, b))
+            if not lo or not hi:
+                return []
+            # ours keeps a session from the connect on; the reference only from the disconnect
+            # (its growth while connected is the logged `hello` of each socket, not sessions)
+            d = lambda s: s["mem_disconnected"] - s[base]  # noqa: E731
+            return [kb_per_1000((d(hi) - d(lo)) / (b - a))]
+        row(f"Redis memory per 1000 saved sessions alone, marginal from {a} to {b} clients, KB",
+            marginal("ours", "mem_empty"), marginal("ref", "mem_connected"))
     if sizes:
         row("`MEMORY USAGE` of one saved session key (mean of 50, after the disconnect), B",
             [s.get("memory_usage_per_session_key") for (sy, _), s in sorted(sess.items()) if sy == "ours"][:1],

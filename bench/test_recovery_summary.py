@@ -93,5 +93,23 @@ class Render(unittest.TestCase):
         self.assertIn("| 200/200, lost 0 of 5000, duplicated 0 |", out)
 
 
+class SessionMemory(unittest.TestCase):
+    def test_marginal_memory_counts_sessions_only(self):
+        def s(empty, conn, disc):
+            return {"mem_empty": empty, "mem_connected": conn, "mem_disconnected": disc,
+                    "bytes_per_session_connected": 0, "bytes_per_session_disconnected": 0,
+                    "bytes_per_logged_packet": 0, "memory_usage_per_session_key": 100}
+        data = {"sessions": {
+            # ours: sessions from the connect on: 1000 -> 5000 adds 4000 × 256 B
+            ("ours", 1000): s(1_000_000, 1_300_000, 1_300_000),
+            ("ours", 5000): s(1_000_000, 2_324_000, 2_324_000),
+            # ref: the growth while connected (logged hellos) does not count: 4000 × 512 B
+            ("ref", 1000): s(1_000_000, 1_200_000, 1_400_000),
+            ("ref", 5000): s(1_000_000, 1_900_000, 4_148_000),
+        }}
+        out = rs.render(data)
+        self.assertIn("marginal from 1000 to 5000 clients, KB | 250.0 | 500.0 | 0.50 |", out)
+
+
 if __name__ == "__main__":
     unittest.main()
