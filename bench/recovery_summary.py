@@ -99,9 +99,21 @@ def redis_us_per_broadcast_run(run):
     return ticks / after["hz"] * 1e6 / sent if sent else None
 
 
+def commandstats_usec(text):
+    """Total `usec` of every command in an `INFO commandstats` reply (Redis' own command time)."""
+    total = 0
+    for line in text.splitlines():
+        m = re.match(r"^cmdstat_[^:]+:calls=\d+,usec=(\d+),", line.strip())
+        if m:
+            total += int(m.group(1))
+    return total
+
+
 def fanout_figures(runs):
-    """runs: {"sweep": Run, "over": Run} of one system variant in one round."""
+    """runs: {"sweep": Run, "over": Run, "commandstats": text} of one system variant in one round."""
     sweep, over = runs.get("sweep"), runs.get("over")
+    sent = sum(r["messages"] for x in (sweep, over) if x for r in fanout_phases(x, False))
+    stats = runs.get("commandstats")
     fx = fixed_phase(sweep) if sweep else None
     phases = (fanout_phases(sweep, True) if sweep else []) + (fanout_phases(over, False) if over else [])
     return {
@@ -114,6 +126,7 @@ def fanout_figures(runs):
         "p99_50": fx["latency"]["p99_ms"] if fx else None,
         "loss": sum(r["loss"] for r in phases) if phases else None,
         "anomalies": sum(len(x.anomalies) for x in (sweep, over) if x),
+        "redis_cmd_us_per_bcast": commandstats_usec(stats) / sent if stats and sent else None,
     }
 
 
@@ -219,13 +232,14 @@ def render(data, machine=""):
             ("cpu_us_over", "fan-out: server CPU per delivered message, whole overload run, µs", 2),
             ("redis_us_per_bcast_50", "fan-out: Redis CPU per broadcast at 50/s, µs", 1),
             ("redis_us_per_bcast_over", "fan-out: Redis CPU per broadcast, whole overload run, µs", 1),
+            ("redis_cmd_us_per_bcast", "fan-out: Redis command time (`INFO commandstats` usec, whole cluster life incl. connects) per broadcast, µs", 1),
             ("p50_50", "fan-out: p50 latency at 50/s, ms", 1),
             ("p99_50", "fan-out: p99 latency at 50/s, ms", 1),
             ("loss", "fan-out: messages lost, all phases", 0),
         ):
             for state in ("off", "on"):
                 row(f"{name}, recovery {state}", fv("ours", state, key), fv("ref", state, key), digits)
-            if key in ("saturation", "cpu_us_50", "cpu_us_over", "redis_us_per_bcast_50", "redis_us_per_bcast_over", "p99_50"):
+            if key in ("saturation", "cpu_us_50", "cpu_us_over", "redis_us_per_bcast_50", "redis_us_per_bcast_over", "redis_cmd_us_per_bcast", "p99_50"):
                 on_off = lambda s: ratio(fv(s, "on", key), fv(s, "off", key))  # noqa: E731
                 rows.append(f"| {name}: on/off | {on_off('ours')} | {on_off('ref')} | - |")
         anomalies = {f"{s}": sum(fv(s.split("-")[0], s.split("-")[1], "anomalies")) for s in ("ours-off", "ours-on", "ref-off", "ref-on")}
@@ -261,6 +275,11 @@ def load_dir(d):
         rd, sysname, kind = int(m.group(1)), m.group(2), m.group(3)
         run = Run(rd, sysname, kind, results, anomalies, ticks)
         data["fanout"].setdefault((rd, sysname), {})[kind] = run
+    for f in glob.glob(os.path.join(d, "fanout", "run-r*-*", "redis-commandstats.txt")):
+        m = re.search(r"run-r(\d+)-((?:ours|ref)-(?:on|off))$", os.path.basename(os.path.dirname(f)))
+        if m:
+            with open(f) as fh:
+                data["fanout"].setdefault((int(m.group(1)), m.group(2)), {})["commandstats"] = fh.read()
     return data
 
 

@@ -77,6 +77,14 @@ class FanoutFigures(unittest.TestCase):
         self.assertEqual(f["loss"], 0)
 
 
+class CommandStats(unittest.TestCase):
+    def test_usec_of_every_command_is_summed(self):
+        text = ("# Commandstats\r\ncmdstat_publish:calls=12,usec=100,usec_per_call=8.33,rejected_calls=0\r\n"
+                "cmdstat_evalsha:calls=3,usec=250,usec_per_call=83.33,rejected_calls=0\r\n")
+        self.assertEqual(rs.commandstats_usec(text), 350)
+        self.assertEqual(rs.commandstats_usec(""), 0)
+
+
 class Render(unittest.TestCase):
     def test_a_folder_renders_with_ratios(self):
         with tempfile.TemporaryDirectory() as d:
