@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/realtime-operator/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain bench-floor bench-growth clean-cache
+.PHONY: run test deps build release lint vendor-test unit crds cluster control-plane e2e-kind e2e-kind-offline docker-test bench bench-drain bench-floor bench-growth clean-cache bench-recovery
 
 ## run: one realtime-server node on :3000 with the in-memory adapter and the demo page
 ## (probes and metrics on the admin port :9090)
@@ -88,6 +88,13 @@ bench-floor:
 ## ~/.cache/realtime-operator/bench/growth/
 bench-growth:
 	flock /tmp/rt-bench.lock bench/growth.sh
+
+## bench-recovery: what connection state recovery costs (Redis memory per session and per logged
+## packet, CPU per restore and per replayed packet, restore latency, fan-out with recovery on/off)
+## against socket.io with @socket.io/redis-streams-adapter; takes /tmp/rt-bench.lock per section
+## (~12 min of measuring). Results under ~/.cache/realtime-operator/bench/recovery-<timestamp>/
+bench-recovery:
+	bench/recovery.sh
 
 ## e2e-kind: the end-to-end scenarios on a kind cluster through ingress-nginx (needs Docker, kind,
 ## kubectl, helm, Node.js 20+); KEEP=1 keeps the cluster, RT_E2E_SCENARIOS="hello scale" picks some;
