@@ -329,7 +329,12 @@ async fn away_longer_than_the_window_gets_a_clean_session() {
     let (z, _) = s.client_on(1, 0, opts("carol")).await;
     late.join("r").await.unwrap();
     quick.join("r").await.unwrap();
-    send(&z, 0, &hl.id, "alice").await; // a room message: both have an offset now
+    send(&z, 0, &hl.id, "alice").await; // a room message: both have an offset once it arrives
+    for c in [&late, &quick] {
+        c.wait_event_where("room", T, |d| d == &json!(0))
+            .await
+            .unwrap();
+    }
 
     late.drop_transport().await.unwrap();
     quick.drop_transport().await.unwrap();
@@ -618,4 +623,59 @@ async fn a_recovered_client_recovers_again_after_a_second_drain() {
         .await
         .unwrap();
     check_exact(&x, n, "two drains");
+}
+
+/// A Redis that stalls for longer than a command's timeout (1 s) but then runs what it was sent
+/// (`CLIENT PAUSE 1800 WRITE`: the log's APPEND scripts wait): the messages published meanwhile
+/// reach every client once, in order: an APPEND that timed out may still run, and delivering it
+/// on the sender's node as well (without an offset) gave that node's clients a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_duplicates_nothing() {
+    let Some(s) = setup(2, &[("RECOVERY_WINDOW", "30s")]).await else {
+        return;
+    };
+    let (x, hx) = s.client_on(0, 0, opts("alice")).await;
+    let (z, _) = s.client_on(0, 1, opts("carol")).await;
+    x.join("r").await.unwrap();
+    let mut n = 0u64;
+    while n < 8 {
+        send(&z, n, &hx.id, "alice").await;
+        n += 1;
+    }
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-u",
+            &s.cluster.redis_url(),
+            "CLIENT",
+            "PAUSE",
+            "1800",
+            "WRITE",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "CLIENT PAUSE: {out:?}");
+    // Published during the stall: each ack waits for the APPEND's timeout.
+    for _ in 0..4 {
+        send(&z, n, &hx.id, "alice").await;
+        n += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..8 {
+        send(&z, n, &hx.id, "alice").await;
+        n += 1;
+    }
+    let last = n - 1;
+    x.wait_until(T, "the last message", |log| {
+        log.iter()
+            .find(|r| {
+                r.event_name().is_some_and(|e| KINDS.contains(&e))
+                    && matches!(&r.what, Incoming::Event { args, .. } if args.first().and_then(Value::as_u64) == Some(last))
+            })
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Redis ran the stalled appends once it resumed: every message once, in order, with offsets.
+    check_exact(&x, n, "stalled Redis, x on the sender's node");
 }

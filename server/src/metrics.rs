@@ -190,6 +190,7 @@ pub struct Metrics {
     pub recovery_replayed: Counter,
     pub recovery_refused: Counter,
     pub recovery_unlogged: Counter,
+    pub recovery_append_unknown: Counter,
     pub recovery_gaps: Counter,
     pub recovery_session_errors: Counter,
 }
@@ -376,6 +377,10 @@ impl Metrics {
             "recovery_unlogged",
             "Messages delivered on this node only, without an offset, because the log was unreachable",
         );
+        let recovery_append_unknown = counter(
+            "recovery_append_unknown",
+            "Messages whose append to the log timed out or lost its connection: delivered (once, with an offset) only if Redis ran it",
+        );
         let recovery_gaps = counter(
             "recovery_gaps",
             "Sequence gaps in the log's pub/sub stream, filled from the log",
@@ -409,6 +414,7 @@ impl Metrics {
             recovery_replayed,
             recovery_refused,
             recovery_unlogged,
+            recovery_append_unknown,
             recovery_gaps,
             recovery_session_errors,
             draining,

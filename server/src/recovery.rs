@@ -414,7 +414,14 @@ impl Recovery {
                 false
             }
             Backend::Redis(r) => {
-                let appended = if r.health.redis_usable() {
+                // The script is loaded first on its own: a failure there means nothing ran.
+                let loaded = match r.health.redis_usable() {
+                    true => r.scripts.sha(&r.client, APPEND, false).await.err(),
+                    false => None,
+                };
+                let appended = if let Some(e) = loaded {
+                    Err(AppendError::Failed(e.to_string()))
+                } else if r.health.redis_usable() {
                     r.scripts
                         .run::<Vec<String>>(
                             &r.client,
@@ -430,13 +437,31 @@ impl Recovery {
                             ],
                         )
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(AppendError::from)
                 } else {
-                    Err("redis is not usable".into())
+                    Err(AppendError::Failed("redis is not usable".into()))
+                };
+                // A timeout from a Redis that went away meanwhile (the monitor saw the
+                // connection fail) is a command that was queued, not run.
+                let appended = match appended {
+                    Err(AppendError::Unknown(e)) if !r.health.redis_usable() => {
+                        Err(AppendError::Failed(e))
+                    }
+                    other => other,
                 };
                 match appended {
                     Ok(_) => false,
-                    Err(e) => {
+                    Err(AppendError::Unknown(e)) => {
+                        // The script may still run (a stalled Redis runs what it was sent): the
+                        // log then delivers it everywhere, this node included, with its offset.
+                        // Delivering it here as well would give this node's clients a duplicate.
+                        self.metrics.recovery_append_unknown.inc();
+                        warn!(
+                            "the log did not confirm a message in time; it reaches the clients only if Redis ran it: {e}"
+                        );
+                        true
+                    }
+                    Err(AppendError::Failed(e)) => {
                         self.metrics.recovery_unlogged.inc();
                         warn!(
                             "the log is unreachable, delivering on this node without offset: {e}"
@@ -1250,6 +1275,27 @@ impl Scripts {
             .unwrap_or_else(|e| e.into_inner())
             .insert(lua, sha.clone());
         Ok(sha)
+    }
+}
+
+/// Why a message could not be appended to the log.
+#[derive(Debug)]
+enum AppendError {
+    /// Taken as not run: Redis refused it, the connection is gone (a Redis that went away:
+    /// the node's clients still get the message, without an offset), or it was never sent.
+    Failed(String),
+    /// No answer within the command timeout while Redis still counts as connected (no
+    /// connection error seen): a stalled Redis runs what it was sent once it resumes, so the
+    /// message may yet be logged.
+    Unknown(String),
+}
+
+impl From<fred::error::Error> for AppendError {
+    fn from(e: fred::error::Error) -> Self {
+        match e.kind() {
+            fred::error::ErrorKind::Timeout => Self::Unknown(e.to_string()),
+            _ => Self::Failed(e.to_string()),
+        }
     }
 }
 
