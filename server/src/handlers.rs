@@ -404,15 +404,17 @@ fn socket_dest<A: Adapter>(app: &App, root: &BroadcastOperators<A>, to: &str) ->
     let here = Sid::from_str(to)
         .ok()
         .is_some_and(|sid| root.get_socket(sid).is_some());
-    let (dest, route) = if here {
-        (Dest::LocalRoom(room), SendRoute::Local)
-    } else {
-        match (app.route, app.route.and_then(|_| crate::route::node_of(to))) {
-            // Made here and gone (ids do not move without recovery): nobody to reach.
-            (Some(own), Some(node)) if node == own => (Dest::LocalRoom(room), SendRoute::Local),
-            (Some(_), Some(node)) => (Dest::Node(room, node), SendRoute::Node),
-            _ => (Dest::Room(room), SendRoute::Broadcast),
-        }
+    // With routing on and the socket elsewhere: this node's id and the one the socket id names.
+    let named = (!here)
+        .then_some(app.route)
+        .flatten()
+        .and_then(|own| crate::route::node_of(to).map(|node| (own, node)));
+    let (dest, route) = match named {
+        _ if here => (Dest::LocalRoom(room), SendRoute::Local),
+        // Made here and gone (ids do not move without recovery): nobody to reach.
+        Some((own, node)) if node == own => (Dest::LocalRoom(room), SendRoute::Local),
+        Some((_, node)) => (Dest::Node(room, node), SendRoute::Node),
+        None => (Dest::Room(room), SendRoute::Broadcast),
     };
     // With recovery, every message goes through the log whatever the route.
     if app.recovery.is_none() {

@@ -180,7 +180,7 @@ pub struct SessionGate {
 }
 
 /// Whether `uri` opens an engine.io session on `path` (no `sid` yet).
-pub fn opens_session(uri: &Uri, path: &str) -> bool {
+fn opens_session(uri: &Uri, path: &str) -> bool {
     uri.path().starts_with(path)
         && !uri
             .query()

@@ -414,16 +414,9 @@ impl Recovery {
                 false
             }
             Backend::Redis(r) => {
-                // The script is loaded first on its own: a failure there means nothing ran.
-                let loaded = match r.health.redis_usable() {
-                    true => r.scripts.sha(&r.client, APPEND, false).await.err(),
-                    false => None,
-                };
-                let appended = if let Some(e) = loaded {
-                    Err(AppendError::Failed(e.to_string()))
-                } else if r.health.redis_usable() {
+                let appended = if r.health.redis_usable() {
                     r.scripts
-                        .run::<Vec<String>>(
+                        .run_sent::<Vec<String>>(
                             &r.client,
                             APPEND,
                             vec![log_key(), seq_key()],
@@ -437,17 +430,11 @@ impl Recovery {
                             ],
                         )
                         .await
-                        .map_err(AppendError::from)
+                        // Read after the failure: a Redis that went away meanwhile (the monitor
+                        // saw the connection fail) did not run a command that was only queued.
+                        .map_err(|e| AppendError::of(e, r.health.redis_usable()))
                 } else {
                     Err(AppendError::Failed("redis is not usable".into()))
-                };
-                // A timeout from a Redis that went away meanwhile (the monitor saw the
-                // connection fail) is a command that was queued, not run.
-                let appended = match appended {
-                    Err(AppendError::Unknown(e)) if !r.health.redis_usable() => {
-                        Err(AppendError::Failed(e))
-                    }
-                    other => other,
                 };
                 match appended {
                     Ok(_) => false,
@@ -1245,16 +1232,32 @@ impl Scripts {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, fred::error::Error> {
-        let sha = self.sha(client, lua, false).await?;
+        self.run_sent(client, lua, keys, args)
+            .await
+            .map_err(|e| e.error)
+    }
+
+    /// [`Self::run`], telling a failure to load the script (nothing ran) from one of the call.
+    async fn run_sent<R: fred::types::FromValue>(
+        &self,
+        client: &Client,
+        lua: &'static str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, ScriptError> {
+        let not_sent = |error| ScriptError { error, sent: false };
+        let sent = |error| ScriptError { error, sent: true };
+        let sha = self.sha(client, lua, false).await.map_err(not_sent)?;
         match client
             .evalsha::<R, _, _, _>(sha, keys.clone(), args.clone())
             .await
         {
+            // Not run: Redis did not know the script.
             Err(e) if e.details().contains("NOSCRIPT") => {
-                let sha = self.sha(client, lua, true).await?;
-                client.evalsha(sha, keys, args).await
+                let sha = self.sha(client, lua, true).await.map_err(not_sent)?;
+                client.evalsha(sha, keys, args).await.map_err(sent)
             }
-            res => res,
+            res => res.map_err(sent),
         }
     }
 
@@ -1278,6 +1281,12 @@ impl Scripts {
     }
 }
 
+/// A script call's failure, and whether the call itself went out (it may have run).
+struct ScriptError {
+    error: fred::error::Error,
+    sent: bool,
+}
+
 /// Why a message could not be appended to the log.
 #[derive(Debug)]
 enum AppendError {
@@ -1290,11 +1299,14 @@ enum AppendError {
     Unknown(String),
 }
 
-impl From<fred::error::Error> for AppendError {
-    fn from(e: fred::error::Error) -> Self {
-        match e.kind() {
-            fred::error::ErrorKind::Timeout => Self::Unknown(e.to_string()),
-            _ => Self::Failed(e.to_string()),
+impl AppendError {
+    /// `usable`: whether Redis still counts as connected after the failure.
+    fn of(e: ScriptError, usable: bool) -> Self {
+        let timed_out = e.error.kind() == &fred::error::ErrorKind::Timeout;
+        if e.sent && timed_out && usable {
+            Self::Unknown(e.error.to_string())
+        } else {
+            Self::Failed(e.error.to_string())
         }
     }
 }

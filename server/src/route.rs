@@ -64,10 +64,10 @@ pub fn node_of(id: &str) -> Option<Uid> {
 pub fn is_node_request_channel(prefix: &str, chan: &str) -> bool {
     chan.strip_prefix(prefix)
         .and_then(|c| c.strip_prefix("-request#"))
-        .is_some_and(|rest| {
-            let parts: Vec<&str> = rest.split('#').collect();
-            parts.len() == 3 && parts[2].is_empty() && !parts[1].is_empty()
-        })
+        // `<ns>#<uid>#`, without allocating: this runs for every PUBLISH.
+        .and_then(|rest| rest.strip_suffix('#'))
+        .and_then(|rest| rest.split_once('#'))
+        .is_some_and(|(_ns, uid)| !uid.is_empty() && !uid.contains('#'))
 }
 
 /// The shared request channel of a node's own request channel (`<prefix>-request#<ns>#` of
