@@ -84,6 +84,109 @@ pub fn outcome(r: &Receipt, sent: &BTreeMap<u64, f64>, kill_ms: f64, from_ms: f6
     }
 }
 
+/// How long before a kill a message may have been sent and still be on its way (client ->
+/// node -> Redis) when the kill lands. Such a message belongs to that kill's outage: counted
+/// with the previous failover's steady state it looked like a loss after delivery had resumed
+/// (a CI failure of the Sentinel test, one message sent just before the second kill).
+pub const IN_FLIGHT_MS: f64 = 250.0;
+
+/// The messages (seq -> send time) that count for failover `i` of `kills_ms`: sent from
+/// [`IN_FLIGHT_MS`] before its kill until [`IN_FLIGHT_MS`] before the next kill (pure).
+pub fn failover_window(
+    sent: &BTreeMap<u64, f64>,
+    kills_ms: &[f64],
+    i: usize,
+) -> BTreeMap<u64, f64> {
+    let from = kills_ms[i] - IN_FLIGHT_MS;
+    let until = kills_ms
+        .get(i + 1)
+        .map(|k| k - IN_FLIGHT_MS)
+        .unwrap_or(f64::INFINITY);
+    sent.iter()
+        .filter(|(_, t)| **t >= from && **t < until)
+        .map(|(k, t)| (*k, *t))
+        .collect()
+}
+
+/// One kill as a failover test saw it.
+pub struct Failover {
+    /// When the kill landed ([`now_ms`] base).
+    pub kill_ms: f64,
+    /// What happened, for the MEASURE lines ("primary killed, replica on 7001 promoted after 2s").
+    pub what: String,
+}
+
+/// The verdict of a failover test, shared by the Sentinel and the Redis Cluster tests:
+/// no receiver got a duplicate or a message out of order, the publisher's own node
+/// (`receipts[0]`) lost nothing, and for every failover and every other receiver nothing was
+/// lost after delivery resumed and the gap stayed within `goal`. Prints one MEASURE line per
+/// failover and receiver; `logs` is appended to a failure's message.
+pub fn check_failovers(
+    label: &str,
+    sent: &BTreeMap<u64, f64>,
+    receipts: &[Receipt],
+    failovers: &[Failover],
+    every: Duration,
+    goal: Duration,
+    logs: impl Fn() -> String,
+) {
+    println!(
+        "published {} messages, one every {every:?}, through {} failovers",
+        sent.len(),
+        failovers.len()
+    );
+    for r in receipts {
+        assert_eq!(r.duplicates, 0, "{} got duplicates", r.name);
+        assert_eq!(
+            r.out_of_order, 0,
+            "{} got messages out of order: {:?}",
+            r.name, r.late
+        );
+    }
+    let local_lost = sent.len() - receipts[0].got.len();
+    assert_eq!(
+        local_lost, 0,
+        "the publisher's node ({}) lost local messages",
+        receipts[0].name
+    );
+    let kills: Vec<f64> = failovers.iter().map(|f| f.kill_ms).collect();
+    for (i, f) in failovers.iter().enumerate() {
+        let round = i + 1;
+        // From this kill until the next one (or the end), each message with the outage it
+        // was in flight into.
+        let window = failover_window(sent, &kills, i);
+        for r in &receipts[1..] {
+            let o = outcome(r, &window, f.kill_ms, f.kill_ms - IN_FLIGHT_MS);
+            println!(
+                "MEASURE {label} failover #{round}: {}; {}: cross-node delivery back {:.0} ms \
+                 after the kill, {} messages lost ({} published every {every:?} from the kill to \
+                 the next event)",
+                f.what,
+                r.name,
+                o.gap_ms,
+                o.lost,
+                window.iter().filter(|(_, t)| **t >= f.kill_ms).count(),
+            );
+            assert_eq!(
+                o.lost_after_resume,
+                0,
+                "{}: messages lost after delivery resumed (failover #{round}), sent at these ms \
+                 after the kill: {:?}{}",
+                r.name,
+                o.lost_after_resume_at,
+                logs()
+            );
+            assert!(
+                o.gap_ms <= goal.as_millis() as f64,
+                "{}: cross-node delivery came back {:.0} ms after the kill (failover #{round}), \
+                 the goal is {goal:?}",
+                r.name,
+                o.gap_ms
+            );
+        }
+    }
+}
+
 /// Whether `c` received a `seq` published after `kill_ms`.
 pub fn heard_after(c: &Client, sent: &RefCell<BTreeMap<u64, f64>>, kill_ms: f64) -> bool {
     let sent = sent.borrow();
@@ -154,5 +257,29 @@ mod tests {
         // nothing after the kill ever arrived: the gap is infinite (fails any bound)
         let none = receipt_of(BTreeMap::new());
         assert!(outcome(&none, &sent, 25.0, 25.0).gap_ms.is_infinite());
+    }
+
+    #[test]
+    fn a_message_sent_just_before_a_kill_belongs_to_that_kill() {
+        let sent: BTreeMap<u64, f64> = (0..100).map(|k| (k, k as f64 * 100.0)).collect();
+        let kills = [1000.0, 5000.0];
+        let first = failover_window(&sent, &kills, 0);
+        let second = failover_window(&sent, &kills, 1);
+        // 4800 is in flight when the second kill lands: the second failover's, not the first's
+        assert_eq!(first.keys().next(), Some(&8));
+        assert_eq!(first.keys().last(), Some(&47));
+        assert_eq!(second.keys().next(), Some(&48));
+        assert_eq!(second.keys().last(), Some(&99));
+        // lost just before the kill: counted as lost, never as lost after the resume
+        let got = (0..100)
+            .filter(|k| *k != 48)
+            .map(|k| (k, k as f64 * 100.0 + 5.0));
+        let o = outcome(
+            &receipt_of(got.collect()),
+            &second,
+            5000.0,
+            5000.0 - IN_FLIGHT_MS,
+        );
+        assert_eq!((o.lost, o.lost_after_resume), (1, 0));
     }
 }

@@ -37,7 +37,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use realtime_e2e::data_plane::{Cluster, ClusterConfig, ServerCommand, metric_value};
-use realtime_e2e::failover::{heard_after, outcome, publish_steadily, receipt};
+use realtime_e2e::failover::{
+    Failover, check_failovers, heard_after, outcome, publish_steadily, receipt,
+};
 use realtime_e2e::redis_cluster::{self, RedisCluster, RedisClusterConfig};
 use realtime_e2e::require;
 use realtime_e2e::sio::{self, Client, ConnectOptions, Driver, Incoming, now_ms};
@@ -387,57 +389,19 @@ async fn cluster_failover_of_a_killed_master_keeps_sharded_delivery_across_nodes
         receipt(&b, "n2"),
         receipt(&c, "n3"),
     ];
-    println!(
-        "published {} messages, one every {EVERY:?}, through {} failovers",
-        sent.len(),
-        failovers.len()
-    );
-    for r in &receipts {
-        assert_eq!(r.duplicates, 0, "{} got duplicates", r.name);
-        assert_eq!(r.out_of_order, 0, "{} got messages out of order", r.name);
-    }
-    // The publisher's own node delivers locally through every outage.
-    let local_lost = sent.len() - receipts[0].got.len();
-    assert_eq!(local_lost, 0, "the publisher's node lost local messages");
-
-    for (i, (round, kill_ms, old, new, takeover)) in failovers.iter().enumerate() {
-        // Count losses from this kill until the next one (or the end).
-        let until = failovers.get(i + 1).map(|f| f.1).unwrap_or(f64::INFINITY);
-        let window: BTreeMap<u64, f64> = sent
-            .iter()
-            .filter(|(_, t)| **t < until)
-            .map(|(k, t)| (*k, *t))
-            .collect();
-        for r in &receipts[1..] {
-            let o = outcome(r, &window, *kill_ms, *kill_ms);
-            println!(
-                "MEASURE cluster failover #{round}: master {old} of {BROADCAST_CHAN}'s slot killed, \
-                 replica {new} took over after {takeover:?}; {}: cross-node delivery back {:.0} ms \
-                 after the kill, {} messages lost ({} published every {EVERY:?} from the kill to \
-                 the next event)",
-                r.name,
-                o.gap_ms,
-                o.lost,
-                window.iter().filter(|(_, t)| **t >= *kill_ms).count(),
-            );
-            assert_eq!(
-                o.lost_after_resume,
-                0,
-                "{}: messages lost after delivery resumed (failover #{round}), sent at these ms \
-                 after the kill: {:?}{}",
-                r.name,
-                o.lost_after_resume_at,
-                s.cluster.logs(60)
-            );
-            assert!(
-                o.gap_ms <= GOAL.as_millis() as f64,
-                "{}: cross-node delivery came back {:.0} ms after the kill (failover #{round}), \
-                 the goal is {GOAL:?}",
-                r.name,
-                o.gap_ms
-            );
-        }
-    }
+    let failovers: Vec<Failover> = failovers
+        .iter()
+        .map(|(_, kill_ms, old, new, takeover)| Failover {
+            kill_ms: *kill_ms,
+            what: format!(
+                "master {old} of {BROADCAST_CHAN}'s slot killed, replica {new} took over after \
+                 {takeover:?}"
+            ),
+        })
+        .collect();
+    check_failovers("cluster", &sent, &receipts, &failovers, EVERY, GOAL, || {
+        s.cluster.logs(60)
+    });
     assert!(
         s.cluster.exited_nodes().is_empty(),
         "a node exited: {:?}",

@@ -450,9 +450,9 @@ pub struct RedisHighAvailability {
     #[x_kube(validation = Rule::new("self in [3, 5, 7]").message("redis.managed.highAvailability.sentinelPods must be 3, 5 or 7"))]
     pub sentinel_pods: i32,
 
-    /// How long the Sentinels wait for an unanswering primary before a majority may fail it over. Shorter means faster failovers and more false alarms under load.
+    /// How long the Sentinels wait for an unanswering primary before a majority may fail it over. Shorter means faster failovers and more false alarms under load. At least 1500: a Sentinel reconnects to a newly promoted primary up to 1 s after the switch and counts that second as silence, so a shorter wait can fail the new primary over again at once.
     #[serde(default = "default_ha_down_after_ms")]
-    #[schemars(range(min = 500, max = 60000))]
+    #[schemars(range(min = 1500, max = 60000))]
     pub down_after_milliseconds: i32,
 }
 

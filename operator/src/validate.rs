@@ -704,10 +704,10 @@ fn check_redis(
                         format!("must be 3, 5 or 7, got {}", h.sentinel_pods),
                     );
                 }
-                if !(500..=60_000).contains(&h.down_after_milliseconds) {
+                if !(1500..=60_000).contains(&h.down_after_milliseconds) {
                     err(
                         &f("downAfterMilliseconds"),
-                        format!("must be 500-60000, got {}", h.down_after_milliseconds),
+                        format!("must be 1500-60000, got {}", h.down_after_milliseconds),
                     );
                 }
                 HaModel {
@@ -1569,7 +1569,7 @@ mod tests {
             ),
             (
                 "spec.redis.managed.highAvailability.downAfterMilliseconds",
-                "500-60000, got 100",
+                "1500-60000, got 100",
             ),
         ] {
             assert!(has_error(&errs, field, needle), "{field}: {errs:?}");
