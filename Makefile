@@ -122,3 +122,11 @@ docker-test:
 	@command -v dockerd >/dev/null || apt-get install -y -qq --no-install-recommends docker.io
 	docker/local-base-images.sh --prepare runtime builder
 	e2e/kind/with-docker.sh env RT_OFFLINE=1 docker/test-images.sh
+
+## clean-cache: removes this project's caches under ~/.cache/realtime-operator (cargo targets,
+## Go-built tools, checkov, the real node's images, the offline kind Docker data root and node
+## image, bench results); the next `make test` rebuilds them (a fresh machine's run)
+clean-cache:
+	@if grep -qs " $(HOME)/.cache/realtime-operator/" /proc/mounts; then \
+		echo "clean-cache: something is mounted under ~/.cache/realtime-operator (a running dockerd of e2e/kind/with-docker.sh?); stop it first" >&2; exit 1; fi
+	rm -rf "$(HOME)/.cache/realtime-operator"
