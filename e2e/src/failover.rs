@@ -118,8 +118,9 @@ pub struct Failover {
 
 /// The verdict of a failover test, shared by the Sentinel and the Redis Cluster tests:
 /// no receiver got a duplicate or a message out of order, the publisher's own node
-/// (`receipts[0]`) lost nothing, and for every failover and every other receiver nothing was
-/// lost after delivery resumed and the gap stayed within `goal`. Prints one MEASURE line per
+/// (`receipts[0]`) lost nothing, the others lost nothing before the first kill, and for every
+/// failover and every other receiver nothing was lost after delivery resumed and the gap
+/// stayed within `goal`. Prints one MEASURE line per
 /// failover and receiver; `logs` is appended to a failure's message.
 pub fn check_failovers(
     label: &str,
@@ -150,6 +151,21 @@ pub fn check_failovers(
         receipts[0].name
     );
     let kills: Vec<f64> = failovers.iter().map(|f| f.kill_ms).collect();
+    // Before the first kill (less what may be in flight into it) every receiver got everything.
+    let steady_until = kills.first().map_or(f64::INFINITY, |k| k - IN_FLIGHT_MS);
+    for r in &receipts[1..] {
+        let lost: Vec<u64> = sent
+            .iter()
+            .filter(|(k, t)| **t < steady_until && !r.got.contains_key(k))
+            .map(|(k, _)| *k)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{}: lost before any failover: {lost:?}{}",
+            r.name,
+            logs()
+        );
+    }
     for (i, f) in failovers.iter().enumerate() {
         let round = i + 1;
         // From this kill until the next one (or the end), each message with the outage it
@@ -257,6 +273,29 @@ mod tests {
         // nothing after the kill ever arrived: the gap is infinite (fails any bound)
         let none = receipt_of(BTreeMap::new());
         assert!(outcome(&none, &sent, 25.0, 25.0).gap_ms.is_infinite());
+    }
+
+    #[test]
+    #[should_panic(expected = "lost before any failover: [3]")]
+    fn a_loss_before_the_first_kill_fails_the_check() {
+        let sent: BTreeMap<u64, f64> = (0..50).map(|k| (k, k as f64 * 100.0)).collect();
+        let all: BTreeMap<u64, f64> = sent.iter().map(|(k, t)| (*k, t + 5.0)).collect();
+        let mut r = receipt_of(all.clone());
+        r.name = "n2".into();
+        r.got.remove(&3);
+        let kill = Failover {
+            kill_ms: 3000.0,
+            what: "test".into(),
+        };
+        check_failovers(
+            "test",
+            &sent,
+            &[receipt_of(all), r],
+            &[kill],
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            String::new,
+        );
     }
 
     #[test]
