@@ -265,6 +265,27 @@ pub async fn current(c: &Client, timeout: Duration) -> Result<Hello> {
     serde_json::from_value(v).context("hello")
 }
 
+/// How long a client may take to leave a node that a rolling restart removed: the server
+/// closes its transports while draining, and a client whose close got lost on the way notices
+/// within pingInterval + pingTimeout (45 s by default).
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(60);
+
+/// A client's connects and disconnects with their times (for failure messages).
+pub fn connection_timeline(c: &Client) -> Vec<(f64, String)> {
+    c.log()
+        .iter()
+        .filter_map(|r| match &r.what {
+            Incoming::Connect { .. } | Incoming::Disconnect { .. } => {
+                Some((r.t_ms, format!("{:?}", r.what)))
+            }
+            _ if r.event_name() == Some("hello") => {
+                Some((r.t_ms, format!("hello from {}", r.data()["node"])))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// How many socket.io connections the client has made (1 + reconnections).
 pub fn connections(c: &Client) -> usize {
     c.log()
@@ -770,16 +791,42 @@ async fn rolling_restart<T: Target>(t: &mut T, d: &Driver) -> Result<()> {
         "nodes {kept:?} survived the rolling restart (before {before:?}, after {after:?})"
     );
 
+    let rolled = Instant::now();
     for c in &receivers {
-        let h = current(c, WAIT * 2)
-            .await
-            .with_context(|| format!("client {} after the restart", c.name()))?;
-        ensure!(
-            after.contains(&h.node),
-            "client {} is on {} after the restart, not one of {after:?}",
-            c.name(),
-            h.node
-        );
+        // `rollout status` and the pods' deletion can come an instant before a client hears
+        // that its old node closed it (seen once on the real node: a client still on a pod of
+        // the old ReplicaSet right after the rollout), so each client gets until
+        // RECONNECT_WAIT to be on a new node; one that needs more than a second is reported.
+        let h = loop {
+            let h = current(c, WAIT * 2)
+                .await
+                .with_context(|| format!("client {} after the restart", c.name()))?;
+            if after.contains(&h.node) {
+                break h;
+            }
+            if rolled.elapsed() > RECONNECT_WAIT {
+                bail!(
+                    "client {} is on {} {:?} after the restart, not one of {after:?}; its \
+                     connections (ms, what): {:?}",
+                    c.name(),
+                    h.node,
+                    RECONNECT_WAIT,
+                    connection_timeline(c)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if rolled.elapsed() > Duration::from_secs(1) {
+            say(
+                s,
+                &format!(
+                    "client {} reached {} {:.1}s after the rollout ended",
+                    c.name(),
+                    h.node,
+                    rolled.elapsed().as_secs_f64()
+                ),
+            );
+        }
         ensure!(
             connections(c) >= 2,
             "client {} never reconnected although every node was replaced",
