@@ -791,9 +791,19 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
     pub(crate) fn send_raw(&self, value: Value) -> Result<(), SocketError> {
-        let permit = self.reserve()?;
-        permit.send_raw(value);
-        Ok(())
+        match value {
+            // One packet: queued in one step (a reservation first would lock the queue twice
+            // per receiver of every broadcast).
+            Value::Str(msg, None) => self.esocket.emit(msg).map_err(|e| match e {
+                TrySendError::Full(_) => SocketError::InternalChannelFull,
+                TrySendError::Closed(_) => SocketError::Closed,
+            }),
+            value => {
+                let permit = self.reserve()?;
+                permit.send_raw(value);
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn send_raw_volatile(&self, value: Value) {

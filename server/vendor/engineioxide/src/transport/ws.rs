@@ -5,15 +5,17 @@
 //! and to handle upgrade from polling to ws
 
 use std::{
-    collections::VecDeque,
     future::poll_fn,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker, ready},
     time::Duration,
 };
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, task::AtomicWaker};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::{
@@ -260,13 +262,7 @@ where
             tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
             return;
         };
-        let mut io = Io {
-            protocol: socket.protocol,
-            pending: VecDeque::new(),
-            needs_flush: false,
-            write_failed: false,
-            queue_closed: false,
-        };
+        let mut io = Io::new(socket.protocol);
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         if let Some(hb) = &mut heartbeat {
@@ -289,7 +285,7 @@ where
                     return Poll::Ready(Event::Heartbeat);
                 }
                 // Io::poll left the waker with the queue unless it has messages pending.
-                if !io.pending.is_empty() || io.queue_closed {
+                if io.has_pending() || io.queue_closed {
                     buffered_rx.register(cx.waker());
                 }
                 // Checked again after the waker is registered: a close in between is not missed.
@@ -351,9 +347,7 @@ where
             return;
         }
         let finish = async {
-            for msg in io.pending.drain(..) {
-                ws.feed(msg).await?;
-            }
+            io.finish(&mut ws).await?;
             SinkExt::close(&mut ws).await
         };
         match Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, finish)).await {
@@ -439,34 +433,91 @@ fn on_message<H: EngineIoHandler>(
     }
 }
 
-/// Most packets written in one poll before the read side gets its turn.
-const WRITE_BUDGET: usize = 128;
+/// Most bytes written in one poll before the read side and the other tasks get their turn.
+const WRITE_BUDGET: usize = 256 * 1024;
+/// Packets are taken from the queue while fewer bytes than this wait to be written.
+const OUT_HIGH: usize = 64 * 1024;
+/// A write buffer above this capacity is freed once written (an idle connection keeps a small
+/// one, so that each delivery does not allocate).
+const OUT_KEEP: usize = 4 * 1024;
 
 /// The write side of a connection and its read side's polling.
+///
+/// Packets are encoded straight into one buffer of websocket frames (a server's frames are
+/// not masked) and written with one `write` per batch, instead of a `String` per packet that
+/// tungstenite then copies into its own buffer: per delivered packet that saved an allocation,
+/// a copy and tungstenite's framing. tungstenite keeps the read side and writes what the
+/// protocol makes it write (the reply to a client's ping, the close handshake); the two never
+/// interleave: the read side is polled only when this buffer is empty (tungstenite may write a
+/// pong while reading), and after tungstenite may have had something to write, it is flushed
+/// before this buffer is written.
 struct Io {
     protocol: ProtocolVersion,
-    /// Messages taken from the socket's queue, not yet given to the websocket.
-    pending: VecDeque<Message>,
-    /// Messages were given to the websocket since its last flush.
-    needs_flush: bool,
+    /// Encoded frames taken from the socket's queue; `out[pos..]` is not written yet.
+    out: Vec<u8>,
+    pos: usize,
+    /// tungstenite may hold bytes to write (a pong to a client's ping).
+    ws_dirty: bool,
     /// A write failed: the connection is broken, and the read side will tell how.
     write_failed: bool,
     queue_closed: bool,
+    /// The waker given to the read side, and whether it fired.
+    read: Arc<ReadWake>,
+    read_waker: Waker,
+}
+
+/// The read side's waker: it records that the read side can make progress, then wakes the
+/// connection's task. Most wake-ups are a packet to write; they no longer poll the websocket's
+/// read side (through tungstenite, hyper's upgrade and the socket's readiness) for nothing.
+#[derive(Default)]
+struct ReadWake {
+    ready: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 impl Io {
+    fn new(protocol: ProtocolVersion) -> Self {
+        let read = Arc::new(ReadWake {
+            ready: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            protocol,
+            out: Vec::new(),
+            pos: 0,
+            ws_dirty: false,
+            write_failed: false,
+            queue_closed: false,
+            read_waker: Waker::from(read.clone()),
+            read,
+        }
+    }
+
     fn push(&mut self, packets: PacketBuf) {
         if self.write_failed {
             return;
         }
         for packet in packets {
-            if let Some(msg) = to_message(packet, self.protocol) {
-                self.pending.push_back(msg);
-            }
+            encode_frame(&mut self.out, packet, self.protocol);
         }
     }
 
-    /// Writes what is queued (flushing once per batch), then polls the read side. Ready only
+    /// Whether packets taken from the queue wait to be written.
+    fn has_pending(&self) -> bool {
+        self.pos < self.out.len()
+    }
+
+    /// Writes what is queued (one write per batch), then polls the read side. Ready only
     /// with a read event.
     fn poll<S>(
         &mut self,
@@ -479,91 +530,141 @@ impl Io {
     {
         let mut written = 0;
         loop {
-            if !self.pending.is_empty() {
-                if written == WRITE_BUDGET {
-                    // Let the read side and the other tasks run; come back at once.
-                    cx.waker().wake_by_ref();
-                    break;
-                }
-                match ws.poll_ready_unpin(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let msg = self.pending.pop_front().expect("not empty");
-                        if self.pending.is_empty() {
-                            // An idle connection keeps no buffer.
-                            self.pending = VecDeque::new();
-                        }
-                        written += 1;
-                        self.needs_flush = true;
-                        if let Err(e) = ws.start_send_unpin(msg) {
-                            self.write_error(e);
-                        }
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        self.write_error(e);
-                        continue;
-                    }
+            while !self.queue_closed && self.out.len() - self.pos < OUT_HIGH {
+                match queue.poll_recv(cx) {
+                    Poll::Ready(Some(packets)) => self.push(packets),
+                    Poll::Ready(None) => self.queue_closed = true,
                     Poll::Pending => break,
                 }
             }
-            if !self.queue_closed {
-                match queue.poll_recv(cx) {
-                    Poll::Ready(Some(packets)) => {
-                        self.push(packets);
-                        continue;
-                    }
-                    Poll::Ready(None) => self.queue_closed = true,
-                    Poll::Pending => {}
-                }
+            if !self.has_pending() || self.write_failed {
+                break;
             }
-            break;
-        }
-        if self.needs_flush && !self.write_failed {
-            match ws.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
+            if written >= WRITE_BUDGET {
+                // Let the read side and the other tasks run; come back at once.
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match self.poll_write(cx, ws) {
+                Poll::Ready(Ok(n)) => written += n,
                 Poll::Ready(Err(e)) => self.write_error(e),
-                Poll::Pending => {}
+                Poll::Pending => break,
             }
         }
 
-        match ws.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(msg))) => Poll::Ready(IoEvent::Message(msg)),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(IoEvent::ReadError(e)),
-            Poll::Ready(None) => Poll::Ready(IoEvent::ReadEnd),
-            Poll::Pending => Poll::Pending,
+        // tungstenite may write while reading (a pong): only once this buffer is written.
+        if self.has_pending() && !self.write_failed {
+            return Poll::Pending;
         }
+        // Registered before the flag is taken: a read wake-up in between is not missed.
+        self.read.task.register(cx.waker());
+        if !self.read.ready.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let event = match ws.poll_next_unpin(&mut Context::from_waker(&self.read_waker)) {
+            Poll::Ready(Some(Ok(msg))) => {
+                if matches!(msg, Message::Ping(_) | Message::Close(_)) {
+                    self.ws_dirty = true;
+                }
+                IoEvent::Message(msg)
+            }
+            Poll::Ready(Some(Err(e))) => IoEvent::ReadError(e),
+            Poll::Ready(None) => IoEvent::ReadEnd,
+            Poll::Pending => return Poll::Pending,
+        };
+        // More may be buffered: the next poll reads again.
+        self.read.ready.store(true, Ordering::Release);
+        Poll::Ready(event)
+    }
+
+    /// One write of the unwritten frames, after what tungstenite may hold.
+    fn poll_write<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        ws: &mut WebSocketStream<S>,
+    ) -> Poll<Result<usize, tungstenite::Error>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.ws_dirty {
+            ready!(ws.poll_flush_unpin(cx))?;
+            self.ws_dirty = false;
+        }
+        let n = ready!(Pin::new(ws.get_mut()).poll_write(cx, &self.out[self.pos..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(
+                std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+            ));
+        }
+        self.pos += n;
+        if self.pos == self.out.len() {
+            self.pos = 0;
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes what is left (the session is closing).
+    async fn finish<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), tungstenite::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        while self.has_pending() {
+            poll_fn(|cx| self.poll_write(cx, ws)).await?;
+        }
+        Ok(())
     }
 
     fn write_error(&mut self, _e: tungstenite::Error) {
         #[cfg(feature = "tracing")]
         tracing::debug!("error sending packet: {}", _e);
         self.write_failed = true;
-        self.needs_flush = false;
-        self.pending = VecDeque::new();
+        self.out = Vec::new();
+        self.pos = 0;
     }
 }
 
-/// A packet as a websocket message; `None` for a packet that is not sent (noop).
-fn to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
+/// Appends `packet` to `out` as one unmasked websocket frame (nothing for a noop packet, which
+/// only served a polling request during an upgrade).
+fn encode_frame(out: &mut Vec<u8>, packet: Packet, protocol: ProtocolVersion) {
+    const TEXT: u8 = 0x1;
+    const BINARY: u8 = 0x2;
     match packet {
+        Packet::Message(msg) => frame(out, TEXT, b"4", msg.as_bytes()),
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-            if protocol == ProtocolVersion::V3 {
-                // v3 protocol requires packet type as the first byte.
-                // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                let mut buff = Vec::with_capacity(bin.len() + 1);
-                buff.push(0x04);
-                buff.extend(bin);
-                Some(Message::Binary(buff.into()))
+            // v3 puts the packet type before the data.
+            let prefix: &[u8] = if protocol == ProtocolVersion::V3 {
+                &[0x04]
             } else {
-                Some(Message::Binary(bin))
-            }
+                &[]
+            };
+            frame(out, BINARY, prefix, &bin)
         }
-        // A Noop Packet maybe sent by the server to upgrade from a polling connection
-        // In the case that the packet was not poll in time it will remain in the buffer and therefore
-        // it should be discarded here
-        Packet::Noop => None,
-        packet => Some(Message::Text(String::from(packet).into())),
+        Packet::Noop => {}
+        packet => frame(out, TEXT, b"", String::from(packet).as_bytes()),
     }
+}
+
+/// A final frame with `opcode` and the payload `prefix` + `payload` (RFC 6455, 5.2).
+fn frame(out: &mut Vec<u8>, opcode: u8, prefix: &[u8], payload: &[u8]) {
+    let len = prefix.len() + payload.len();
+    out.reserve(len + 10);
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(payload);
 }
 
 /// The v4 heartbeat of a websocket session, run by the connection's task: a ping right away
@@ -906,6 +1007,136 @@ mod tests {
             other => panic!("expected the close frame, got {other:?}"),
         }
         tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+    }
+
+    /// Frames are encoded here, not by tungstenite: every length class (7-bit, 16-bit and
+    /// 64-bit lengths, at their edges) reaches a client intact, through a pipe much smaller
+    /// than the frames (partial writes), in order.
+    #[tokio::test]
+    async fn frames_of_every_length_reach_the_client_intact() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let task = tokio::spawn(run(engine(), socket.clone(), server, None));
+        // "4" + the message: payloads of 125, 126, 127, 65535, 65536 and 70000 bytes, and some.
+        let lens = [0, 1, 124, 125, 126, 65_534, 65_535, 65_536, 69_999, 3];
+        for (i, len) in lens.iter().enumerate() {
+            let c = char::from(b'a' + i as u8);
+            socket.emit(Str::from(c.to_string().repeat(*len))).unwrap();
+        }
+        socket
+            .emit_binary(Bytes::from_static(&[0, 1, 2, 255]))
+            .unwrap();
+        for (i, len) in lens.iter().enumerate() {
+            let c = char::from(b'a' + i as u8);
+            let text = next_text(&mut client).await;
+            assert_eq!(text.len(), len + 1, "message {i}");
+            assert_eq!(
+                text,
+                format!("4{}", c.to_string().repeat(*len)),
+                "message {i}"
+            );
+        }
+        match tokio::time::timeout(TIMEOUT, client.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => assert_eq!(&b[..], &[0, 1, 2, 255]),
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+        socket.cancel();
+        tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+    }
+
+    /// tungstenite answers a client's websocket ping while this connection writes its own
+    /// frames: the pong never lands inside one of them (the client would see garbage).
+    #[tokio::test]
+    async fn a_client_ping_never_splits_a_frame() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let task = tokio::spawn(run(engine(), socket.clone(), server, None));
+        let body = "x".repeat(700);
+        let mut expected = 0;
+        let mut pongs = 0;
+        for round in 0..50 {
+            for i in 0..20 {
+                socket
+                    .emit(Str::from(format!("{round}-{i}-{body}")))
+                    .unwrap();
+            }
+            client
+                .send(Message::Ping(format!("p{round}").into()))
+                .await
+                .unwrap();
+            // Read until every message of this round and its pong came.
+            let mut got = 0;
+            while got < 20 || pongs <= round {
+                match tokio::time::timeout(TIMEOUT, client.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let n = expected / 20;
+                        let i = expected % 20;
+                        assert_eq!(t.as_str(), format!("4{n}-{i}-{body}"));
+                        expected += 1;
+                        got += 1;
+                    }
+                    Ok(Some(Ok(Message::Pong(p)))) => {
+                        assert_eq!(&p[..], format!("p{pongs}").as_bytes());
+                        pongs += 1;
+                    }
+                    other => panic!("round {round}: unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!((expected, pongs), (1000, 50));
+        socket.cancel();
+        tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+    }
+
+    /// A client that reads slowly gets everything, in order, and the connection task does not
+    /// hold more than a bounded batch of encoded frames.
+    #[tokio::test]
+    async fn a_slow_reader_gets_everything_in_order() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let task = tokio::spawn(run(engine(), socket.clone(), server, None));
+        let sender = tokio::spawn({
+            let socket = socket.clone();
+            async move {
+                let mut i = 0;
+                while i < 5000 {
+                    match socket.emit(Str::from(format!("m{i}"))) {
+                        Ok(()) => i += 1,
+                        // The queue is full: the reader is behind.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+            }
+        });
+        for i in 0..5000 {
+            if i % 500 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(next_text(&mut client).await, format!("4m{i}"));
+        }
+        sender.await.unwrap();
+        socket.cancel();
+        tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn frame_headers_follow_rfc_6455() {
+        let mut out = Vec::new();
+        frame(&mut out, 0x1, b"4", b"hi");
+        assert_eq!(out, b"\x81\x034hi");
+        out.clear();
+        frame(&mut out, 0x1, b"", &[b'x'; 126]);
+        assert_eq!(&out[..4], &[0x81, 126, 0, 126]);
+        assert_eq!(out.len(), 4 + 126);
+        out.clear();
+        frame(&mut out, 0x2, b"", &vec![0; 65_536]);
+        assert_eq!(&out[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(out.len(), 10 + 65_536);
+        out.clear();
+        encode_frame(&mut out, Packet::Noop, ProtocolVersion::V4);
+        assert!(out.is_empty());
+        encode_frame(&mut out, Packet::Ping, ProtocolVersion::V4);
+        assert_eq!(out, b"\x81\x012");
     }
 
     /// The heartbeat runs in the connection task: a ping at once, then one per interval
