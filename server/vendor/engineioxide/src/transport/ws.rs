@@ -263,6 +263,11 @@ where
             return;
         };
         let mut io = Io::new(socket.protocol);
+        // tungstenite keeps the waker of the last task that wrote through it, here the
+        // upgrade task's (about 2.4 KiB, kept allocated for the whole connection since this
+        // task writes around tungstenite): a flush from this task replaces it.
+        let flushed = poll_fn(|cx| Poll::Ready(ws.poll_flush_unpin(cx))).await;
+        io.ws_dirty = !matches!(flushed, Poll::Ready(Ok(())));
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         if let Some(hb) = &mut heartbeat {
@@ -1137,6 +1142,39 @@ mod tests {
         assert!(out.is_empty());
         encode_frame(&mut out, Packet::Ping, ProtocolVersion::V4);
         assert_eq!(out, b"\x81\x012");
+    }
+
+    /// The task that wrote the handshake through tungstenite is not kept alive by its waker
+    /// (tungstenite keeps the last writer's): the connection's task replaces it.
+    #[tokio::test]
+    async fn the_handshake_tasks_waker_is_released() {
+        struct W;
+        impl std::task::Wake for W {
+            fn wake(self: Arc<Self>) {}
+        }
+        let w = Arc::new(W);
+        let socket = socket();
+        let (mut server, mut client) = ws_pair().await;
+        let waker = std::task::Waker::from(w.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        server.start_send_unpin(Message::text("0open")).unwrap();
+        assert!(server.poll_flush_unpin(&mut cx).is_ready());
+        drop(waker);
+        assert!(
+            Arc::strong_count(&w) > 1,
+            "tungstenite keeps the writer's waker"
+        );
+        let task = tokio::spawn(run(engine(), socket.clone(), server, None));
+        socket.emit(Str::from("x")).unwrap();
+        assert_eq!(next_text(&mut client).await, "0open");
+        assert_eq!(next_text(&mut client).await, "4x");
+        assert_eq!(
+            Arc::strong_count(&w),
+            1,
+            "the handshake's waker is still held"
+        );
+        socket.cancel();
+        tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
     }
 
     /// The heartbeat runs in the connection task: a ping at once, then one per interval
