@@ -27,6 +27,10 @@ use tokio_tungstenite::{
     tungstenite::{
         self, Message,
         handshake::derive_accept_key,
+        protocol::frame::{
+            FrameHeader,
+            coding::{Data, OpCode},
+        },
         protocol::{Role, WebSocketConfig},
     },
 };
@@ -636,10 +640,8 @@ impl Io {
 /// Appends `packet` to `out` as one unmasked websocket frame (nothing for a noop packet, which
 /// only served a polling request during an upgrade).
 fn encode_frame(out: &mut Vec<u8>, packet: Packet, protocol: ProtocolVersion) {
-    const TEXT: u8 = 0x1;
-    const BINARY: u8 = 0x2;
     match packet {
-        Packet::Message(msg) => frame(out, TEXT, b"4", msg.as_bytes()),
+        Packet::Message(msg) => frame(out, Data::Text, b"4", msg.as_bytes()),
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
             // v3 puts the packet type before the data.
             let prefix: &[u8] = if protocol == ProtocolVersion::V3 {
@@ -647,27 +649,26 @@ fn encode_frame(out: &mut Vec<u8>, packet: Packet, protocol: ProtocolVersion) {
             } else {
                 &[]
             };
-            frame(out, BINARY, prefix, &bin)
+            frame(out, Data::Binary, prefix, &bin)
         }
         Packet::Noop => {}
-        packet => frame(out, TEXT, b"", String::from(packet).as_bytes()),
+        packet => frame(out, Data::Text, b"", String::from(packet).as_bytes()),
     }
 }
 
-/// A final frame with `opcode` and the payload `prefix` + `payload` (RFC 6455, 5.2).
-fn frame(out: &mut Vec<u8>, opcode: u8, prefix: &[u8], payload: &[u8]) {
+/// A final, unmasked frame of type `data` with the payload `prefix` + `payload`; the header is
+/// tungstenite's (its frames are only built around an owned payload, which would cost the copy
+/// this saves).
+fn frame(out: &mut Vec<u8>, data: Data, prefix: &[u8], payload: &[u8]) {
     let len = prefix.len() + payload.len();
     out.reserve(len + 10);
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    let header = FrameHeader {
+        opcode: OpCode::Data(data),
+        ..FrameHeader::default()
+    };
+    header
+        .format(len as u64, out)
+        .expect("writing to a Vec does not fail");
     out.extend_from_slice(prefix);
     out.extend_from_slice(payload);
 }
@@ -1127,14 +1128,14 @@ mod tests {
     #[test]
     fn frame_headers_follow_rfc_6455() {
         let mut out = Vec::new();
-        frame(&mut out, 0x1, b"4", b"hi");
+        frame(&mut out, Data::Text, b"4", b"hi");
         assert_eq!(out, b"\x81\x034hi");
         out.clear();
-        frame(&mut out, 0x1, b"", &[b'x'; 126]);
+        frame(&mut out, Data::Text, b"", &[b'x'; 126]);
         assert_eq!(&out[..4], &[0x81, 126, 0, 126]);
         assert_eq!(out.len(), 4 + 126);
         out.clear();
-        frame(&mut out, 0x2, b"", &vec![0; 65_536]);
+        frame(&mut out, Data::Binary, b"", &vec![0; 65_536]);
         assert_eq!(&out[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
         assert_eq!(out.len(), 10 + 65_536);
         out.clear();
