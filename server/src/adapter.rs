@@ -275,7 +275,9 @@ impl Driver for RedisDriver {
         }
         let node_chan = crate::route::is_node_request_channel(CHANNEL_PREFIX, &chan);
         let named = node_chan.then(|| chan.clone());
-        let res = publish(&self.inner, chan, val).await;
+        // fred queues the command on the connection at the first poll; from there the
+        // socket's next event may go on (`order.rs`; a no-op outside a client's event).
+        let res = crate::order::pipelined(publish(&self.inner, chan, val)).await;
         match (res, named) {
             (Ok(0), Some(chan)) => Err(DriverError::NoSubscriber(chan)),
             (Ok(_), _) => Ok(()),

@@ -11,11 +11,12 @@
 //!   carries its id and server uid, not its data).
 //!
 //! Ordering. socketioxide runs every event handler in its own task, so two events of one
-//! socket could overtake each other. Each handler therefore does its parsing, validation and
-//! packet encoding synchronously, in arrival order, and joins a per-socket queue
-//! ([`Order`]) for the part that waits on Redis: the events of one socket take effect in the
-//! order they were sent (a 500-event burst arrives in order on every node), while different
-//! sockets never wait on each other.
+//! socket could overtake each other: every event goes through the socket's queue
+//! ([`Order`], `order.rs`), and the events of one socket take effect in the order they were
+//! sent (a 500-event burst arrives in order on every node), while different sockets never
+//! wait on each other. A broadcast lets the next event start once its PUBLISH is queued on
+//! the Redis connection (its order is fixed there), so a busy publisher's round trips
+//! overlap; whatever an event does on this node waits for its turn ([`order::wait_turn`]).
 //!
 //! Connection state recovery (`RECOVERY_WINDOW`, see `recovery.rs`): every outgoing message
 //! then goes through the recovery log instead of the adapter's broadcast, rooms are joined in
@@ -25,10 +26,9 @@
 
 use std::{
     convert::Infallible,
-    future::{Future, Ready, ready},
-    pin::Pin,
+    future::{Ready, ready},
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -42,13 +42,13 @@ use socketioxide::{
     socket::{DisconnectReason, Sid, Socket},
 };
 use socketioxide_core::{Uid, Value};
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::{
     auth::{AuthError, HandshakeAuth, Verifier},
     health::{Health, Mode},
     metrics::{AdapterOp, Metrics, OutKind, SendRoute},
+    order::{self, BoxFuture, Order},
     protocol::{self, Command, EventKind, InputError, Target},
     recovery::{ALL_ROOM, Recovery},
 };
@@ -270,8 +270,6 @@ impl Frame {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// `{ok:true}`, with `partial` when Redis was unreachable and only this node's sockets were
 /// reached.
 #[derive(Serialize)]
@@ -326,23 +324,34 @@ async fn handle_event<A: Adapter>(
     ack: AckSender<A>,
     frame: Frame,
 ) {
+    let parsed = frame.text().and_then(protocol::split_frame);
+    let (event, arg) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            order::wait_turn().await;
+            return refuse(app, EventKind::Unknown, ack, &e.to_string());
+        }
+    };
+    let kind = EventKind::of(&event);
+    let cmd = match protocol::parse_command(&event, arg, app.verifier.is_some()) {
+        Ok(c) => c,
+        Err(e) => {
+            order::wait_turn().await;
+            return refuse(app, kind, ack, &e.to_string());
+        }
+    };
+    if !matches!(cmd, Command::Publish(_) | Command::Send { .. }) {
+        // Only deliveries may start before the previous event is done (see `deliver`).
+        order::wait_turn().await;
+    }
     if !s.connected() {
         // Queued behind earlier events and the client left meanwhile: a late `join` would
         // put a socket that no longer exists back into a room.
         return;
     }
-    let parsed = frame.text().and_then(protocol::split_frame);
-    let (event, arg) = match parsed {
-        Ok(p) => p,
-        Err(e) => return refuse(app, EventKind::Unknown, ack, &e.to_string()),
-    };
-    let kind = EventKind::of(&event);
-    let cmd = match protocol::parse_command(&event, arg, app.verifier.is_some()) {
-        Ok(c) => c,
-        Err(e) => return refuse(app, kind, ack, &e.to_string()),
-    };
     let Some(root) = io.of(NAMESPACE) else {
         // The namespace is gone: the server is closing.
+        order::wait_turn().await;
         return refuse(app, kind, ack, "server is shutting down");
     };
     app.metrics.event_in(kind, true);
@@ -498,12 +507,27 @@ pub async fn deliver<A: Adapter>(
             Dest::All => ALL_ROOM,
             Dest::Room(r) | Dest::LocalRoom(r) | Dest::Node(r, _) => r.as_str(),
         };
+        order::wait_turn().await;
         return rec.publish(room, event, data).await;
     }
     let cross_node = app.health.mode() == Mode::Redis && !matches!(dest, Dest::LocalRoom(_));
     // With Redis known to be down, go local at once rather than wait for a timeout.
     let try_remote = cross_node && app.health.redis_usable();
+    if try_remote && matches!(dest, Dest::All | Dest::Room(_)) {
+        // One PUBLISH on the shared channel, then the local delivery: the driver lets the
+        // next event start once the PUBLISH is queued, and waits for this event's turn
+        // before the local part (`order.rs`). Not for `Dest::Node`: its fallback below
+        // publishes a second time, which the next event must not overtake.
+        order::allow_early_release();
+    }
+    // Every path below that does not go through the driver starts here: wait for the turn
+    // (no-op once the driver has waited).
+    if !try_remote {
+        order::wait_turn().await;
+    }
     let res = dest.op(root, !try_remote).emit(event, data).await;
+    // The driver may have failed before queueing anything (then it did not wait).
+    order::wait_turn().await;
     let partial = cross_node && !try_remote;
     match res {
         Ok(()) => partial,
@@ -549,69 +573,9 @@ fn no_subscriber(e: &socketioxide::adapter::AdapterError) -> bool {
         })
 }
 
-/// The per-socket queue that keeps one socket's events in order (see the module doc).
-#[derive(Default)]
-struct Order {
-    /// Completes when the last queued event of the socket is done.
-    tail: Mutex<Option<oneshot::Receiver<()>>>,
-}
-
-impl Order {
-    /// Returns `fut` wrapped to start only after the socket's previous events are done.
-    /// Must be called synchronously from the handler, in arrival order.
-    fn enqueue(&self, fut: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
-        let (done, rx) = oneshot::channel::<()>();
-        let prev = self
-            .tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(rx);
-        Box::pin(async move {
-            if let Some(prev) = prev {
-                // An error only means the previous event's task is gone: it is done either way.
-                let _ = prev.await;
-            }
-            fut.await;
-            drop(done);
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_sockets_events_run_in_arrival_order_whatever_the_task_order() {
-        let order = Order::default();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut futs = Vec::new();
-        for i in 0..20u64 {
-            let log = log.clone();
-            futs.push(order.enqueue(async move {
-                // earlier events take longer: without the queue they would finish last
-                tokio::time::sleep(std::time::Duration::from_millis(20 - i)).await;
-                log.lock().unwrap().push(i);
-            }));
-        }
-        // spawned newest first, like a LIFO scheduler might run them
-        let handles: Vec<_> = futs.into_iter().rev().map(tokio::spawn).collect();
-        for h in handles {
-            h.await.unwrap();
-        }
-        assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
-    }
-
-    #[tokio::test]
-    async fn a_cancelled_event_does_not_block_the_next() {
-        let order = Order::default();
-        let first = order.enqueue(std::future::pending());
-        let second = order.enqueue(async {});
-        drop(first); // its task ended without completing
-        tokio::time::timeout(std::time::Duration::from_secs(1), second)
-            .await
-            .expect("the queue moves on");
-    }
 
     #[test]
     fn internal_rooms_never_collide_with_client_rooms() {

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod order;
 pub mod protocol;
 pub mod recovery;
 pub mod route;

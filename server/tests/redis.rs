@@ -84,6 +84,33 @@ async fn cross_node_publish_send_presence_and_burst() {
         assert_eq!(b.expect_event("burst").await, json!(i), "in order");
     }
     eprintln!("burst of {N} cross-node: {:?}", started.elapsed());
+    // and on the publisher's own node (sender included): one socket's broadcasts overlap
+    // their Redis round trips, never their local deliveries
+    for i in 0..N {
+        assert_eq!(a.expect_event("burst").await, json!(i), "in order locally");
+    }
+
+    // a join waits for the broadcasts sent before it: the sender gets none of them, only
+    // the one sent after it, and the other node gets them all, in order
+    b.emit_ack("join", json!("late")).await;
+    for i in 0..50 {
+        a.emit(
+            "publish",
+            json!({"room": "late", "event": "late", "data": i}),
+        )
+        .await;
+    }
+    a.emit("join", json!("late")).await;
+    a.emit(
+        "publish",
+        json!({"room": "late", "event": "late", "data": "after"}),
+    )
+    .await;
+    assert_eq!(a.expect_event("late").await, json!("after"));
+    for i in 0..50 {
+        assert_eq!(b.expect_event("late").await, json!(i));
+    }
+    assert_eq!(b.expect_event("late").await, json!("after"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,298 @@
+//! One socket's events take effect in the order they were sent, with Redis commands pipelined.
+//!
+//! socketioxide runs every event handler in its own task, so two events of one socket could
+//! overtake each other. [`Order`] queues them: an event starts once the previous one is done.
+//! Waiting for "done" includes the Redis round trip of a broadcast (the adapter publishes,
+//! then delivers locally), so one socket's broadcasts went out one round trip at a time: a
+//! client publishing 2,000 events/s was served at ~300 broadcasts/s on 2 nodes, with every
+//! node's receivers getting their frames one by one (`bench/README.md`, Floor).
+//!
+//! A broadcast's order is fixed earlier than its end: once its PUBLISH is queued on the one
+//! Redis connection, Redis runs it, and every subscriber gets it, after the PUBLISH before it
+//! and before the one after it. So an event that opted in ([`allow_early_release`]) lets the
+//! socket's next event start at that point ([`queued`], called by the driver), and everything
+//! it does on this node afterwards (the local delivery, the ack) first waits for the previous
+//! event to be done ([`wait_turn`]). Effects stay in arrival order on every node; only the
+//! waits overlap. Events that did not opt in (joins, presence, private messages routed to one
+//! node, anything with recovery on) keep the plain rule: the next starts when this one ends.
+//!
+//! The turn travels with the event's future as a tokio task-local, because the point where
+//! the order is fixed is inside the adapter (socketioxide-redis calls our driver), which knows
+//! nothing of sockets; outside an event ([`Order::enqueue`]) every function here is a no-op.
+
+use std::{
+    future::Future,
+    pin::{Pin, pin},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::Poll,
+};
+
+use tokio::sync::oneshot;
+
+/// A boxed event future.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+tokio::task_local! {
+    static TURN: Turn;
+}
+
+/// The running event's place in its socket's queue.
+struct Turn {
+    /// Dropped to let the socket's next event start: by [`queued`] when allowed, otherwise
+    /// when this event ends.
+    release: Mutex<Option<oneshot::Sender<()>>>,
+    /// Completes once the previous event is done; taken by the first [`wait_turn`].
+    prev_done: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Set by [`allow_early_release`].
+    early: AtomicBool,
+}
+
+/// What the last queued event signals: it released its successor, it is done.
+struct Tail {
+    released: oneshot::Receiver<()>,
+    done: oneshot::Receiver<()>,
+}
+
+/// The per-socket event queue.
+#[derive(Default)]
+pub struct Order {
+    tail: Mutex<Option<Tail>>,
+}
+
+impl Order {
+    /// Returns `fut` wrapped to start once the socket's previous event released it (see the
+    /// module doc), and to be done only after that event is done.
+    /// Must be called synchronously from the handler, in arrival order.
+    pub fn enqueue(&self, fut: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
+        let (release, released) = oneshot::channel::<()>();
+        let (done, done_rx) = oneshot::channel::<()>();
+        let prev = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(Tail {
+                released,
+                done: done_rx,
+            });
+        Box::pin(async move {
+            let prev_done = match prev {
+                Some(prev) => {
+                    // An error only means the previous event's task is gone: it is done
+                    // either way.
+                    let _ = prev.released.await;
+                    Some(prev.done)
+                }
+                None => None,
+            };
+            let turn = Turn {
+                release: Mutex::new(Some(release)),
+                prev_done: Mutex::new(prev_done),
+                early: AtomicBool::new(false),
+            };
+            TURN.scope(turn, async move {
+                fut.await;
+                // Done means every earlier event is done too.
+                wait_turn().await;
+            })
+            .await;
+            drop(done);
+        })
+    }
+}
+
+/// Lets the running event release its successor as soon as [`queued`] is called.
+pub fn allow_early_release() {
+    let _ = TURN.try_with(|t| t.early.store(true, Ordering::Relaxed));
+}
+
+/// The running event's Redis command is queued (its order among the socket's events is
+/// fixed): the next event may start, if this one allowed it.
+pub fn queued() {
+    let _ = TURN.try_with(|t| {
+        if t.early.load(Ordering::Relaxed) {
+            drop(lock(&t.release).take());
+        }
+    });
+}
+
+/// Waits until the previous event of the socket is done: call before anything the event
+/// does on this node (a delivery, an ack, a join) when it may have started early.
+pub async fn wait_turn() {
+    let prev = TURN.try_with(|t| lock(&t.prev_done).take()).ok().flatten();
+    if let Some(prev) = prev {
+        let _ = prev.await;
+    }
+}
+
+/// Runs `cmd`, whose first poll queues a Redis command on the connection (fred does), as
+/// [`queued`] describes: after that first poll the next event may start, and the result is
+/// only handed back once the previous event is done.
+pub async fn pipelined<T>(cmd: impl Future<Output = T>) -> T {
+    let mut cmd = pin!(cmd);
+    let first = std::future::poll_fn(|cx| Poll::Ready(cmd.as_mut().poll(cx))).await;
+    if let Poll::Ready(out) = first {
+        return out;
+    }
+    queued();
+    wait_turn().await;
+    cmd.await
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{sync::Arc, time::Duration};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_sockets_events_run_in_arrival_order_whatever_the_task_order() {
+        let order = Order::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut futs = Vec::new();
+        for i in 0..20u64 {
+            let log = log.clone();
+            futs.push(order.enqueue(async move {
+                // earlier events take longer: without the queue they would finish last
+                tokio::time::sleep(Duration::from_millis(20 - i)).await;
+                log.lock().unwrap().push(i);
+            }));
+        }
+        // spawned newest first, like a LIFO scheduler might run them
+        let handles: Vec<_> = futs.into_iter().rev().map(tokio::spawn).collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_event_does_not_block_the_next() {
+        let order = Order::default();
+        let first = order.enqueue(std::future::pending());
+        let second = order.enqueue(async {});
+        drop(first); // its task ended without completing
+        tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the queue moves on");
+    }
+
+    /// A stand-in for one Redis connection: commands are answered in the order they were
+    /// queued, after `rtt`; `log` records (event, what) in the order things happened.
+    struct Conn {
+        next: Mutex<u64>,
+        log: Log,
+    }
+
+    type Log = Arc<Mutex<Vec<(u64, &'static str)>>>;
+
+    impl Conn {
+        fn new() -> (Arc<Self>, Log) {
+            let log = Log::default();
+            let conn = Conn {
+                next: Mutex::new(0),
+                log: log.clone(),
+            };
+            (Arc::new(conn), log)
+        }
+
+        /// A command future that, like fred's, queues itself at its first poll.
+        async fn publish(&self, event: u64, rtt: Duration) {
+            let seq = {
+                let mut n = self.next.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            self.log.lock().unwrap().push((event, "queued"));
+            // later commands finish sooner: only the turn keeps the local effects in order
+            tokio::time::sleep(rtt.saturating_sub(Duration::from_millis(seq))).await;
+        }
+    }
+
+    /// Spawns the events newest first (as a LIFO scheduler might run them) and waits for all.
+    async fn run_newest_first(futs: Vec<BoxFuture>) {
+        let handles: Vec<_> = futs.into_iter().rev().map(tokio::spawn).collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+    }
+
+    async fn broadcast(conn: Arc<Conn>, event: u64, early: bool) {
+        if early {
+            allow_early_release();
+        }
+        pipelined(conn.publish(event, Duration::from_millis(50))).await;
+        conn.log.lock().unwrap().push((event, "local"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opted_in_events_overlap_their_round_trips_and_keep_their_order() {
+        let (conn, log) = Conn::new();
+        let order = Order::default();
+        let futs: Vec<_> = (0..10)
+            .map(|i| order.enqueue(broadcast(conn.clone(), i, true)))
+            .collect();
+        let started = tokio::time::Instant::now();
+        run_newest_first(futs).await;
+        let log = log.lock().unwrap().clone();
+        let queued: Vec<u64> = log
+            .iter()
+            .filter(|e| e.1 == "queued")
+            .map(|e| e.0)
+            .collect();
+        let local: Vec<u64> = log.iter().filter(|e| e.1 == "local").map(|e| e.0).collect();
+        assert_eq!(
+            queued,
+            (0..10).collect::<Vec<_>>(),
+            "queued in arrival order"
+        );
+        assert_eq!(
+            local,
+            (0..10).collect::<Vec<_>>(),
+            "delivered in arrival order"
+        );
+        // all ten were queued before the first round trip ended
+        let first_local = log.iter().position(|e| e.1 == "local").unwrap();
+        assert_eq!(first_local, 10, "{log:?}");
+        // ten round trips of 40-50 ms one after the other would take > 400 ms
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_that_did_not_opt_in_wait_for_the_previous_to_end() {
+        let (conn, log) = Conn::new();
+        let order = Order::default();
+        // an opted-in broadcast, then one that is not, then an opted-in one
+        let futs = vec![
+            order.enqueue(broadcast(conn.clone(), 0, true)),
+            order.enqueue(broadcast(conn.clone(), 1, false)),
+            order.enqueue(broadcast(conn.clone(), 2, true)),
+        ];
+        run_newest_first(futs).await;
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            vec![
+                (0, "queued"),
+                (1, "queued"), // 0 released 1 early
+                (0, "local"),
+                (1, "local"), // 1 did not release 2: 2 starts after 1 ended
+                (2, "queued"),
+                (2, "local"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn outside_an_event_nothing_waits() {
+        allow_early_release();
+        queued();
+        wait_turn().await;
+        assert_eq!(pipelined(async { 7 }).await, 7);
+    }
+}
