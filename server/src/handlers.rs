@@ -150,7 +150,7 @@ pub async fn authenticate<A: Adapter>(
 /// Per-socket state, captured by the socket's event handler.
 struct SocketCtx {
     app: Arc<App>,
-    order: Order,
+    order: Arc<Order>,
 }
 
 /// Connect handler. Synchronous on purpose: the event handler must be registered before
@@ -168,7 +168,7 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
     }
     let ctx = Arc::new(SocketCtx {
         app: app.clone(),
-        order: Order::default(),
+        order: Arc::default(),
     });
     // With recovery, the rooms are joined in the log's delivery order (see recovery.rs), as
     // the first item of the socket's queue (before its first event), and `hello` follows once
@@ -182,14 +182,14 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         }
         Some(rec) => {
             let (rec, s, app) = (rec.clone(), s.clone(), app.clone());
-            Some(ctx.order.enqueue(async move {
+            ctx.order.submit(async move {
                 if s.recovered() {
                     rec.resume(&s).await;
                 } else {
                     rec.attach(&s, rooms).await;
                 }
                 send_hello(&app, &s);
-            }))
+            })
         }
     };
 
@@ -215,9 +215,11 @@ pub fn on_connect<A: Adapter>(s: SocketRef<A>, State(app): State<Arc<App>>) -> R
         },
     );
 
-    match first {
-        Some(first) => drop(tokio::spawn(first)),
-        None => send_hello(&app, &s),
+    if let Some(pump) = first {
+        drop(tokio::spawn(pump));
+    }
+    if app.recovery.is_none() {
+        send_hello(&app, &s);
     }
     ready(())
 }
@@ -313,8 +315,11 @@ fn on_event<A: Adapter>(
     frame: Frame,
 ) -> BoxFuture {
     let ctx2 = ctx.clone();
+    let event = async move { handle_event(&ctx2.app, s, io, ack, frame).await };
+    // socketioxide spawns what this returns: the socket's pump, or nothing to do.
     ctx.order
-        .enqueue(async move { handle_event(&ctx2.app, s, io, ack, frame).await })
+        .submit(event)
+        .unwrap_or_else(|| Box::pin(std::future::ready(())))
 }
 
 async fn handle_event<A: Adapter>(
