@@ -26,7 +26,7 @@
 //!
 //! The turn travels with the event's future as a tokio task-local, because the point where
 //! the order is fixed is inside the adapter (socketioxide-redis calls our driver), which knows
-//! nothing of sockets; outside an event ([`Order::enqueue`]) every function here is a no-op.
+//! nothing of sockets; outside an event ([`Order::submit`]) every function here is a no-op.
 
 use std::{
     future::Future,
@@ -157,6 +157,9 @@ async fn run_pump(order: Arc<Order>) {
                 }
                 if events.is_empty() {
                     pump.running = false;
+                    // An idle socket keeps no buffer (the drain left its capacity).
+                    pump.submitted = Vec::new();
+                    pump.waker = None;
                     return Poll::Ready(());
                 }
                 match &pump.waker {
