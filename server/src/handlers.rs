@@ -329,34 +329,27 @@ async fn handle_event<A: Adapter>(
     ack: AckSender<A>,
     frame: Frame,
 ) {
-    let parsed = frame.text().and_then(protocol::split_frame);
-    let (event, arg) = match parsed {
-        Ok(p) => p,
-        Err(e) => {
-            order::wait_turn().await;
-            return refuse(app, EventKind::Unknown, ack, &e.to_string());
-        }
-    };
-    let kind = EventKind::of(&event);
-    let cmd = match protocol::parse_command(&event, arg, app.verifier.is_some()) {
-        Ok(c) => c,
-        Err(e) => {
-            order::wait_turn().await;
-            return refuse(app, kind, ack, &e.to_string());
-        }
-    };
-    if !matches!(cmd, Command::Publish(_) | Command::Send { .. }) {
-        // Only deliveries may start before the previous event is done (see `deliver`).
+    let parsed = parse_event(app, &frame);
+    let root = io.of(NAMESPACE);
+    if !matches!(
+        (&parsed, &root),
+        (Ok((_, Command::Publish(_) | Command::Send { .. })), Some(_))
+    ) {
+        // Only a delivery may start before the previous event is done: it waits for its
+        // turn itself (see `deliver`); a refusal's ack, a join or presence wait here.
         order::wait_turn().await;
     }
+    let (kind, cmd) = match parsed {
+        Ok(p) => p,
+        Err((kind, e)) => return refuse(app, kind, ack, &e),
+    };
     if !s.connected() {
         // Queued behind earlier events and the client left meanwhile: a late `join` would
         // put a socket that no longer exists back into a room.
         return;
     }
-    let Some(root) = io.of(NAMESPACE) else {
+    let Some(root) = root else {
         // The namespace is gone: the server is closing.
-        order::wait_turn().await;
         return refuse(app, kind, ack, "server is shutting down");
     };
     app.metrics.event_in(kind, true);
@@ -409,6 +402,21 @@ async fn handle_event<A: Adapter>(
             send_ack(app, ack, &PresenceAck { members, partial });
         }
     }
+}
+
+/// The event's kind and command, or the kind and the error to refuse it with (pure).
+fn parse_event<'f>(
+    app: &App,
+    frame: &'f Frame,
+) -> Result<(EventKind, Command<'f>), (EventKind, String)> {
+    let (event, arg) = frame
+        .text()
+        .and_then(protocol::split_frame)
+        .map_err(|e| (EventKind::Unknown, e.to_string()))?;
+    let kind = EventKind::of(&event);
+    protocol::parse_command(&event, arg, app.verifier.is_some())
+        .map(|cmd| (kind, cmd))
+        .map_err(|e| (kind, e.to_string()))
 }
 
 /// Where a `send {to}` goes (see `route.rs`), counted by route.

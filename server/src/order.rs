@@ -29,13 +29,11 @@
 //! nothing of sockets; outside an event ([`Order::submit`]) every function here is a no-op.
 
 use std::{
+    cell::Cell,
     future::Future,
     panic::AssertUnwindSafe,
     pin::{Pin, pin},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     task::{Poll, Waker},
 };
 
@@ -49,15 +47,16 @@ tokio::task_local! {
     static TURN: Turn;
 }
 
-/// The running event's place in its socket's queue.
+/// The running event's place in its socket's queue (only its own future touches it, hence
+/// `Cell`s).
 struct Turn {
     /// Dropped to let the socket's next event start: by [`queued`] when allowed, otherwise
     /// when this event ends.
-    release: Mutex<Option<oneshot::Sender<()>>>,
+    release: Cell<Option<oneshot::Sender<()>>>,
     /// Completes once the previous event is done; taken by the first [`wait_turn`].
-    prev_done: Mutex<Option<oneshot::Receiver<()>>>,
+    prev_done: Cell<Option<oneshot::Receiver<()>>>,
     /// Set by [`allow_early_release`].
-    early: AtomicBool,
+    early: Cell<bool>,
 }
 
 /// What the last queued event signals: it released its successor, it is done.
@@ -69,55 +68,58 @@ struct Tail {
 /// The per-socket event queue.
 #[derive(Default)]
 pub struct Order {
-    tail: Mutex<Option<Tail>>,
-    pump: Mutex<Pump>,
+    queue: Mutex<Queue>,
 }
 
-/// The socket's events waiting for its pump, and whether one runs.
+/// The last event queued, the events waiting for the socket's pump, and whether one runs.
 #[derive(Default)]
-struct Pump {
+struct Queue {
+    tail: Option<Tail>,
     submitted: Vec<BoxFuture>,
     running: bool,
     waker: Option<Waker>,
 }
 
 impl Order {
-    /// Queues an event (see [`Order::enqueue`]) on the socket's pump. Returns the pump to
-    /// spawn when none runs; otherwise the running pump takes the event.
+    /// Queues an event (in order, see the module doc) on the socket's pump. Returns the pump to spawn
+    /// when none runs; otherwise the running pump takes the event.
     /// Must be called synchronously from the handler, in arrival order.
     pub fn submit(
         self: &Arc<Self>,
         fut: impl Future<Output = ()> + Send + 'static,
     ) -> Option<BoxFuture> {
-        let event = self.enqueue(fut);
-        let mut pump = lock(&self.pump);
-        pump.submitted.push(event);
-        if pump.running {
-            let waker = pump.waker.take();
-            drop(pump);
+        let mut queue = lock(&self.queue);
+        let event = queue.chain(fut);
+        queue.submitted.push(event);
+        if queue.running {
+            let waker = queue.waker.take();
+            drop(queue);
             if let Some(w) = waker {
                 w.wake();
             }
             return None;
         }
-        pump.running = true;
+        queue.running = true;
         Some(Box::pin(run_pump(self.clone())))
     }
 
+    /// The event alone, to be run by any task (the tests run each in its own).
+    #[cfg(test)]
+    fn enqueue(&self, fut: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
+        lock(&self.queue).chain(fut)
+    }
+}
+
+impl Queue {
     /// Returns `fut` wrapped to start once the socket's previous event released it (see the
     /// module doc), and to be done only after that event is done.
-    /// Must be called synchronously from the handler, in arrival order.
-    fn enqueue(&self, fut: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
+    fn chain(&mut self, fut: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
         let (release, released) = oneshot::channel::<()>();
         let (done, done_rx) = oneshot::channel::<()>();
-        let prev = self
-            .tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(Tail {
-                released,
-                done: done_rx,
-            });
+        let prev = self.tail.replace(Tail {
+            released,
+            done: done_rx,
+        });
         Box::pin(async move {
             let prev_done = match prev {
                 Some(prev) => {
@@ -129,9 +131,9 @@ impl Order {
                 None => None,
             };
             let turn = Turn {
-                release: Mutex::new(Some(release)),
-                prev_done: Mutex::new(prev_done),
-                early: AtomicBool::new(false),
+                release: Cell::new(Some(release)),
+                prev_done: Cell::new(prev_done),
+                early: Cell::new(false),
             };
             TURN.scope(turn, async move {
                 fut.await;
@@ -151,20 +153,20 @@ async fn run_pump(order: Arc<Order>) {
     std::future::poll_fn(|cx| {
         loop {
             {
-                let mut pump = lock(&order.pump);
-                for event in pump.submitted.drain(..) {
+                let mut queue = lock(&order.queue);
+                for event in queue.submitted.drain(..) {
                     events.push(AssertUnwindSafe(event).catch_unwind());
                 }
                 if events.is_empty() {
-                    pump.running = false;
+                    queue.running = false;
                     // An idle socket keeps no buffer (the drain left its capacity).
-                    pump.submitted = Vec::new();
-                    pump.waker = None;
+                    queue.submitted = Vec::new();
+                    queue.waker = None;
                     return Poll::Ready(());
                 }
-                match &pump.waker {
+                match &queue.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => pump.waker = Some(cx.waker().clone()),
+                    _ => queue.waker = Some(cx.waker().clone()),
                 }
             }
             match events.poll_next_unpin(cx) {
@@ -179,15 +181,15 @@ async fn run_pump(order: Arc<Order>) {
 
 /// Lets the running event release its successor as soon as [`queued`] is called.
 pub fn allow_early_release() {
-    let _ = TURN.try_with(|t| t.early.store(true, Ordering::Relaxed));
+    let _ = TURN.try_with(|t| t.early.set(true));
 }
 
 /// The running event's Redis command is queued (its order among the socket's events is
 /// fixed): the next event may start, if this one allowed it.
 pub fn queued() {
     let _ = TURN.try_with(|t| {
-        if t.early.load(Ordering::Relaxed) {
-            drop(lock(&t.release).take());
+        if t.early.get() {
+            drop(t.release.take());
         }
     });
 }
@@ -195,7 +197,7 @@ pub fn queued() {
 /// Waits until the previous event of the socket is done: call before anything the event
 /// does on this node (a delivery, an ack, a join) when it may have started early.
 pub async fn wait_turn() {
-    let prev = TURN.try_with(|t| lock(&t.prev_done).take()).ok().flatten();
+    let prev = TURN.try_with(|t| t.prev_done.take()).ok().flatten();
     if let Some(prev) = prev {
         let _ = prev.await;
     }
@@ -206,8 +208,7 @@ pub async fn wait_turn() {
 /// only handed back once the previous event is done.
 pub async fn pipelined<T>(cmd: impl Future<Output = T>) -> T {
     let mut cmd = pin!(cmd);
-    let first = std::future::poll_fn(|cx| Poll::Ready(cmd.as_mut().poll(cx))).await;
-    if let Poll::Ready(out) = first {
+    if let Poll::Ready(out) = futures::poll!(cmd.as_mut()) {
         return out;
     }
     queued();
