@@ -11,6 +11,12 @@
 //!
 //! Sender and receiver always live in the same [`Socket`](crate::Socket), so the queue ends
 //! when the receiver closes it, never because the senders are gone.
+//!
+//! Once a websocket connection's task owns the receiver ([`Receiver::enable_frames`]), packets
+//! are encoded into websocket frames as they are sent, into one byte buffer that the task takes
+//! whole: a broadcast's packet then costs each receiver one copy of its payload, instead of
+//! moving a [`PacketBuf`] into and out of the queue's ring (which also grew from empty for
+//! every batch) and copying the payload afterwards.
 
 use std::{
     collections::VecDeque,
@@ -22,7 +28,10 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use engineioxide_core::PacketBuf;
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion};
+use smallvec::smallvec;
+
+use crate::transport::ws::encode_frame;
 use tokio::sync::{
     Notify,
     mpsc::error::{TryRecvError, TrySendError},
@@ -36,6 +45,43 @@ struct State {
     rx_waker: Option<Waker>,
     /// The latest volatile packets not yet received (boxed: rarely used).
     volatile: Option<Box<PacketBuf>>,
+    /// Set by [`Receiver::enable_frames`]: packets are encoded into `frames` when sent, and
+    /// `buf` stays empty.
+    frames_protocol: Option<ProtocolVersion>,
+    /// Websocket frames of the packets sent since the receiver last took them.
+    frames: Vec<u8>,
+    /// How many packet buffers `frames` holds (they count against the bound like queued ones).
+    framed: usize,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.buf.len() + self.framed + self.reserved
+    }
+
+    /// Queues one packet buffer (encoded at once in frame mode).
+    fn push(&mut self, item: PacketBuf) {
+        match self.frames_protocol {
+            Some(protocol) => {
+                for packet in item {
+                    encode_frame(&mut self.frames, packet, protocol);
+                }
+                self.framed += 1;
+            }
+            None => self.buf.push_back(item),
+        }
+    }
+
+    /// [`State::push`] of a single packet, without building a [`PacketBuf`] in frame mode.
+    fn push_one(&mut self, packet: Packet) {
+        match self.frames_protocol {
+            Some(protocol) => {
+                encode_frame(&mut self.frames, packet, protocol);
+                self.framed += 1;
+            }
+            None => self.buf.push_back(smallvec![packet]),
+        }
+    }
 }
 
 struct Inner {
@@ -64,6 +110,9 @@ pub(crate) fn channel(cap: usize) -> (Sender, Receiver) {
             closed: false,
             rx_waker: None,
             volatile: None,
+            frames_protocol: None,
+            frames: Vec::new(),
+            framed: 0,
         }),
         cap: cap.max(1),
         closed: Notify::new(),
@@ -101,10 +150,30 @@ impl Sender {
         if st.closed {
             return Err(TrySendError::Closed(item));
         }
-        if st.buf.len() + st.reserved >= self.inner.cap {
+        if st.len() >= self.inner.cap {
             return Err(TrySendError::Full(item));
         }
-        st.buf.push_back(item);
+        st.push(item);
+        let waker = st.rx_waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// [`Sender::try_send`] of a single packet: in frame mode it is encoded without ever being
+    /// wrapped in a [`PacketBuf`] (the path of every receiver of a broadcast).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_send_one(&self, packet: Packet) -> Result<(), TrySendError<Packet>> {
+        let mut st = self.inner.lock();
+        if st.closed {
+            return Err(TrySendError::Closed(packet));
+        }
+        if st.len() >= self.inner.cap {
+            return Err(TrySendError::Full(packet));
+        }
+        st.push_one(packet);
         let waker = st.rx_waker.take();
         drop(st);
         if let Some(w) = waker {
@@ -119,7 +188,7 @@ impl Sender {
         if st.closed {
             return Err(TrySendError::Closed(()));
         }
-        if st.buf.len() + st.reserved >= self.inner.cap {
+        if st.len() >= self.inner.cap {
             return Err(TrySendError::Full(()));
         }
         st.reserved += 1;
@@ -175,7 +244,7 @@ impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.inner.lock();
         f.debug_struct("Sender")
-            .field("len", &st.buf.len())
+            .field("len", &(st.buf.len() + st.framed))
             .field("cap", &self.inner.cap)
             .field("closed", &st.closed)
             .finish()
@@ -188,7 +257,7 @@ impl Permit<'_> {
     pub(crate) fn send(self, item: PacketBuf) {
         let mut st = self.inner.lock();
         st.reserved -= 1;
-        st.buf.push_back(item);
+        st.push(item);
         let waker = st.rx_waker.take();
         drop(st);
         std::mem::forget(self);
@@ -222,6 +291,65 @@ impl Receiver {
         }
     }
 
+    /// Frame mode, for the websocket connection's task once it owns the receiver: from now on
+    /// packets are encoded as websocket frames of `protocol` when sent (those already queued
+    /// first, in order), and are received with [`Receiver::poll_frames`] only.
+    pub(crate) fn enable_frames(&mut self, protocol: ProtocolVersion) {
+        let mut st = self.inner.lock();
+        if st.frames_protocol.is_some() {
+            return;
+        }
+        st.frames_protocol = Some(protocol);
+        for item in std::mem::take(&mut st.buf) {
+            st.push(item);
+        }
+    }
+
+    /// Frame mode: appends the frames of every packet sent since the last call to `out` (a
+    /// swap of buffers when `out` is empty), then those of the volatile packets; `false` once
+    /// the queue is closed and nothing is left.
+    pub(crate) fn poll_frames(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<bool> {
+        let mut st = self.inner.lock();
+        if self.take_frames(&mut st, out) {
+            return Poll::Ready(true);
+        }
+        if st.closed {
+            return Poll::Ready(false);
+        }
+        match &mut st.rx_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// [`Receiver::poll_frames`] without waiting: whether anything was taken.
+    pub(crate) fn try_frames(&mut self, out: &mut Vec<u8>) -> bool {
+        let mut st = self.inner.lock();
+        self.take_frames(&mut st, out)
+    }
+
+    fn take_frames(&self, st: &mut State, out: &mut Vec<u8>) -> bool {
+        let Some(protocol) = st.frames_protocol else {
+            return false;
+        };
+        let volatile = st.volatile.take();
+        if st.framed == 0 && volatile.is_none() {
+            return false;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut st.frames);
+        } else {
+            out.extend_from_slice(&st.frames);
+            st.frames.clear();
+        }
+        st.framed = 0;
+        for packet in volatile.into_iter().flat_map(|b| *b) {
+            encode_frame(out, packet, protocol);
+        }
+        true
+    }
+
     /// Waits for the next packet buffer; `None` once the queue is closed and empty.
     #[cfg_attr(not(any(test, feature = "__test_harness")), allow(dead_code))]
     pub(crate) async fn recv(&mut self) -> Option<PacketBuf> {
@@ -243,6 +371,7 @@ impl Receiver {
     }
 
     /// The next packet buffer if one is waiting.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn try_recv(&mut self) -> Result<PacketBuf, TryRecvError> {
         let mut st = self.inner.lock();
         match pop(&mut st) {
@@ -399,6 +528,95 @@ mod tests {
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
         rx.close();
         assert!(!tx.send_volatile(smallvec![Packet::Ping]));
+    }
+
+    fn frames_of(packets: Vec<Packet>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in packets {
+            encode_frame(&mut out, p, ProtocolVersion::V4);
+        }
+        out
+    }
+
+    fn msg(s: &'static str) -> Packet {
+        Packet::Message(s.into())
+    }
+
+    #[tokio::test]
+    async fn frame_mode_keeps_the_order_of_queued_sent_and_volatile_packets() {
+        let (tx, mut rx) = channel(8);
+        tx.try_send(smallvec![msg("a")]).unwrap();
+        let permit = tx.try_reserve().unwrap();
+        rx.enable_frames(ProtocolVersion::V4);
+        assert!(rx.inner.lock().buf.is_empty());
+        tx.try_send_one(msg("b")).unwrap();
+        assert!(tx.send_volatile(smallvec![msg("v1")]));
+        assert!(tx.send_volatile(smallvec![msg("v2")]));
+        permit.send(smallvec![msg("c"), Packet::Binary(vec![1, 2].into())]);
+        tx.try_send_one(Packet::Ping).unwrap();
+
+        // Bytes not yet written stay first; the new frames follow them.
+        let mut out = b"pending".to_vec();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(rx.poll_frames(&mut cx, &mut out), Poll::Ready(true));
+        let mut expected = b"pending".to_vec();
+        expected.extend(frames_of(vec![
+            msg("a"),
+            msg("b"),
+            msg("c"),
+            Packet::Binary(vec![1, 2].into()),
+            Packet::Ping,
+            msg("v2"),
+        ]));
+        assert_eq!(out, expected);
+        assert_eq!(rx.poll_frames(&mut cx, &mut out), Poll::Pending);
+        // A polling reader would find nothing: the packets are frames now.
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn frame_mode_keeps_the_bound_and_the_close() {
+        let (tx, mut rx) = channel(2);
+        rx.enable_frames(ProtocolVersion::V4);
+        tx.try_send_one(msg("a")).unwrap();
+        tx.try_send(smallvec![msg("b")]).unwrap();
+        assert!(matches!(
+            tx.try_send_one(msg("c")),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(matches!(tx.try_reserve(), Err(TrySendError::Full(()))));
+
+        // Taken into an empty buffer: the slots are free again.
+        let mut out = Vec::new();
+        assert!(rx.try_frames(&mut out));
+        assert_eq!(out, frames_of(vec![msg("a"), msg("b")]));
+        assert!(!rx.try_frames(&mut out));
+        tx.try_send_one(msg("c")).unwrap();
+
+        // A waiting receiver is woken by a send; after the close, what was sent is still taken
+        // and then the end is reported.
+        let all = frames_of(vec![msg("c"), msg("d")]);
+        let recv = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while poll_fn(|cx| rx.poll_frames(cx, &mut out)).await {
+                if out == all {
+                    rx.close();
+                }
+            }
+            out
+        });
+        tokio::task::yield_now().await;
+        tx.try_send_one(msg("d")).unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), recv)
+            .await
+            .expect("the receiver saw every frame, then the end")
+            .unwrap();
+        assert_eq!(out, frames_of(vec![msg("c"), msg("d")]));
+        assert!(matches!(
+            tx.try_send_one(msg("e")),
+            Err(TrySendError::Closed(_))
+        ));
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
@@ -266,7 +266,10 @@ where
             tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
             return;
         };
-        let mut io = Io::new(socket.protocol);
+        // Packets are encoded into frames as they are sent from now on (this task is the
+        // queue's only receiver until the session ends).
+        internal_rx.buffered_rx.enable_frames(socket.protocol);
+        let mut io = Io::new();
         // tungstenite keeps the waker of the last task that wrote through it, here the
         // upgrade task's (about 2.4 KiB, kept allocated for the whole connection since this
         // task writes around tungstenite): a flush from this task replaces it.
@@ -348,8 +351,8 @@ where
         // Write what is still queued (e.g. the close packet of a server-side close), then close
         // the websocket. The lock is released first, so the session's disconnect handler does not
         // wait for a slow client.
-        while let Ok(packets) = internal_rx.buffered_rx.try_recv() {
-            io.push(packets);
+        if !io.write_failed {
+            internal_rx.buffered_rx.try_frames(&mut io.out);
         }
         drop(internal_rx);
         if io.write_failed {
@@ -461,7 +464,6 @@ const OUT_KEEP: usize = 4 * 1024;
 /// pong while reading), and after tungstenite may have had something to write, it is flushed
 /// before this buffer is written.
 struct Io {
-    protocol: ProtocolVersion,
     /// Encoded frames taken from the socket's queue; `out[pos..]` is not written yet.
     out: Vec<u8>,
     pos: usize,
@@ -495,13 +497,12 @@ impl Wake for ReadWake {
 }
 
 impl Io {
-    fn new(protocol: ProtocolVersion) -> Self {
+    fn new() -> Self {
         let read = Arc::new(ReadWake {
             ready: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
         Self {
-            protocol,
             out: Vec::new(),
             pos: 0,
             ws_dirty: false,
@@ -509,15 +510,6 @@ impl Io {
             queue_closed: false,
             read_waker: Waker::from(read.clone()),
             read,
-        }
-    }
-
-    fn push(&mut self, packets: PacketBuf) {
-        if self.write_failed {
-            return;
-        }
-        for packet in packets {
-            encode_frame(&mut self.out, packet, self.protocol);
         }
     }
 
@@ -540,9 +532,13 @@ impl Io {
         let mut written = 0;
         loop {
             while !self.queue_closed && self.out.len() - self.pos < OUT_HIGH {
-                match queue.poll_recv(cx) {
-                    Poll::Ready(Some(packets)) => self.push(packets),
-                    Poll::Ready(None) => self.queue_closed = true,
+                match queue.poll_frames(cx, &mut self.out) {
+                    Poll::Ready(true) if self.write_failed => {
+                        self.out.clear();
+                        self.pos = 0;
+                    }
+                    Poll::Ready(true) => {}
+                    Poll::Ready(false) => self.queue_closed = true,
                     Poll::Pending => break,
                 }
             }
@@ -639,7 +635,7 @@ impl Io {
 
 /// Appends `packet` to `out` as one unmasked websocket frame (nothing for a noop packet, which
 /// only served a polling request during an upgrade).
-fn encode_frame(out: &mut Vec<u8>, packet: Packet, protocol: ProtocolVersion) {
+pub(crate) fn encode_frame(out: &mut Vec<u8>, packet: Packet, protocol: ProtocolVersion) {
     match packet {
         Packet::Message(msg) => frame(out, Data::Text, b"4", msg.as_bytes()),
         Packet::Binary(bin) | Packet::BinaryV3(bin) => {
