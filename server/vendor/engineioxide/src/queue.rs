@@ -82,6 +82,29 @@ impl State {
             None => self.buf.push_back(smallvec![packet]),
         }
     }
+
+    /// Frame mode: moves the frames sent so far to the end of `out` (a swap of buffers when
+    /// `out` is empty), then those of the volatile packets; whether anything was taken.
+    fn take_frames(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(protocol) = self.frames_protocol else {
+            return false;
+        };
+        let volatile = self.volatile.take();
+        if self.framed == 0 && volatile.is_none() {
+            return false;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.frames);
+        } else {
+            out.extend_from_slice(&self.frames);
+            self.frames.clear();
+        }
+        self.framed = 0;
+        for packet in volatile.into_iter().flat_map(|b| *b) {
+            encode_frame(out, packet, protocol);
+        }
+        true
+    }
 }
 
 struct Inner {
@@ -146,6 +169,19 @@ impl Sender {
     // The error hands the item back, as tokio's `try_send` (which this replaces) does.
     #[allow(clippy::result_large_err)]
     pub(crate) fn try_send(&self, item: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
+        self.try_push(item, State::push)
+    }
+
+    /// [`Sender::try_send`] of a single packet: in frame mode it is encoded without ever being
+    /// wrapped in a [`PacketBuf`] (the path of every receiver of a broadcast).
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_send_one(&self, packet: Packet) -> Result<(), TrySendError<Packet>> {
+        self.try_push(packet, State::push_one)
+    }
+
+    /// Queues `item` with `push` unless the queue is full or closed, then wakes the receiver.
+    #[allow(clippy::result_large_err)]
+    fn try_push<T>(&self, item: T, push: fn(&mut State, T)) -> Result<(), TrySendError<T>> {
         let mut st = self.inner.lock();
         if st.closed {
             return Err(TrySendError::Closed(item));
@@ -153,27 +189,7 @@ impl Sender {
         if st.len() >= self.inner.cap {
             return Err(TrySendError::Full(item));
         }
-        st.push(item);
-        let waker = st.rx_waker.take();
-        drop(st);
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Ok(())
-    }
-
-    /// [`Sender::try_send`] of a single packet: in frame mode it is encoded without ever being
-    /// wrapped in a [`PacketBuf`] (the path of every receiver of a broadcast).
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn try_send_one(&self, packet: Packet) -> Result<(), TrySendError<Packet>> {
-        let mut st = self.inner.lock();
-        if st.closed {
-            return Err(TrySendError::Closed(packet));
-        }
-        if st.len() >= self.inner.cap {
-            return Err(TrySendError::Full(packet));
-        }
-        st.push_one(packet);
+        push(&mut st, item);
         let waker = st.rx_waker.take();
         drop(st);
         if let Some(w) = waker {
@@ -310,7 +326,7 @@ impl Receiver {
     /// the queue is closed and nothing is left.
     pub(crate) fn poll_frames(&mut self, cx: &mut Context<'_>, out: &mut Vec<u8>) -> Poll<bool> {
         let mut st = self.inner.lock();
-        if self.take_frames(&mut st, out) {
+        if st.take_frames(out) {
             return Poll::Ready(true);
         }
         if st.closed {
@@ -325,29 +341,7 @@ impl Receiver {
 
     /// [`Receiver::poll_frames`] without waiting: whether anything was taken.
     pub(crate) fn try_frames(&mut self, out: &mut Vec<u8>) -> bool {
-        let mut st = self.inner.lock();
-        self.take_frames(&mut st, out)
-    }
-
-    fn take_frames(&self, st: &mut State, out: &mut Vec<u8>) -> bool {
-        let Some(protocol) = st.frames_protocol else {
-            return false;
-        };
-        let volatile = st.volatile.take();
-        if st.framed == 0 && volatile.is_none() {
-            return false;
-        }
-        if out.is_empty() {
-            std::mem::swap(out, &mut st.frames);
-        } else {
-            out.extend_from_slice(&st.frames);
-            st.frames.clear();
-        }
-        st.framed = 0;
-        for packet in volatile.into_iter().flat_map(|b| *b) {
-            encode_frame(out, packet, protocol);
-        }
-        true
+        self.inner.lock().take_frames(out)
     }
 
     /// Waits for the next packet buffer; `None` once the queue is closed and empty.
