@@ -23,6 +23,11 @@
 #   FIRST_ROUND=N      number of the first round (default 1): a second invocation with
 #                      OUT=<the first one's folder> FIRST_ROUND=2 adds round 2 to it (each
 #                      invocation holds the lock on its own, so each stays well under 15 min)
+#   CLUSTER_WORKERS=N  runtime threads of each node in the cluster section, both systems
+#                      (WORKER_THREADS / TOKIO_WORKER_THREADS; default 1: each node sized like a
+#                      pod requesting 1 CPU, as the operator runs it: 2 nodes on 2 cores; 0: tokio's
+#                      default of one per core, 2 threads per node here). The single node keeps
+#                      tokio's default (it has the machine).
 #   QUICK=1            short debug run (small numbers); not for reporting
 #   CONNS_MAX=N        connections for the large conns figure (default 19900: the open-files limit
 #                      of every process here is 20000, rtbench's and the node's included)
@@ -41,6 +46,7 @@ SECTIONS="${SECTIONS:-cluster single}"
 ROUNDS="${ROUNDS:-1}"
 FIRST_ROUND="${FIRST_ROUND:-1}"
 QUICK="${QUICK:-0}"
+CLUSTER_WORKERS="${CLUSTER_WORKERS:-1}"
 CONNS_MAX="${CONNS_MAX:-19900}"
 BENCH_LOCK="${BENCH_LOCK:-/tmp/rt-bench.lock}"
 SUFFIX=""; [[ $QUICK == 1 ]] && SUFFIX=-quick
@@ -58,6 +64,7 @@ say() { echo "floor: $*" >&2; }
 # ------------------------------------------------------------------ prerequisites
 [[ -x "$A" && -f "$SHARED_BENCH/rtbench/Cargo.toml" ]] || die "benchmark kit not found at $SHARED_BENCH (set SHARED_BENCH)"
 export PATH="$PATH:/usr/sbin"
+[[ $CLUSTER_WORKERS =~ ^[0-9]+$ ]] || die "CLUSTER_WORKERS must be a whole number (got $CLUSTER_WORKERS)"
 for t in redis-server redis-cli nginx cargo python3 curl flock; do
   command -v "$t" >/dev/null || die "$t is required (scripts/deps.sh installs redis-server and nginx)"
 done
@@ -101,6 +108,7 @@ load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
   model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "machine: $(nproc) CPUs ($model), Linux $(uname -r); $(redis-server --version | grep -o 'v=[^ ]*' | sed 's/v=/redis /'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |'), $(rustc --version | cut -d' ' -f1-2)"
   echo "server: realtime-server $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- server bench/floor || echo '+local changes')"
+  echo "cluster nodes: $([[ $CLUSTER_WORKERS -gt 0 ]] && echo "$CLUSTER_WORKERS runtime thread(s) each" || echo "one runtime thread per core each"); single node: one per core"
   echo "sections: $SECTIONS; rounds $FIRST_ROUND..$((FIRST_ROUND + ROUNDS - 1)); $([[ $QUICK == 1 ]] && echo 'QUICK (debug run, not for reporting)' || echo full)"
   echo "load: 1/5/15-min load $load_start at start"
 } >> "$OUT/machine.txt"
@@ -122,11 +130,13 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-node_cmd() {  # SYS: the per-node command; run-anchor.sh (or start_single) sets PORT, NAME, REDIS_URL
+node_cmd() {  # SYS [WORKERS]: the per-node command; run-anchor.sh (or start_single) sets PORT, NAME, REDIS_URL
+  local workers=""
+  [[ ${2:-0} -gt 0 ]] && workers="env WORKER_THREADS=$2 TOKIO_WORKER_THREADS=$2 "
   if [[ $1 == ours ]]; then
-    echo "$SERVER_BIN --bind 127.0.0.1 --admin-port \$((PORT + $ADMIN_OFFSET))"
+    echo "$workers$SERVER_BIN --bind 127.0.0.1 --admin-port \$((PORT + $ADMIN_OFFSET))"
   else
-    echo "$FLOOR_BIN"
+    echo "$workers$FLOOR_BIN"
   fi
 }
 
@@ -150,7 +160,7 @@ start_cluster() {  # SYS TAG: Redis + 2 nodes + nginx; sets P
   local sys=$1 tag=$2
   check_ports
   CUR_RUN="$OUT/run-$tag"; mkdir -p "$CUR_RUN"
-  env RUN="$CUR_RUN" SERVER_CMD="$(node_cmd "$sys")" "$A" start >/dev/null ||
+  env RUN="$CUR_RUN" SERVER_CMD="$(node_cmd "$sys" "$CLUSTER_WORKERS")" "$A" start >/dev/null ||
     { tail -n 20 "$CUR_RUN"/*.log >&2; die "$sys cluster did not start (logs in $CUR_RUN)"; }
   wait_ready "$sys" 3001 3002
   sleep 2

@@ -595,6 +595,12 @@ async fn kill_9_of_a_server_process() {
     let Some(paths) = driver_paths() else { return };
     on_node(|node| async move {
         let (k, _ns, _) = apply_ready(&node, "rt-kill", CLUSTER, "chat").await?;
+        // The default CPU request (100m) reaches each server as WORKER_THREADS=1 (downward API).
+        for p in server_pods(&k, "chat").await? {
+            let m = pod_metrics(&p.ip).await?;
+            let threads = metric_value(&m, "realtime_worker_threads", &[]);
+            ensure!(threads == Some(1.0), "{}: worker threads {threads:?}", p.name);
+        }
         let t = target(&node, &k, "chat");
         let driver = Driver::start(&paths).await?;
         let nodes = t.nodes().await?;

@@ -50,6 +50,16 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// The runtime the node runs on: `worker_threads` threads (WORKER_THREADS), else tokio's
+/// default of one per CPU the process may use.
+pub fn runtime(worker_threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
 /// Binds both listeners and runs until SIGTERM/SIGINT, then drains.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let bind = |port: u16, var: &'static str| async move {
@@ -291,6 +301,11 @@ where
         max_connections = ?cap,
         "open-files limit"
     );
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    app.metrics
+        .worker_threads
+        .set(i64::try_from(workers).unwrap_or(i64::MAX));
+    info!(worker_threads = workers, "runtime");
     let gate = http::SessionGate {
         path: settings.socketio_path.as_str().into(),
         cap,
@@ -436,5 +451,18 @@ fn ended(what: &str, res: Result<std::io::Result<()>, tokio::task::JoinError>) -
         Ok(Ok(())) => anyhow::anyhow!("{what} stopped unexpectedly"),
         Ok(Err(e)) => anyhow::Error::new(e).context(format!("{what} failed")),
         Err(e) => anyhow::Error::new(e).context(format!("{what} task failed")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime;
+
+    #[test]
+    fn worker_threads_set_the_runtime_size() {
+        assert_eq!(runtime(Some(3)).unwrap().metrics().num_workers(), 3);
+        assert_eq!(runtime(Some(1)).unwrap().metrics().num_workers(), 1);
+        let default = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(runtime(None).unwrap().metrics().num_workers(), default);
     }
 }

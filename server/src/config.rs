@@ -141,8 +141,17 @@ pub struct Cli {
     /// The most messages the recovery log keeps (all rooms together), whatever their age.
     #[arg(long, env = "RECOVERY_MAX_PACKETS", default_value_t = DEFAULT_RECOVERY_MAX_PACKETS)]
     pub recovery_max_packets: u64,
+
+    /// Threads that run connections and handlers; 0: one per CPU the process may use (its
+    /// cgroup's CPU limit, else every core of the machine). The operator sets it to the pod's
+    /// CPU request: threads beyond the cores a node really gets only hand each delivery over
+    /// between threads that take turns on the same cores (bench/README.md, "Floor").
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: u64,
 }
 
+/// Upper bound of WORKER_THREADS.
+pub const MAX_WORKER_THREADS: u64 = 1024;
 /// Default of RECOVERY_MAX_PACKETS.
 pub const DEFAULT_RECOVERY_MAX_PACKETS: u64 = 10_000;
 /// Upper bound of RECOVERY_MAX_PACKETS (a restore reads at most this many entries).
@@ -270,11 +279,15 @@ pub struct Settings {
     pub socketio_path: String,
     /// Connection state recovery, when RECOVERY_WINDOW is not 0.
     pub recovery: Option<RecoverySettings>,
+    /// WORKER_THREADS (None: one per available CPU).
+    pub worker_threads: Option<usize>,
 }
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("WORKER_THREADS must be at most {max}, 0 for one per CPU (got {got})")]
+    WorkerThreads { got: u64, max: u64 },
     #[error("ADMIN_PORT must differ from PORT (both {0})")]
     AdminPort(u16),
     #[error(
@@ -482,6 +495,14 @@ impl Cli {
 
         let recovery = recovery_settings(self.recovery_window.into(), self.recovery_max_packets)?;
 
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::WorkerThreads {
+                got: self.worker_threads,
+                max: MAX_WORKER_THREADS,
+            });
+        }
+        let worker_threads = (self.worker_threads > 0).then_some(self.worker_threads as usize);
+
         Ok(Settings {
             socketio_path,
             bind: self.bind,
@@ -505,6 +526,7 @@ impl Cli {
             private_routing: self.private_routing,
             log_format: self.log_format,
             recovery,
+            worker_threads,
         })
     }
 }
@@ -762,6 +784,25 @@ mod tests {
 
     fn settings(args: &[&str]) -> Result<Settings, ConfigError> {
         cli(args).validate_with_hostname(|| "host-1".to_owned())
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_are_bounded() {
+        assert_eq!(settings(&[]).unwrap().worker_threads, None);
+        assert_eq!(
+            settings(&["--worker-threads", "0"]).unwrap().worker_threads,
+            None
+        );
+        assert_eq!(
+            settings(&["--worker-threads", "2"]).unwrap().worker_threads,
+            Some(2)
+        );
+        let err = settings(&["--worker-threads", "1025"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "WORKER_THREADS must be at most 1024, 0 for one per CPU (got 1025)"
+        );
+        assert!(Cli::try_parse_from(["realtime-server", "--worker-threads=-1"]).is_err());
     }
 
     #[test]

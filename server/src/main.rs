@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match realtime_server::app::runtime(settings.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("realtime-server: cannot start the async runtime: {e}");

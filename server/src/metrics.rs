@@ -185,6 +185,8 @@ pub struct Metrics {
     pub sessions_refused: Counter,
     /// The session cap in force (0: none).
     pub max_connections: Gauge,
+    /// Threads of the node's runtime (WORKER_THREADS, or one per CPU).
+    pub worker_threads: Gauge,
     /// Connection state recovery (all zero while it is off).
     pub recovery_restored: Counter,
     pub recovery_replayed: Counter,
@@ -355,6 +357,12 @@ impl Metrics {
             "Most socket.io sessions this node takes (0: no cap)",
             max_connections.clone(),
         );
+        let worker_threads = Gauge::default();
+        r.register(
+            "worker_threads",
+            "Threads of the node's runtime (WORKER_THREADS, or one per CPU)",
+            worker_threads.clone(),
+        );
 
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
@@ -420,6 +428,7 @@ impl Metrics {
             draining,
             sessions_refused,
             max_connections,
+            worker_threads,
         }
     }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Probe,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ResourceFieldSelector, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -91,6 +92,22 @@ pub fn env_field(name: &str, path: &str) -> EnvVar {
         EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
                 field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+/// `name` from the container's own `resource` (downward API), in whole units rounded up
+/// (`requests.cpu` of 100m gives 1; no request gives 0).
+pub fn env_resource(name: &str, resource: &str) -> EnvVar {
+    env_from(
+        name,
+        EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                resource: resource.into(),
+                divisor: Some(Quantity("1".into())),
                 ..Default::default()
             }),
             ..Default::default()

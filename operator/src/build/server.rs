@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::parts::{
-    self, container_port, empty_dir, env_field, env_secret, env_value, match_labels, mount, probe,
-    service_port,
+    self, container_port, empty_dir, env_field, env_resource, env_secret, env_value, match_labels,
+    mount, probe, service_port,
 };
 use super::{
     REDIS_AUTH_HASH_ANNOTATION, annotations, labels, meta, restricted_container_security,
@@ -148,6 +148,9 @@ struct Flavour {
     volumes: Vec<(Volume, VolumeMount)>,
 }
 
+/// realtime-server's thread count, from the pod's CPU request unless `spec.env` sets it.
+const WORKER_THREADS: &str = "WORKER_THREADS";
+
 /// Where realtime-server finds the Redis password (REDIS_PASSWORD_FILE).
 pub const REDIS_PASSWORD_DIR: &str = "/var/run/secrets/realtime/redis";
 
@@ -198,6 +201,14 @@ fn realtime_server(model: &Model) -> Flavour {
         env_value("DEMO_PAGE", &s.expose.demo_page.to_string()),
         env_value("PUBLIC_PUBLISH_API", &s.expose.publish_api.to_string()),
     ]);
+    // As many threads as cores the scheduler reserved for the pod (its CPU request, rounded
+    // up), not one per core of the machine: more threads than cores only hand each delivery
+    // over between threads that take turns on the same cores (bench/README.md, "Floor").
+    // Without a request: one per core the pod may use. A WORKER_THREADS in `spec.env` replaces
+    // it (one entry per name: server-side apply refuses duplicates).
+    if !s.env.iter().any(|e| e.name == WORKER_THREADS) {
+        env.push(env_resource(WORKER_THREADS, "requests.cpu"));
+    }
     if let Some((window, max_packets)) = s.recovery {
         env.push(env_value("RECOVERY_WINDOW", &format!("{window}s")));
         env.push(env_value("RECOVERY_MAX_PACKETS", &max_packets.to_string()));
@@ -557,6 +568,20 @@ mod tests {
         assert_eq!(find(&env, "PING_INTERVAL").value.as_deref(), Some("10s"));
         assert_eq!(find(&env, "SHUTDOWN_GRACE").value.as_deref(), Some("20s"));
         assert_eq!(find(&env, "LOG_FORMAT").value.as_deref(), Some("json"));
+        let workers = find(&env, "WORKER_THREADS")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .resource_field_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(workers.resource, "requests.cpu");
+        assert_eq!(
+            workers.divisor.as_ref().unwrap().0,
+            "1",
+            "whole cores, rounded up"
+        );
+        assert_eq!(workers.container_name, None, "the server's own container");
         let annotations = spec
             .template
             .metadata
@@ -830,6 +855,15 @@ mod tests {
         );
         let env = env_of(&deployment(&m, None));
         assert_eq!(env.last().unwrap().name, "API_KEY");
+    }
+
+    #[test]
+    fn worker_threads_in_spec_env_replace_the_cpu_request() {
+        let m = model(json!({"env": [{"name": "WORKER_THREADS", "value": "4"}]}));
+        let env = env_of(&deployment(&m, None));
+        let set: Vec<_> = env.iter().filter(|e| e.name == "WORKER_THREADS").collect();
+        assert_eq!(set.len(), 1, "one entry per name (server-side apply)");
+        assert_eq!(set[0].value.as_deref(), Some("4"));
     }
 
     #[test]
