@@ -64,7 +64,9 @@ say() { echo "floor: $*" >&2; }
 # ------------------------------------------------------------------ prerequisites
 [[ -x "$A" && -f "$SHARED_BENCH/rtbench/Cargo.toml" ]] || die "benchmark kit not found at $SHARED_BENCH (set SHARED_BENCH)"
 export PATH="$PATH:/usr/sbin"
-[[ $CLUSTER_WORKERS =~ ^[0-9]+$ ]] || die "CLUSTER_WORKERS must be a whole number (got $CLUSTER_WORKERS)"
+[[ $CLUSTER_WORKERS =~ ^(0|[1-9][0-9]*)$ ]] || die "CLUSTER_WORKERS must be a whole number (got $CLUSTER_WORKERS)"
+# Thread counts come from CLUSTER_WORKERS only (the single node: tokio's default).
+unset WORKER_THREADS TOKIO_WORKER_THREADS
 for t in redis-server redis-cli nginx cargo python3 curl flock; do
   command -v "$t" >/dev/null || die "$t is required (scripts/deps.sh installs redis-server and nginx)"
 done

@@ -112,7 +112,9 @@ pub struct ServerModel {
     pub image_pull_policy: Option<String>,
     pub image_pull_secrets: Vec<LocalObjectReference>,
     pub resources: ResourceRequirements,
-    /// The user's extra variables, after the operator's overridable defaults (LOG_FORMAT).
+    /// The user's extra variables, after the operator's overridable defaults (LOG_FORMAT;
+    /// WORKER_THREADS, which comes from the pod itself, is added by `build::server` unless
+    /// these set it).
     pub env: Vec<EnvVar>,
     /// Value of TRANSPORTS, e.g. `polling,websocket`.
     pub transports: String,

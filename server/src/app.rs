@@ -462,7 +462,11 @@ mod tests {
     fn worker_threads_set_the_runtime_size() {
         assert_eq!(runtime(Some(3)).unwrap().metrics().num_workers(), 3);
         assert_eq!(runtime(Some(1)).unwrap().metrics().num_workers(), 1);
-        let default = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(runtime(None).unwrap().metrics().num_workers(), default);
+        // None is tokio's own default: TOKIO_WORKER_THREADS, else std's available_parallelism
+        // (the CPUs the process may use, its cgroup's CPU quota included).
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            assert_eq!(runtime(None).unwrap().metrics().num_workers(), cpus);
+        }
     }
 }

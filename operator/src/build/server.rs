@@ -205,8 +205,13 @@ fn realtime_server(model: &Model) -> Flavour {
     // up), not one per core of the machine: more threads than cores only hand each delivery
     // over between threads that take turns on the same cores (bench/README.md, "Floor").
     // Without a request: one per core the pod may use. A WORKER_THREADS in `spec.env` replaces
-    // it (one entry per name: server-side apply refuses duplicates).
-    if !s.env.iter().any(|e| e.name == WORKER_THREADS) {
+    // it (one entry per name: server-side apply refuses duplicates), and so does tokio's own
+    // TOKIO_WORKER_THREADS, which WORKER_THREADS would otherwise silently override.
+    if !s
+        .env
+        .iter()
+        .any(|e| e.name == WORKER_THREADS || e.name == "TOKIO_WORKER_THREADS")
+    {
         env.push(env_resource(WORKER_THREADS, "requests.cpu"));
     }
     if let Some((window, max_packets)) = s.recovery {
@@ -864,6 +869,12 @@ mod tests {
         let set: Vec<_> = env.iter().filter(|e| e.name == "WORKER_THREADS").collect();
         assert_eq!(set.len(), 1, "one entry per name (server-side apply)");
         assert_eq!(set[0].value.as_deref(), Some("4"));
+        let m = model(json!({"env": [{"name": "TOKIO_WORKER_THREADS", "value": "3"}]}));
+        let env = env_of(&deployment(&m, None));
+        assert!(
+            env.iter().all(|e| e.name != "WORKER_THREADS"),
+            "tokio's own variable is not overridden"
+        );
     }
 
     #[test]
