@@ -22,6 +22,7 @@ use crate::api::{
     Transport,
 };
 use crate::build::labels;
+use crate::build::parts::{env_default, env_value};
 
 /// Operator-wide defaults (set by flags), used where the spec leaves a choice open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -358,12 +359,12 @@ pub fn validate(rc: &RealtimeCluster, defaults: &Defaults) -> Result<Model, Spec
     // LOG_FORMAT=json suits log collectors; the user's own LOG_FORMAT replaces it. Not for your
     // own server (spec.app): its environment is only the documented contract and spec.env.
     let mut env = Vec::new();
-    if spec.app.is_none() && !spec.env.iter().any(|e| e.name == "LOG_FORMAT") {
-        env.push(EnvVar {
-            name: "LOG_FORMAT".into(),
-            value: Some("json".into()),
-            ..Default::default()
-        });
+    if spec.app.is_none() {
+        env.extend(env_default(
+            &spec.env,
+            &["LOG_FORMAT"],
+            env_value("LOG_FORMAT", "json"),
+        ));
     }
     env.extend(spec.env.iter().cloned());
 

@@ -115,6 +115,12 @@ pub fn env_resource(name: &str, resource: &str) -> EnvVar {
     )
 }
 
+/// `default`, an operator default the user may replace: none when `user` (spec.env) sets
+/// any of `names` (one entry per name: server-side apply refuses duplicates).
+pub fn env_default(user: &[EnvVar], names: &[&str], default: EnvVar) -> Option<EnvVar> {
+    (!user.iter().any(|e| names.contains(&e.name.as_str()))).then_some(default)
+}
+
 /// `name` from `key` of the Secret `secret`; the pod does not start without it.
 pub fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     env_from(

@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::parts::{
-    self, container_port, empty_dir, env_field, env_resource, env_secret, env_value, match_labels,
-    mount, probe, service_port,
+    self, container_port, empty_dir, env_default, env_field, env_resource, env_secret, env_value,
+    match_labels, mount, probe, service_port,
 };
 use super::{
     REDIS_AUTH_HASH_ANNOTATION, annotations, labels, meta, restricted_container_security,
@@ -207,13 +207,11 @@ fn realtime_server(model: &Model) -> Flavour {
     // Without a request: one per core the pod may use. A WORKER_THREADS in `spec.env` replaces
     // it (one entry per name: server-side apply refuses duplicates), and so does tokio's own
     // TOKIO_WORKER_THREADS, which WORKER_THREADS would otherwise silently override.
-    if !s
-        .env
-        .iter()
-        .any(|e| e.name == WORKER_THREADS || e.name == "TOKIO_WORKER_THREADS")
-    {
-        env.push(env_resource(WORKER_THREADS, "requests.cpu"));
-    }
+    env.extend(env_default(
+        &s.env,
+        &[WORKER_THREADS, "TOKIO_WORKER_THREADS"],
+        env_resource(WORKER_THREADS, "requests.cpu"),
+    ));
     if let Some((window, max_packets)) = s.recovery {
         env.push(env_value("RECOVERY_WINDOW", &format!("{window}s")));
         env.push(env_value("RECOVERY_MAX_PACKETS", &max_packets.to_string()));
