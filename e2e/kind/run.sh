@@ -269,8 +269,9 @@ phase "images built and loaded" "$t"
 # ---- 5. operator -------------------------------------------------------------------------------
 t=$SECONDS
 say "helm install realtime-operator"
-helm_args=(--set "image.repository=${OPERATOR_IMAGE%:*}" --set "image.tag=${OPERATOR_IMAGE##*:}"
-    --set "serverImage.repository=${SERVER_IMAGE%:*}" --set "serverImage.tag=${SERVER_IMAGE##*:}")
+# --set-string for tags: an all-digit tag would be a number to --set (the schema wants a string).
+helm_args=(--set "image.repository=${OPERATOR_IMAGE%:*}" --set-string "image.tag=${OPERATOR_IMAGE##*:}"
+    --set "serverImage.repository=${SERVER_IMAGE%:*}" --set-string "serverImage.tag=${SERVER_IMAGE##*:}")
 [ -n "$REDIS_IMAGE" ] && helm_args+=(--set "defaultRedisImage=$REDIS_IMAGE")
 helm upgrade --install realtime-operator charts/realtime-operator \
     --kube-context "$CONTEXT" --namespace "$OPERATOR_NS" --create-namespace \

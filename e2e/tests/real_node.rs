@@ -115,9 +115,11 @@ async fn install_operator(node: &RealNode) -> Result<()> {
         .arg(&chart)
         .args(["-n", OPERATOR_NS, "--wait", "--timeout", "180s"])
         .args(["--set", &format!("image.repository={op_repo}")])
-        .args(["--set", &format!("image.tag={op_tag}")])
+        // --set-string: a tag is 12 hex digits, and one of all digits would be a number to
+        // --set (the chart's schema wants a string).
+        .args(["--set-string", &format!("image.tag={op_tag}")])
         .args(["--set", &format!("serverImage.repository={srv_repo}")])
-        .args(["--set", &format!("serverImage.tag={srv_tag}")])
+        .args(["--set-string", &format!("serverImage.tag={srv_tag}")])
         .args(["--set", &format!("defaultRedisImage={}", images.redis)])
         .output()
         .await?;
