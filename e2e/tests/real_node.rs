@@ -150,8 +150,12 @@ async fn restrict(k: &Kubectl, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a test's namespace when dropped, also when the test fails: its Ingress first and
-/// waiting for that (the next test's Ingress may use the same host), the rest in the background.
+/// Deletes a test's namespace when dropped, also when the test fails: its RealtimeClusters
+/// first (so the operator stops re-creating their children), then its Ingresses, waiting for
+/// both (the next test's Ingress may use the same host and path), the rest in the background.
+/// Deleting only the Ingress was not enough: the operator put it back at once, and for the
+/// seconds the namespace took to go, Traefik routed the shared host's `/` to a Service without
+/// pods (503 to the next test, seen in CI).
 struct Namespace {
     kubectl: std::path::PathBuf,
     kubeconfig: std::path::PathBuf,
@@ -172,6 +176,15 @@ impl Drop for Namespace {
             "-n",
             &self.name,
             "delete",
+            "realtimeclusters",
+            "--all",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        run(&[
+            "-n",
+            &self.name,
+            "delete",
             "ingress",
             "--all",
             "--wait=true",
@@ -181,8 +194,32 @@ impl Drop for Namespace {
     }
 }
 
-/// A new restricted namespace `prefix-<unique>`, deleted when the guard drops.
+/// A new restricted namespace `prefix-<unique>`, deleted when the guard drops. Starts only
+/// when no Ingress is left in the cluster (an earlier test's, on the same host), so that what
+/// the ingress controller answers is this test's alone.
 async fn namespace(node: &RealNode, prefix: &str) -> Result<(Kubectl, Namespace)> {
+    let all = kubectl(node, "default");
+    let t0 = Instant::now();
+    node.control_plane()
+        .poll_until(
+            "no Ingress left from an earlier test",
+            Duration::from_secs(90),
+            || async {
+                let list = all.get_json(&["ingress", "--all-namespaces"]).await?;
+                Ok(list["items"]
+                    .as_array()
+                    .is_none_or(|i| i.is_empty())
+                    .then_some(()))
+            },
+        )
+        .await
+        .context("an earlier test's Ingress is still there")?;
+    if t0.elapsed() > Duration::from_millis(500) {
+        eprintln!(
+            "{prefix}: waited {:.1?} for an earlier test's Ingress to go",
+            t0.elapsed()
+        );
+    }
     let ns = node.control_plane().create_namespace(prefix).await?;
     let guard = Namespace {
         kubectl: node.bin_dir().join("kubectl"),
