@@ -191,29 +191,55 @@ impl Drop for Namespace {
             "--timeout=60s",
         ]);
         run(&["delete", "namespace", &self.name, "--wait=false"]);
+        LIVE.lock().unwrap().remove(&self.name);
     }
 }
 
+/// Namespaces whose guard is alive (the running test's; a test may hold several).
+static LIVE: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Ingresses outside the live namespaces (an earlier test's), as `namespace/name`.
+async fn leftover_ingresses(all: &Kubectl) -> Result<Vec<String>> {
+    let list = all.get_json(&["ingress", "--all-namespaces"]).await?;
+    let live = LIVE.lock().unwrap().clone();
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let m = &i["metadata"];
+            let ns = m["namespace"].as_str().unwrap_or("");
+            (
+                ns.to_string(),
+                format!("{ns}/{}", m["name"].as_str().unwrap_or("")),
+            )
+        })
+        .filter(|(ns, _)| !live.contains(ns))
+        .map(|(_, name)| name)
+        .collect())
+}
+
 /// A new restricted namespace `prefix-<unique>`, deleted when the guard drops. Starts only
-/// when no Ingress is left in the cluster (an earlier test's, on the same host), so that what
-/// the ingress controller answers is this test's alone.
+/// when no earlier test's Ingress is left in the cluster (it would share the host), so that
+/// what the ingress controller answers is the running test's alone.
 async fn namespace(node: &RealNode, prefix: &str) -> Result<(Kubectl, Namespace)> {
     let all = kubectl(node, "default");
     let t0 = Instant::now();
-    node.control_plane()
+    let waited = node
+        .control_plane()
         .poll_until(
             "no Ingress left from an earlier test",
             Duration::from_secs(90),
-            || async {
-                let list = all.get_json(&["ingress", "--all-namespaces"]).await?;
-                Ok(list["items"]
-                    .as_array()
-                    .is_none_or(|i| i.is_empty())
-                    .then_some(()))
-            },
+            || async { Ok(leftover_ingresses(&all).await?.is_empty().then_some(())) },
         )
-        .await
-        .context("an earlier test's Ingress is still there")?;
+        .await;
+    if let Err(e) = waited {
+        let left = leftover_ingresses(&all).await.unwrap_or_default();
+        return Err(e.context(format!(
+            "an earlier test's Ingress is still there: {left:?}"
+        )));
+    }
     if t0.elapsed() > Duration::from_millis(500) {
         eprintln!(
             "{prefix}: waited {:.1?} for an earlier test's Ingress to go",
@@ -221,6 +247,7 @@ async fn namespace(node: &RealNode, prefix: &str) -> Result<(Kubectl, Namespace)
         );
     }
     let ns = node.control_plane().create_namespace(prefix).await?;
+    LIVE.lock().unwrap().insert(ns.clone());
     let guard = Namespace {
         kubectl: node.bin_dir().join("kubectl"),
         kubeconfig: node.control_plane().kubeconfig_path().to_path_buf(),
