@@ -207,16 +207,11 @@ async fn leftover_ingresses(all: &Kubectl) -> Result<Vec<String>> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|i| {
+        .filter_map(|i| {
             let m = &i["metadata"];
             let ns = m["namespace"].as_str().unwrap_or("");
-            (
-                ns.to_string(),
-                format!("{ns}/{}", m["name"].as_str().unwrap_or("")),
-            )
+            (!live.contains(ns)).then(|| format!("{ns}/{}", m["name"].as_str().unwrap_or("")))
         })
-        .filter(|(ns, _)| !live.contains(ns))
-        .map(|(_, name)| name)
         .collect())
 }
 
